@@ -1,0 +1,161 @@
+"""
+The plain records rtunnel hands to applications: forwards, channels, open requests, and the
+observer interface for the reference's channel events.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocolFactory
+
+__all__ = [
+    "AcceptHook",
+    "ChannelInfo",
+    "ChannelOpenRequest",
+    "Forward",
+    "ForwardState",
+    "TunnelObserver",
+]
+
+
+class ForwardState(enum.Enum):
+    """Where a forward is in its life."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class ChannelOpenRequest:
+    """
+    What the server told us about an inbound connection, shown to an accept hook (the
+    reference's SSHChannelOpenRequest event).
+
+    :ivar channel_id: the id this channel will have if accepted.
+    :ivar service: the channel type, always ``"forwarded-tcpip"`` here.
+    :ivar connected_address: the address the server says the connection arrived on.
+    :ivar connected_port: the port it arrived on.
+    :ivar origin_address: the address of the client that connected to the server.
+    :ivar origin_port: that client's port.
+    """
+
+    channel_id: int
+    service: str
+    connected_address: str
+    connected_port: int
+    origin_address: str
+    origin_port: int
+
+
+#: An accept hook answers ``True`` to accept an inbound connection and ``False`` to refuse
+#: it, directly or later through a Deferred or coroutine.
+AcceptHook = Callable[
+    [ChannelOpenRequest], "bool | Deferred[bool] | Awaitable[bool]"
+]
+
+
+@dataclass
+class Forward:
+    """
+    One remote forward requested on the server.
+
+    :ivar bind_address: the address string sent in ``tcpip-forward`` (and in cancel).
+    :ivar requested_port: the port asked for; 0 lets the server choose.
+    :ivar port: the port the server listens on (the allocated one when 0 was asked for),
+        or 0 while the request is pending.
+    :ivar host: in forwarding mode, the local host each connection is spliced to.
+    :ivar host_port: in forwarding mode, the local port.
+    :ivar factory: in event mode, the factory that builds a protocol for each connection.
+    :ivar accept: an optional hook that sees each open request first.
+    :ivar state: pending, active, failed or cancelled.
+    """
+
+    bind_address: str
+    requested_port: int
+    host: str | None = None
+    host_port: int | None = None
+    factory: IProtocolFactory | None = None
+    accept: AcceptHook | None = None
+    port: int = 0
+    state: ForwardState = ForwardState.PENDING
+
+    @property
+    def is_event_mode(self) -> bool:
+        """True when connections go to an application protocol, not a local address."""
+        return self.factory is not None
+
+    def describe_target(self) -> str:
+        """The target as OpenSSH prints it: ``host:port``, or the factory for event mode."""
+        if self.host is not None:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"{host}:{self.host_port}"
+        return repr(self.factory)
+
+
+@dataclass
+class ChannelInfo:
+    """
+    One live channel (a row of the reference's channel table).
+
+    :ivar channel_id: our channel number, unique on the connection.
+    :ivar service: the channel type (``"forwarded-tcpip"``).
+    :ivar connected_address: the address the connection arrived on at the server.
+    :ivar connected_port: the port it arrived on.
+    :ivar origin_address: the remote client's address.
+    :ivar origin_port: the remote client's port.
+    :ivar forwarding_host: the local target host (forwarding mode), else ``""``.
+    :ivar forwarding_port: the local target port (forwarding mode), else 0.
+    :ivar bytes_sent: bytes sent to the server on this channel.
+    :ivar bytes_received: bytes received from the server on this channel.
+    """
+
+    channel_id: int
+    service: str
+    connected_address: str
+    connected_port: int
+    origin_address: str
+    origin_port: int
+    forwarding_host: str = ""
+    forwarding_port: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    forward: Forward | None = field(default=None, repr=False, compare=False)
+
+
+class TunnelObserver:
+    """
+    Receives the reference's channel events. Subclass it and override what you need; every
+    method does nothing by default. Register with :meth:`ReverseTunnel.add_observer`.
+
+    Observers must not raise; an exception is logged and otherwise ignored.
+    """
+
+    def channel_opened(self, info: ChannelInfo) -> None:
+        """A channel was confirmed (SSHChannelOpened)."""
+
+    def channel_data(self, info: ChannelInfo, data: bytes) -> None:
+        """Bytes arrived from the server on a channel (SSHChannelData)."""
+
+    def channel_eof(self, info: ChannelInfo) -> None:
+        """The server will send no more data on a channel (SSHChannelEOF)."""
+
+    def channel_closed(self, info: ChannelInfo) -> None:
+        """A channel is closed on both sides (SSHChannelClosed)."""
+
+    def channel_ready_to_send(self, info: ChannelInfo) -> None:
+        """
+        The server's window opened again after writes had been held back
+        (SSHChannelReadyToSend).
+        """
+
+    def forward_state_changed(self, forward: Forward) -> None:
+        """A forward became active, failed or was cancelled."""
+
+    def disconnected(self, reason: Exception | None) -> None:
+        """The SSH connection ended; ``reason`` is None after a clean logoff."""

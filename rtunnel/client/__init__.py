@@ -1,0 +1,1 @@
+"""The SSH client side of rtunnel: transport, authentication, host keys, connection, channels."""

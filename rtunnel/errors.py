@@ -1,0 +1,118 @@
+"""
+One exception hierarchy for rtunnel.
+
+Every error carries a stable integer ``code`` (the SSHReverseTunnel reference's numbers where
+one fits, so code written against that component can map them one to one) and a message that
+says what went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AuthenticationError",
+    "ChannelError",
+    "ConnectError",
+    "ConnectionLostError",
+    "ForwardingError",
+    "HostKeyError",
+    "NotConnectedError",
+    "ProtocolError",
+    "RTunnelError",
+    "SpecError",
+]
+
+
+class RTunnelError(Exception):
+    """
+    Base of every error rtunnel raises.
+
+    :ivar code: a stable number identifying the kind of error.
+    :ivar message: what went wrong, and what to do.
+    """
+
+    code: ClassVar[int] = 1036
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SpecError(RTunnelError, ValueError):
+    """
+    A forward specification, option or argument is malformed (a user mistake, found
+    before anything is sent).
+    """
+
+    code = 10022  # the reference's "Invalid argument"
+
+
+class ConnectError(RTunnelError):
+    """
+    The TCP connection to the SSH server could not be made (refused, unreachable, DNS
+    failure, timed out).
+    """
+
+    code = 1036  # "SSH connection failed."
+
+
+class ConnectionLostError(RTunnelError):
+    """The SSH connection closed or was lost while it was in use."""
+
+    code = 1001  # "Server has disconnected."
+
+
+class NotConnectedError(RTunnelError):
+    """An operation needs a logged-on tunnel and there is none."""
+
+    code = 1117  # "You need to connect first."
+
+
+class ProtocolError(RTunnelError):
+    """The server broke the SSH protocol; the connection was closed."""
+
+    code = 1023  # "Invalid channel message."
+
+
+class HostKeyError(RTunnelError):
+    """
+    The server's host key was not accepted (unknown, changed, or refused by policy).
+
+    :ivar fingerprint: the key's SHA256 fingerprint in OpenSSH's form.
+    """
+
+    code = 1030
+
+    def __init__(self, message: str, fingerprint: str = "") -> None:
+        super().__init__(message)
+        self.fingerprint = fingerprint
+
+
+class AuthenticationError(RTunnelError):
+    """
+    The server refused every authentication method tried.
+
+    :ivar methods: the methods the server said can continue.
+    """
+
+    code = 1032
+
+    def __init__(self, message: str, methods: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.methods = methods
+
+
+class ForwardingError(RTunnelError):
+    """The server refused a ``tcpip-forward`` or ``cancel-tcpip-forward`` request."""
+
+    code = 1098  # "Request failure."
+
+
+class ChannelError(RTunnelError):
+    """An operation named a channel that does not exist or is closed."""
+
+    code = 1021  # "Invalid channel ID."
