@@ -55,9 +55,7 @@ class ChannelOpenRequest:
 
 #: An accept hook answers ``True`` to accept an inbound connection and ``False`` to refuse
 #: it, directly or later through a Deferred or coroutine.
-AcceptHook = Callable[
-    [ChannelOpenRequest], "bool | Deferred[bool] | Awaitable[bool]"
-]
+AcceptHook = Callable[[ChannelOpenRequest], "bool | Deferred[bool] | Awaitable[bool]"]
 
 
 @dataclass

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from typing_extensions import override
+
 __all__ = [
     "AuthenticationError",
     "ChannelError",
@@ -38,6 +40,7 @@ class RTunnelError(Exception):
         super().__init__(message)
         self.message = message
 
+    @override
     def __str__(self) -> str:
         return self.message
 

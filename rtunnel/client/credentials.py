@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing_extensions import override
+
 __all__ = ["Credential", "Password", "PrivateKeyFile"]
 
 
@@ -39,6 +41,7 @@ class Password:
 
     password: str
 
+    @override
     def __repr__(self) -> str:
         return "Password(<hidden>)"
 

@@ -1,0 +1,521 @@
+"""
+The ``ssh-connection`` service (RFC 4254) as a reverse-tunnel client needs it.
+
+It replaces Conch's ``SSHConnection`` rather than subclassing it, because the parts a reverse
+tunnel lives on behave differently there: Conch confirms a channel before anything is
+connected, grants window on receipt instead of on consumption, raises ``KeyError`` on an
+unknown channel number, and accepts any channel type a factory knows. Here:
+
+* only ``forwarded-tcpip`` opens for a forward we requested are considered; everything else
+  is refused without side effects (RELIABILITY.md D1-D4);
+* a channel is confirmed only after its target is connected or its protocol accepted;
+* global requests we send are answered in order (RFC 4254 §4); an unsolicited reply, a
+  message for an unknown or closed channel, data beyond the window or a malformed payload
+  ends the connection with a protocol error instead of an exception.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from twisted.conch.ssh.service import SSHService
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IConsumer, IProtocol, IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from typing_extensions import override
+from zope.interface import implementer
+
+from rtunnel import _wire
+from rtunnel._model import ChannelInfo, ChannelOpenRequest, Forward
+from rtunnel.client.channel import ForwardedChannel
+from rtunnel.errors import ForwardingError, ProtocolError
+
+if TYPE_CHECKING:
+    from twisted.conch.ssh.transport import SSHTransportBase
+
+__all__ = ["ChannelRefused", "ForwardingConnection"]
+
+_log = Logger()
+
+MSG_GLOBAL_REQUEST = 80
+MSG_REQUEST_SUCCESS = 81
+MSG_REQUEST_FAILURE = 82
+MSG_CHANNEL_OPEN = 90
+MSG_CHANNEL_OPEN_CONFIRMATION = 91
+MSG_CHANNEL_OPEN_FAILURE = 92
+MSG_CHANNEL_WINDOW_ADJUST = 93
+MSG_CHANNEL_DATA = 94
+MSG_CHANNEL_EXTENDED_DATA = 95
+MSG_CHANNEL_EOF = 96
+MSG_CHANNEL_CLOSE = 97
+MSG_CHANNEL_REQUEST = 98
+MSG_CHANNEL_SUCCESS = 99
+MSG_CHANNEL_FAILURE = 100
+
+# RFC 4254 §5.1 reason codes.
+OPEN_ADMINISTRATIVELY_PROHIBITED = 1
+OPEN_CONNECT_FAILED = 2
+OPEN_UNKNOWN_CHANNEL_TYPE = 3
+OPEN_RESOURCE_SHORTAGE = 4
+
+DISCONNECT_PROTOCOL_ERROR = 2
+DISCONNECT_BY_APPLICATION = 11
+
+_U32 = struct.Struct(">L")
+_U32X2 = struct.Struct(">LL")
+_U32X3 = struct.Struct(">LLL")
+_U32X4 = struct.Struct(">LLLL")
+_MAX_U32 = 0xFFFFFFFF
+
+# Channel types a server might try that we know and refuse on purpose (a reverse tunnel
+# never asks for them), as opposed to types we do not know at all.
+_KNOWN_REFUSED_TYPES = frozenset(
+    {
+        b"session",
+        b"x11",
+        b"auth-agent@openssh.com",
+        b"direct-tcpip",
+        b"direct-streamlocal@openssh.com",
+        b"forwarded-streamlocal@openssh.com",
+    }
+)
+
+
+class ChannelRefused(Exception):
+    """Raised (or failed with) by a channel opener to refuse an open with a reason code."""
+
+    def __init__(self, code: int, description: str) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+
+
+class ChannelHost(Protocol):
+    """What the connection needs from its owner (the tunnel session)."""
+
+    def find_forward(self, address: str, port: int) -> Forward | None:
+        """The forward a ``forwarded-tcpip`` open names, if we requested it."""
+
+    def open_target(
+        self, forward: Forward, request: ChannelOpenRequest, channel: ForwardedChannel
+    ) -> Deferred[IProtocol]:
+        """Run the accept hook and connect the target; fire with the protocol to attach."""
+
+    def channel_event(self, name: str, info: ChannelInfo, data: bytes = b"") -> None:
+        """Tell observers ``opened``, ``data``, ``eof``, ``closed`` or ``ready``."""
+
+
+class _PendingOpen:
+    __slots__ = ("channel", "deferred")
+
+    def __init__(self, channel: ForwardedChannel, deferred: Deferred[IProtocol]) -> None:
+        self.channel = channel
+        self.deferred = deferred
+
+
+@implementer(IPushProducer)
+class ForwardingConnection(SSHService):
+    """
+    The connection service.
+
+    :ivar channels: live channels by our channel number (pending ones included).
+    :ivar write_blocked: True while the TCP connection to the server cannot take more
+        (its send buffer is full); every channel's producer is paused meanwhile.
+    """
+
+    name = b"ssh-connection"
+
+    def __init__(
+        self,
+        host: ChannelHost,
+        *,
+        window_size: int,
+        max_packet: int,
+        max_channels: int,
+        on_started: Callable[[ForwardingConnection], None],
+        on_stopped: Callable[[ForwardingConnection], None],
+    ) -> None:
+        self.host = host
+        self.window_size = window_size
+        self.max_packet = max_packet
+        self.max_channels = max_channels
+        self._on_started = on_started
+        self._on_stopped = on_stopped
+        self.channels: dict[int, ForwardedChannel] = {}
+        self._pending: dict[int, _PendingOpen] = {}
+        self._next_id = 0
+        self._global_replies: deque[Deferred[bytes]] = deque()
+        self.write_blocked = False
+        self.stopped = False
+        self.protocol_error: ProtocolError | None = None
+        self._dispatch: dict[int, Callable[[bytes], None]] = {
+            MSG_GLOBAL_REQUEST: self._global_request,
+            MSG_REQUEST_SUCCESS: self._request_success,
+            MSG_REQUEST_FAILURE: self._request_failure,
+            MSG_CHANNEL_OPEN: self._channel_open,
+            MSG_CHANNEL_OPEN_CONFIRMATION: self._unexpected("CHANNEL_OPEN_CONFIRMATION"),
+            MSG_CHANNEL_OPEN_FAILURE: self._unexpected("CHANNEL_OPEN_FAILURE"),
+            MSG_CHANNEL_WINDOW_ADJUST: self._window_adjust,
+            MSG_CHANNEL_DATA: self._channel_data,
+            MSG_CHANNEL_EXTENDED_DATA: self._extended_data,
+            MSG_CHANNEL_EOF: self._channel_eof,
+            MSG_CHANNEL_CLOSE: self._channel_close,
+            MSG_CHANNEL_REQUEST: self._channel_request,
+            MSG_CHANNEL_SUCCESS: self._unexpected("CHANNEL_SUCCESS"),
+            MSG_CHANNEL_FAILURE: self._unexpected("CHANNEL_FAILURE"),
+        }
+
+    # -- SSHService hooks
+
+    @override
+    def serviceStarted(self) -> None:
+        tcp = self._tcp_transport()
+        if tcp is not None:
+            # Pause every channel's source while the server's TCP connection is backed up.
+            tcp.registerProducer(self, True)
+        self._on_started(self)
+
+    @override
+    def serviceStopped(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        reason = Failure(ConnectionLost("SSH connection lost"))
+        for pending in list(self._pending.values()):
+            pending.deferred.cancel()
+        self._pending.clear()
+        for channel in list(self.channels.values()):
+            channel.connection_lost(reason)
+        self.channels.clear()
+        replies, self._global_replies = self._global_replies, deque()
+        for d in replies:
+            d.errback(
+                Failure(ForwardingError("the SSH connection was lost before the server answered"))
+            )
+        self._on_stopped(self)
+
+    @override
+    def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        handler = self._dispatch.get(messageNum)
+        if handler is None:
+            assert self.transport is not None
+            self.transport.sendUnimplemented()
+            return
+        try:
+            handler(packet)
+        except (_wire.WireError, struct.error, IndexError, ValueError) as e:
+            self.protocol_violation(f"malformed message {messageNum}: {e}")
+
+    # -- IPushProducer, for the TCP connection to the server
+
+    def pauseProducing(self) -> None:  # noqa: N802 (IPushProducer)
+        """The server's TCP connection is backed up: pause every channel's source."""
+        self.write_blocked = True
+        for channel in self.channels.values():
+            channel.sync_producer()
+
+    def resumeProducing(self) -> None:  # noqa: N802 (IPushProducer)
+        """The server's TCP connection drained: let channel sources flow again."""
+        self.write_blocked = False
+        for channel in list(self.channels.values()):
+            channel.sync_producer()
+
+    def stopProducing(self) -> None:  # noqa: N802 (IPushProducer)
+        # The TCP connection is going away; serviceStopped does the cleanup.
+        pass
+
+    # -- requests we make
+
+    def send_global_request(self, name: bytes, data: bytes) -> Deferred[bytes]:
+        """
+        Send a global request with want-reply; fire with the success payload, or fail
+        with :class:`ForwardingError` when the server says no.
+        """
+        d: Deferred[bytes] = Deferred()
+        if self.stopped:
+            d.errback(Failure(ForwardingError("not connected")))
+            return d
+        self._global_replies.append(d)
+        self._send(MSG_GLOBAL_REQUEST, _wire.encode_string(name) + b"\x01" + data)
+        return d
+
+    def send_channel_data(self, channel: ForwardedChannel, data: bytes | memoryview) -> None:
+        """Send one CHANNEL_DATA packet (the channel has done the window accounting)."""
+        self._send(MSG_CHANNEL_DATA, _U32X2.pack(channel.remote_id, len(data)) + data)
+
+    def send_window_adjust(self, channel: ForwardedChannel, amount: int) -> None:
+        """Widen the server's view of our window."""
+        self._send(MSG_CHANNEL_WINDOW_ADJUST, _U32X2.pack(channel.remote_id, amount))
+
+    def send_channel_eof(self, channel: ForwardedChannel) -> None:
+        """Half-close a channel."""
+        self._send(MSG_CHANNEL_EOF, _U32.pack(channel.remote_id))
+
+    def send_channel_close(self, channel: ForwardedChannel) -> None:
+        """Close a channel."""
+        self._send(MSG_CHANNEL_CLOSE, _U32.pack(channel.remote_id))
+
+    def disconnect(self, description: str) -> None:
+        """End the connection politely (DISCONNECT_BY_APPLICATION)."""
+        if self.transport is not None and not self.stopped:
+            self.transport.sendDisconnect(DISCONNECT_BY_APPLICATION, description.encode())
+
+    def protocol_violation(self, description: str) -> None:
+        """The server broke the protocol: say so and drop the connection."""
+        _log.error("SSH protocol error from server: {description}", description=description)
+        if self.protocol_error is None:
+            self.protocol_error = ProtocolError(
+                f"The SSH server broke the protocol ({description}); connection closed."
+            )
+        if self.transport is not None and not self.stopped:
+            self.transport.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, description.encode())
+
+    # -- called by channels
+
+    def channel_finished(self, channel: ForwardedChannel) -> None:
+        """A channel has ended: forget it."""
+        self.channels.pop(channel.local_id, None)
+        if channel.confirmed:
+            self.host.channel_event("closed", channel.info)
+
+    def observe_data(self, channel: ForwardedChannel, data: bytes) -> None:
+        """Report inbound data to observers."""
+        self.host.channel_event("data", channel.info, data)
+
+    def observe_eof(self, channel: ForwardedChannel) -> None:
+        """Report an EOF to observers."""
+        self.host.channel_event("eof", channel.info)
+
+    def observe_ready_to_send(self, channel: ForwardedChannel) -> None:
+        """Report that held-back writes went out."""
+        self.host.channel_event("ready", channel.info)
+
+    # -- inbound messages
+
+    def _send(self, message: int, payload: bytes) -> None:
+        if self.transport is not None and not self.stopped:
+            self.transport.sendPacket(message, payload)
+
+    def _tcp_transport(self) -> IConsumer | None:
+        transport: SSHTransportBase | None = self.transport
+        tcp = getattr(transport, "transport", None)
+        return IConsumer(tcp, None)
+
+    def _unexpected(self, name: str) -> Callable[[bytes], None]:
+        def handler(packet: bytes) -> None:
+            # We never open channels or send channel requests (RELIABILITY.md D9).
+            self.protocol_violation(f"unsolicited {name}")
+
+        return handler
+
+    def _global_request(self, packet: bytes) -> None:
+        name, offset = _wire.decode_string(packet)
+        if offset >= len(packet):
+            raise _wire.WireError("GLOBAL_REQUEST without want-reply flag")
+        want_reply = packet[offset] != 0
+        # We serve no global requests: keepalive@openssh.com is answered with failure, as
+        # OpenSSH's client does (any reply proves liveness); hostkeys-00@openssh.com
+        # carries no want-reply; tcpip-forward from a server is refused (RFC 4254 §7.1).
+        _log.debug("refusing global request {name!r}", name=name[:64])
+        if want_reply:
+            self._send(MSG_REQUEST_FAILURE, b"")
+
+    def _request_success(self, packet: bytes) -> None:
+        if not self._global_replies:
+            self.protocol_violation("unsolicited REQUEST_SUCCESS")
+            return
+        self._global_replies.popleft().callback(packet)
+
+    def _request_failure(self, packet: bytes) -> None:
+        if not self._global_replies:
+            self.protocol_violation("unsolicited REQUEST_FAILURE")
+            return
+        self._global_replies.popleft().errback(Failure(ForwardingError("request refused")))
+
+    def _channel_open(self, packet: bytes) -> None:
+        channel_type, offset = _wire.decode_string(packet)
+        if offset + 12 > len(packet):
+            raise _wire.WireError("truncated CHANNEL_OPEN")
+        sender, window, max_packet = _U32X3.unpack_from(packet, offset)
+        if channel_type != b"forwarded-tcpip":
+            if channel_type in _KNOWN_REFUSED_TYPES:
+                self._refuse(
+                    sender,
+                    OPEN_ADMINISTRATIVELY_PROHIBITED,
+                    f"{channel_type.decode()} channels are not accepted",
+                )
+            else:
+                self._refuse(sender, OPEN_UNKNOWN_CHANNEL_TYPE, "unknown channel type")
+            return
+        try:
+            fields = _wire.decode_forwarded_tcpip(packet[offset + 12 :])
+        except _wire.WireError as e:
+            self._refuse(sender, OPEN_ADMINISTRATIVELY_PROHIBITED, f"malformed open: {e}")
+            return
+        forward = self.host.find_forward(fields.connected_address, fields.connected_port)
+        if forward is None:
+            # D1/D2/D3: never ours, or cancelled; no local connect is attempted.
+            _log.warn(
+                "refused forwarded-tcpip for {address}:{port}, which we did not request",
+                address=fields.connected_address[:80],
+                port=fields.connected_port,
+            )
+            self._refuse(sender, OPEN_ADMINISTRATIVELY_PROHIBITED, "no such forward")
+            return
+        if len(self.channels) >= self.max_channels:
+            self._refuse(sender, OPEN_RESOURCE_SHORTAGE, "too many channels")
+            return
+        if max_packet == 0:
+            self._refuse(sender, OPEN_RESOURCE_SHORTAGE, "maximum packet size 0")
+            return
+        local_id = self._next_id
+        self._next_id += 1
+        info = ChannelInfo(
+            channel_id=local_id,
+            service="forwarded-tcpip",
+            connected_address=fields.connected_address,
+            connected_port=fields.connected_port,
+            origin_address=fields.origin_address,
+            origin_port=fields.origin_port,
+            forwarding_host=forward.host or "",
+            forwarding_port=forward.host_port or 0,
+            forward=forward,
+        )
+        channel = ForwardedChannel(
+            self, local_id, sender, window, max_packet, self.window_size, self.max_packet, info
+        )
+        self.channels[local_id] = channel
+        request = ChannelOpenRequest(
+            channel_id=local_id,
+            service="forwarded-tcpip",
+            connected_address=fields.connected_address,
+            connected_port=fields.connected_port,
+            origin_address=fields.origin_address,
+            origin_port=fields.origin_port,
+        )
+        d = defer.maybeDeferred(self.host.open_target, forward, request, channel)
+        self._pending[local_id] = _PendingOpen(channel, d)
+        d.addCallbacks(
+            lambda protocol: self._confirm(channel, protocol),
+            lambda failure: self._open_failed(channel, failure),
+        )
+
+    def _confirm(self, channel: ForwardedChannel, protocol: IProtocol) -> None:
+        self._pending.pop(channel.local_id, None)
+        if self.stopped or channel.finished:
+            protocol.makeConnection(channel)
+            protocol.connectionLost(Failure(ConnectionLost("SSH connection lost")))
+            return
+        self._send(
+            MSG_CHANNEL_OPEN_CONFIRMATION,
+            _U32X4.pack(channel.remote_id, channel.local_id, self.window_size, self.max_packet),
+        )
+        channel.attach(protocol)
+        if not channel.finished:
+            self.host.channel_event("opened", channel.info)
+
+    def _open_failed(self, channel: ForwardedChannel, failure: Failure) -> None:
+        self._pending.pop(channel.local_id, None)
+        self.channels.pop(channel.local_id, None)
+        if failure.check(defer.CancelledError) or self.stopped:
+            return
+        if failure.check(ChannelRefused):
+            refused: ChannelRefused = failure.value  # type: ignore[assignment]
+            code, description = refused.code, refused.description
+        else:
+            _log.failure("opening a forwarded channel failed", failure)
+            code, description = OPEN_CONNECT_FAILED, "internal error"
+        self._refuse(channel.remote_id, code, description)
+
+    def _refuse(self, sender: int, code: int, description: str) -> None:
+        self._send(
+            MSG_CHANNEL_OPEN_FAILURE,
+            _U32X2.pack(sender, code)
+            + _wire.encode_string(description.encode("utf-8")[:256])
+            + _wire.encode_string(b""),
+        )
+
+    def _live_channel(self, packet: bytes, what: str) -> ForwardedChannel | None:
+        if len(packet) < 4:
+            raise _wire.WireError(f"truncated {what}")
+        (local_id,) = _U32.unpack_from(packet)
+        channel = self.channels.get(local_id)
+        if channel is None or not channel.confirmed or channel.close_received:
+            self.protocol_violation(f"{what} for unknown or closed channel {local_id}")
+            return None
+        return channel
+
+    def _window_adjust(self, packet: bytes) -> None:
+        channel = self._live_channel(packet, "WINDOW_ADJUST")
+        if channel is None:
+            return
+        (amount,) = _U32.unpack_from(packet, 4)
+        if channel.remote_window + amount > _MAX_U32:
+            # RFC 4254 §5.2: a window may not exceed 2^32 - 1 bytes.
+            self.protocol_violation("window adjusted past 2^32-1")
+            return
+        channel.window_adjusted(amount)
+
+    def _channel_data(self, packet: bytes) -> None:
+        channel = self._live_channel(packet, "CHANNEL_DATA")
+        if channel is None:
+            return
+        (length,) = _U32.unpack_from(packet, 4)
+        if length != len(packet) - 8:
+            raise _wire.WireError("CHANNEL_DATA length does not match the packet")
+        if channel.eof_received:
+            self.protocol_violation(f"data after EOF on channel {channel.local_id}")
+            return
+        if length > channel.local_window_left or length > self.max_packet:
+            # RFC 4254 §5.2: the server must respect our window and packet size.
+            self.protocol_violation(f"data beyond the window on channel {channel.local_id}")
+            return
+        if length:
+            channel.data_received(packet[8:])
+
+    def _extended_data(self, packet: bytes) -> None:
+        channel = self._live_channel(packet, "CHANNEL_EXTENDED_DATA")
+        if channel is None:
+            return
+        if len(packet) < 12:
+            raise _wire.WireError("truncated CHANNEL_EXTENDED_DATA")
+        (length,) = _U32.unpack_from(packet, 8)
+        if length > channel.local_window_left or length > self.max_packet:
+            self.protocol_violation("extended data beyond the window")
+            return
+        # forwarded-tcpip has no stderr; the bytes still count against the window, so
+        # give the window back and drop them.
+        channel.local_window_left -= length
+        channel.maybe_grant()
+
+    def _channel_eof(self, packet: bytes) -> None:
+        channel = self._live_channel(packet, "CHANNEL_EOF")
+        if channel is None or channel.eof_received:
+            return
+        channel.eof_from_server()
+
+    def _channel_close(self, packet: bytes) -> None:
+        if len(packet) < 4:
+            raise _wire.WireError("truncated CHANNEL_CLOSE")
+        (local_id,) = _U32.unpack_from(packet)
+        channel = self.channels.get(local_id)
+        if channel is None or channel.close_received:
+            self.protocol_violation(f"CHANNEL_CLOSE for unknown or closed channel {local_id}")
+            return
+        channel.close_from_server()
+
+    def _channel_request(self, packet: bytes) -> None:
+        channel = self._live_channel(packet, "CHANNEL_REQUEST")
+        if channel is None:
+            return
+        _name, offset = _wire.decode_string(packet, 4)
+        if offset >= len(packet):
+            raise _wire.WireError("CHANNEL_REQUEST without want-reply flag")
+        if packet[offset]:
+            self._send(MSG_CHANNEL_FAILURE, _U32.pack(channel.remote_id))

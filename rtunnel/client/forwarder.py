@@ -1,0 +1,142 @@
+"""
+Forwarding mode: splice a channel to a local TCP target.
+
+Two protocols meet here: :class:`TargetProtocol` on the TCP connection to the target, and
+:class:`Splice` on the channel. Each registers the other's transport as its producer, so a
+full target socket stops the channel's window grants and a shut server window pauses
+reading from the target.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from typing_extensions import override
+from zope.interface import implementer
+
+from rtunnel.client.channel import ForwardedChannel
+
+__all__ = ["Splice", "TargetProtocol", "abort_with_reset"]
+
+
+def abort_with_reset(transport: object) -> None:
+    """
+    Drop a TCP connection with RST (SO_LINGER 0), so the peer sees a truncation rather
+    than a clean end of stream.
+    """
+    try:
+        handle = transport.getHandle()  # type: ignore[attr-defined]
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except (AttributeError, OSError):
+        pass
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+
+
+def _stop_pacing(transport: object) -> None:
+    # No more server data follows an EOF or CLOSE, so the channel no longer needs to be
+    # paced by the target. It must stop being the target's producer before the target is
+    # half-closed or closed: Twisted 26.10's FileDescriptor.doWrite, on draining its buffer
+    # with a paused streaming producer, resumes the producer and skips the pending
+    # shutdown, which then never happens.
+    unregister = getattr(transport, "unregisterProducer", None)
+    if unregister is not None:
+        unregister()
+
+
+@implementer(IHalfCloseableProtocol)
+class TargetProtocol(Protocol):
+    """The TCP connection to the local target."""
+
+    def __init__(self) -> None:
+        self.channel: ForwardedChannel | None = None
+
+    @override
+    def connectionMade(self) -> None:
+        # Read nothing until the channel is confirmed: a target that talks first (SMTP,
+        # SSH) must not have its greeting dropped or buffered here.
+        assert self.transport is not None
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if self.channel is not None:
+            self.channel.write(data)
+
+    def readConnectionLost(self) -> None:  # noqa: N802 (IHalfCloseableProtocol)
+        """The target half-closed: send EOF on the channel."""
+        if self.channel is not None:
+            self.channel.loseWriteConnection()
+
+    def writeConnectionLost(self) -> None:  # noqa: N802 (IHalfCloseableProtocol)
+        """Our write side to the target is shut down; the read side may go on."""
+
+    @override
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        if self.channel is not None:
+            self.channel.loseConnection()
+
+
+class TargetFactory(Factory):
+    """Builds the one :class:`TargetProtocol` a connect attempt is for."""
+
+    def __init__(self, target: TargetProtocol) -> None:
+        self.target = target
+
+    @override
+    def buildProtocol(self, addr: object) -> TargetProtocol:  # type: ignore[override]
+        return self.target
+
+
+@implementer(IHalfCloseableProtocol)
+class Splice(Protocol):
+    """The channel side of a forwarding-mode connection."""
+
+    def __init__(self, target: TargetProtocol) -> None:
+        self.target = target
+
+    @override
+    def connectionMade(self) -> None:
+        channel = self.transport
+        assert isinstance(channel, ForwardedChannel)
+        target_transport = self.target.transport
+        assert target_transport is not None
+        self.target.channel = channel
+        target_transport.registerProducer(channel, True)  # type: ignore[attr-defined]
+        channel.registerProducer(target_transport, True)  # type: ignore[arg-type]
+        target_transport.resumeProducing()  # type: ignore[attr-defined]
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        transport = self.target.transport
+        if transport is not None:
+            transport.write(data)
+
+    def readConnectionLost(self) -> None:  # noqa: N802 (IHalfCloseableProtocol)
+        """The remote client half-closed: shut down our write side to the target."""
+        transport = self.target.transport
+        if transport is not None and ITCPTransport.providedBy(transport):
+            _stop_pacing(transport)
+            transport.loseWriteConnection()
+
+    def writeConnectionLost(self) -> None:  # noqa: N802 (IHalfCloseableProtocol)
+        """Nothing to do: the channel's EOF is sent by the channel itself."""
+
+    @override
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        transport = self.target.transport
+        self.target.channel = None
+        if transport is None:
+            return
+        if reason.check(ConnectionDone):
+            _stop_pacing(transport)
+            transport.loseConnection()
+        else:
+            # The SSH connection died: make the truncation visible to the target.
+            abort_with_reset(transport)

@@ -1,0 +1,213 @@
+"""
+known_hosts matching as OpenSSH does it, and fingerprints. Pure: files are read by the
+caller-facing helpers only; matching works on text.
+
+Covered here (the core): plain and hashed (``|1|salt|hash``) host fields, comma-separated
+patterns, ``[host]:port`` for a non-default port, ``*``/``?`` wildcards, ``!`` negation and
+several keys per host. Marker lines (``@cert-authority``, ``@revoked``) are recognised and
+kept apart so they are never mistaken for a plain trusted key.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "HostKeyCheck",
+    "KnownHostEntry",
+    "KnownHosts",
+    "fingerprint_sha256",
+    "host_key_line",
+    "host_lookup_name",
+]
+
+
+def fingerprint_sha256(blob: bytes) -> str:
+    """The key's fingerprint in OpenSSH's default form: ``SHA256:`` + unpadded base64."""
+    digest = hashlib.sha256(blob).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def host_lookup_name(host: str, port: int) -> str:
+    """The name OpenSSH looks a host up by: ``host``, or ``[host]:port`` off port 22."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def host_key_line(host: str, port: int, key_type: str, blob: bytes) -> str:
+    """A known_hosts line for one key."""
+    b64 = base64.b64encode(blob).decode("ascii")
+    return f"{host_lookup_name(host, port)} {key_type} {b64}"
+
+
+class HostKeyCheck(enum.Enum):
+    """The outcome of looking a host's key up."""
+
+    MATCH = "match"
+    CHANGED = "changed"  # the host is known with other keys of the same type
+    UNKNOWN = "unknown"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class KnownHostEntry:
+    """
+    One line of a known_hosts file.
+
+    :ivar patterns: the host field, split on commas (hashed fields are kept whole).
+    :ivar key_type: e.g. ``ssh-ed25519``.
+    :ivar blob: the public key in wire form.
+    :ivar marker: ``""``, ``"cert-authority"`` or ``"revoked"``.
+    :ivar path: the file the line came from.
+    :ivar line: its line number (1-based).
+    """
+
+    patterns: tuple[str, ...]
+    key_type: str
+    blob: bytes
+    marker: str = ""
+    path: str = ""
+    line: int = 0
+
+    def matches_host(self, name: str) -> bool:
+        """
+        Whether this line's host field names ``name`` (already in ``[host]:port`` form when
+        the port is not 22). A matching negated pattern excludes the host whatever else
+        matches (OpenSSH ``match_hostname``).
+        """
+        positive = False
+        for pattern in self.patterns:
+            if pattern.startswith("|1|"):
+                if _hashed_matches(pattern, name):
+                    positive = True
+                continue
+            negated = pattern.startswith("!")
+            if negated:
+                pattern = pattern[1:]
+            # Host names compare case-insensitively (OpenSSH lowercases before matching).
+            if _wildcard_match(name.lower(), pattern.lower()):
+                if negated:
+                    return False
+                positive = True
+        return positive
+
+
+def _wildcard_match(name: str, pattern: str) -> bool:
+    """
+    OpenSSH ``match_pattern``: ``*`` and ``?`` are the only wildcards. (``fnmatch`` would
+    read the brackets of ``[host]:port`` as a character class.)
+    """
+    if "*" not in pattern and "?" not in pattern:
+        return name == pattern
+    regex = "".join(
+        ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern
+    )
+    return re.fullmatch(regex, name, re.DOTALL) is not None
+
+
+def _hashed_matches(field: str, name: str) -> bool:
+    parts = field.split("|")
+    # "|1|salt|hash" splits into ["", "1", salt, hash].
+    if len(parts) != 4:
+        return False
+    try:
+        salt = base64.b64decode(parts[2], validate=True)
+        expected = base64.b64decode(parts[3], validate=True)
+    except ValueError:
+        return False
+    actual = hmac.new(salt, name.encode("utf-8"), hashlib.sha1).digest()
+    return hmac.compare_digest(actual, expected)
+
+
+def parse_known_hosts(text: str, path: str = "") -> list[KnownHostEntry]:
+    """
+    Parse known_hosts text. Blank lines, comments and lines that cannot be parsed are
+    skipped, as OpenSSH skips them.
+    """
+    entries: list[KnownHostEntry] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        marker = ""
+        if fields[0].startswith("@"):
+            marker = fields[0][1:]
+            fields = fields[1:]
+        if len(fields) < 3:
+            continue
+        try:
+            blob = base64.b64decode(fields[2], validate=True)
+        except ValueError:
+            continue
+        entries.append(
+            KnownHostEntry(
+                patterns=tuple(fields[0].split(",")),
+                key_type=fields[1],
+                blob=blob,
+                marker=marker,
+                path=path,
+                line=number,
+            )
+        )
+    return entries
+
+
+class KnownHosts:
+    """
+    The entries of one or more known_hosts files.
+
+    :ivar entries: every parsed line, in file order.
+    """
+
+    def __init__(self, entries: Iterable[KnownHostEntry]) -> None:
+        self.entries = list(entries)
+
+    @classmethod
+    def from_files(cls, paths: Sequence[Path]) -> KnownHosts:
+        """Read the files that exist; a missing file is simply empty (as in OpenSSH)."""
+        entries: list[KnownHostEntry] = []
+        for path in paths:
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                continue
+            entries.extend(parse_known_hosts(text, str(path)))
+        return cls(entries)
+
+    def check(
+        self, host: str, port: int, key_type: str, blob: bytes
+    ) -> tuple[HostKeyCheck, KnownHostEntry | None]:
+        """
+        Look up ``host:port`` and compare ``blob``.
+
+        :return: the outcome and, for ``MATCH``, ``CHANGED`` and ``REVOKED``, the entry
+            that decided it (for ``CHANGED`` the line of the old key, to name in the error).
+        """
+        name = host_lookup_name(host, port)
+        changed: KnownHostEntry | None = None
+        matched: KnownHostEntry | None = None
+        for entry in self.entries:
+            if entry.marker == "revoked":
+                # @revoked lines apply whatever host they name (OpenSSH checks the key
+                # against revoked entries for every host pattern that matches).
+                if entry.blob == blob and entry.matches_host(name):
+                    return HostKeyCheck.REVOKED, entry
+                continue
+            if entry.marker or not entry.matches_host(name):
+                continue
+            if entry.blob == blob:
+                matched = matched or entry
+            elif entry.key_type == key_type and changed is None:
+                changed = entry
+        if matched is not None:
+            return HostKeyCheck.MATCH, matched
+        if changed is not None:
+            return HostKeyCheck.CHANGED, changed
+        return HostKeyCheck.UNKNOWN, None
