@@ -1,0 +1,443 @@
+"""
+The connection service and forwarded channels, one protocol at a time: a fake SSH transport
+records what we send, and tests feed server messages straight into the service.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from rtunnel import ChannelOpenRequest, Forward, ForwardState, ReverseTunnel, TunnelObserver, _wire
+from rtunnel._model import ChannelInfo
+from rtunnel.client import connection as c
+from rtunnel.errors import ForwardingError
+
+U32 = struct.Struct(">L")
+
+
+class FakeSSHTransport:
+    """Stands in for the SSH transport: records packets and disconnects."""
+
+    def __init__(self) -> None:
+        self.packets: list[tuple[int, bytes]] = []
+        self.disconnects: list[tuple[int, bytes]] = []
+        self.unimplemented = 0
+        self.transport = None
+
+    def sendPacket(self, message: int, payload: bytes) -> None:  # noqa: N802
+        self.packets.append((message, bytes(payload)))
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:  # noqa: N802
+        self.disconnects.append((reason, desc))
+
+    def sendUnimplemented(self) -> None:  # noqa: N802
+        self.unimplemented += 1
+
+    def of(self, message: int) -> list[bytes]:
+        return [p for m, p in self.packets if m == message]
+
+
+class Recorder(Protocol):
+    instances: list[Recorder] = []
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.lost: list[Failure] = []
+        Recorder.instances.append(self)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.data.append(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # noqa: N802
+        self.lost.append(reason)
+
+
+class Harness:
+    def __init__(
+        self, *, window: int = 64 * 1024, max_packet: int = 16 * 1024, max_channels: int = 8
+    ) -> None:
+        self.clock = MemoryReactorClock()
+        self.tunnel = ReverseTunnel(
+            self.clock,
+            "server",
+            22,
+            window_size=window,
+            max_packet=max_packet,
+            max_channels=max_channels,
+            target_connect_timeout=5,
+        )
+        self.ssh = FakeSSHTransport()
+        self.conn = c.ForwardingConnection(
+            self.tunnel,
+            window_size=window,
+            max_packet=max_packet,
+            max_channels=max_channels,
+            on_started=lambda conn: None,
+            on_stopped=lambda conn: None,
+        )
+        self.conn.transport = self.ssh  # type: ignore[assignment]
+        self.tunnel._conn = self.conn
+        self.conn.serviceStarted()
+
+    def feed(self, message: int, payload: bytes) -> None:
+        self.conn.packetReceived(message, payload)
+
+    def forward(
+        self, bind: str = "127.0.0.1", port: int = 0, allocated: int = 40000, **kw: Any
+    ) -> Forward:
+        kw.setdefault("factory", Factory.forProtocol(Recorder))
+        d = self.tunnel.request_forwarding(bind, port, **kw)
+        self.feed(c.MSG_REQUEST_SUCCESS, U32.pack(allocated) if port == 0 else b"")
+        return _result(d)
+
+    def open(
+        self,
+        sender: int = 7,
+        address: str = "127.0.0.1",
+        port: int = 40000,
+        window: int = 1 << 20,
+        max_packet: int = 32768,
+        kind: bytes = b"forwarded-tcpip",
+    ) -> None:
+        data = _wire.encode_forwarded_tcpip(
+            _wire.ForwardedTcpip(address, port, "203.0.113.9", 5555)
+        )
+        self.feed(
+            c.MSG_CHANNEL_OPEN,
+            _wire.encode_string(kind) + struct.pack(">3L", sender, window, max_packet) + data,
+        )
+
+    def failures(self) -> list[tuple[int, int, bytes]]:
+        out = []
+        for p in self.ssh.of(c.MSG_CHANNEL_OPEN_FAILURE):
+            sender, code = struct.unpack(">2L", p[:8])
+            out.append((sender, code, _wire.decode_string(p, 8)[0]))
+        return out
+
+
+def _result(d: Deferred[Any]) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "Deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+@pytest.fixture(autouse=True)
+def _reset_recorder() -> None:
+    Recorder.instances = []
+
+
+def test_port_zero_forward_reports_allocated_port() -> None:
+    h = Harness()
+    fwd = h.forward(port=0, allocated=40123)
+    assert fwd.port == 40123 and fwd.state is ForwardState.ACTIVE
+    (req,) = h.ssh.of(c.MSG_GLOBAL_REQUEST)
+    assert req == _wire.encode_string(b"tcpip-forward") + b"\x01" + _wire.encode_tcpip_forward(
+        "127.0.0.1", 0
+    )
+
+
+def test_event_mode_open_is_confirmed_and_data_flows() -> None:
+    h = Harness()
+    h.forward()
+    h.open(sender=7)
+    (confirm,) = h.ssh.of(c.MSG_CHANNEL_OPEN_CONFIRMATION)
+    assert struct.unpack(">4L", confirm) == (7, 0, 64 * 1024, 16 * 1024)
+    (proto,) = Recorder.instances
+    h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + _wire.encode_string(b"hello"))
+    assert proto.data == [b"hello"]
+    info = h.tunnel.channel(0)
+    assert (info.origin_address, info.origin_port, info.bytes_received) == ("203.0.113.9", 5555, 5)
+    assert proto.transport.getPeer().host == "203.0.113.9"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("address", "port"),
+    [("127.0.0.1", 40001), ("10.0.0.1", 40000), ("", 0)],
+)
+def test_open_for_a_forward_we_never_requested_is_refused(address: str, port: int) -> None:
+    # D1/D2: nothing is connected, the open is refused.
+    h = Harness()
+    h.forward()
+    h.forward(bind="::1", allocated=40000)  # same port on two binds: address must decide
+    h.open(address=address, port=port)
+    assert h.failures() == [(7, c.OPEN_ADMINISTRATIVELY_PROHIBITED, b"no such forward")]
+    assert Recorder.instances == []
+
+
+def test_open_after_cancel_is_refused() -> None:
+    # D3 / B4: opens that race the cancel are refused.
+    h = Harness()
+    h.forward()
+    d = h.tunnel.cancel_forwarding("127.0.0.1", 40000)
+    h.open()
+    h.feed(c.MSG_REQUEST_SUCCESS, b"")
+    _result(d)
+    assert h.failures()[0][1] == c.OPEN_ADMINISTRATIVELY_PROHIBITED
+    assert h.tunnel.forwards == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [
+        (b"session", c.OPEN_ADMINISTRATIVELY_PROHIBITED),
+        (b"x11", c.OPEN_ADMINISTRATIVELY_PROHIBITED),
+        (b"auth-agent@openssh.com", c.OPEN_ADMINISTRATIVELY_PROHIBITED),
+        (b"direct-tcpip", c.OPEN_ADMINISTRATIVELY_PROHIBITED),
+        (b"made-up@example.com", c.OPEN_UNKNOWN_CHANNEL_TYPE),
+    ],
+)
+def test_other_channel_types_are_refused(kind: bytes, code: int) -> None:
+    # D4.
+    h = Harness()
+    h.forward()
+    h.open(kind=kind)
+    assert [f[1] for f in h.failures()] == [code]
+    assert Recorder.instances == [] and h.conn.channels == {}
+
+
+def test_accept_hook_sees_the_request_and_can_refuse_later() -> None:
+    seen: list[ChannelOpenRequest] = []
+    answer: Deferred[bool] = Deferred()
+
+    def accept(request: ChannelOpenRequest) -> Deferred[bool]:
+        seen.append(request)
+        return answer
+
+    h = Harness()
+    h.forward(accept=accept)
+    h.open()
+    assert seen[0].origin_address == "203.0.113.9" and seen[0].connected_port == 40000
+    assert seen[0].service == "forwarded-tcpip"
+    assert h.ssh.of(c.MSG_CHANNEL_OPEN_CONFIRMATION) == []
+    answer.callback(False)
+    assert h.failures() == [(7, 1, b"refused by the application")]
+
+
+@pytest.mark.parametrize("behaviour", ["raises", "never"])
+def test_accept_hook_failure_or_silence_refuses_only_that_channel(behaviour: str) -> None:
+    # C14.
+    def accept(request: ChannelOpenRequest) -> Any:
+        if behaviour == "raises":
+            raise RuntimeError("boom")
+        return Deferred()
+
+    h = Harness()
+    h.forward(accept=accept)
+    h.open()
+    h.clock.advance(11)
+    assert [f[1] for f in h.failures()] == [c.OPEN_ADMINISTRATIVELY_PROHIBITED]
+    assert h.conn.channels == {} and h.ssh.disconnects == []
+
+
+def test_channel_cap_gives_resource_shortage() -> None:
+    # C11.
+    h = Harness(max_channels=2)
+    h.forward()
+    for sender in range(3):
+        h.open(sender=sender)
+    assert h.failures() == [(2, c.OPEN_RESOURCE_SHORTAGE, b"too many channels")]
+
+
+def test_window_is_granted_only_as_the_consumer_drains() -> None:
+    h = Harness(window=64 * 1024, max_packet=16 * 1024)
+    h.forward()
+    h.open()
+    (proto,) = Recorder.instances
+    channel = h.conn.channels[0]
+    channel.pauseProducing()  # the consumer is full
+    for _ in range(4):
+        h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + _wire.encode_string(b"x" * 16384))
+    assert h.ssh.of(c.MSG_CHANNEL_WINDOW_ADJUST) == []
+    # A fifth packet would exceed the window we granted: protocol error (D7).
+    h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + _wire.encode_string(b"x"))
+    assert h.ssh.disconnects and h.ssh.disconnects[0][0] == c.DISCONNECT_PROTOCOL_ERROR
+    assert len(proto.data) == 4
+
+
+def test_window_grant_after_resume() -> None:
+    h = Harness(window=64 * 1024, max_packet=16 * 1024)
+    h.forward()
+    h.open()
+    channel = h.conn.channels[0]
+    channel.pauseProducing()
+    for _ in range(3):
+        h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + _wire.encode_string(b"x" * 16384))
+    channel.resumeProducing()
+    (adjust,) = h.ssh.of(c.MSG_CHANNEL_WINDOW_ADJUST)
+    assert struct.unpack(">2L", adjust) == (7, 3 * 16384)
+
+
+def test_outgoing_data_is_chunked_and_held_for_window() -> None:
+    # C15: the server allows 1000-byte packets and a 2500-byte window.
+    h = Harness()
+    h.forward()
+    h.open(window=2500, max_packet=1000)
+    (proto,) = Recorder.instances
+    ready: list[ChannelInfo] = []
+
+    class Obs(TunnelObserver):
+        def channel_ready_to_send(self, info: ChannelInfo) -> None:
+            ready.append(info)
+
+    h.tunnel.add_observer(Obs())
+    assert proto.transport is not None
+    proto.transport.write(b"a" * 4000)
+    sizes = [len(p) - 8 for p in h.ssh.of(c.MSG_CHANNEL_DATA)]
+    assert sizes == [1000, 1000, 500]
+    h.feed(c.MSG_CHANNEL_WINDOW_ADJUST, struct.pack(">2L", 0, 10000))
+    sizes = [len(p) - 8 for p in h.ssh.of(c.MSG_CHANNEL_DATA)]
+    assert sizes == [1000, 1000, 500, 1000, 500]
+    assert h.tunnel.channel(0).bytes_sent == 4000 and len(ready) == 1
+
+
+def test_huge_peer_packet_size_is_capped() -> None:
+    h = Harness()
+    h.forward()
+    h.open(window=0xFFFFFFFF, max_packet=0xFFFFFFFF)
+    (proto,) = Recorder.instances
+    proto.transport.write(b"z" * (600 * 1024))  # type: ignore[union-attr]
+    assert max(len(p) - 8 for p in h.ssh.of(c.MSG_CHANNEL_DATA)) == 256 * 1024
+
+
+def test_window_adjust_past_2_32_is_a_protocol_error() -> None:
+    # D6.
+    h = Harness()
+    h.forward()
+    h.open(window=0xFFFFFFF0)
+    h.feed(c.MSG_CHANNEL_WINDOW_ADJUST, struct.pack(">2L", 0, 0x100))
+    assert h.ssh.disconnects[0][0] == c.DISCONNECT_PROTOCOL_ERROR
+
+
+def test_max_packet_zero_is_refused_cleanly() -> None:
+    # D5.
+    h = Harness()
+    h.forward()
+    h.open(max_packet=0)
+    assert [f[1] for f in h.failures()] == [c.OPEN_RESOURCE_SHORTAGE]
+
+
+@pytest.mark.parametrize(
+    ("message", "payload"),
+    [
+        (c.MSG_CHANNEL_DATA, U32.pack(99) + _wire.encode_string(b"x")),  # unknown channel
+        (c.MSG_CHANNEL_DATA, U32.pack(0) + U32.pack(5) + b"ab"),  # length lies
+        (c.MSG_CHANNEL_DATA, b"\x00"),  # truncated
+        (c.MSG_CHANNEL_EOF, U32.pack(3)),
+        (c.MSG_CHANNEL_CLOSE, U32.pack(3)),
+        (c.MSG_CHANNEL_WINDOW_ADJUST, U32.pack(0)),
+        (c.MSG_REQUEST_SUCCESS, b""),  # D9: nothing asked
+        (c.MSG_REQUEST_FAILURE, b""),
+        (c.MSG_CHANNEL_SUCCESS, U32.pack(0)),
+        (c.MSG_CHANNEL_OPEN_CONFIRMATION, b"\x00" * 16),
+        (c.MSG_GLOBAL_REQUEST, b"\x00\x00\x00\x09keepalive"),  # no want-reply byte
+        (c.MSG_CHANNEL_OPEN, b"\x00\x00\x00\x0fforwarded-tcpip"),
+    ],
+)
+def test_malformed_or_unexpected_messages_disconnect_cleanly(message: int, payload: bytes) -> None:
+    # D8/D9/D16: a protocol-error disconnect, never an exception.
+    h = Harness()
+    h.forward()
+    h.open()
+    h.feed(message, payload)
+    assert [d[0] for d in h.ssh.disconnects] == [c.DISCONNECT_PROTOCOL_ERROR]
+    assert h.conn.protocol_error is not None
+
+
+def test_messages_after_close_are_protocol_errors() -> None:
+    h = Harness()
+    h.forward()
+    h.open()
+    (proto,) = Recorder.instances
+    h.feed(c.MSG_CHANNEL_CLOSE, U32.pack(0))
+    assert h.ssh.of(c.MSG_CHANNEL_CLOSE) == [U32.pack(7)]  # answered once
+    assert proto.lost and h.tunnel.channels == []
+    h.feed(c.MSG_CHANNEL_CLOSE, U32.pack(0))
+    assert h.ssh.disconnects[0][0] == c.DISCONNECT_PROTOCOL_ERROR
+    assert h.ssh.of(c.MSG_CHANNEL_CLOSE) == [U32.pack(7)]
+
+
+def test_server_global_requests_are_refused() -> None:
+    # B7 (tcpip-forward from the server) and B8 (keepalive / hostkeys).
+    h = Harness()
+    for name, want in [
+        (b"tcpip-forward", 1),
+        (b"keepalive@openssh.com", 1),
+        (b"hostkeys-00@openssh.com", 0),
+    ]:
+        h.feed(c.MSG_GLOBAL_REQUEST, _wire.encode_string(name) + bytes([want]) + b"junk")
+    assert h.ssh.of(c.MSG_REQUEST_FAILURE) == [b"", b""]
+    assert h.ssh.disconnects == []
+
+
+def test_global_replies_are_matched_in_order() -> None:
+    # B5: three requests in flight, the middle one refused.
+    h = Harness()
+    factory = Factory.forProtocol(Recorder)
+    ds = [h.tunnel.request_forwarding("127.0.0.1", p, factory=factory) for p in (1001, 1002, 1003)]
+    h.feed(c.MSG_REQUEST_SUCCESS, b"")
+    h.feed(c.MSG_REQUEST_FAILURE, b"")
+    h.feed(c.MSG_REQUEST_SUCCESS, b"")
+    assert _result(ds[0]).port == 1001
+    with pytest.raises(ForwardingError, match="listen port 1002"):
+        _result(ds[1])
+    assert _result(ds[2]).port == 1003
+    assert [f.port for f in h.tunnel.forwards] == [1001, 1003]
+
+
+def test_channel_requests_get_failure() -> None:
+    h = Harness()
+    h.forward()
+    h.open()
+    h.feed(
+        c.MSG_CHANNEL_REQUEST,
+        U32.pack(0) + _wire.encode_string(b"exit-status") + b"\x01" + U32.pack(0),
+    )
+    assert h.ssh.of(c.MSG_CHANNEL_FAILURE) == [U32.pack(7)]
+
+
+def test_connection_loss_tells_every_channel_and_pending_request() -> None:
+    # C13 at this layer: protocols see the loss; pending requests fail.
+    h = Harness()
+    h.forward()
+    h.open(sender=1)
+    h.open(sender=2)
+    pending = h.tunnel.request_forwarding("127.0.0.1", 0, factory=Factory.forProtocol(Recorder))
+    h.conn.serviceStopped()
+    assert all(p.lost for p in Recorder.instances) and len(Recorder.instances) == 2
+    with pytest.raises(ForwardingError):
+        _result(pending)
+
+
+def test_protocol_exception_closes_only_its_channel() -> None:
+    class Bad(Protocol):
+        def dataReceived(self, data: bytes) -> None:  # noqa: N802
+            raise ValueError("app bug")
+
+    h = Harness()
+    h.forward(factory=Factory.forProtocol(Bad))
+    h.open(sender=1)
+    h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + _wire.encode_string(b"x"))
+    assert h.ssh.of(c.MSG_CHANNEL_CLOSE) == [U32.pack(1)] and h.ssh.disconnects == []
+
+
+def test_half_close_and_close_by_channel_id() -> None:
+    h = Harness()
+    h.forward()
+    h.open()
+    h.tunnel.send_channel_data(0, b"abc")
+    h.tunnel.send_channel_eof(0)
+    h.tunnel.close_channel(0)
+    assert h.ssh.of(c.MSG_CHANNEL_EOF) == [U32.pack(7)]
+    assert h.ssh.of(c.MSG_CHANNEL_CLOSE) == [U32.pack(7)]
+    h.feed(c.MSG_CHANNEL_CLOSE, U32.pack(0))
+    assert h.tunnel.channels == []
