@@ -19,7 +19,6 @@ from typing import Any, Literal, cast
 from twisted.conch.ssh import keys
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
@@ -48,7 +47,7 @@ from rtunnel.client.connection import (
     ForwardingConnection,
 )
 from rtunnel.client.credentials import Credential
-from rtunnel.client.forwarder import Splice, TargetFactory, TargetProtocol
+from rtunnel.client.forwarder import Splice, TargetFactory, TargetProtocol, tcp_endpoint
 from rtunnel.client.hostkeys import (
     HostKeyCheck,
     KnownHosts,
@@ -206,9 +205,7 @@ class ReverseTunnel:
             )
 
         factory = Factory.forProtocol(build)  # type: ignore[arg-type]
-        endpoint = HostnameEndpoint(
-            self._reactor, self.host, self.port, timeout=self.connect_timeout or 30
-        )
+        endpoint = tcp_endpoint(self._reactor, self.host, self.port, self.connect_timeout or 30)
         try:
             transport = cast(ClientTransport, await endpoint.connect(factory))
         except (error.ConnectError, error.DNSLookupError, OSError) as e:
@@ -482,8 +479,8 @@ class ReverseTunnel:
             return protocol
         assert forward.host is not None and forward.host_port is not None
         target = TargetProtocol()
-        endpoint = HostnameEndpoint(
-            self._reactor, forward.host, forward.host_port, timeout=self.target_connect_timeout
+        endpoint = tcp_endpoint(
+            self._reactor, forward.host, forward.host_port, self.target_connect_timeout
         )
         try:
             await endpoint.connect(TargetFactory(target))

@@ -9,11 +9,18 @@ reading from the target.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IReactorTCP,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -21,7 +28,25 @@ from zope.interface import implementer
 
 from rtunnel.client.channel import ForwardedChannel
 
-__all__ = ["Splice", "TargetProtocol", "abort_with_reset"]
+__all__ = ["Splice", "TargetProtocol", "abort_with_reset", "tcp_endpoint"]
+
+
+def tcp_endpoint(
+    reactor: IReactorTCP, host: str, port: int, timeout: float
+) -> IStreamClientEndpoint:
+    """
+    A client endpoint for ``host:port``. An IP literal is connected directly: Twisted's
+    HostnameEndpoint would still resolve it through the reactor's thread pool, so a
+    program whose pool threads are all busy (blocking calls in ``deferToThread``) would
+    see every connect wait behind them.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if address.version == 4:
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
 
 
 def abort_with_reset(transport: object) -> None:
