@@ -105,9 +105,7 @@ def _wildcard_match(name: str, pattern: str) -> bool:
     """
     if "*" not in pattern and "?" not in pattern:
         return name == pattern
-    regex = "".join(
-        ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern
-    )
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
     return re.fullmatch(regex, name, re.DOTALL) is not None
 
 
