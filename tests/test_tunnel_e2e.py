@@ -696,3 +696,36 @@ async def test_memory_stays_bounded_when_one_side_stalls(
         stop.set()
         target.close()
         await t.logoff()
+
+
+@pytest_twisted.ensureDeferred
+async def test_target_that_never_answers_syn_times_out(server: Server) -> None:
+    # C2: a listener whose accept queue is full drops further SYNs, so a connect to it
+    # hangs; the channel is refused after target_connect_timeout and others carry on.
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(blackhole.getsockname())
+        fillers.append(s)
+    echo = TargetServer(globals()["echo"])
+    t = server.tunnel(target_connect_timeout=1)
+    await t.logon()
+    try:
+        dead = await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", blackhole.getsockname()[1])
+        live = await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", echo.port)
+        started = time.monotonic()
+        waiting = in_thread(refused, dead.port)
+        assert await in_thread(exchange, live.port, b"unaffected") == b"unaffected"
+        assert await waiting
+        assert 0.9 < time.monotonic() - started < 5
+        assert t.connected
+    finally:
+        await t.logoff()
+        echo.close()
+        blackhole.close()
+        for s in fillers:
+            s.close()

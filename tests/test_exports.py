@@ -1,0 +1,76 @@
+"""The public surface is what we mean it to be (after klein's test_exports)."""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
+from zope.interface.verify import verifyObject
+
+import rtunnel
+from rtunnel._model import ChannelInfo
+from rtunnel.client.channel import ForwardedChannel
+from rtunnel.client.connection import ForwardingConnection
+
+
+def test_public_names() -> None:
+    assert sorted(rtunnel.__all__) == sorted(
+        [
+            "AcceptHook",
+            "AuthenticationError",
+            "ChannelError",
+            "ChannelInfo",
+            "ChannelOpenRequest",
+            "ConnectError",
+            "ConnectionLostError",
+            "Forward",
+            "ForwardState",
+            "ForwardingError",
+            "HostKeyError",
+            "HostKeyPolicy",
+            "NotConnectedError",
+            "Password",
+            "PrivateKeyFile",
+            "ProtocolError",
+            "RTunnelError",
+            "ReverseTunnel",
+            "SpecError",
+            "TunnelObserver",
+            "__version__",
+        ]
+    )
+    for name in rtunnel.__all__:
+        assert getattr(rtunnel, name) is not None
+
+
+def test_error_codes_are_stable() -> None:
+    codes = {
+        name: getattr(rtunnel, name).code for name in rtunnel.__all__ if name.endswith("Error")
+    }
+    assert codes == {
+        "AuthenticationError": 1032,
+        "ChannelError": 1021,
+        "ConnectError": 1036,
+        "ConnectionLostError": 1001,
+        "ForwardingError": 1098,
+        "HostKeyError": 1030,
+        "NotConnectedError": 1117,
+        "ProtocolError": 1023,
+        "RTunnelError": 1036,
+        "SpecError": 10022,
+    }
+    assert all(issubclass(getattr(rtunnel, n), rtunnel.RTunnelError) for n in codes)
+
+
+def test_channel_provides_what_it_declares() -> None:
+    conn = ForwardingConnection(
+        None,  # type: ignore[arg-type]
+        window_size=65536,
+        max_packet=32768,
+        max_channels=1,
+        on_started=lambda c: None,
+        on_stopped=lambda c: None,
+    )
+    info = ChannelInfo(0, "forwarded-tcpip", "127.0.0.1", 1, "127.0.0.1", 2)
+    channel = ForwardedChannel(conn, 0, 0, 0, 1024, 65536, 32768, info)
+    for interface in (ITransport, IPushProducer, IConsumer):
+        assert verifyObject(interface, channel)
+    assert verifyObject(IPushProducer, conn)
