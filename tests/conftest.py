@@ -1,0 +1,211 @@
+"""
+Fixtures for the interop tests against a real OpenSSH ``sshd``
+(:class:`rtunnel.testing._openssh.OpenSSHServer`).
+
+Interop tests carry the ``openssh`` marker (a test using :func:`openssh_server` gets it
+automatically), so ``pytest -m "not openssh"`` runs without OpenSSH. When OpenSSH is not
+installed they are skipped, except when the ``CI`` environment variable is set: then they
+fail, so a CI run can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+from rtunnel.testing._openssh import OpenSSHServer, find_sshd
+
+#: How many lines of ``sshd``'s log a failed test's report shows.
+_LOG_TAIL_LINES = 150
+
+#: The servers a test started through :func:`openssh_server`, for its failure report.
+_SERVERS = pytest.StashKey[list[OpenSSHServer]]()
+
+#: Fixtures that need OpenSSH; a test using one of them is an ``openssh`` test.
+_OPENSSH_FIXTURES = frozenset(
+    {"openssh_server", "openssh_sshd", "openssh_ssh", "openssh_client_key", "openssh_rsa_key"}
+)
+
+
+def _in_ci() -> bool:
+    """
+    :return: whether the ``CI`` environment variable is set (to anything but a false value).
+    """
+    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+
+
+def _require(program: str, path: str | None, package: str) -> str:
+    """
+    Skip the test, or fail it in CI, when an OpenSSH program is missing.
+
+    :param program: the program's name, for the message.
+    :param path: where it was found, or ``None``.
+    :param package: the Debian package that installs it.
+    :return: ``path``.
+    """
+    if path is not None:
+        return path
+    message = (
+        f"{program} not found: OpenSSH interop tests need it. Install it with "
+        f"`apt-get update && apt-get install -y {package}` (or run scripts/test as root, "
+        f"which does)."
+    )
+    override = os.environ.get("RTUNNEL_SSHD")
+    if program == "sshd" and override:
+        message += f" RTUNNEL_SSHD={override} is not an executable file."
+    if _in_ci():
+        pytest.fail(f"{message} CI is set, so this fails instead of skipping.", pytrace=False)
+    pytest.skip(message)
+
+
+def _keygen(directory: Path, key_type: str) -> Path:
+    """
+    Generate an unencrypted OpenSSH client key with ``ssh-keygen``.
+
+    :param directory: where to put it.
+    :param key_type: the ``ssh-keygen -t`` type.
+    :return: the private key's path; the public key is next to it, with ``.pub`` added.
+    """
+    keygen = _require("ssh-keygen", shutil.which("ssh-keygen"), "openssh-client")
+    path = directory / f"id_{key_type}"
+    subprocess.run(
+        [keygen, "-q", "-t", key_type, "-N", "", "-C", f"rtunnel-test-{key_type}", "-f", str(path)],
+        stdin=subprocess.DEVNULL,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return path
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """
+    Mark every test that uses an OpenSSH fixture as an ``openssh`` test.
+
+    :param items: the collected tests.
+    """
+    for item in items:
+        if _OPENSSH_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.openssh)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """
+    Skip (or in CI, fail) ``openssh`` tests when ``sshd`` is not installed.
+
+    :param item: the test about to run.
+    """
+    if item.get_closest_marker("openssh") is not None:
+        _require("sshd", find_sshd(), "openssh-server")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """
+    Add the tail of each ``sshd`` log to the report of a failed test.
+
+    :param item: the test.
+    :param call: the phase that ran.
+    :return: the report.
+    """
+    report = yield
+    if report.failed:
+        for server in item.stash.get(_SERVERS, []):
+            report.sections.append(
+                (f"sshd log tail ({server.log_path})", server.log_tail(_LOG_TAIL_LINES))
+            )
+    return report
+
+
+@pytest.fixture(scope="session")
+def openssh_sshd() -> str:
+    """
+    The ``sshd`` binary (see :func:`rtunnel.testing._openssh.find_sshd`); skips the test, or
+    fails it when ``CI`` is set, if there is none.
+    """
+    return _require("sshd", find_sshd(), "openssh-server")
+
+
+@pytest.fixture(scope="session")
+def openssh_ssh() -> str:
+    """
+    OpenSSH's ``ssh`` client; skips the test, or fails it when ``CI`` is set, if there is
+    none.
+    """
+    return _require("ssh", shutil.which("ssh"), "openssh-client")
+
+
+@pytest.fixture(scope="session")
+def openssh_client_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """
+    An unencrypted ed25519 client key in OpenSSH format, generated once per session. The
+    public key is the same path with ``.pub`` added; :func:`openssh_server` authorizes it.
+    """
+    return _keygen(tmp_path_factory.mktemp("openssh-ed25519"), "ed25519")
+
+
+@pytest.fixture(scope="session")
+def openssh_rsa_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """
+    An unencrypted RSA client key in OpenSSH format (``ssh-keygen``'s default size),
+    generated once per session. :func:`openssh_server` authorizes it.
+    """
+    return _keygen(tmp_path_factory.mktemp("openssh-rsa"), "rsa")
+
+
+@pytest.fixture
+def openssh_server(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    openssh_sshd: str,
+    openssh_client_key: Path,
+    openssh_rsa_key: Path,
+) -> Iterator[OpenSSHServer]:
+    """
+    A started :class:`~rtunnel.testing._openssh.OpenSSHServer` in ``tmp_path / "sshd"``,
+    authorizing :func:`openssh_client_key` and :func:`openssh_rsa_key` for its ``user``;
+    stopped (with its connections) after the test. A failed test's report includes the tail
+    of the server's log.
+    """
+    authorized = [
+        key.with_name(key.name + ".pub").read_text().strip()
+        for key in (openssh_client_key, openssh_rsa_key)
+    ]
+    server = OpenSSHServer(tmp_path / "sshd", authorized_keys=authorized, sshd_path=openssh_sshd)
+    request.node.stash.setdefault(_SERVERS, []).append(server)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def clean_ssh_env(tmp_path: Path) -> dict[str, str]:
+    """
+    An environment for SSH client subprocesses: this one, with ``HOME`` set to an empty
+    temporary directory and no ``SSH_*`` variables (no ``SSH_AUTH_SOCK``, so no agent keys)
+    and no ``DISPLAY`` (no askpass).
+
+    OpenSSH's ``ssh`` ignores ``HOME``: it finds ``~/.ssh`` through the password database.
+    Run it with ``-F none`` and explicit ``-i``, ``-o IdentitiesOnly=yes``,
+    ``-o UserKnownHostsFile=...`` and ``-o GlobalKnownHostsFile=/dev/null`` to keep the
+    developer's own configuration and keys out of a test.
+    """
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("SSH_") and name != "DISPLAY"
+    }
+    env["HOME"] = str(home)
+    return env
