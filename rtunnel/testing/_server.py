@@ -1,0 +1,877 @@
+"""
+An in-process SSH server built on Conch that implements the server side of remote
+forwarding (RFC 4254 section 7), for testing SSH clients that use ``ssh -R``.
+
+Pieces, outside in::
+
+    SSHTestServer ---- listens ---> _ServerTransport (one per SSH connection)
+                                       |  ssh-userauth: _UserAuthServer + Portal
+                                       |     (_PasswordChecker, _PublicKeyChecker)
+                                       |  ssh-connection: _ForwardingConnection
+                                       |     tcpip-forward -> _Forward (listening ports)
+    inbound TCP connection -> _InboundProtocol <-> _ForwardedChannel (forwarded-tcpip)
+
+Unlike Conch's stock forwarding channels (``twisted.conch.ssh.forwarding``), the channel
+here has flow control both ways and half-close, so memory per channel stays bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import struct
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NamedTuple, cast
+
+from twisted.conch.avatar import ConchUser
+from twisted.conch.error import ValidPublicKey
+from twisted.conch.interfaces import IConchUser
+from twisted.conch.ssh import common, connection, factory, keys, transport, userauth
+from twisted.conch.ssh.channel import SSHChannel
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ISSHPrivateKey, IUsernamePassword, SSHPrivateKey
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IHalfCloseableProtocol,
+    IListeningPort,
+    IPushProducer,
+    IReactorTCP,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.python.failure import Failure
+from typing_extensions import override
+from zope.interface import implementer
+
+from rtunnel.testing._keys import KeyKind, host_key
+
+__all__ = ["ForwardListener", "SSHTestServer"]
+
+# OpenSSH's defaults for TCP forwarding channels (channels.h: CHAN_TCP_PACKET_DEFAULT and
+# CHAN_TCP_WINDOW_DEFAULT = 64 packets); Conch's 128 KiB default window is slow on loopback.
+_MAX_PACKET = 32 * 1024
+_WINDOW = 64 * _MAX_PACKET
+
+# Public key signature algorithms accepted for user authentication and advertised in
+# server-sig-algs (RFC 8308 section 3.1). "ssh-rsa" (RSA with SHA-1) is left out, as
+# OpenSSH 8.8 and later leave it out by default; see SSHTestServer's allow_rsa_sha1.
+_USER_SIG_ALGS: tuple[bytes, ...] = (
+    b"ssh-ed25519",
+    b"ecdsa-sha2-nistp256",
+    b"ecdsa-sha2-nistp384",
+    b"ecdsa-sha2-nistp521",
+    b"rsa-sha2-512",
+    b"rsa-sha2-256",
+)
+
+
+class ForwardListener(NamedTuple):
+    """
+    One active remote forward on the server, as :attr:`SSHTestServer.forwards` lists it.
+
+    :ivar bind_address: the address string exactly as the client sent it in
+        ``tcpip-forward``.
+    :ivar port: the port listened on (the allocated one when the client asked for 0).
+    """
+
+    bind_address: str
+    port: int
+
+
+def listen_addresses(bind_address: str) -> list[str] | None:
+    """
+    The interfaces to listen on for a ``tcpip-forward`` bind address, following sshd with
+    ``GatewayPorts clientspecified`` (OpenSSH channels.c, ``channel_fwd_bind_addr``).
+
+    The first address must be bound; the others are best effort, as in sshd, which
+    succeeds when at least one address of a forward could be bound.
+
+    :param bind_address: the address string from the request.
+    :return: interface addresses, or ``None`` for a host name other than ``localhost``
+        (the test server does no DNS look-ups).
+    """
+    if bind_address in ("", "*", "0.0.0.0"):
+        return ["0.0.0.0"]
+    if bind_address == "localhost":
+        return ["127.0.0.1", "::1"]
+    try:
+        ipaddress.ip_address(bind_address)
+    except ValueError:
+        return None
+    return [bind_address]
+
+
+def _server_of(ssh_transport: object) -> SSHTestServer:
+    """The test server behind a Conch transport (the one seam where its factory is cast)."""
+    return cast(_ServerFactory, cast(Any, ssh_transport).factory).server
+
+
+def _pack_string(value: str) -> bytes:
+    return common.NS(value.encode("utf-8"))
+
+
+class _Waiter(NamedTuple):
+    ready: Callable[[], bool]
+    deferred: Deferred[None]
+
+
+@implementer(ICredentialsChecker)
+class _PasswordChecker:
+    """Passwords per user, read live from the server's table."""
+
+    credentialInterfaces = (IUsernamePassword,)  # noqa: N815 (ICredentialsChecker)
+
+    def __init__(self, passwords: dict[bytes, bytes]) -> None:
+        self._passwords = passwords
+
+    def requestAvatarId(  # noqa: N802 (ICredentialsChecker)
+        self, credentials: IUsernamePassword
+    ) -> Deferred[bytes | tuple[()]]:
+        expected = self._passwords.get(credentials.username)
+        if expected is not None and hmac.compare_digest(expected, credentials.password):
+            return defer.succeed(credentials.username)
+        return defer.fail(UnauthorizedLogin("wrong user name or password"))
+
+
+@implementer(ICredentialsChecker)
+class _PublicKeyChecker:
+    """
+    Authorized public keys per user, read live from the server's table.
+
+    Not Conch's ``SSHPublicKeyChecker``: that one answers a query without signature
+    (RFC 4252 section 7) with ``PK_OK`` even for a key the user may not use, and does not
+    tie the signature's algorithm to the one named in the request.
+    """
+
+    credentialInterfaces = (ISSHPrivateKey,)  # noqa: N815 (ICredentialsChecker)
+
+    def __init__(self, authorized: dict[bytes, list[keys.Key]], algorithms: set[bytes]) -> None:
+        self._authorized = authorized
+        self._algorithms = algorithms
+
+    def requestAvatarId(  # noqa: N802 (ICredentialsChecker)
+        self, credentials: SSHPrivateKey
+    ) -> Deferred[bytes | tuple[()]]:
+        try:
+            offered = keys.Key.fromString(credentials.blob)
+        except keys.BadKeyError:
+            return defer.fail(UnauthorizedLogin("unparseable public key"))
+        if credentials.algName not in self._algorithms:
+            return defer.fail(UnauthorizedLogin("signature algorithm not accepted"))
+        if not any(key == offered for key in self._authorized.get(credentials.username, [])):
+            return defer.fail(UnauthorizedLogin("key not authorized"))
+        if credentials.signature is None:
+            # A query: Conch's SSHUserAuthServer answers ValidPublicKey with PK_OK.
+            return defer.fail(ValidPublicKey())
+        signature_type = common.getNS(credentials.signature)[0]
+        if signature_type != credentials.algName:
+            return defer.fail(UnauthorizedLogin("signature does not match algorithm"))
+        if offered.verify(credentials.signature, credentials.sigData):
+            return defer.succeed(credentials.username)
+        return defer.fail(UnauthorizedLogin("bad signature"))
+
+
+@implementer(IRealm)
+class _Realm:
+    """Every user gets a bare Conch avatar: the connection service does the work."""
+
+    def requestAvatar(  # noqa: N802 (IRealm)
+        self,
+        avatar_id: bytes | tuple[()],
+        mind: object,
+        *interfaces: Any,
+    ) -> tuple[Any, ConchUser, Callable[[], None]]:
+        if IConchUser not in interfaces:
+            raise NotImplementedError("only IConchUser avatars")
+        return IConchUser, ConchUser(), lambda: None
+
+
+class _ServerTransport(transport.SSHServerTransport):
+    """Conch's server transport, reporting to the test server and fixing server-sig-algs."""
+
+    @override
+    def connectionMade(self) -> None:
+        # Small packets (window adjustments, replies) must not wait for Nagle's algorithm
+        # and the peer's delayed ACK: 40 ms each on Linux, which adds up in a test suite.
+        ITCPTransport(self.transport).setTcpNoDelay(True)
+        super().connectionMade()
+        _server_of(self)._transport_made(self)
+
+    @override
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        _server_of(self)._transport_lost(self)
+
+    @override
+    def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
+        # RFC 8308 section 3.1: server-sig-algs lists the algorithms accepted for publickey
+        # authentication. Conch sends its host key algorithms there (SSHFactory.buildProtocol
+        # sets supportedPublicKeys from the host keys), so with an ed25519 host key an
+        # OpenSSH client with an RSA key sees no rsa-sha2-* and gives up on the key
+        # (OpenSSH 8.8+ will not fall back to ssh-rsa).
+        accepted = b",".join(_server_of(self)._user_sig_algs)
+        super().sendExtInfo(
+            [
+                (name, accepted if name == b"server-sig-algs" else value)
+                for name, value in extensions
+            ]
+        )
+
+
+class _UserAuthServer(userauth.SSHUserAuthServer):
+    """Conch's user-auth service on the server's own reactor, with its password delay."""
+
+    @override
+    def serviceStarted(self) -> None:
+        server = _server_of(self.transport)
+        # Conch's class attribute is the global reactor (userauth.py): use the one we got.
+        self.clock = server._clock
+        self.passwordDelay = server._password_delay
+        super().serviceStarted()
+
+
+class _Forward:
+    """One ``tcpip-forward`` on one connection: its listening ports."""
+
+    def __init__(self, bind_address: str, port: int, ports: list[IListeningPort]) -> None:
+        self.bind_address = bind_address
+        self.port = port
+        self.ports = ports
+
+    def stop(self) -> Deferred[None]:
+        return defer.gatherResults(
+            [defer.maybeDeferred(port.stopListening) for port in self.ports]
+        ).addCallback(lambda _: None)
+
+
+class _ForwardingConnection(connection.SSHConnection):
+    """
+    The ``ssh-connection`` service: global requests for remote forwarding (RFC 4254
+    section 7.1), window accounting by consumption, and no client-opened channels.
+    """
+
+    @override
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        self.server = _server_of(self.transport)
+        self.forwards: dict[tuple[str, int], _Forward] = {}
+
+    @override
+    def serviceStopped(self) -> None:
+        # Listeners go away with the connection, as in sshd.
+        super().serviceStopped()
+        for forward in self.forwards.values():
+            self.server._track(forward.stop())
+        self.forwards.clear()
+        self.server._changed()
+
+    @override
+    def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int | tuple[int, bytes]:
+        # Anything else (keepalive@openssh.com, no-more-sessions@openssh.com, ...) gets
+        # REQUEST_FAILURE when the client wants a reply (RFC 4254 section 4).
+        try:
+            address, rest = common.getNS(data)
+            (port,) = struct.unpack(">L", rest)
+            bind_address = address.decode("utf-8")
+        except (struct.error, UnicodeDecodeError):
+            return 0
+        if requestType == b"tcpip-forward":
+            return self._forward(bind_address, port)
+        if requestType == b"cancel-tcpip-forward":
+            return self._cancel(bind_address, port)
+        return 0
+
+    def _forward(self, bind_address: str, port: int) -> int | tuple[int, bytes]:
+        addresses = listen_addresses(bind_address)
+        if addresses is None or port > 0xFFFF:
+            return 0
+        inbound = _InboundFactory(self, bind_address)
+        reactor = self.server._reactor
+        try:
+            first = reactor.listenTCP(port, inbound, interface=addresses[0])
+        except CannotListenError:
+            return 0
+        ports = [first]
+        inbound.port = first.getHost().port  # type: ignore[attr-defined]
+        for address in addresses[1:]:
+            with contextlib.suppress(CannotListenError):
+                ports.append(reactor.listenTCP(inbound.port, inbound, interface=address))
+        self.forwards[bind_address, inbound.port] = _Forward(bind_address, inbound.port, ports)
+        self.server._changed()
+        if port == 0:
+            # RFC 4254 section 7.1: the allocated port, as uint32, only when 0 was asked
+            # for (sshd sends no payload for a fixed port).
+            return 1, struct.pack(">L", inbound.port)
+        return 1
+
+    def _cancel(self, bind_address: str, port: int) -> int:
+        # Matched on the address string and the actual port, as sshd does
+        # (channels.c, channel_cancel_rport_listener_tcpip).
+        forward = self.forwards.pop((bind_address, port), None)
+        if forward is None:
+            return 0
+        # The ports close on the next reactor turn (tcp.Port.loseConnection), before the
+        # reply below is written to the socket.
+        self.server._track(forward.stop())
+        self.server._changed()
+        return 1
+
+    @override
+    def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
+        # RFC 4254 section 5.1: this server is only the far end of remote forwards; it
+        # refuses sessions, direct-tcpip and everything else a client may open.
+        assert self.transport is not None
+        (sender,) = struct.unpack(">L", common.getNS(packet)[1][:4])
+        self.transport.sendPacket(
+            connection.MSG_CHANNEL_OPEN_FAILURE,
+            struct.pack(">2L", sender, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+            + common.NS(b"rtunnel test server: only remote forwarding")
+            + common.NS(b""),
+        )
+
+    @override
+    def ssh_CHANNEL_DATA(self, packet: bytes) -> None:
+        # Conch grants window back as soon as data arrives, however slowly the data is
+        # consumed. Here the channel grants it as its socket takes the data
+        # (_ForwardedChannel.dataReceived); everything else is as in Conch.
+        local_id, length = struct.unpack(">2L", packet[:8])
+        channel = self.channels[local_id]
+        if length > channel.localWindowLeft or length > channel.localMaxPacket:
+            # RFC 4254 section 5.2: the client must not exceed the window.
+            self.sendClose(channel)
+            return
+        channel.localWindowLeft -= length
+        channel.dataReceived(packet[8 : 8 + length])
+
+
+class _InboundFactory(ServerFactory):
+    """Builds the protocol for each connection accepted on one forward's listeners."""
+
+    def __init__(self, conn: _ForwardingConnection, bind_address: str) -> None:
+        self.conn = conn
+        self.bind_address = bind_address
+        self.port = 0
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> _InboundProtocol:
+        return _InboundProtocol(self.conn, self.bind_address, self.port)
+
+
+@implementer(IHalfCloseableProtocol)
+class _InboundProtocol(Protocol):
+    """
+    A connection accepted on a forward's listener, spliced to its ``forwarded-tcpip``
+    channel. Reading is paused until the client confirms the channel and whenever the
+    client's window is exhausted.
+    """
+
+    transport: ITCPTransport
+
+    def __init__(self, conn: _ForwardingConnection, bind_address: str, port: int) -> None:
+        self.conn = conn
+        self.bind_address = bind_address
+        self.port = port
+        self._pauses: set[str] = set()
+        self.write_closed = False
+        self.lost = False
+        self.channel = _ForwardedChannel(self, conn)
+
+    def pause(self, reason: str) -> None:
+        if not self._pauses:
+            IPushProducer(self.transport).pauseProducing()
+        self._pauses.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self._pauses:
+            self._pauses.discard(reason)
+            if not self._pauses:
+                IPushProducer(self.transport).resumeProducing()
+
+    @override
+    def connectionMade(self) -> None:
+        self.conn.server._inbound.add(self)
+        self.pause("opening")
+        IConsumer(self.transport).registerProducer(self.channel, True)
+        peer = self.transport.getPeer()
+        assert isinstance(peer, IPv4Address | IPv6Address)
+        # RFC 4254 section 7.2: address that was connected (as requested), port that was
+        # connected (the actual one), originator address and port.
+        self.conn.openChannel(
+            self.channel,
+            _pack_string(self.bind_address)
+            + struct.pack(">L", self.port)
+            + _pack_string(peer.host)
+            + struct.pack(">L", peer.port),
+        )
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self.channel.write(data)
+
+    def readConnectionLost(self) -> None:  # noqa: N802 (IHalfCloseableProtocol)
+        self.channel.inbound_eof()
+
+    def writeConnectionLost(self) -> None:  # noqa: N802 (IHalfCloseableProtocol)
+        self.write_closed = True
+        self.close_if_done()
+
+    def close_if_done(self) -> None:
+        if self.channel.eof_sent and self.write_closed:
+            self.close()
+
+    def shutdown_write(self) -> None:
+        # Not once the socket is gone: loseWriteConnection would register its closed file
+        # descriptor with the reactor again, which breaks epoll when the number is reused.
+        if not self.lost:
+            IConsumer(self.transport).unregisterProducer()
+            self.transport.loseWriteConnection()
+
+    def close(self) -> None:
+        # Unregister first: Twisted's FileDescriptor does not close, or half-close, while
+        # a registered producer is paused; it resumes it and waits for more data instead.
+        if not self.lost:
+            IConsumer(self.transport).unregisterProducer()
+            self.transport.loseConnection()
+
+    @override
+    def connectionLost(self, reason: Failure | None = connectionDone) -> None:
+        self.lost = True
+        self.conn.server._inbound.discard(self)
+        self.conn.server._changed()
+        self.channel.inbound_closed()
+
+
+@implementer(IPushProducer)
+class _ForwardedChannel(SSHChannel):
+    """
+    The ``forwarded-tcpip`` channel for one inbound connection (RFC 4254 section 7.2).
+
+    Flow control, client to socket: the channel is the producer registered on the
+    socket; window is granted back only for data the socket took while not asking us to
+    pause, so at most one window plus the socket's buffer is held. Socket to client:
+    Conch calls ``stopWriting``/``startWriting`` as the client's window runs out and
+    comes back, and those pause and resume reading the socket.
+    """
+
+    name = b"forwarded-tcpip"
+
+    def __init__(self, inbound: _InboundProtocol, conn: _ForwardingConnection) -> None:
+        super().__init__(localWindow=_WINDOW, localMaxPacket=_MAX_PACKET, conn=conn)
+        self.connection = conn
+        self.inbound = inbound
+        self.eof_sent = False
+        self._eof_pending = False
+        self._ungranted = 0
+        self._socket_full = False
+        self._confirmed = False
+
+    # Conch hooks -------------------------------------------------------------------
+
+    @override
+    def channelOpen(self, specificData: bytes) -> None:
+        self._confirmed = True
+        self.connection.server._changed()
+        if self.inbound.lost:
+            # Closed while the open was in flight: a channel open cannot be withdrawn.
+            self.loseConnection()
+            return
+        self.inbound.resume("opening")
+
+    @override
+    def openFailed(self, reason: Failure) -> None:
+        # OPEN_FAILURE (or the connection went away first): drop the inbound socket now.
+        self.inbound.close()
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self.inbound.transport.write(data)
+        self._ungranted += len(data)
+        self._grant()
+
+    @override
+    def eofReceived(self) -> None:
+        # RFC 4254 section 5.3: the client sends no more; shut down our write side once
+        # the socket's buffer is flushed.
+        self.inbound.shutdown_write()
+
+    @override
+    def closeReceived(self) -> None:
+        # RFC 4254 section 5.3: answer CLOSE at once; anything still waiting for window
+        # can no longer be sent.
+        self.buf = b""
+        self.loseConnection()
+
+    @override
+    def closed(self) -> None:
+        self.connection.server._changed()
+        self.inbound.close()
+
+    @override
+    def stopWriting(self) -> None:
+        self.inbound.pause("window")
+
+    @override
+    def startWriting(self) -> None:
+        self.inbound.resume("window")
+
+    @override
+    def addWindowBytes(self, data: int) -> None:
+        super().addWindowBytes(data)
+        if self._eof_pending and not self.buf:
+            self._send_eof()
+
+    # IPushProducer, seen by the inbound socket ---------------------------------------
+
+    def pauseProducing(self) -> None:  # noqa: N802 (IPushProducer)
+        self._socket_full = True
+
+    def resumeProducing(self) -> None:  # noqa: N802 (IPushProducer)
+        self._socket_full = False
+        self._grant()
+
+    def stopProducing(self) -> None:  # noqa: N802 (IPushProducer)
+        # The socket is gone; connectionLost closes the channel.
+        pass
+
+    # Called by _InboundProtocol -----------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._confirmed and not self.localClosed
+
+    def inbound_eof(self) -> None:
+        if self.buf:
+            self._eof_pending = True
+        else:
+            self._send_eof()
+
+    def inbound_closed(self) -> None:
+        if self._confirmed:
+            self.loseConnection()
+
+    def _send_eof(self) -> None:
+        self._eof_pending = False
+        if not self.eof_sent:
+            self.eof_sent = True
+            self.connection.sendEOF(self)
+            self.inbound.close_if_done()
+
+    def _grant(self) -> None:
+        # As OpenSSH does (channels.c, channel_check_window): adjust once three packets'
+        # worth or half the window has been consumed, not for every packet.
+        threshold = min(3 * self.localMaxPacket, self.localWindowSize // 2)
+        if not self._socket_full and self._ungranted >= threshold:
+            self.connection.adjustWindow(self, self._ungranted)
+            self._ungranted = 0
+
+
+class _ServerFactory(factory.SSHFactory):
+    protocol = _ServerTransport
+    services = {
+        b"ssh-userauth": _UserAuthServer,
+        b"ssh-connection": _ForwardingConnection,
+    }
+
+    def __init__(self, server: SSHTestServer, private_key: keys.Key, portal: Portal) -> None:
+        self.server = server
+        self.portal = portal
+        self.privateKeys = {private_key.sshType(): private_key}
+        self.publicKeys = {private_key.sshType(): private_key.public()}
+        # No moduli file: Conch then leaves out diffie-hellman-group-exchange.
+        self.primes = None
+
+
+class SSHTestServer:
+    """
+    A real SSH server in the calling process, for tests: key exchange with a cached host
+    key, password and public key authentication, and the server side of remote
+    forwarding (RFC 4254 section 7) with flow control and half-close.
+
+    Forward bind addresses follow sshd with ``GatewayPorts clientspecified``: ``""``,
+    ``"*"`` and ``"0.0.0.0"`` listen on all IPv4 addresses, ``"::"`` on all IPv6 ones,
+    ``"localhost"`` on 127.0.0.1 (and ::1 when free), and a literal address on that
+    address. Host names are refused.
+
+    :param reactor: the reactor to listen with; it must provide ``IReactorTCP`` and
+        ``IReactorTime``.
+    :param host: the interface the SSH server listens on.
+    :param port: the SSH port; 0 picks a free one (see :attr:`port` after :meth:`start`).
+    :param host_key_type: ``"ed25519"``, ``"ecdsa"`` or ``"rsa"``; the key is generated
+        once per process.
+    :param password_delay: seconds to wait before answering a wrong password (Conch's
+        default is 1; tests want 0).
+    :param allow_rsa_sha1: also accept ``ssh-rsa`` (SHA-1) signatures, which OpenSSH 8.8+
+        refuses by default and which Conch's stock client still sends.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        host_key_type: KeyKind = "ed25519",
+        *,
+        password_delay: int = 0,
+        allow_rsa_sha1: bool = False,
+    ) -> None:
+        self._reactor = reactor
+        self._clock = IReactorTime(reactor)
+        self._host = host
+        self._port = port
+        self._host_key = host_key(host_key_type)
+        self._password_delay = password_delay
+        self._user_sig_algs = _USER_SIG_ALGS + ((b"ssh-rsa",) if allow_rsa_sha1 else ())
+        self._passwords: dict[bytes, bytes] = {}
+        self._authorized_keys: dict[bytes, list[keys.Key]] = {}
+        self._listening: IListeningPort | None = None
+        self._transports: set[_ServerTransport] = set()
+        self._inbound: set[_InboundProtocol] = set()
+        self._stopping: set[Deferred[None]] = set()
+        self._waiters: list[_Waiter] = []
+
+    # Configuration -------------------------------------------------------------------
+
+    def add_user(
+        self,
+        username: str,
+        password: str | None = None,
+        authorized_keys: Iterable[keys.Key] = (),
+    ) -> None:
+        """
+        Let a user log on with a password, public keys, or both. May be called while
+        running; calling it again for a user adds keys and replaces the password.
+
+        :param username: the user name the client sends.
+        :param password: the user's password, or ``None`` for no password log-on.
+        :param authorized_keys: public (or private) keys the user may log on with.
+        """
+        name = username.encode("utf-8")
+        if password is not None:
+            self._passwords[name] = password.encode("utf-8")
+        self._authorized_keys.setdefault(name, []).extend(
+            key if key.isPublic() else key.public() for key in authorized_keys
+        )
+
+    # Life cycle ----------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """
+        Start listening for SSH connections.
+
+        :return: a Deferred that fires once :attr:`host` and :attr:`port` are known.
+        """
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        if self._listening is not None:
+            raise RuntimeError("SSHTestServer already started")
+        portal = Portal(
+            _Realm(),
+            [
+                _PasswordChecker(self._passwords),
+                _PublicKeyChecker(self._authorized_keys, set(self._user_sig_algs)),
+            ],
+        )
+        # Conch's SSHFactory is a Factory but not typed as the ServerFactory listenTCP wants.
+        ssh_factory = cast(ServerFactory, _ServerFactory(self, self._host_key, portal))
+        self._listening = self._reactor.listenTCP(self._port, ssh_factory, interface=self._host)
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop listening, drop every SSH connection and inbound connection, and close every
+        forward listener.
+
+        :return: a Deferred that fires once all of those are closed.
+        """
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._listening is not None:
+            listening, self._listening = self._listening, None
+            await defer.maybeDeferred(listening.stopListening)
+        await self.drop_connections()
+        for inbound in list(self._inbound):
+            inbound.transport.abortConnection()
+        await self._when(lambda: not self._inbound)
+        await defer.gatherResults(list(self._stopping))
+
+    def drop_connections(self) -> Deferred[None]:
+        """
+        Disconnect every SSH client (``SSH_MSG_DISCONNECT``, by application) while still
+        accepting new ones: the server-side failure a reconnecting client must survive.
+        Their forwards close with them.
+
+        :return: a Deferred that fires once the connections are gone.
+        """
+        for ssh_transport in list(self._transports):
+            ssh_transport.sendDisconnect(
+                transport.DISCONNECT_BY_APPLICATION, b"rtunnel test server dropped you"
+            )
+        return self.wait_for_connections(0)
+
+    # State ---------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """The address the server listens on (after :meth:`start`)."""
+        return self._address().host
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (after :meth:`start`)."""
+        return self._address().port
+
+    def _address(self) -> IPv4Address | IPv6Address:
+        if self._listening is None:
+            raise RuntimeError("SSHTestServer is not listening: call start() first")
+        address = self._listening.getHost()
+        assert isinstance(address, IPv4Address | IPv6Address)
+        return address
+
+    @property
+    def host_key(self) -> keys.Key:
+        """The server's public host key."""
+        return cast(keys.Key, self._host_key.public())
+
+    @property
+    def known_hosts_line(self) -> str:
+        """
+        The server's ``known_hosts`` line, e.g. ``[127.0.0.1]:2222 ssh-ed25519 AAAA...``
+        (OpenSSH writes the bare host for port 22 and ``[host]:port`` otherwise).
+        """
+        name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        return f"{name} {self.host_key.toString('openssh').decode('ascii')}"
+
+    def write_known_hosts(self, path: Path | str) -> Path:
+        """
+        Write a ``known_hosts`` file that holds only this server's key.
+
+        :param path: the file to write (replaced if present).
+        :return: the path written.
+        """
+        path = Path(path)
+        path.write_text(self.known_hosts_line + "\n")
+        return path
+
+    @property
+    def forwards(self) -> list[ForwardListener]:
+        """The active remote forwards, over all connections, in no particular order."""
+        return [
+            ForwardListener(forward.bind_address, forward.port)
+            for conn in self._ssh_connections()
+            for forward in conn.forwards.values()
+        ]
+
+    @property
+    def connections(self) -> int:
+        """The number of live SSH connections (authenticated or not)."""
+        return len(self._transports)
+
+    @property
+    def open_channels(self) -> int:
+        """The number of ``forwarded-tcpip`` channels confirmed by a client and not closed."""
+        return sum(1 for inbound in self._inbound if inbound.channel.is_open)
+
+    def _ssh_connections(self) -> list[_ForwardingConnection]:
+        return [
+            service
+            for t in self._transports
+            if isinstance(service := t.service, _ForwardingConnection)
+            and hasattr(service, "forwards")
+        ]
+
+    # Waiting -------------------------------------------------------------------------
+
+    def wait_for_forward(self, bind_address: str, port: int = 0) -> Deferred[int]:
+        """
+        Wait until a forward on ``bind_address`` is listening.
+
+        :param bind_address: the address string the client requested.
+        :param port: the port; 0 matches any.
+        :return: a Deferred firing with the forward's port.
+        """
+
+        def find() -> int | None:
+            for forward in self.forwards:
+                if forward.bind_address == bind_address and port in (0, forward.port):
+                    return forward.port
+            return None
+
+        return self._when(lambda: find() is not None).addCallback(lambda _: cast(int, find()))
+
+    def wait_for_forward_closed(self, bind_address: str, port: int) -> Deferred[None]:
+        """
+        Wait until no forward is listed for ``bind_address`` and ``port`` (cancelled, or
+        its connection gone).
+
+        :param bind_address: the address string the client requested.
+        :param port: the forward's actual port.
+        :return: a Deferred firing with ``None``.
+        """
+        return self._when(lambda: ForwardListener(bind_address, port) not in self.forwards)
+
+    def wait_for_connections(self, count: int) -> Deferred[None]:
+        """
+        Wait until exactly ``count`` SSH connections are live.
+
+        :param count: the number to wait for.
+        :return: a Deferred firing with ``None``.
+        """
+        return self._when(lambda: self.connections == count)
+
+    def wait_for_open_channels(self, count: int) -> Deferred[None]:
+        """
+        Wait until exactly ``count`` forwarded channels are open.
+
+        :param count: the number to wait for.
+        :return: a Deferred firing with ``None``.
+        """
+        return self._when(lambda: self.open_channels == count)
+
+    def _when(self, ready: Callable[[], bool]) -> Deferred[None]:
+        if ready():
+            return defer.succeed(None)
+
+        def cancel(deferred: Deferred[None]) -> None:
+            # E.g. by addTimeout: forget the waiter.
+            self._waiters = [w for w in self._waiters if w.deferred is not deferred]
+
+        waiter = _Waiter(ready, Deferred(cancel))
+        self._waiters.append(waiter)
+        return waiter.deferred
+
+    def _changed(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if waiter.ready():
+                waiter.deferred.callback(None)
+            else:
+                self._waiters.append(waiter)
+
+    # Called by the protocol pieces -----------------------------------------------------
+
+    def _transport_made(self, ssh_transport: _ServerTransport) -> None:
+        self._transports.add(ssh_transport)
+        self._changed()
+
+    def _transport_lost(self, ssh_transport: _ServerTransport) -> None:
+        self._transports.discard(ssh_transport)
+        self._changed()
+
+    def _track(self, stopping: Deferred[None]) -> None:
+        def done(result: object) -> object:
+            self._stopping.discard(stopping)
+            return result
+
+        self._stopping.add(stopping)
+        stopping.addBoth(done)
