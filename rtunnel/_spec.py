@@ -1,0 +1,856 @@
+"""
+The pure core of the ``rtunnel`` command line: OpenSSH's syntax for remote forwards
+(``-R``), destinations and ``-o`` options, and the exact lines OpenSSH prints about them.
+
+Nothing here touches the network, the reactor or the file system, so all of it is tested
+as plain functions. Every message copied from OpenSSH names the source file it comes from
+(openssh-portable: ``ssh.c``, ``readconf.c``, ``misc.c``, ``channels.c``,
+``sshconnect2.c``), so a script written against ``ssh`` keeps working against
+``rtunnel``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, NamedTuple
+from urllib.parse import unquote
+
+from typing_extensions import override
+
+from rtunnel.errors import SpecError
+
+if TYPE_CHECKING:
+    from rtunnel.tunnel import HostKeyPolicy
+
+__all__ = [
+    "HOST_KEY_VERIFICATION_FAILED",
+    "LOG_LEVELS",
+    "SUPPORTED_OPTIONS",
+    "ClientOptions",
+    "Destination",
+    "OptionValue",
+    "RemoteForwardSpec",
+    "format_allocated",
+    "format_forward_failure",
+    "format_permission_denied",
+    "parse_destination",
+    "parse_option",
+    "parse_port",
+    "parse_remote_forward",
+    "parse_time",
+    "split_arguments",
+]
+
+# OpenSSH's -o lines are processed as line 0 of a file called "command-line"
+# (ssh.c: process_config_line(..., "command-line", 0, ...)); every readconf.c message
+# starts with that. Note the two spellings: most messages say "%s line %d:", only the
+# unknown-keyword one says "%s: line %d:" (readconf.c, parse_token).
+_WHERE: Final = "command-line line 0"
+
+#: sshconnect2.c, verify_host_key_callback: the last line ``ssh`` prints when it refuses
+#: a host key.
+HOST_KEY_VERIFICATION_FAILED: Final = "Host key verification failed."
+
+#: OpenSSH's log levels, quietest first (log.c, log_levels[]). ``DEBUG`` is an alias of
+#: ``DEBUG1``.
+LOG_LEVELS: Final = (
+    "QUIET",
+    "FATAL",
+    "ERROR",
+    "INFO",
+    "VERBOSE",
+    "DEBUG1",
+    "DEBUG2",
+    "DEBUG3",
+)
+
+# NI_MAXHOST: parse_forward (readconf.c) refuses host names this long or longer.
+_NI_MAXHOST: Final = 1025
+# isspace() in the C locale: parse_forward skips these before the first field.
+_C_WHITESPACE: Final = " \t\n\v\f\r"
+_DIGITS: Final = re.compile(r"[0-9]+")
+
+
+# --------------------------------------------------------------------------------------
+# Ports and times
+
+
+def _to_port(text: str) -> int | None:
+    """
+    OpenSSH's ``a2port`` (misc.c) without the ``getservbyname`` fallback (a lookup in
+    ``/etc/services`` is I/O, and a service name as a forwarding port is rare): decimal
+    digits only, 0-65535. Returns None when ``text`` is not a port.
+    """
+    if _DIGITS.fullmatch(text) is None:
+        return None
+    # Strip leading zeros before int(): "0000…0080" is 80 to strtonum, and int() of a
+    # very long digit string is slow or (over sys.get_int_max_str_digits) an error.
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 5:
+        return None
+    value = int(digits)
+    return value if value <= 65535 else None
+
+
+def parse_port(text: str) -> int:
+    """
+    Parse ``-p port`` the way ``ssh`` does: a decimal number from 1 to 65535.
+
+    :raises SpecError: ``Bad port '<text>'`` (ssh.c, case 'p'), otherwise.
+    """
+    port = _to_port(text)
+    if port is None or port == 0:
+        raise SpecError(f"Bad port '{text}'")
+    return port
+
+
+_TIME_UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_TIME_PART: Final = re.compile(r"([0-9]+)([sSmMhHdDwW]?)")
+_INT_MAX: Final = 2**31 - 1
+
+
+def parse_time(text: str) -> int:
+    """
+    OpenSSH's ``convtime`` (misc.c): a time in seconds, written as a number or as a
+    sequence like ``1h30m`` (units ``s``, ``m``, ``h``, ``d``, ``w``, either case).
+
+    :raises SpecError: if ``text`` is not such a time or exceeds ``INT_MAX`` seconds.
+    """
+    total = 0
+    position = 0
+    if not text:
+        raise SpecError(f"invalid time value '{text}'")
+    while position < len(text):
+        match = _TIME_PART.match(text, position)
+        if match is None:
+            raise SpecError(f"invalid time value '{text}'")
+        digits, unit = match.groups()
+        digits = digits.lstrip("0") or "0"
+        if len(digits) > 10:
+            raise SpecError(f"invalid time value '{text}'")
+        total += int(digits) * _TIME_UNITS[unit.lower()]
+        if total > _INT_MAX:
+            raise SpecError(f"invalid time value '{text}'")
+        position = match.end()
+    return total
+
+
+# --------------------------------------------------------------------------------------
+# Remote forwards: -R [bind_address:]port:host:hostport
+
+
+@dataclass(frozen=True)
+class RemoteForwardSpec:
+    """
+    One remote forward, as ``ssh -R`` takes it.
+
+    :ivar bind_address: the address string sent in ``tcpip-forward`` (RFC 4254 section
+        7.1). ``"localhost"`` when the spec gave none (the server listens on loopback
+        only, as OpenSSH asks); ``""`` for all interfaces (written ``*`` or left empty in
+        the spec).
+    :ivar port: the port the server should listen on; 0 lets the server choose.
+    :ivar host: the local host each inbound connection is forwarded to.
+    :ivar host_port: the local port (1-65535).
+    """
+
+    bind_address: str
+    port: int
+    host: str
+    host_port: int
+
+    def __post_init__(self) -> None:
+        if self.bind_address == "*":
+            # "*" and "" both mean all interfaces (channels.c, channel_rfwd_bind_host);
+            # keep one spelling so equal forwards compare equal.
+            object.__setattr__(self, "bind_address", "")
+        if not 0 <= self.port <= 65535:
+            raise SpecError(f"Bad remote forwarding port {self.port} (must be 0-65535)")
+        if not 1 <= self.host_port <= 65535:
+            raise SpecError(f"Bad target port {self.host_port} (must be 1-65535)")
+        if not self.host:
+            raise SpecError("Bad remote forward: the target host is empty")
+
+    def to_spec(self) -> str:
+        """
+        The spec in ``-R`` syntax, always with the bind address (``*`` for all
+        interfaces); :func:`parse_remote_forward` reads it back to an equal object.
+        """
+        bind = "*" if self.bind_address == "" else _quote_field(self.bind_address)
+        return f"{bind}:{self.port}:{_quote_field(self.host)}:{self.host_port}"
+
+    @override
+    def __str__(self) -> str:
+        return self.to_spec()
+
+
+def _quote_field(value: str) -> str:
+    """
+    Write one field so ``parse_fwd_field`` (readconf.c) reads it back unchanged:
+    brackets when that is enough (IPv6 addresses), backslash escapes otherwise.
+    """
+    if ":" in value and "]" not in value and "/" not in value:
+        return f"[{value}]"
+    out = []
+    for index, char in enumerate(value):
+        if char in "\\:/" or (index == 0 and char == "[") or (index == 0 and char in _C_WHITESPACE):
+            out.append("\\")
+        out.append(char)
+    return "".join(out)
+
+
+class _Field(NamedTuple):
+    text: str
+    is_path: bool
+
+
+def _split_forward_fields(spec: str) -> list[_Field] | None:
+    """
+    Split a forwarding spec into at most four fields like OpenSSH's ``parse_forward``
+    and ``parse_fwd_field`` (readconf.c):
+
+    - leading C whitespace is skipped;
+    - a field in square brackets is taken literally (the ``]`` must end the field);
+    - elsewhere a backslash makes the next character literal, and ``:`` ends a field;
+    - a ``/`` outside an escape marks the field as a Unix socket path.
+
+    Returns None when the spec is malformed (unmatched bracket, trailing backslash, more
+    than four fields).
+    """
+    rest = spec.lstrip(_C_WHITESPACE)
+    fields: list[_Field] = []
+    position = 0
+    while position < len(rest) and len(fields) < 4:
+        if rest[position] == "[":
+            end = rest.find("]", position + 1)
+            if end == -1:
+                return None
+            after = end + 1
+            if after < len(rest) and rest[after] != ":":
+                return None
+            content = rest[position + 1 : end]
+            fields.append(_Field(content, "/" in content))
+            position = after + 1 if after < len(rest) else after
+            continue
+        chars: list[str] = []
+        is_path = False
+        while position < len(rest):
+            char = rest[position]
+            if char == "\\":
+                if position + 1 >= len(rest):
+                    return None
+                chars.append(rest[position + 1])
+                position += 2
+                continue
+            if char == ":":
+                position += 1
+                break
+            if char == "/":
+                is_path = True
+            chars.append(char)
+            position += 1
+        fields.append(_Field("".join(chars), is_path))
+    if position < len(rest):
+        return None  # a fifth field: trailing garbage
+    return fields
+
+
+_REMOTE_SYNTAX: Final = "expected [bind_address:]port:host:hostport"
+
+
+def _forward_from_fields(fields: list[_Field]) -> RemoteForwardSpec | str:
+    """A spec from split fields, or the reason it is not one."""
+    if any(f.is_path for f in fields):
+        return "Unix-domain socket forwarding is not supported"
+    if len(fields) in (1, 2):
+        # ssh -R [bind_address:]port alone is a dynamic (SOCKS) remote forward
+        # (ssh.c tries parse_forward with dynamicfwd=1 after dynamicfwd=0 fails).
+        return "missing host:hostport (dynamic SOCKS forwarding is not supported)"
+    if len(fields) == 3:
+        bind: str | None = None
+        listen, host, host_port = fields
+    elif len(fields) == 4:
+        bind_field, listen, host, host_port = fields
+        bind = bind_field.text
+    else:
+        return _REMOTE_SYNTAX
+    port = _to_port(listen.text)
+    if port is None:
+        return f"bad listen port '{listen.text}'"
+    target_port = _to_port(host_port.text)
+    if target_port is None or target_port == 0:
+        return f"bad target port '{host_port.text}'"
+    if not host.text:
+        return "missing target host"
+    if len(host.text) >= _NI_MAXHOST or (bind is not None and len(bind) >= _NI_MAXHOST):
+        return "host name too long"
+    return RemoteForwardSpec(_bind_host(bind), port, host.text, target_port)
+
+
+def _bind_host(listen_host: str | None) -> str:
+    """
+    The address sent in ``tcpip-forward``, as OpenSSH's ``channel_rfwd_bind_host``
+    (channels.c) picks it: ``localhost`` when none was given (so an ``sshd`` with
+    ``GatewayPorts clientspecified`` listens on loopback only), ``""`` (all interfaces)
+    for ``*`` or an empty field.
+    """
+    if listen_host is None:
+        return "localhost"
+    if listen_host in ("", "*"):
+        return ""
+    return listen_host
+
+
+def parse_remote_forward(spec: str) -> RemoteForwardSpec:
+    """
+    Parse an ``ssh -R`` spec: ``[bind_address:]port:host:hostport``.
+
+    IPv6 addresses go in square brackets (``[::1]:8080:[::1]:80``); a backslash escapes
+    the next character. Port 0 asks the server to choose. OpenSSH's older slash syntax
+    (``port/host/hostport``) is not accepted: since OpenSSH 6.7 a ``/`` marks a
+    Unix-domain socket path, which rtunnel does not forward.
+
+    :raises SpecError: ``Bad remote forwarding specification '<spec>': <reason>``; the
+        part before the colon is ``ssh``'s own line (ssh.c, case 'R').
+    """
+    fields = _split_forward_fields(spec)
+    result = _REMOTE_SYNTAX if fields is None else _forward_from_fields(fields)
+    if isinstance(result, str):
+        raise SpecError(f"Bad remote forwarding specification '{spec}': {result}")
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# Destinations: [user@]host and ssh://[user@]host[:port]
+
+
+class Destination(NamedTuple):
+    """
+    Where to log on, from the command line's destination argument.
+
+    :ivar user: the user name, or None when the destination gave none.
+    :ivar host: the host name or address (IPv6 without brackets).
+    :ivar port: the port from an ``ssh://`` URI, else None.
+    """
+
+    user: str | None
+    host: str
+    port: int | None
+
+
+def _unbracket(host: str) -> str:
+    if len(host) > 2 and host[0] == "[" and host[-1] == "]":
+        return host[1:-1]
+    return host
+
+
+def parse_destination(text: str) -> Destination:
+    """
+    Parse ``ssh``'s destination: ``[user@]host`` (split at the last ``@``, as ssh.c
+    does, so a user name may contain ``@``) or ``ssh://[user@]host[:port]`` (misc.c,
+    ``parse_uri``: the user is percent-decoded, ``;`` parameters are ignored, an IPv6
+    host is in brackets, no path is allowed).
+
+    A bracketed IPv6 host in the plain form (``user@[::1]``) is accepted too, and the
+    brackets are removed.
+
+    :raises SpecError: if there is no host, the user is empty, or the URI is malformed.
+    """
+    if text.lower().startswith("ssh://"):
+        return _parse_ssh_uri(text)
+    user: str | None = None
+    host = text
+    if "@" in text:
+        user, _, host = text.rpartition("@")
+        if not user:
+            raise SpecError(f"Bad destination '{text}': empty user name")
+    host = _unbracket(host)
+    if not host:
+        raise SpecError(f"Bad destination '{text}': missing host")
+    return Destination(user, host, None)
+
+
+def _parse_ssh_uri(text: str) -> Destination:
+    rest = text[len("ssh://") :]
+    authority, slash, path = rest.partition("/")
+    if slash and path:
+        raise SpecError(f"Bad destination '{text}': a path is not allowed in an ssh:// URI")
+    user: str | None = None
+    if "@" in authority:
+        userinfo, _, authority = authority.rpartition("@")
+        user = unquote(userinfo.split(";", 1)[0])
+        if not user:
+            raise SpecError(f"Bad destination '{text}': empty user name")
+    port: int | None = None
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end == -1:
+            raise SpecError(f"Bad destination '{text}': unmatched '['")
+        host = authority[1:end]
+        tail = authority[end + 1 :]
+        if tail and not tail.startswith(":"):
+            raise SpecError(f"Bad destination '{text}': junk after ']'")
+        port_text = tail[1:] if tail else None
+    else:
+        host, colon, after = authority.partition(":")
+        port_text = after if colon else None
+    if port_text is not None:
+        port = _to_port(port_text)
+        if port is None or port == 0:
+            raise SpecError(f"Bad destination '{text}': bad port '{port_text}'")
+    if not host:
+        raise SpecError(f"Bad destination '{text}': missing host")
+    return Destination(user, host, port)
+
+
+# --------------------------------------------------------------------------------------
+# -o options
+
+
+def split_arguments(text: str) -> list[str]:
+    """
+    Split an option's arguments like OpenSSH's ``argv_split`` (misc.c): on spaces and
+    tabs, with single or double quotes grouping, and a backslash escaping a quote, a
+    backslash, or (outside quotes) a space. Other backslashes are kept. A ``#`` that
+    starts an argument ends the line (a comment).
+
+    :raises SpecError: ``command-line line 0: invalid quotes`` (readconf.c) when a
+        quote is not closed.
+    """
+    args: list[str] = []
+    i = 0
+    n = len(text)
+    while i < n:
+        if text[i] in " \t":
+            i += 1
+            continue
+        if text[i] == "#":
+            break
+        quote = ""
+        arg: list[str] = []
+        while i < n:
+            char = text[i]
+            if char == "\\":
+                following = text[i + 1] if i + 1 < n else ""
+                if following and (following in "'\"\\" or (not quote and following == " ")):
+                    arg.append(following)
+                    i += 2
+                    continue
+                arg.append(char)
+            elif not quote and char in " \t":
+                break
+            elif not quote and char in "\"'":
+                quote = char
+            elif quote and char == quote:
+                quote = ""
+            else:
+                arg.append(char)
+            i += 1
+        if quote:
+            raise SpecError(f"{_WHERE}: invalid quotes")
+        args.append("".join(arg))
+    return args
+
+
+#: The ``-o`` options rtunnel understands, by lower-case name (OpenSSH matches option
+#: names case-insensitively, readconf.c ``lowercase(keyword)``).
+SUPPORTED_OPTIONS: Final = {
+    name.lower(): name
+    for name in (
+        "BatchMode",
+        "ConnectTimeout",
+        "ExitOnForwardFailure",
+        "IdentityFile",
+        "LogLevel",
+        "Port",
+        "RemoteForward",
+        "StrictHostKeyChecking",
+        "User",
+        "UserKnownHostsFile",
+    )
+}
+
+# Options OpenSSH knows (readconf.c, keywords[]) that rtunnel does not implement.
+# OpenSSH would apply them; silently ignoring one (a ProxyJump, say) would connect
+# somewhere the user did not ask for, so they are refused with OpenSSH's wording for an
+# unsupported option rather than reported as unknown.
+_OPENSSH_ONLY: Final = frozenset(
+    # A word list reads better than 110 one-per-line string literals.
+    """
+    addkeystoagent addressfamily bindaddress bindinterface canonicaldomains
+    canonicalizefallbacklocal canonicalizehostname canonicalizemaxdots
+    canonicalizepermittedcnames casignaturealgorithms certificatefile
+    challengeresponseauthentication channeltimeout checkhostip cipher ciphers
+    clearallforwardings compression compressionlevel connectionattempts controlmaster
+    controlpath controlpersist dsaauthentication dynamicforward enableescapecommandline
+    enablesshkeysign escapechar fallbacktorsh fingerprinthash forkafterauthentication
+    forwardagent forwardx11 forwardx11timeout forwardx11trusted gatewayports
+    globalknownhostsfile gssapiauthentication gssapidelegatecredentials hashknownhosts
+    host hostbasedacceptedalgorithms hostbasedauthentication hostbasedkeytypes
+    hostkeyalgorithms hostkeyalias hostname identitiesonly identityagent ignoreunknown
+    include ipqos kbdinteractiveauthentication kbdinteractivedevices keepalive
+    kexalgorithms knownhostscommand localcommand localforward logfacility logverbose
+    macs match nohostauthenticationforlocalhost numberofpasswordprompts
+    obscurekeystroketiming passwordauthentication permitlocalcommand permitremoteopen
+    pkcs11provider preferredauthentications protocol proxycommand proxyjump
+    proxyusefdpass pubkeyacceptedalgorithms pubkeyacceptedkeytypes pubkeyauthentication
+    refuseconnection rekeylimit remotecommand requesttty requiredrsasize revokedhostkeys
+    rhostsrsaauthentication rsaauthentication securitykeyprovider sendenv
+    serveralivecountmax serveraliveinterval sessiontype setenv smartcarddevice
+    stdinnull streamlocalbindmask streamlocalbindunlink syslogfacility tag tcpkeepalive
+    tunnel tunneldevice updatehostkeys useprivilegedport usersh verifyhostkeydns
+    visualhostkey warnweakcrypto xauthlocation
+    """.split()  # noqa: SIM905
+)
+
+#: A parsed option value: ``bool`` for yes/no options, ``int`` for Port,
+#: ``int | None`` for ConnectTimeout (None: ``none``), a tuple of paths for
+#: UserKnownHostsFile, a :class:`RemoteForwardSpec` for RemoteForward, and ``str``
+#: otherwise.
+OptionValue = str | int | bool | None | tuple[str, ...] | RemoteForwardSpec
+
+# readconf.c multistate_flag and multistate_strict_hostkey. StrictHostKeyChecking
+# values are normalised to "yes", "no", "ask" or "accept-new".
+_FLAGS: Final = {"yes": True, "true": True, "no": False, "false": False}
+_STRICT: Final = {
+    "yes": "yes",
+    "true": "yes",
+    "no": "no",
+    "false": "no",
+    "off": "no",
+    "ask": "ask",
+    "accept-new": "accept-new",
+}
+_LOG_LEVEL_NAMES: Final = {name.lower(): name for name in LOG_LEVELS} | {"debug": "DEBUG1"}
+# Options OpenSSH accepts and ignores (readconf.c: oIgnore and oDeprecated, which only
+# log at debug level); refusing them would break command lines that work with ssh.
+_IGNORED: Final = frozenset(
+    {
+        "cipher",
+        "fallbacktorsh",
+        "globalknownhostsfile2",
+        "protocol",
+        "rhostsauthentication",
+        "useprivilegedport",
+        "useroaming",
+        "usersh",
+        "userknownhostsfile2",
+    }
+)
+_WHITESPACE: Final = " \t\r\n"
+
+
+def _strdelim(text: str) -> tuple[str | None, str | None]:
+    """
+    OpenSSH's ``strdelim`` (misc.c) with ``=`` splitting: the next token, ending at
+    whitespace, a double quote or an ``=``, and the rest after the delimiter and any
+    whitespace, with at most one ``=`` skipped. A token in double quotes runs to the
+    closing quote. Returns ``(None, None)`` for an unclosed quote; the rest is None at
+    the end of the text.
+    """
+    index = next((i for i, c in enumerate(text) if c in _WHITESPACE + '"='), None)
+    if index is None:
+        return text, None
+    if text[index] == '"':
+        end = text.find('"', index + 1)
+        if end == -1:
+            return None, None
+        return text[:index] + text[index + 1 : end], text[end + 1 :].lstrip(_WHITESPACE)
+    token, rest = text[:index], text[index + 1 :].lstrip(_WHITESPACE)
+    if text[index] != "=" and rest.startswith("="):
+        rest = rest[1:].lstrip(_WHITESPACE)
+    return token, rest
+
+
+def _expand_path(path: str) -> str:
+    # OpenSSH's tilde_expand_filename: "~" and "~user" at the start of a path.
+    return os.path.expanduser(path)
+
+
+def parse_option(text: str) -> tuple[str, OptionValue] | None:
+    """
+    Parse one ``-o`` option, ``Key=Value`` or ``Key Value``, as ``ssh`` does
+    (readconf.c, ``process_config_line``): the key is case-insensitive, the arguments
+    are split by :func:`split_arguments`.
+
+    :return: the option's canonical name (as in :data:`SUPPORTED_OPTIONS`) and its
+        validated value (see :data:`OptionValue`); or None for a line OpenSSH ignores:
+        blank, a ``#`` comment, or a deprecated option such as ``Protocol``.
+    :raises SpecError: with OpenSSH's message for the mistake, e.g.
+        ``command-line: line 0: Bad configuration option: foo`` for an unknown key and
+        ``command-line line 0: Unsupported option "proxyjump"`` for an OpenSSH option
+        rtunnel does not implement.
+    """
+    # Trailing whitespace (and form feeds) are stripped first.
+    keyword, rest = _strdelim(text.rstrip(_WHITESPACE + "\f"))
+    if keyword == "":
+        # Leading whitespace or '=': the keyword is the next token.
+        keyword, rest = _strdelim(rest) if rest is not None else (None, None)
+    if not keyword or keyword[0] in "\n#":
+        return None
+    keyword = keyword.lower()
+    if rest is None or not rest.lstrip(_WHITESPACE):
+        raise SpecError(f'{_WHERE}: no argument after keyword "{keyword}"')
+    canonical = SUPPORTED_OPTIONS.get(keyword)
+    if canonical is None:
+        if keyword in _IGNORED:
+            return None
+        if keyword in _OPENSSH_ONLY:
+            raise SpecError(f'{_WHERE}: Unsupported option "{keyword}"')
+        raise SpecError(f"command-line: line 0: Bad configuration option: {keyword}")
+    args = split_arguments(rest.lstrip(_WHITESPACE))
+    return canonical, _parse_value(canonical, keyword, args)
+
+
+def _one(keyword: str, args: list[str]) -> str:
+    # readconf.c, after the switch: "keyword %s extra arguments at end of line".
+    if len(args) > 1:
+        raise SpecError(f"{_WHERE}: keyword {keyword} extra arguments at end of line")
+    if not args or not args[0]:
+        raise SpecError(f"{_WHERE}: Missing argument.")
+    return args[0]
+
+
+def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
+    if canonical in ("BatchMode", "ExitOnForwardFailure"):
+        value = _one(keyword, args)
+        flag = _FLAGS.get(value.lower())
+        if flag is None:
+            raise SpecError(f'{_WHERE}: unsupported option "{value}".')
+        return flag
+    if canonical == "StrictHostKeyChecking":
+        value = _one(keyword, args)
+        strict = _STRICT.get(value.lower())
+        if strict is None:
+            raise SpecError(f'{_WHERE}: unsupported option "{value}".')
+        return strict
+    if canonical == "Port":
+        value = _one(keyword, args)
+        port = _to_port(value)
+        if port is None or port == 0:
+            raise SpecError(f"{_WHERE}: Bad port '{value}'.")
+        return port
+    if canonical == "ConnectTimeout":
+        value = _one(keyword, args)
+        if value == "none":
+            return None
+        try:
+            return parse_time(value)
+        except SpecError:
+            raise SpecError(f"{_WHERE}: invalid time value.") from None
+    if canonical == "LogLevel":
+        value = _one(keyword, args)
+        level = _LOG_LEVEL_NAMES.get(value.lower())
+        if level is None:
+            raise SpecError(f"{_WHERE}: unsupported log level '{value}'")
+        return level
+    if canonical == "User":
+        return _one(keyword, args)
+    if canonical == "IdentityFile":
+        return _expand_path(_one(keyword, args))
+    if canonical == "UserKnownHostsFile":
+        if not args:
+            raise SpecError(f"{_WHERE}: Missing argument.")
+        for arg in args:
+            if not arg:
+                raise SpecError(f"{_WHERE}: keyword {keyword} empty argument")
+        if any(arg.lower() == "none" for arg in args):
+            if len(args) > 1:
+                raise SpecError(f'{_WHERE}: keyword {keyword} "none" argument must appear alone.')
+            return ()
+        return tuple(_expand_path(arg) for arg in args)
+    if canonical == "RemoteForward":
+        if len(args) > 2:
+            raise SpecError(f"{_WHERE}: keyword {keyword} extra arguments at end of line")
+        # readconf.c joins "listen target" into "listen:target" for parse_forward.
+        joined = ":".join(args)
+        fields = _split_forward_fields(joined)
+        result = _REMOTE_SYNTAX if fields is None else _forward_from_fields(fields)
+        if isinstance(result, str):
+            shown = " ".join(args)
+            raise SpecError(f"{_WHERE}: Bad forwarding specification '{shown}': {result}")
+        return result
+    raise AssertionError(f"no parser for {canonical}")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------
+# The options of one invocation
+
+
+@dataclass
+class ClientOptions:
+    """
+    The settings of one ``rtunnel`` invocation, filled from flags and ``-o`` options with
+    OpenSSH's rule that the first value given for an option wins (readconf.c: "the first
+    obtained value will be used"), except identity files and forwards, which accumulate.
+
+    :ivar user: ``-l``, ``-o User`` or the destination's user.
+    :ivar port: ``-p``, ``-o Port`` or an ``ssh://`` URI's port.
+    :ivar identity_files: ``-i`` and ``-o IdentityFile``, in order.
+    :ivar known_hosts_files: ``-o UserKnownHostsFile`` (empty for ``none``), or None.
+    :ivar strict_host_key_checking: ``yes``, ``no``, ``ask`` or ``accept-new``, or None.
+    :ivar exit_on_forward_failure: ``-o ExitOnForwardFailure``, or None.
+    :ivar batch_mode: ``-o BatchMode``, or None (rtunnel never prompts either way).
+    :ivar connect_timeout: seconds from ``-o ConnectTimeout`` (None: ``none``).
+    :ivar connect_timeout_given: whether ``ConnectTimeout`` was given at all.
+    :ivar log_level: one of :data:`LOG_LEVELS`, or None for the default (``INFO``).
+    :ivar remote_forwards: ``-R`` and ``-o RemoteForward``, in order, without repeats.
+    """
+
+    user: str | None = None
+    port: int | None = None
+    identity_files: list[str] = field(default_factory=list)
+    known_hosts_files: tuple[str, ...] | None = None
+    strict_host_key_checking: str | None = None
+    exit_on_forward_failure: bool | None = None
+    batch_mode: bool | None = None
+    connect_timeout: int | None = None
+    connect_timeout_given: bool = False
+    log_level: str | None = None
+    remote_forwards: list[RemoteForwardSpec] = field(default_factory=list)
+    _debug_flag: int = field(default=0, repr=False)
+
+    def apply_option(self, text: str) -> None:
+        """
+        Apply one ``-o`` option. Blank options, ``#`` comments and deprecated options
+        are ignored, as OpenSSH ignores them.
+
+        :raises SpecError: see :func:`parse_option`.
+        """
+        parsed = parse_option(text)
+        if parsed is not None:
+            self.apply(*parsed)
+
+    def apply(self, name: str, value: OptionValue) -> None:
+        """Apply an option parsed by :func:`parse_option`."""
+        if name == "RemoteForward":
+            assert isinstance(value, RemoteForwardSpec)
+            self.add_remote_forward(value)
+        elif name == "IdentityFile":
+            assert isinstance(value, str)
+            self.identity_files.append(value)
+        elif name == "User":
+            assert isinstance(value, str)
+            self.user = self.user if self.user is not None else value
+        elif name == "Port":
+            assert isinstance(value, int)
+            self.port = self.port if self.port is not None else value
+        elif name == "UserKnownHostsFile":
+            assert isinstance(value, tuple)
+            if self.known_hosts_files is None:
+                self.known_hosts_files = value
+        elif name == "StrictHostKeyChecking":
+            assert isinstance(value, str)
+            if self.strict_host_key_checking is None:
+                self.strict_host_key_checking = value
+        elif name == "ExitOnForwardFailure":
+            assert isinstance(value, bool)
+            if self.exit_on_forward_failure is None:
+                self.exit_on_forward_failure = value
+        elif name == "BatchMode":
+            assert isinstance(value, bool)
+            if self.batch_mode is None:
+                self.batch_mode = value
+        elif name == "ConnectTimeout":
+            assert value is None or isinstance(value, int)
+            if not self.connect_timeout_given:
+                self.connect_timeout = value
+                self.connect_timeout_given = True
+        elif name == "LogLevel":
+            assert isinstance(value, str)
+            if self.log_level is None:
+                self.log_level = value
+        else:  # pragma: no cover
+            raise AssertionError(f"unknown option {name}")
+
+    def add_remote_forward(self, forward: RemoteForwardSpec) -> None:
+        """Add a forward; an identical one already present is not added twice
+        (readconf.c, ``add_remote_forward``)."""
+        if forward not in self.remote_forwards:
+            self.remote_forwards.append(forward)
+
+    def more_verbose(self) -> None:
+        """``-v``: ``DEBUG1`` the first time, one level more each time up to ``DEBUG3``
+        (ssh.c, case 'v')."""
+        if self._debug_flag == 0:
+            self._debug_flag = 1
+            self.log_level = "DEBUG1"
+        elif self.effective_log_level != "DEBUG3":
+            self._debug_flag += 1
+            self.log_level = LOG_LEVELS[LOG_LEVELS.index(self.effective_log_level) + 1]
+
+    def quiet(self) -> None:
+        """``-q``: quiet mode (ssh.c, case 'q')."""
+        self.log_level = "QUIET"
+
+    @property
+    def effective_log_level(self) -> str:
+        """The log level in force: the one given, else ``INFO`` (readconf.c default)."""
+        return self.log_level if self.log_level is not None else "INFO"
+
+    def logs(self, level: str) -> bool:
+        """Whether a message at ``level`` is shown (log.c: ``level <= log_level``)."""
+        return LOG_LEVELS.index(level) <= LOG_LEVELS.index(self.effective_log_level)
+
+    @property
+    def host_key_policy(self) -> HostKeyPolicy:
+        """
+        :class:`~rtunnel.ReverseTunnel`'s host key policy for ``StrictHostKeyChecking``.
+
+        ``yes`` and ``ask`` are ``strict`` (rtunnel never prompts, which is what ``ask``
+        amounts to under ``BatchMode``), ``accept-new`` is ``accept-new``, and ``no``
+        and ``off`` are ``accept-new`` as well: OpenSSH with ``no`` records an unknown
+        key but, when a known key has *changed*, disables every port forward
+        ("Port forwarding is disabled to avoid man-in-the-middle attacks.",
+        sshconnect.c ``check_host_key``). A tunnel with its forwards disabled is
+        useless, so refusing the changed key outright is the faithful equivalent.
+        The unset default is OpenSSH's ``ask``, so ``strict``.
+        """
+        setting = self.strict_host_key_checking
+        if setting in ("no", "accept-new"):
+            return "accept-new"
+        return "strict"
+
+    def set_default_user(self, user: str | None) -> None:
+        """Use ``user`` unless a user was already given (ssh.c: ``-l`` wins over
+        ``user@host``)."""
+        if self.user is None and user is not None:
+            self.user = user
+
+    def set_default_port(self, port: int | None) -> None:
+        """Use ``port`` unless a port was already given."""
+        if self.port is None and port is not None:
+            self.port = port
+
+
+# --------------------------------------------------------------------------------------
+# What OpenSSH prints
+
+
+def format_allocated(port: int, host: str, host_port: int) -> str:
+    """
+    ``ssh``'s line for a forward the server allocated a port for (ssh.c,
+    ``ssh_confirm_remote_forward``: ``"Allocated port %u for remote forward to %s:%d"``;
+    the host is printed as given, IPv6 without brackets).
+    """
+    return f"Allocated port {port} for remote forward to {host}:{host_port}"
+
+
+def format_forward_failure(listen_port: int, *, fatal: bool) -> str:
+    """
+    ``ssh``'s line for a refused remote forward (ssh.c, ``ssh_confirm_remote_forward``):
+    ``Error: ...`` when ``ExitOnForwardFailure`` makes it fatal, ``Warning: ...``
+    otherwise. ``listen_port`` is the port asked for (0 when the server was to choose).
+    """
+    prefix = "Error" if fatal else "Warning"
+    return f"{prefix}: remote port forwarding failed for listen port {listen_port}"
+
+
+def format_permission_denied(user: str, host: str, methods: Sequence[str]) -> str:
+    """
+    ``ssh``'s line when authentication failed (sshconnect2.c, ``userauth``:
+    ``"%s@%s: Permission denied (%s)."``, the methods comma-separated).
+    """
+    return f"{user}@{host}: Permission denied ({','.join(methods)})."

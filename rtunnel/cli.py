@@ -1,0 +1,542 @@
+"""
+The ``rtunnel`` command: ``ssh -N -R`` on Twisted, with ``ssh``'s syntax, messages and
+exit statuses, so it can replace ``ssh`` in scripts that keep a reverse tunnel open.
+
+::
+
+    rtunnel -N -o ExitOnForwardFailure=yes -R 0:localhost:8080 tunnel@gateway.example.com
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TextIO, TypeVar, cast
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorThreads, IReactorTime
+from twisted.internet.task import react
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogEvent,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogBeginner,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from rtunnel._spec import (
+    ClientOptions,
+    parse_destination,
+    parse_port,
+    parse_remote_forward,
+)
+from rtunnel.errors import RTunnelError, SpecError
+from rtunnel.service import build_tunnel, describe_error, establish_forwards, local_user
+
+if TYPE_CHECKING:
+    from rtunnel.tunnel import ReverseTunnel
+
+__all__ = ["HELP", "USAGE", "CommandLineExit", "Invocation", "main", "parse_command_line"]
+
+_log = Logger()
+
+#: ssh's usage synopsis (ssh.c, ``usage``), cut down to what rtunnel takes.
+USAGE = """\
+usage: rtunnel [-NnqTVv] [-i identity_file] [-l login_name] [-o option] [-p port]
+               -R [bind_address:]port:host:hostport ... destination
+"""
+
+HELP = (
+    USAGE
+    + """
+Keep SSH reverse tunnels open, like "ssh -N -R". Connections to a port the SSH server
+listens on for us are forwarded to host:hostport from this machine.
+
+  -R [bind_address:]port:host:hostport
+                  Ask the server to listen on port (0: the server picks one, printed as
+                  "Allocated port N for remote forward to host:hostport") and forward
+                  each connection to host:hostport. Without bind_address the server
+                  listens on loopback only; "*" means all interfaces. IPv6 addresses
+                  go in square brackets. Repeatable.
+  -i identity_file
+                  Private key for public key authentication. Repeatable. Default:
+                  ~/.ssh/id_rsa, ~/.ssh/id_ecdsa and ~/.ssh/id_ed25519, those that exist.
+  -l login_name   User to log in as (default: the local user).
+  -p port         Port to connect to on the server (default: 22).
+  -o option       An ssh_config option, "Key=Value" or "Key Value". Supported:
+                  BatchMode, ConnectTimeout, ExitOnForwardFailure, IdentityFile,
+                  LogLevel, Port, RemoteForward, StrictHostKeyChecking, User,
+                  UserKnownHostsFile. rtunnel reads no ssh_config files.
+  -v              Verbose; repeat for more (up to -vvv).
+  -q              Quiet: no warnings, no "Allocated port" lines, no error messages
+                  (the exit status still tells).
+  -N, -n, -T      Accepted for ssh compatibility; rtunnel never runs a command,
+                  reads stdin or allocates a terminal.
+  -V              Print the version and exit.
+  -h, --help      Print this help and exit.
+
+destination is [user@]host or ssh://[user@]host[:port]. rtunnel never prompts:
+host keys are checked against ~/.ssh/known_hosts (or UserKnownHostsFile) as with
+StrictHostKeyChecking=yes unless you set StrictHostKeyChecking=accept-new (or no).
+
+Exit status, as ssh -N: 0 when stopped by SIGTERM; 255 on SIGINT or SIGHUP, when the
+connection cannot be made or is lost, when a forward is refused with
+ExitOnForwardFailure=yes, and for a usage error. On SIGTERM, SIGINT and SIGHUP the
+forwards are cancelled and the connection is closed (at most a few seconds).
+"""
+)
+
+#: ssh's exit status for every failure (ssh.c and clientloop.c: ``cleanup_exit(255)``).
+FAILURE = 255
+
+#: Seconds to wait for a clean log-off after a signal or an error.
+LOGOFF_TIMEOUT = 3.0
+
+# Option letters: those taking an argument, and flags.
+_WITH_ARGUMENT = frozenset("ilopR")
+_FLAGS = frozenset("hNnqTVv")
+
+
+class CommandLineExit(Exception):
+    """
+    The command line asks to stop before connecting: help, version, or a mistake.
+
+    :ivar status: the exit status.
+    :ivar text: what to print (ending in a newline).
+    :ivar to_stdout: print on stdout (help) rather than stderr.
+    """
+
+    def __init__(self, status: int, text: str, *, to_stdout: bool = False) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text if text.endswith("\n") else text + "\n"
+        self.to_stdout = to_stdout
+
+
+@dataclass
+class Invocation:
+    """
+    A parsed command line.
+
+    :ivar options: the settings, defaults from the destination applied.
+    :ivar host: the SSH server.
+    :ivar warnings: lines to print before connecting (ssh's identity file warnings).
+    """
+
+    options: ClientOptions
+    host: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def _version() -> str:
+    import twisted
+    from rtunnel import __version__
+
+    # ssh -V prints "OpenSSH_9.6p1, OpenSSL 3.0.13 ..." on stderr (ssh.c, case 'V').
+    return f"rtunnel {__version__}, Twisted {twisted.__version__}"
+
+
+def parse_command_line(argv: Sequence[str]) -> Invocation:
+    """
+    Parse ``rtunnel``'s arguments the way ``ssh`` parses its own (ssh.c, ``main``):
+    getopt-style clustered flags (``-vvN``, ``-p2222``), options also after the
+    destination, ``--`` to end options, and the first value of an option winning.
+
+    :raises CommandLineExit: for ``--help`` and ``-V`` (status 0) and for every mistake
+        (status 255, one line; the usage synopsis when the destination is missing).
+    """
+    options = ClientOptions()
+    warnings: list[str] = []
+    destination: str | None = None
+    args = list(argv)
+    index = 0
+    options_done = False
+
+    def fail_with(message: str) -> NoReturn:
+        raise CommandLineExit(FAILURE, message)
+
+    while index < len(args):
+        arg = args[index]
+        index += 1
+        if options_done or not arg.startswith("-") or arg == "-":
+            if destination is None:
+                destination = arg
+                continue
+            fail_with(
+                f"rtunnel: unexpected argument '{arg}': rtunnel runs no remote command "
+                "(it always works as ssh -N)"
+            )
+        if arg == "--":
+            options_done = True
+            continue
+        if arg == "--help":
+            raise CommandLineExit(0, HELP, to_stdout=True)
+        position = 1
+        while position < len(arg):
+            letter = arg[position]
+            position += 1
+            if letter in _FLAGS:
+                if letter == "h":
+                    raise CommandLineExit(0, HELP, to_stdout=True)
+                if letter == "V":
+                    raise CommandLineExit(0, _version())
+                if letter == "v":
+                    options.more_verbose()
+                elif letter == "q":
+                    options.quiet()
+                # -N, -n and -T describe what rtunnel always does.
+                continue
+            if letter not in _WITH_ARGUMENT:
+                # ssh's getopt (openbsd-compat/getopt_long.c) prints exactly this.
+                fail_with(f"unknown option -- {letter}")
+            if position < len(arg):
+                value = arg[position:]
+                position = len(arg)
+            elif index < len(args):
+                value = args[index]
+                index += 1
+            else:
+                fail_with(f"option requires an argument -- {letter}")
+            try:
+                _apply_flag(options, letter, value, warnings)
+            except SpecError as error:
+                fail_with(error.message)
+
+    if destination is None:
+        raise CommandLineExit(FAILURE, USAGE)
+    try:
+        parsed = parse_destination(destination)
+    except SpecError as error:
+        fail_with(f"rtunnel: {error.message}")
+    options.set_default_user(parsed.user)
+    options.set_default_port(parsed.port)
+    if not options.remote_forwards:
+        fail_with(
+            "rtunnel: no remote forwards: give -R [bind_address:]port:host:hostport "
+            "(or -o RemoteForward)"
+        )
+    return Invocation(options, parsed.host, warnings)
+
+
+def _apply_flag(options: ClientOptions, letter: str, value: str, warnings: list[str]) -> None:
+    if letter == "R":
+        options.add_remote_forward(parse_remote_forward(value))
+    elif letter == "o":
+        options.apply_option(value)
+    elif letter == "p":
+        # ssh.c: "if (options.port == -1)", so a later -p is not even checked.
+        if options.port is None:
+            options.port = parse_port(value)
+    elif letter == "l":
+        options.set_default_user(value)
+    elif letter == "i":
+        path = Path(value).expanduser()
+        try:
+            path.stat()
+        except OSError as error:
+            # ssh.c, case 'i': warn and carry on without the file.
+            warnings.append(f"Warning: Identity file {path} not accessible: {error.strerror}.")
+        else:
+            options.identity_files.append(str(path))
+
+
+# --------------------------------------------------------------------------------------
+# Output
+
+
+class _Console:
+    """
+    Prints ``ssh``'s own messages on stderr, filtered by the log level as log.c does:
+    a message shows when its level is at or below the current one; debug messages are
+    prefixed ``debug1:`` and so on, the others are printed bare.
+    """
+
+    def __init__(self, options: ClientOptions, stream: TextIO) -> None:
+        self._options = options
+        self._stream = stream
+
+    def say(self, level: str, text: str) -> None:
+        if not self._options.logs(level):
+            return
+        prefix = f"{level.lower()}: " if level.startswith("DEBUG") else ""
+        for line in text.splitlines():
+            self._stream.write(f"{prefix}{line}\n")
+        self._stream.flush()
+
+
+# Twisted log events shown at each of ssh's levels: warnings and errors by default, info
+# from -v, debug from -vv; nothing with -q.
+_TWISTED_LEVELS = {
+    "QUIET": None,
+    "FATAL": LogLevel.critical,
+    "ERROR": LogLevel.error,
+    "INFO": LogLevel.warn,
+    "VERBOSE": LogLevel.info,
+    "DEBUG1": LogLevel.info,
+    "DEBUG2": LogLevel.debug,
+    "DEBUG3": LogLevel.debug,
+}
+
+
+@implementer(ILogObserver)
+class _StderrLogObserver:
+    """One line per log event; a traceback only at -vv and up, or for a crash."""
+
+    def __init__(self, stream: TextIO, tracebacks: bool) -> None:
+        self._stream = stream
+        self._tracebacks = tracebacks
+
+    def __call__(self, event: LogEvent) -> None:
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if isinstance(failure, Failure):
+            if self._tracebacks or event.get("log_level") is LogLevel.critical:
+                text = f"{text}\n{failure.getTraceback()}".rstrip("\n")
+            else:
+                text = f"{text}: {failure.getErrorMessage()}"
+        level = event.get("log_level")
+        prefix = "debug2: " if level is LogLevel.debug else ""
+        self._stream.write(f"{prefix}{text}\n")
+        self._stream.flush()
+
+
+def _start_logging(options: ClientOptions, stream: TextIO) -> None:
+    level = options.effective_log_level
+    minimum = _TWISTED_LEVELS[level]
+    observers: list[ILogObserver] = []
+    if minimum is not None:
+        printer = _StderrLogObserver(stream, tracebacks=level in ("DEBUG2", "DEBUG3"))
+        observers.append(
+            FilteringLogObserver(printer, [LogLevelFilterPredicate(defaultLogLevel=minimum)])
+        )
+    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
+
+
+# --------------------------------------------------------------------------------------
+# Running
+
+_T = TypeVar("_T")
+
+
+class _Once(Generic[_T]):
+    """
+    A value that is set once and can be waited for any number of times; each wait gets
+    its own Deferred, so cancelling one leaves the others, and the value, alone.
+    """
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._value: _T | None = None
+        self._waiting: list[Deferred[_T]] = []
+
+    @property
+    def value(self) -> _T:
+        assert self.fired
+        return cast(_T, self._value)
+
+    def fire(self, value: _T) -> None:
+        if self.fired:
+            return
+        self.fired, self._value = True, value
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(value)
+
+    def wait(self) -> Deferred[_T]:
+        if self.fired:
+            return succeed(self.value)
+        d: Deferred[_T] = Deferred(lambda d: self._waiting.remove(d))
+        self._waiting.append(d)
+        return d
+
+
+def _either(first: Deferred[Any], second: Deferred[Any]) -> Deferred[tuple[int, object]]:
+    """
+    Fire with ``(index, result)`` of whichever of two Deferreds finishes first, success
+    or failure (a :class:`Failure` is passed on as the result, not raised), and cancel
+    the other. Unlike :func:`twisted.internet.defer.race`, a failure counts as finishing.
+    """
+    outcome: Deferred[tuple[int, object]] = Deferred()
+
+    def finished(result: object, index: int) -> None:
+        # Returning None also consumes the loser's (cancellation) failure.
+        if not outcome.called:
+            outcome.callback((index, result))
+            (second if index == 0 else first).cancel()
+
+    first.addBoth(finished, 0)
+    second.addBoth(finished, 1)
+    return outcome
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """Why the tunnel stops: the exit status and, maybe, a message at a log level."""
+
+    status: int
+    message: str | None = None
+    level: str = "ERROR"
+
+
+class _Interrupted(Exception):
+    def __init__(self, stop: _Stop) -> None:
+        super().__init__(stop)
+        self.stop = stop
+
+
+async def _until(operation: Deferred[_T], interrupt: _Once[_Stop]) -> _T:
+    """
+    Wait for ``operation`` unless ``interrupt`` fires first, in which case the operation
+    is cancelled and :class:`_Interrupted` is raised. When the operation fails after the
+    interrupt fired (a request failing because the connection was lost), the interrupt
+    is the better explanation and wins.
+    """
+    which, result = await _either(operation, interrupt.wait())
+    if which == 1:
+        raise _Interrupted(cast(_Stop, result))
+    if isinstance(result, Failure):
+        if interrupt.fired:
+            raise _Interrupted(interrupt.value)
+        result.raiseException()
+    return cast(_T, result)
+
+
+def _signal_stop(signum: int) -> _Stop:
+    if signum == signal.SIGTERM:
+        # clientloop.c, client_loop: without a session (ssh -N) a SIGTERM is a
+        # deliberate stop and the exit status is 0.
+        return _Stop(0)
+    # clientloop.c: verbose("Killed by signal %d.") and cleanup_exit(255).
+    return _Stop(FAILURE, f"Killed by signal {signum}.", "VERBOSE")
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _install_signal_handlers(
+    reactor: IReactorThreads, interrupt: _Once[_Stop], hurry: _Once[None]
+) -> None:
+    """
+    Replace the reactor's handlers (which would stop it at once) with ones that stop the
+    tunnel cleanly; a second signal cuts the clean-up short. Called after the reactor
+    has started, because it installs its own handlers on startup.
+    """
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        # Signal handlers run between bytecodes: hand over to the reactor's thread.
+        if interrupt.fired:
+            reactor.callFromThread(hurry.fire, None)
+        else:
+            reactor.callFromThread(interrupt.fire, _signal_stop(signum))
+
+    for signum in _SIGNALS:
+        signal.signal(signum, handle)
+
+
+async def _log_off(tunnel: ReverseTunnel, clock: IReactorTime, hurry: _Once[None]) -> None:
+    """Log off, for at most :data:`LOGOFF_TIMEOUT` seconds or until a second signal."""
+    logoff = tunnel.logoff()
+    logoff.addTimeout(LOGOFF_TIMEOUT, clock)
+    _, result = await _either(logoff, hurry.wait())
+    if isinstance(result, Failure):
+        _log.debug("Logging off did not finish cleanly: {why}", why=result.getErrorMessage())
+
+
+async def _session(reactor: IReactorCore, invocation: Invocation, console: _Console) -> int:
+    """Run the tunnel until a signal, an error or the end of the connection."""
+    options = invocation.options
+    host = invocation.host
+    user = options.user if options.user is not None else local_user()
+    options.set_default_user(user)
+    clock = cast(IReactorTime, reactor)
+    interrupt: _Once[_Stop] = _Once()
+    hurry: _Once[None] = _Once()
+    # react() calls us before the reactor runs; the reactor installs its own signal
+    # handlers when it starts, so ours must go in after that.
+    reactor.callWhenRunning(
+        _install_signal_handlers, cast(IReactorThreads, reactor), interrupt, hurry
+    )
+    try:
+        tunnel = build_tunnel(cast(IReactorTCP, reactor), host, options, report=console.say)
+    except SpecError as error:
+        console.say("FATAL", f"rtunnel: {error.message}")
+        return FAILURE
+
+    def lost(failure: Failure) -> None:
+        error = failure.value
+        if isinstance(error, RTunnelError):
+            message = describe_error(error, user=user, host=host)
+        else:
+            message = f"rtunnel: connection lost: {failure.getErrorMessage()}"
+        interrupt.fire(_Stop(FAILURE, message, "ERROR"))
+
+    try:
+        await _until(tunnel.logon(), interrupt)
+        console.say("VERBOSE", f"Authenticated to {host} port {options.port or 22}.")
+        disconnected = tunnel.when_disconnected()
+        disconnected.addCallbacks(
+            lambda _: interrupt.fire(_Stop(FAILURE, f"Connection to {host} closed.")), lost
+        )
+        await _until(
+            Deferred.fromCoroutine(
+                establish_forwards(
+                    tunnel,
+                    options.remote_forwards,
+                    exit_on_failure=bool(options.exit_on_forward_failure),
+                    clock=clock,
+                    report=console.say,
+                )
+            ),
+            interrupt,
+        )
+        stop = await interrupt.wait()
+    except _Interrupted as interrupted:
+        stop = interrupted.stop
+    except RTunnelError as error:
+        stop = _Stop(FAILURE, describe_error(error, user=user, host=host), "FATAL")
+    except Exception:
+        _log.failure("rtunnel: internal error")
+        stop = _Stop(FAILURE)
+    if stop.message is not None:
+        console.say(stop.level, stop.message)
+    await _log_off(tunnel, clock, hurry)
+    return stop.status
+
+
+async def _main(reactor: IReactorCore, invocation: Invocation) -> NoReturn:
+    console = _Console(invocation.options, sys.stderr)
+    status = await _session(reactor, invocation, console)
+    raise SystemExit(status)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """
+    Run the ``rtunnel`` command; exits the process with ssh's status (see :data:`HELP`).
+
+    :param argv: the arguments (default: ``sys.argv[1:]``).
+    """
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    try:
+        invocation = parse_command_line(arguments)
+    except CommandLineExit as exit_:
+        stream = sys.stdout if exit_.to_stdout else sys.stderr
+        stream.write(exit_.text)
+        stream.flush()
+        sys.exit(exit_.status)
+    for warning in invocation.warnings:
+        sys.stderr.write(f"{warning}\n")
+    _start_logging(invocation.options, sys.stderr)
+    react(_main, (invocation,))
+
+
+if __name__ == "__main__":
+    main()

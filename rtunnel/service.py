@@ -1,0 +1,434 @@
+"""
+``twistd rtunnel``: a reverse tunnel as a Twisted service, and the pieces the ``rtunnel``
+command shares with it (building a :class:`~rtunnel.ReverseTunnel` from OpenSSH-style
+options, requesting the forwards, and wording errors as ``ssh`` does).
+
+Run it with, for example::
+
+    twistd -n rtunnel -i ~/.ssh/id_ed25519 -R 8080:localhost:80 tunnel@gateway.example.com
+
+The service logs on when it starts and logs off when it stops (twistd waits for that).
+When the connection cannot be made or is lost, the error is logged and the reactor is
+stopped, so twistd exits and a supervisor can start it again; reconnecting by itself is
+not this service's job (yet).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.application.service import IService, Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python import usage
+from typing_extensions import override
+
+from rtunnel._spec import (
+    HOST_KEY_VERIFICATION_FAILED,
+    ClientOptions,
+    RemoteForwardSpec,
+    format_allocated,
+    format_forward_failure,
+    format_permission_denied,
+    parse_destination,
+    parse_port,
+    parse_remote_forward,
+)
+from rtunnel.errors import (
+    AuthenticationError,
+    ConnectError,
+    ConnectionLostError,
+    ForwardingError,
+    HostKeyError,
+    RTunnelError,
+    SpecError,
+)
+
+if TYPE_CHECKING:
+    from rtunnel._model import Forward
+    from rtunnel.tunnel import ReverseTunnel
+
+__all__ = [
+    "DEFAULT_IDENTITY_FILES",
+    "Options",
+    "Report",
+    "TunnelService",
+    "build_tunnel",
+    "describe_error",
+    "establish_forwards",
+    "local_user",
+    "makeService",
+]
+
+_log = Logger()
+
+#: The private keys tried when none is given, in OpenSSH's order (readconf.c,
+#: ``fill_default_options``), leaving out the kinds rtunnel cannot use (security keys,
+#: XMSS, DSA).
+DEFAULT_IDENTITY_FILES: tuple[str, ...] = (
+    "~/.ssh/id_rsa",
+    "~/.ssh/id_ecdsa",
+    "~/.ssh/id_ed25519",
+)
+
+#: Seconds :meth:`TunnelService.stopService` lets the tunnel log off before giving up.
+STOP_TIMEOUT = 3.0
+
+#: How a message is reported: ``report(level, text)`` with ``level`` one of
+#: :data:`rtunnel._spec.LOG_LEVELS`.
+Report = Callable[[str, str], None]
+
+
+def local_user() -> str:
+    """The local user name, OpenSSH's default remote user."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER", "root")
+
+
+def _identity_files(options: ClientOptions, report: Report) -> list[Path]:
+    """
+    The key files to offer: the ones given that exist, or OpenSSH's defaults that exist
+    when none was given. Missing files are skipped (with a debug message), as ssh skips
+    them, instead of failing the log-on.
+    """
+    given = options.identity_files
+    candidates = [Path(p).expanduser() for p in (given or DEFAULT_IDENTITY_FILES)]
+    found = []
+    for path in candidates:
+        if path.is_file():
+            found.append(path)
+        else:
+            report("DEBUG1", f"no such identity: {path}")
+    return found
+
+
+def build_tunnel(
+    reactor: IReactorTCP,
+    host: str,
+    options: ClientOptions,
+    *,
+    report: Report,
+) -> ReverseTunnel:
+    """
+    A :class:`~rtunnel.ReverseTunnel` configured the way ``ssh`` would be by these options.
+
+    :param reactor: the reactor.
+    :param host: the SSH server.
+    :param options: the invocation's options (user and port already defaulted from the
+        destination).
+    :param report: where debug messages go.
+    :raises SpecError: if the tunnel refuses the settings.
+    """
+    from rtunnel.client.credentials import PrivateKeyFile
+    from rtunnel.tunnel import ReverseTunnel
+
+    known_hosts: list[str] | None
+    if options.known_hosts_files is None:
+        known_hosts = None
+    elif options.known_hosts_files:
+        known_hosts = list(options.known_hosts_files)
+    else:
+        # UserKnownHostsFile=none: nothing is known; with accept-new the key is "recorded"
+        # nowhere, as OpenSSH connects without being able to record it.
+        known_hosts = [os.devnull]
+    extra: dict[str, Any] = {}
+    if options.connect_timeout_given:
+        extra["connect_timeout"] = options.connect_timeout
+    return ReverseTunnel(
+        reactor,
+        host,
+        options.port if options.port is not None else 22,
+        user=options.user if options.user is not None else local_user(),
+        auth=[PrivateKeyFile(path) for path in _identity_files(options, report)],
+        known_hosts=known_hosts,
+        host_key_policy=options.host_key_policy,
+        **extra,
+    )
+
+
+async def establish_forwards(
+    tunnel: ReverseTunnel,
+    forwards: Sequence[RemoteForwardSpec],
+    *,
+    exit_on_failure: bool,
+    clock: IReactorTime,
+    report: Report,
+) -> list[Forward]:
+    """
+    Request each forward in order, reporting what ``ssh`` reports (ssh.c,
+    ``ssh_init_forwarding`` and ``ssh_confirm_remote_forward``): the allocated port of
+    each port-0 forward at ``INFO``, and a refusal as a ``Warning:`` at ``INFO``, or, with
+    ``exit_on_failure``, as an error.
+
+    :return: the forwards the server agreed to.
+    :raises ForwardingError: ``Error: remote port forwarding failed for listen port N``
+        when a forward is refused and ``exit_on_failure`` is set; or the tunnel's own
+        error when the connection is lost meanwhile (the tunnel's
+        :meth:`~rtunnel.ReverseTunnel.when_disconnected` says why).
+    """
+    established: list[Forward] = []
+    for spec in forwards:
+        report(
+            "DEBUG1",
+            f"Remote connections from {spec.bind_address or '*'}:{spec.port} forwarded to "
+            f"local address {spec.host}:{spec.host_port}",
+        )
+        try:
+            forward = await tunnel.request_forwarding(
+                spec.bind_address, spec.port, spec.host, spec.host_port
+            )
+        except ForwardingError:
+            # A refusal and a connection lost before the answer fail the same way; let
+            # the loss be processed (it is, within the same reactor turn) and look.
+            await deferLater(clock, 0, lambda: None)
+            if not tunnel.connected:
+                raise
+            if exit_on_failure:
+                raise ForwardingError(format_forward_failure(spec.port, fatal=True)) from None
+            report("INFO", format_forward_failure(spec.port, fatal=False))
+            continue
+        report(
+            "DEBUG1",
+            f"remote forward success for: listen {spec.bind_address}:{spec.port}, "
+            f"connect {spec.host}:{spec.host_port}",
+        )
+        if spec.port == 0:
+            report("INFO", format_allocated(forward.port, spec.host, spec.host_port))
+        established.append(forward)
+    return established
+
+
+def describe_error(error: RTunnelError, *, user: str, host: str) -> str:
+    """
+    The message ``ssh`` would print for ``error``, where it has one: ``user@host:
+    Permission denied (publickey).`` (sshconnect2.c), ``... Host key verification
+    failed.`` (sshconnect2.c), ``Connection to HOST closed by remote host.``
+    (clientloop.c); otherwise ``rtunnel: <message>``. May be two lines for a host key
+    error whose message lacks OpenSSH's last line.
+    """
+    message = error.message
+    if isinstance(error, AuthenticationError) and error.methods:
+        return format_permission_denied(user, host, error.methods)
+    if isinstance(error, HostKeyError):
+        if HOST_KEY_VERIFICATION_FAILED in message:
+            return message
+        return f"{message}\n{HOST_KEY_VERIFICATION_FAILED}"
+    if isinstance(error, ConnectionLostError) and message.startswith("Connection to "):
+        return message
+    if isinstance(error, ForwardingError) and message.startswith("Error: "):
+        return message
+    if isinstance(error, ConnectError):
+        # The tunnel words it as ssh.c does, program name included; use ours.
+        message = message.removeprefix("ssh: ")
+    return f"rtunnel: {message}"
+
+
+# --------------------------------------------------------------------------------------
+# twistd
+
+
+class Options(usage.Options):
+    """
+    ``twistd rtunnel`` options: a subset of ``ssh``'s, with the same meaning.
+    """
+
+    synopsis = "[options] [user@]host"
+    longdesc = (
+        "Keep SSH reverse tunnels (ssh -R) open to host. Options follow OpenSSH's ssh: "
+        "-R [bind_address:]port:host:hostport (repeatable), -i identity_file "
+        "(repeatable), -o Option=value (repeatable; BatchMode, ConnectTimeout, "
+        "ExitOnForwardFailure, IdentityFile, LogLevel, Port, RemoteForward, "
+        "StrictHostKeyChecking, User, UserKnownHostsFile), -p port, -l login_name. "
+        "If the connection fails or drops, the error is logged and twistd exits."
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client_options = ClientOptions()
+        self.host = ""
+
+    def opt_port(self, port: str) -> None:
+        """Port to connect to on the remote host [default: 22]."""
+        if self.client_options.port is None:
+            self.client_options.port = _usage(parse_port, port)
+
+    opt_p = opt_port
+
+    def opt_login_name(self, user: str) -> None:
+        """User to log in as on the remote host [default: the local user]."""
+        self.client_options.set_default_user(user)
+
+    opt_l = opt_login_name
+
+    def opt_identity_file(self, path: str) -> None:
+        """Private key file for public key authentication (repeatable)."""
+        self.client_options.identity_files.append(os.path.expanduser(path))
+
+    opt_i = opt_identity_file
+
+    def opt_option(self, text: str) -> None:
+        """An ssh_config option, Key=Value (repeatable)."""
+        _usage(self.client_options.apply_option, text)
+
+    opt_o = opt_option
+
+    def opt_remote_forward(self, spec: str) -> None:
+        """[bind_address:]port:host:hostport to forward (repeatable)."""
+        self.client_options.add_remote_forward(_usage(parse_remote_forward, spec))
+
+    opt_R = opt_remote_forward  # noqa: N815 (ssh's option letter is upper case)
+
+    @override
+    def parseArgs(self, destination: str) -> None:  # type: ignore[override]
+        """The destination: [user@]host or ssh://[user@]host[:port]."""
+        parsed = _usage(parse_destination, destination)
+        self.client_options.set_default_user(parsed.user)
+        self.client_options.set_default_port(parsed.port)
+        self.host = parsed.host
+
+    @override
+    def postOptions(self) -> None:
+        if not self.client_options.remote_forwards:
+            raise usage.UsageError("no remote forwards: give -R [bind_address:]port:host:hostport")
+
+
+def _usage(parse: Callable[[str], Any], text: str) -> Any:
+    """Call ``parse(text)``, turning a SpecError into twistd's UsageError."""
+    try:
+        return parse(text)
+    except SpecError as error:
+        raise usage.UsageError(error.message) from None
+
+
+class TunnelService(Service):
+    """
+    A service that keeps one reverse tunnel for as long as it runs: it logs on and
+    requests the forwards when started, and logs off when stopped.
+
+    :param reactor: the reactor.
+    :param host: the SSH server.
+    :param options: the settings (user, port, keys, host key checking, forwards, ...).
+    :param on_failure: called with the error when the tunnel cannot be set up or its
+        connection is lost (after it was logged); :func:`makeService` stops the reactor.
+    """
+
+    name = "rtunnel"
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        host: str,
+        options: ClientOptions,
+        *,
+        on_failure: Callable[[RTunnelError], None] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._clock = cast(IReactorTime, reactor)
+        self._host = host
+        self._options = options
+        self._on_failure = on_failure
+        self._user = options.user if options.user is not None else local_user()
+        self._tunnel: ReverseTunnel | None = None
+        self._running: Deferred[None] | None = None
+
+    @property
+    def tunnel(self) -> ReverseTunnel | None:
+        """The tunnel, while the service runs."""
+        return self._tunnel
+
+    def _report(self, level: str, text: str) -> None:
+        if level.startswith("DEBUG"):
+            _log.debug("{text}", text=text)
+        elif level in ("FATAL", "ERROR"):
+            _log.error("{text}", text=text)
+        elif text.startswith("Warning:"):
+            _log.warn("{text}", text=text)
+        else:
+            _log.info("{text}", text=text)
+
+    @override
+    def startService(self) -> None:
+        super().startService()
+        self._running = Deferred.fromCoroutine(self._run())
+
+    async def _run(self) -> None:
+        options = self._options
+        try:
+            self._tunnel = tunnel = build_tunnel(
+                self._reactor, self._host, options, report=self._report
+            )
+            await tunnel.logon()
+            _log.info(
+                "Logged on to {host} port {port} as {user}.",
+                host=self._host,
+                port=options.port if options.port is not None else 22,
+                user=self._user,
+            )
+            lost = tunnel.when_disconnected()
+            try:
+                await establish_forwards(
+                    tunnel,
+                    options.remote_forwards,
+                    exit_on_failure=bool(options.exit_on_forward_failure),
+                    clock=self._clock,
+                    report=self._report,
+                )
+            except BaseException:
+                # Nobody will wait for it now; don't leave its failure unhandled.
+                lost.addErrback(lambda _: None)
+                lost.cancel()
+                raise
+            await lost
+        except CancelledError:
+            return  # stopService
+        except RTunnelError as error:
+            _log.error("{message}", message=describe_error(error, user=self._user, host=self._host))
+            if self._on_failure is not None:
+                self._on_failure(error)
+
+    @override
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        running, self._running = self._running, None
+        if running is not None and not running.called:
+            running.cancel()
+        tunnel = self._tunnel
+        if tunnel is None:
+            return
+        logoff = tunnel.logoff()
+        logoff.addTimeout(STOP_TIMEOUT, self._clock)
+        try:
+            await logoff
+        except Exception:
+            _log.failure("Logging off did not finish cleanly.")
+
+
+def makeService(config: Options, reactor: IReactorTCP | None = None) -> IService:  # noqa: N802 (twistd)
+    """
+    The ``twistd rtunnel`` service for parsed :class:`Options`.
+
+    :param config: the parsed options.
+    :param reactor: the reactor (default: the global one).
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = cast(IReactorTCP, global_reactor)
+    core = cast(IReactorCore, reactor)
+
+    def stop(error: RTunnelError) -> None:
+        if core.running:
+            core.stop()
+
+    return TunnelService(reactor, config.host, config.client_options, on_failure=stop)
