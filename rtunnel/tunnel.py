@@ -247,7 +247,7 @@ class ReverseTunnel:
             for channel in list(conn.channels.values()):
                 if channel.confirmed:
                     channel.loseConnection()
-            await _settle([self._all_channels_closed(conn)], LOGOFF_TIMEOUT, self._clock)
+            await _settle([conn.when_idle()], LOGOFF_TIMEOUT, self._clock)
             conn.disconnect("logoff")
         if not lost.called:
             # DISCONNECT was sent and the TCP close started; don't wait on the server.
@@ -255,12 +255,6 @@ class ReverseTunnel:
             if tcp is not None:
                 self._clock.callLater(LOGOFF_TIMEOUT, _abort_if_open, tcp)
             await lost
-
-    async def _all_channels_closed(self, conn: ForwardingConnection) -> None:
-        from twisted.internet.task import deferLater
-
-        while any(c.confirmed for c in conn.channels.values()) and not conn.stopped:
-            await deferLater(self._clock, 0.01, lambda: None)
 
     def when_disconnected(self) -> Deferred[None]:
         """

@@ -151,6 +151,7 @@ class ForwardingConnection(SSHService):
         self._pending: dict[int, _PendingOpen] = {}
         self._next_id = 0
         self._global_replies: deque[Deferred[bytes]] = deque()
+        self._idle_waiters: list[Deferred[None]] = []
         self.write_blocked = False
         self.stopped = False
         self.protocol_error: ProtocolError | None = None
@@ -193,6 +194,9 @@ class ForwardingConnection(SSHService):
         for channel in list(self.channels.values()):
             channel.connection_lost(reason)
         self.channels.clear()
+        idle, self._idle_waiters = self._idle_waiters, []
+        for waiter in idle:
+            waiter.callback(None)
         replies, self._global_replies = self._global_replies, deque()
         for d in replies:
             d.errback(
@@ -280,9 +284,24 @@ class ForwardingConnection(SSHService):
 
     def channel_finished(self, channel: ForwardedChannel) -> None:
         """A channel has ended: forget it."""
-        self.channels.pop(channel.local_id, None)
         if channel.confirmed:
             self.host.channel_event("closed", channel.info)
+        self._forget(channel)
+
+    def _forget(self, channel: ForwardedChannel) -> None:
+        self.channels.pop(channel.local_id, None)
+        if not self.channels:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def when_idle(self) -> Deferred[None]:
+        """Fires once no channel is open (at once if none is)."""
+        if not self.channels or self.stopped:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+        return d
 
     def observe_data(self, channel: ForwardedChannel, data: bytes) -> None:
         """Report inbound data to observers."""
@@ -422,7 +441,7 @@ class ForwardingConnection(SSHService):
 
     def _open_failed(self, channel: ForwardedChannel, failure: Failure) -> None:
         self._pending.pop(channel.local_id, None)
-        self.channels.pop(channel.local_id, None)
+        self._forget(channel)
         if failure.check(defer.CancelledError) or self.stopped:
             return
         if failure.check(ChannelRefused):
