@@ -12,10 +12,12 @@ from rtunnel._model import (
 )
 from rtunnel.client.credentials import Password, PrivateKeyFile
 from rtunnel.errors import (
+    AlreadyConnectedError,
     AuthenticationError,
     ChannelError,
     ConnectError,
     ConnectionLostError,
+    CredentialError,
     ForwardingError,
     HostKeyError,
     NotConnectedError,
@@ -29,12 +31,14 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AcceptHook",
+    "AlreadyConnectedError",
     "AuthenticationError",
     "ChannelError",
     "ChannelInfo",
     "ChannelOpenRequest",
     "ConnectError",
     "ConnectionLostError",
+    "CredentialError",
     "Forward",
     "ForwardState",
     "ForwardingError",

@@ -13,10 +13,12 @@ from typing import ClassVar
 from typing_extensions import override
 
 __all__ = [
+    "AlreadyConnectedError",
     "AuthenticationError",
     "ChannelError",
     "ConnectError",
     "ConnectionLostError",
+    "CredentialError",
     "ForwardingError",
     "HostKeyError",
     "NotConnectedError",
@@ -73,6 +75,18 @@ class NotConnectedError(RTunnelError):
     """An operation needs a logged-on tunnel and there is none."""
 
     code = 1117  # "You need to connect first."
+
+
+class AlreadyConnectedError(RTunnelError):
+    """:meth:`~rtunnel.ReverseTunnel.logon` was called while logged on or logging on."""
+
+    code = 104  # "Already connected. ... close the current connection first."
+
+
+class CredentialError(RTunnelError):
+    """A key file could not be used (missing, unreadable, wrong passphrase, bad format)."""
+
+    code = 302  # "Could not open file"
 
 
 class ProtocolError(RTunnelError):

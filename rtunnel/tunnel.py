@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from twisted.conch.ssh import keys
 from twisted.internet import defer, error
@@ -38,7 +38,6 @@ from rtunnel._model import (
     ForwardState,
     TunnelObserver,
 )
-from rtunnel.client.auth import load_credentials
 from rtunnel.client.channel import ForwardedChannel
 from rtunnel.client.connection import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -55,8 +54,8 @@ from rtunnel.client.hostkeys import (
     host_key_line,
     host_lookup_name,
 )
-from rtunnel.client.transport import ClientTransport
 from rtunnel.errors import (
+    AlreadyConnectedError,
     ChannelError,
     ConnectError,
     ConnectionLostError,
@@ -66,6 +65,9 @@ from rtunnel.errors import (
     RTunnelError,
     SpecError,
 )
+
+if TYPE_CHECKING:
+    from rtunnel.client.transport import ClientTransport
 
 __all__ = ["HostKeyPolicy", "ReverseTunnel"]
 
@@ -158,6 +160,8 @@ class ReverseTunnel:
         self._disconnect_waiters: list[Deferred[None]] = []
         self._logging_off = False
         self._lost: Deferred[None] | None = None
+        self._logon_finished: Deferred[None] | None = None
+        self._abort_logon: Callable[[], object] | None = None
 
     # -- logon / logoff
 
@@ -168,11 +172,30 @@ class ReverseTunnel:
         :class:`~rtunnel.errors.AuthenticationError` or another
         :class:`~rtunnel.errors.RTunnelError`.
         """
-        return Deferred.fromCoroutine(self._logon())
-
-    async def _logon(self) -> None:
+        if self._logon_finished is not None:
+            return defer.fail(AlreadyConnectedError("A logon is already in progress."))
         if self._transport is not None:
-            raise RTunnelError("Already logged on; log off first.")
+            return defer.fail(AlreadyConnectedError("Already logged on; log off first."))
+        finished: Deferred[None] = Deferred()
+        self._logon_finished = finished
+        return Deferred.fromCoroutine(self._logon(finished))
+
+    async def _logon(self, finished: Deferred[None]) -> None:
+        try:
+            await self._connect_and_authenticate()
+        finally:
+            # Fired here, inside the coroutine, not from the returned Deferred's callbacks:
+            # a logoff() waiting on it must not resume in the middle of that chain.
+            self._logon_finished = None
+            finished.callback(None)
+
+    async def _connect_and_authenticate(self) -> None:
+        # Imported here: Conch's userauth imports the global reactor, and importing
+        # rtunnel must not install one (the pytest plugin is loaded before the reactor
+        # the user asked for is installed).
+        from rtunnel.client.auth import load_credentials
+        from rtunnel.client.transport import ClientTransport
+
         loaded_keys, passwords = load_credentials(self._auth)
         ready: Deferred[ForwardingConnection] = Deferred()
         self._lost = Deferred()
@@ -206,24 +229,44 @@ class ReverseTunnel:
 
         factory = Factory.forProtocol(build)  # type: ignore[arg-type]
         endpoint = tcp_endpoint(self._reactor, self.host, self.port, self.connect_timeout or 30)
+        connecting = endpoint.connect(factory)
+        self._abort_logon = connecting.cancel
         try:
-            transport = cast(ClientTransport, await endpoint.connect(factory))
+            transport = cast(ClientTransport, await connecting)
+        except defer.CancelledError:
+            raise self._abandoned() from None
         except (error.ConnectError, error.DNSLookupError, OSError) as e:
+            # OpenSSH's words (ssh.c), less its program name.
             raise ConnectError(
-                f"ssh: connect to host {self.host} port {self.port}: {_reason_text(e)}"
+                f"connect to host {self.host} port {self.port}: {_reason_text(e)}"
             ) from None
+        finally:
+            self._abort_logon = None
         self._transport = transport
         if self.connect_timeout:
             ready.addTimeout(self.connect_timeout, self._clock)
+        self._abort_logon = ready.cancel
         try:
             self._conn = await ready
-        except defer.TimeoutError:
-            transport.transport.abortConnection()  # type: ignore[union-attr]
+        except (defer.TimeoutError, defer.CancelledError) as e:
+            # Timed out, or logoff() was called meanwhile.
+            tcp = transport.transport
+            if tcp is not None:
+                tcp.abortConnection()  # type: ignore[attr-defined]
             await lost
+            if isinstance(e, defer.CancelledError):
+                raise self._abandoned() from None
             raise ConnectError(
                 f"Connection to {self.host} port {self.port} timed out during the SSH "
                 f"handshake or logon (after {self.connect_timeout} s)."
             ) from None
+        finally:
+            self._abort_logon = None
+
+    def _abandoned(self) -> ConnectError:
+        return ConnectError(
+            f"Logon to {self.host} port {self.port} abandoned: logoff() was called."
+        )
 
     def logoff(self) -> Deferred[None]:
         """
@@ -233,6 +276,14 @@ class ReverseTunnel:
         return Deferred.fromCoroutine(self._logoff())
 
     async def _logoff(self) -> None:
+        finished = self._logon_finished
+        if finished is not None:
+            # Logging off while logging on: give up the logon at once; logon() fails
+            # with ConnectError, and we wait for it to settle.
+            if self._abort_logon is not None:
+                self._abort_logon()
+            await finished
+            return
         conn, transport, lost = self._conn, self._transport, self._lost
         if transport is None or lost is None:
             return
@@ -336,6 +387,12 @@ class ReverseTunnel:
                 f"remote port forwarding failed for listen port {port}"
                 + ("" if isinstance(e, ForwardingError) else f": {e}")
             ) from None
+        except BaseException:
+            # The connection went away (ConnectionLostError) or we were cancelled.
+            forward.state = ForwardState.FAILED
+            if forward in self._forwards:
+                self._forwards.remove(forward)
+            raise
         forward.state = ForwardState.ACTIVE
         self._notify_forward(forward)
         return forward
@@ -580,8 +637,8 @@ class ReverseTunnel:
         files = ", ".join(str(p) for p in self.known_hosts) or "(none)"
         raise HostKeyError(
             f"No {key_type} host key is known for {name} (fingerprint {fingerprint}) in "
-            f"{files}. Add it, or use host_key_policy 'accept-new'. "
-            "Host key verification failed.",
+            f"{files}. If you trust this key, add it there or allow new keys "
+            "(policy accept-new). Host key verification failed.",
             fingerprint,
         )
 

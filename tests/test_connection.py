@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from rtunnel import ChannelOpenRequest, Forward, ForwardState, ReverseTunnel, TunnelObserver, _wire
 from rtunnel._model import ChannelInfo
 from rtunnel.client import connection as c
-from rtunnel.errors import ForwardingError
+from rtunnel.errors import ConnectionLostError, ForwardingError
 
 U32 = struct.Struct(">L")
 
@@ -414,7 +414,7 @@ def test_connection_loss_tells_every_channel_and_pending_request() -> None:
     pending = h.tunnel.request_forwarding("127.0.0.1", 0, factory=Factory.forProtocol(Recorder))
     h.conn.serviceStopped()
     assert all(p.lost for p in Recorder.instances) and len(Recorder.instances) == 2
-    with pytest.raises(ForwardingError):
+    with pytest.raises(ConnectionLostError):
         _result(pending)
 
 

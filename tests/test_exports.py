@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
 from zope.interface.verify import verifyObject
 
@@ -15,12 +18,14 @@ def test_public_names() -> None:
     assert sorted(rtunnel.__all__) == sorted(
         [
             "AcceptHook",
+            "AlreadyConnectedError",
             "AuthenticationError",
             "ChannelError",
             "ChannelInfo",
             "ChannelOpenRequest",
             "ConnectError",
             "ConnectionLostError",
+            "CredentialError",
             "Forward",
             "ForwardState",
             "ForwardingError",
@@ -46,10 +51,12 @@ def test_error_codes_are_stable() -> None:
         name: getattr(rtunnel, name).code for name in rtunnel.__all__ if name.endswith("Error")
     }
     assert codes == {
+        "AlreadyConnectedError": 104,
         "AuthenticationError": 1032,
         "ChannelError": 1021,
         "ConnectError": 1036,
         "ConnectionLostError": 1001,
+        "CredentialError": 302,
         "ForwardingError": 1098,
         "HostKeyError": 1030,
         "NotConnectedError": 1117,
@@ -58,6 +65,16 @@ def test_error_codes_are_stable() -> None:
         "SpecError": 10022,
     }
     assert all(issubclass(getattr(rtunnel, n), rtunnel.RTunnelError) for n in codes)
+
+
+def test_importing_rtunnel_installs_no_reactor() -> None:
+    # Conch's userauth imports the global reactor; the pytest plugin imports rtunnel
+    # before pytest-twisted installs the reactor it was asked for (--reactor=asyncio).
+    code = (
+        "import sys, rtunnel, rtunnel.testing.pytest_plugin; "
+        "sys.exit('twisted.internet.reactor' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_channel_provides_what_it_declares() -> None:

@@ -156,7 +156,7 @@ def test_plugin_file() -> None:
         ),
         (HostKeyError("Changed!"), "Changed!\nHost key verification failed."),
         (
-            ConnectError("ssh: connect to host h port 1: Connection refused"),
+            ConnectError("connect to host h port 1: Connection refused"),
             "rtunnel: connect to host h port 1: Connection refused",
         ),
         (

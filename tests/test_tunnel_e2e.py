@@ -26,9 +26,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
 from rtunnel import (
+    AlreadyConnectedError,
     AuthenticationError,
     ChannelInfo,
     ChannelOpenRequest,
+    ConnectError,
     ConnectionLostError,
     ForwardingError,
     HostKeyError,
@@ -729,3 +731,48 @@ async def test_target_that_never_answers_syn_times_out(server: Server) -> None:
         blackhole.close()
         for s in fillers:
             s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_logon_twice_and_logoff_during_a_hung_handshake() -> None:
+    # A TCP listener that never speaks SSH: logon hangs in the handshake.
+    mute = TargetServer(lambda conn: time.sleep(30))
+    t = ReverseTunnel(reactor, "127.0.0.1", mute.port, known_hosts=[], connect_timeout=60)
+    try:
+        attempt = t.logon()
+        with pytest.raises(AlreadyConnectedError) as e:
+            await t.logon()
+        assert e.value.code == 104
+        await sleep(0.2)
+        started = time.monotonic()
+        await t.logoff()
+        assert time.monotonic() - started < 1
+        with pytest.raises(ConnectError, match="abandoned"):
+            await attempt
+        assert not t.connected
+    finally:
+        mute.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_handshake_timeout_is_a_connect_error() -> None:
+    mute = TargetServer(lambda conn: time.sleep(30))
+    t = ReverseTunnel(reactor, "127.0.0.1", mute.port, known_hosts=[], connect_timeout=0.5)
+    try:
+        with pytest.raises(ConnectError, match="timed out during the SSH handshake"):
+            await t.logon()
+    finally:
+        mute.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_refused_is_a_connect_error() -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    with pytest.raises(
+        ConnectError, match=f"connect to host 127.0.0.1 port {port}: Connection refused"
+    ) as e:
+        await ReverseTunnel(reactor, "127.0.0.1", port).logon()
+    assert e.value.code == 1036

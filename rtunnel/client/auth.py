@@ -18,15 +18,9 @@ from twisted.internet.defer import Deferred
 from typing_extensions import override
 
 from rtunnel.client.credentials import Credential, Password, PrivateKeyFile
-from rtunnel.errors import AuthenticationError, RTunnelError
+from rtunnel.errors import AuthenticationError, CredentialError
 
 __all__ = ["CredentialError", "LoadedKey", "UserAuthClient", "load_credentials"]
-
-
-class CredentialError(RTunnelError):
-    """A key file could not be used (missing, unreadable, wrong passphrase, bad format)."""
-
-    code = 302  # the reference's "Could not open file"
 
 
 @dataclass(frozen=True)

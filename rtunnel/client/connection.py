@@ -34,7 +34,7 @@ from zope.interface import implementer
 from rtunnel import _wire
 from rtunnel._model import ChannelInfo, ChannelOpenRequest, Forward
 from rtunnel.client.channel import ForwardedChannel
-from rtunnel.errors import ForwardingError, ProtocolError
+from rtunnel.errors import ConnectionLostError, ForwardingError, ProtocolError
 
 if TYPE_CHECKING:
     from twisted.conch.ssh.transport import SSHTransportBase
@@ -200,7 +200,9 @@ class ForwardingConnection(SSHService):
         replies, self._global_replies = self._global_replies, deque()
         for d in replies:
             d.errback(
-                Failure(ForwardingError("the SSH connection was lost before the server answered"))
+                Failure(
+                    ConnectionLostError("The SSH connection was lost before the server answered.")
+                )
             )
         self._on_stopped(self)
 
@@ -243,7 +245,7 @@ class ForwardingConnection(SSHService):
         """
         d: Deferred[bytes] = Deferred()
         if self.stopped:
-            d.errback(Failure(ForwardingError("not connected")))
+            d.errback(Failure(ConnectionLostError("The SSH connection is closed.")))
             return d
         self._global_replies.append(d)
         self._send(MSG_GLOBAL_REQUEST, _wire.encode_string(name) + b"\x01" + data)
