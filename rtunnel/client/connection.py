@@ -16,6 +16,7 @@ unknown channel number, and accepts any channel type a factory knows. Here:
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -397,21 +398,6 @@ class ForwardingConnection(SSHService):
             return
         local_id = self._next_id
         self._next_id += 1
-        info = ChannelInfo(
-            channel_id=local_id,
-            service="forwarded-tcpip",
-            connected_address=fields.connected_address,
-            connected_port=fields.connected_port,
-            origin_address=fields.origin_address,
-            origin_port=fields.origin_port,
-            forwarding_host=forward.host or "",
-            forwarding_port=forward.host_port or 0,
-            forward=forward,
-        )
-        channel = ForwardedChannel(
-            self, local_id, sender, window, max_packet, self.window_size, self.max_packet, info
-        )
-        self.channels[local_id] = channel
         request = ChannelOpenRequest(
             channel_id=local_id,
             service="forwarded-tcpip",
@@ -420,6 +406,16 @@ class ForwardingConnection(SSHService):
             origin_address=fields.origin_address,
             origin_port=fields.origin_port,
         )
+        info = ChannelInfo(
+            **dataclasses.asdict(request),
+            forwarding_host=forward.host or "",
+            forwarding_port=forward.host_port or 0,
+            forward=forward,
+        )
+        channel = ForwardedChannel(
+            self, local_id, sender, window, max_packet, self.window_size, self.max_packet, info
+        )
+        self.channels[local_id] = channel
         d = defer.maybeDeferred(self.host.open_target, forward, request, channel)
         self._pending[local_id] = _PendingOpen(channel, d)
         d.addCallbacks(
