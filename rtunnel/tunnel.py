@@ -303,9 +303,14 @@ class ReverseTunnel:
         if not lost.called:
             # DISCONNECT was sent and the TCP close started; don't wait on the server.
             tcp = transport.transport
-            if tcp is not None:
+            fallback = (
                 self._clock.callLater(LOGOFF_TIMEOUT, _abort_if_open, tcp)
+                if tcp is not None
+                else None
+            )
             await lost
+            if fallback is not None and fallback.active():
+                fallback.cancel()
 
     def when_disconnected(self) -> Deferred[None]:
         """
