@@ -492,7 +492,6 @@ async def _session(reactor: IReactorCore, invocation: Invocation, console: _Cons
                     tunnel,
                     options.remote_forwards,
                     exit_on_failure=bool(options.exit_on_forward_failure),
-                    clock=clock,
                     report=console.say,
                 )
             ),

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, cast
 from twisted.application.service import IService, Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 from typing_extensions import override
@@ -159,7 +158,6 @@ async def establish_forwards(
     forwards: Sequence[RemoteForwardSpec],
     *,
     exit_on_failure: bool,
-    clock: IReactorTime,
     report: Report,
 ) -> list[Forward]:
     """
@@ -170,9 +168,8 @@ async def establish_forwards(
 
     :return: the forwards the server agreed to.
     :raises ForwardingError: ``Error: remote port forwarding failed for listen port N``
-        when a forward is refused and ``exit_on_failure`` is set; or the tunnel's own
-        error when the connection is lost meanwhile (the tunnel's
-        :meth:`~rtunnel.ReverseTunnel.when_disconnected` says why).
+        when a forward is refused and ``exit_on_failure`` is set.
+    :raises ConnectionLostError: when the connection is lost meanwhile.
     """
     established: list[Forward] = []
     for spec in forwards:
@@ -186,11 +183,8 @@ async def establish_forwards(
                 spec.bind_address, spec.port, spec.host, spec.host_port
             )
         except ForwardingError:
-            # A refusal and a connection lost before the answer fail the same way; let
-            # the loss be processed (it is, within the same reactor turn) and look.
-            await deferLater(clock, 0, lambda: None)
-            if not tunnel.connected:
-                raise
+            # The server said no. (A connection lost meanwhile is a ConnectionLostError
+            # and propagates.)
             if exit_on_failure:
                 raise ForwardingError(format_forward_failure(spec.port, fatal=True)) from None
             report("INFO", format_forward_failure(spec.port, fatal=False))
@@ -378,7 +372,6 @@ class TunnelService(Service):
                     tunnel,
                     options.remote_forwards,
                     exit_on_failure=bool(options.exit_on_forward_failure),
-                    clock=self._clock,
                     report=self._report,
                 )
             except BaseException:

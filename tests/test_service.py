@@ -385,6 +385,8 @@ class _FakeTunnel:
         d: Deferred[Any] = Deferred()
         if answer is None:
             d.errback(Failure(ForwardingError("refused")))
+        elif answer < 0:
+            d.errback(Failure(ConnectionLostError("lost")))
         else:
             d.callback(Forward(bind_address, port, host, host_port, port=answer))
         return d
@@ -400,7 +402,6 @@ def _establish(tunnel: _FakeTunnel, specs: list[str], exit_on_failure: bool) -> 
             tunnel,  # type: ignore[arg-type]
             [parse_remote_forward(s) for s in specs],
             exit_on_failure=exit_on_failure,
-            clock=clock,
             report=lambda *a: reported.append(a),
         )
     )
@@ -439,12 +440,12 @@ def test_establish_forwards_exit_on_failure() -> None:
 
 def test_establish_forwards_connection_lost() -> None:
     """A request failing because the connection went is not reported as a refusal."""
-    tunnel = _FakeTunnel([None])
+    tunnel = _FakeTunnel([-1])
     tunnel.connected = False
     d, reported = _establish(tunnel, ["8080:h:2"], exit_on_failure=False)
     failures: list[Failure] = []
     d.addErrback(failures.append)
-    assert failures[0].check(ForwardingError)
+    assert failures[0].check(ConnectionLostError)
     assert not any("Warning" in text for _, text in reported)
 
 
