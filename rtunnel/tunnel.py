@@ -14,9 +14,8 @@ import inspect
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from twisted.conch.ssh import keys
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -47,20 +46,13 @@ from rtunnel.client.connection import (
 )
 from rtunnel.client.credentials import Credential
 from rtunnel.client.forwarder import Splice, TargetFactory, TargetProtocol, tcp_endpoint
-from rtunnel.client.hostkeys import (
-    HostKeyCheck,
-    KnownHosts,
-    fingerprint_sha256,
-    host_key_line,
-    host_lookup_name,
-)
+from rtunnel.client.verify import HostKeyPolicy, HostKeyVerifier
 from rtunnel.errors import (
     AlreadyConnectedError,
     ChannelError,
     ConnectError,
     ConnectionLostError,
     ForwardingError,
-    HostKeyError,
     NotConnectedError,
     RTunnelError,
     SpecError,
@@ -71,7 +63,6 @@ if TYPE_CHECKING:
 
 __all__ = ["HostKeyPolicy", "ReverseTunnel"]
 
-HostKeyPolicy = Literal["strict", "accept-new", "accept-any"]
 
 DEFAULT_WINDOW_SIZE = 2 * 1024 * 1024
 DEFAULT_MAX_PACKET = 32 * 1024
@@ -148,6 +139,9 @@ class ReverseTunnel:
             paths = [Path(p) for p in known_hosts]
         self.known_hosts = [p.expanduser() for p in paths]
         self.host_key_policy: HostKeyPolicy = host_key_policy
+        self._host_key_verifier = HostKeyVerifier(
+            self.host, self.port, self.known_hosts, host_key_policy
+        )
         self.connect_timeout = connect_timeout
         self.target_connect_timeout = target_connect_timeout
         self.window_size = window_size
@@ -222,7 +216,7 @@ class ReverseTunnel:
                 user=self.user,
                 keys_to_try=loaded_keys,
                 passwords=passwords,
-                verify_host_key=self._verify_host_key,
+                verify_host_key=self._host_key_verifier.verify,
                 connection=conn,
                 on_lost=on_lost,
             )
@@ -587,65 +581,6 @@ class ReverseTunnel:
                 observer.forward_state_changed(forward)
             except Exception:
                 _log.failure("observer {observer!r} failed", observer=observer)
-
-    def _verify_host_key(self, blob: bytes) -> Deferred[bool]:
-        try:
-            return defer.succeed(self._check_host_key(blob))
-        except RTunnelError as e:
-            return defer.fail(e)
-
-    def _check_host_key(self, blob: bytes) -> bool:
-        key = keys.Key.fromString(blob)
-        key_type = key.sshType().decode("ascii")
-        fingerprint = fingerprint_sha256(blob)
-        name = host_lookup_name(self.host, self.port)
-        if self.host_key_policy == "accept-any":
-            _log.warn(
-                "Warning: not checking the host key of {name} ({key_type} {fingerprint}): "
-                "host_key_policy is accept-any.",
-                name=name,
-                key_type=key_type,
-                fingerprint=fingerprint,
-            )
-            return True
-        known = KnownHosts.from_files(self.known_hosts)
-        outcome, entry = known.check(self.host, self.port, key_type, blob)
-        if outcome is HostKeyCheck.MATCH:
-            return True
-        if outcome is HostKeyCheck.REVOKED:
-            assert entry is not None
-            raise HostKeyError(
-                f"The {key_type} host key for {name} ({fingerprint}) is marked as revoked "
-                f"in {entry.path}:{entry.line}. Host key verification failed.",
-                fingerprint,
-            )
-        if outcome is HostKeyCheck.CHANGED:
-            assert entry is not None
-            raise HostKeyError(
-                f"WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! The {key_type} host key "
-                f"for {name} is now {fingerprint}, but {entry.path}:{entry.line} holds "
-                "another. If the change is expected, remove that line. "
-                "Host key verification failed.",
-                fingerprint,
-            )
-        if self.host_key_policy == "accept-new" and self.known_hosts:
-            path = self.known_hosts[0]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as f:
-                f.write(host_key_line(self.host, self.port, key_type, blob) + "\n")
-            _log.warn(
-                "Warning: Permanently added '{name}' ({key_type}) to the list of known hosts.",
-                name=name,
-                key_type=key_type,
-            )
-            return True
-        files = ", ".join(str(p) for p in self.known_hosts) or "(none)"
-        raise HostKeyError(
-            f"No {key_type} host key is known for {name} (fingerprint {fingerprint}) in "
-            f"{files}. If you trust this key, add it there or allow new keys "
-            "(policy accept-new). Host key verification failed.",
-            fingerprint,
-        )
 
     def _describe_loss(self, transport: ClientTransport, reason: Failure) -> RTunnelError:
         if transport.error is not None:
