@@ -1,5 +1,6 @@
 """
-The SSH client transport: Conch's key exchange and ciphers, with rtunnel's host-key policy,
+The SSH client transport: Conch's key exchange with rtunnel's packet layer, algorithm lists,
+strict key exchange and rekeying (:mod:`rtunnel.client._kex`), rtunnel's host-key policy,
 a service requested once per connection, and the reason a connection ended kept for the
 caller.
 """
@@ -11,10 +12,13 @@ from collections.abc import Callable, Sequence
 from twisted.conch.ssh import transport
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from rtunnel.client.auth import LoadedKey, UserAuthClient
+from rtunnel.client import _algorithms
+from rtunnel.client._kex import DEFAULT_REKEY_BYTES, SecureTransportMixin
+from rtunnel.client.auth import AuthOptions, LoadedKey, UserAuthClient
 from rtunnel.client.connection import ForwardingConnection
 from rtunnel.errors import ConnectionLostError, HostKeyError, RTunnelError
 
@@ -24,8 +28,17 @@ __all__ = ["ClientTransport"]
 HostKeyVerifier = Callable[[bytes], Deferred[bool]]
 
 
-class ClientTransport(transport.SSHClientTransport):
+class ClientTransport(SecureTransportMixin, transport.SSHClientTransport):
     """
+    :param ciphers: cipher names to offer, in order (default
+        :data:`~rtunnel.client._algorithms.DEFAULT_CIPHERS`); likewise ``macs``,
+        ``kex_algorithms`` and ``host_key_algorithms``. Checked by the caller
+        (:func:`rtunnel.client._algorithms.resolve`).
+    :param require_strict_kex: disconnect unless the server offers strict key exchange.
+    :param rekey_bytes: rekey after this many bytes either way (0: never).
+    :param rekey_seconds: rekey after this many seconds (None: never).
+    :param clock: the clock for ``rekey_seconds`` (default: the global reactor).
+    :param compression: offer zlib compression (``zlib@openssh.com``, then ``zlib``).
     :ivar error: why the connection ended, when we know better than "connection lost"
         (host key refused, authentication refused, the server's DISCONNECT message, a
         protocol error).
@@ -40,16 +53,45 @@ class ClientTransport(transport.SSHClientTransport):
         verify_host_key: HostKeyVerifier,
         connection: ForwardingConnection,
         on_lost: Callable[[ClientTransport, Failure], None],
+        auth_options: AuthOptions | None = None,
+        ciphers: Sequence[str] = _algorithms.DEFAULT_CIPHERS,
+        macs: Sequence[str] = _algorithms.DEFAULT_MACS,
+        kex_algorithms: Sequence[str] = _algorithms.DEFAULT_KEX,
+        host_key_algorithms: Sequence[str] = _algorithms.DEFAULT_HOST_KEY_ALGORITHMS,
+        require_strict_kex: bool = False,
+        rekey_bytes: int = DEFAULT_REKEY_BYTES,
+        rekey_seconds: float | None = None,
+        clock: IReactorTime | None = None,
+        compression: bool = False,
     ) -> None:
         self._user = user
         self._keys = keys_to_try
         self._passwords = passwords
+        self._auth_options = auth_options
         self._verify = verify_host_key
         self.connection = connection
         self._on_lost = on_lost
         self._first_host_key: bytes | None = None
         self.userauth: UserAuthClient | None = None
         self.error: RTunnelError | None = None
+        self.supportedCiphers = [name.encode() for name in ciphers]
+        self.supportedMACs = [name.encode() for name in macs]
+        self.supportedKeyExchanges = [name.encode() for name in kex_algorithms]
+        self.supportedPublicKeys = [name.encode() for name in host_key_algorithms]
+        # Off by default, as in OpenSSH; on: zlib@openssh.com (from authentication on) or
+        # zlib, with every inflate bounded.
+        self.supportedCompressions = (
+            [b"zlib@openssh.com", b"zlib", b"none"] if compression else [b"none"]
+        )
+        self.require_strict_kex = require_strict_kex
+        self.rekey_bytes = rekey_bytes
+        self.rekey_seconds = rekey_seconds
+        self.rekey_clock = clock
+
+    @override
+    def transport_error(self, error: RTunnelError) -> None:
+        if self.error is None:
+            self.error = error
 
     @override
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> Deferred[bool]:
@@ -78,7 +120,9 @@ class ClientTransport(transport.SSHClientTransport):
         # (a second request makes OpenSSH log kex_protocol_error).
         if self.userauth is not None:
             return
-        self.userauth = UserAuthClient(self._user, self.connection, self._keys, self._passwords)
+        self.userauth = UserAuthClient(
+            self._user, self.connection, self._keys, self._passwords, self._auth_options
+        )
         self.requestService(self.userauth)
 
     @override

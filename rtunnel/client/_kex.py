@@ -1,0 +1,514 @@
+"""
+What rtunnel adds to Conch's SSH transport (``twisted.conch.ssh.transport``), as a mixin for
+both the client (:class:`rtunnel.client.transport.ClientTransport`) and the bundled test
+server:
+
+- the packet layer of :mod:`rtunnel.client._packet` (chacha20-poly1305, AES-GCM, EtM MACs;
+  linear-time buffering; sequence numbers that wrap at 2^32 instead of raising);
+- new keys taken into use per direction, as RFC 4253 §7.3 says (Conch switches both
+  directions when the peer's NEWKEYS arrives);
+- strict key exchange (OpenSSH 9.6 ``kex-strict-*-v00@openssh.com``, the Terrapin fix,
+  CVE-2023-48795; OpenSSH's PROTOCOL §1.10);
+- a clear error when the two sides have no algorithm of a kind in common;
+- rekeying on demand, by volume and by time.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import TYPE_CHECKING, Any
+
+from twisted.conch.ssh import transport as conch
+from twisted.conch.ssh.common import getNS
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from typing_extensions import override
+
+from rtunnel.client._algorithms import DEFAULT_REKEY_BYTES, STRICT_KEX_CLIENT, STRICT_KEX_SERVER
+from rtunnel.client._packet import (
+    SEQ_MASK,
+    PacketError,
+    PacketReader,
+    Sealer,
+    make_opener,
+    make_sealer,
+)
+from rtunnel.errors import ConnectionLostError, NegotiationError, ProtocolError, RTunnelError
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    _Base = conch.SSHTransportBase
+else:
+    _Base = object
+
+__all__ = ["DEFAULT_REKEY_BYTES", "SecureTransportMixin"]
+
+
+#: Longest decompressed payload accepted (bounded inflate).
+_MAX_INFLATE = 256 * 1024
+
+_log = Logger()
+
+_MSG_USERAUTH_SUCCESS = 52
+
+_INITIAL_KEX_ALLOWED = frozenset(
+    [conch.MSG_DISCONNECT, conch.MSG_NEWKEYS, *range(30, 50)]
+)  # message types allowed between the first KEXINIT and NEWKEYS under strict kex
+
+
+class SecureTransportMixin(_Base):
+    """
+    Mix in before Conch's ``SSHClientTransport`` or ``SSHServerTransport``.
+
+    :ivar strict_kex: whether strict key exchange is in effect on this connection.
+    :ivar offer_strict_kex: offer strict key exchange in the first KEXINIT.
+    :ivar require_strict_kex: disconnect if the peer does not offer strict key exchange.
+    :ivar rekey_bytes: start a key exchange after this many bytes either way (0: never).
+    :ivar rekey_seconds: start a key exchange after this many seconds (None: never); the
+        check is made whenever a packet is sent or received (as OpenSSH does).
+    :ivar rekey_clock: the clock for ``rekey_seconds`` and ``kex_timeout`` (default: the
+        global reactor).
+    :ivar kex_timeout: seconds a key exchange after the first may take before we
+        disconnect (D13: a peer that starts a rekey and goes silent); None: no limit. The
+        first is bounded by the caller's handshake timeout instead.
+    :ivar key_exchanges: completed key exchanges.
+    """
+
+    strict_kex = False
+    offer_strict_kex = True
+    require_strict_kex = False
+    rekey_bytes = DEFAULT_REKEY_BYTES
+    rekey_seconds: float | None = None
+    rekey_clock: IReactorTime | None = None
+    kex_timeout: float | None = 60.0
+    key_exchanges = 0
+
+    @override
+    def connectionMade(self) -> None:
+        self._reader = PacketReader(make_opener(b"none", b"", b"", None, b""))
+        self._sealer: Sealer = make_sealer(b"none", b"", b"", None, b"")
+        self._next_sealer: Sealer | None = None
+        self._next_opener: Any = None
+        self._newkeys_pending = False
+        self._paused = False
+        self._pumping = False
+        self._closing = False
+        self._packets_in = 0
+        self._kexinits_in = 0
+        self._kexinits_out = 0
+        self._in_initial_kex = True
+        self._rekey_waiters: list[Deferred[None]] = []
+        self._bytes_since_kex = 0
+        self._kex_at = self._now()
+        self._kex_timer: Any = None
+        self._authenticated = False
+        super().connectionMade()
+
+    @override
+    def connectionLost(self, reason: Any = None) -> None:
+        self._closing = True
+        self._cancel_kex_timer()
+        waiters, self._rekey_waiters = self._rekey_waiters, []
+        super().connectionLost(reason)
+        for d in waiters:
+            d.errback(
+                ConnectionLostError("The connection closed before the key exchange finished.")
+            )
+
+    # -- hooks for the subclass
+
+    def transport_error(self, error: RTunnelError) -> None:
+        """Called with the reason before we disconnect for a negotiation or protocol error."""
+        _log.warn("{error}", error=str(error))
+
+    # -- sending
+
+    @override
+    def sendKexInit(self) -> None:
+        kex = self.supportedKeyExchanges
+        if self._kexinits_out == 0 and self.offer_strict_kex:
+            # Only in the first KEXINIT (PROTOCOL §1.10: ignored after it).
+            self.supportedKeyExchanges = [
+                *kex,
+                (STRICT_KEX_CLIENT if self.isClient else STRICT_KEX_SERVER).encode(),
+            ]
+        try:
+            super().sendKexInit()  # type: ignore[no-untyped-call]
+        finally:
+            self.supportedKeyExchanges = kex
+        self._kexinits_out += 1
+        if self.sessionID is not None and self.kex_timeout is not None:
+            self._kex_timer = self._clock().callLater(self.kex_timeout, self._kex_timed_out)
+
+    def _kex_timed_out(self) -> None:
+        self._kex_timer = None
+        self._protocol_error(f"key exchange not finished after {self.kex_timeout} s")
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _cancel_kex_timer(self) -> None:
+        if self._kex_timer is not None:
+            if self._kex_timer.active():
+                self._kex_timer.cancel()
+            self._kex_timer = None
+
+    @override
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:
+            allowed = self._allowedKeyExchangeMessageType(messageType)  # type: ignore[no-untyped-call]
+            if self._in_initial_kex and messageType not in _INITIAL_KEX_ALLOWED:
+                # Strict kex (or not known yet): nothing but the key exchange until NEWKEYS.
+                allowed = False
+            if not allowed:
+                assert self._blockedByKeyExchange is not None
+                self._blockedByKeyExchange.append((messageType, payload))
+                return
+        if self._closing:
+            return
+        data = bytes((messageType,)) + payload
+        if self.outgoingCompression:
+            data = self.outgoingCompression.compress(data) + self.outgoingCompression.flush(
+                zlib.Z_SYNC_FLUSH
+            )
+        wire = self._sealer.seal(self.outgoingPacketSequence, data)
+        # RFC 4253 §6.4: the sequence number wraps around to 0 after 2^32 - 1.
+        self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & SEQ_MASK
+        self.transport.write(wire)  # type: ignore[union-attr]
+        if messageType == conch.MSG_NEWKEYS:
+            # RFC 4253 §7.3: the new keys are used from the next packet we send.
+            assert self._next_sealer is not None
+            self._sealer, self._next_sealer = self._next_sealer, None
+            self._restart_compression("out")
+            if self.strict_kex:
+                self.outgoingPacketSequence = 0
+            return
+        self._bytes_since_kex += len(wire)
+        if messageType == _MSG_USERAUTH_SUCCESS and not self.isClient:
+            # The server starts zlib@openssh.com after sending it (packet.c).
+            self._start_delayed_compression()
+        if messageType != conch.MSG_KEXINIT:
+            self._maybe_rekey()
+
+    @override
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        if self._closing:
+            return
+        # Sent now even during a key exchange (RFC 4253 §7.1 allows DISCONNECT).
+        super().sendDisconnect(reason, desc)  # type: ignore[no-untyped-call]
+        self._closing = True
+
+    @override
+    def sendUnimplemented(self) -> None:
+        # RFC 4253 §11.4: the sequence number of the packet not understood (Conch sends
+        # the next one's).
+        self.sendPacket(
+            conch.MSG_UNIMPLEMENTED,
+            struct.pack(">L", (self.incomingPacketSequence - 1) & SEQ_MASK),
+        )
+
+    # -- receiving
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if not self.gotVersion:
+            self.buf = self.buf + data
+            if not self._take_version():
+                return
+            data, self.buf = self.buf, b""
+        self._reader.feed(data)
+        self._pump()
+
+    def _take_version(self) -> bool:
+        # Conch's version-line logic (RFC 4253 §4.2, a bare \n accepted too), kept on the
+        # bytes buffer: it is capped at 4 KiB.
+        if len(self.buf) > 4096:
+            self.sendDisconnect(
+                conch.DISCONNECT_CONNECTION_LOST,
+                b"Peer version string longer than 4KB. Preventing a denial of service attack.",
+            )
+            return False
+        if self.buf.find(b"\n", self.buf.find(b"SSH-")) == -1:
+            return False
+        lines = self.buf.split(b"\n")
+        for i, line in enumerate(lines):
+            if line.startswith(b"SSH-"):
+                self.gotVersion = True
+                self.otherVersionString = line.rstrip(b"\r")
+                remote = line.split(b"-")[1]
+                if remote not in self.supportedVersions:
+                    self._unsupportedVersionReceived(remote)  # type: ignore[no-untyped-call]
+                    return False
+                self.buf = b"\n".join(lines[i + 1 :])
+                return True
+        return False
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not (self._paused or self._closing):
+                try:
+                    payload = self._reader.next(self.incomingPacketSequence)
+                except PacketError as e:
+                    self._protocol_error(str(e), e.reason)
+                    return
+                if payload is None:
+                    return
+                self.incomingPacketSequence = (self.incomingPacketSequence + 1) & SEQ_MASK
+                self._packets_in += 1
+                self._bytes_since_kex += len(payload)
+                if self.incomingCompression:
+                    payload = self._inflate(payload)
+                    if payload is None:
+                        return
+                if payload[0] == _MSG_USERAUTH_SUCCESS and self.isClient:
+                    # zlib@openssh.com starts after this packet, both ways (OpenSSH
+                    # packet.c, ssh_packet_read_poll2).
+                    self._start_delayed_compression()
+                try:
+                    self.dispatchMessage(payload[0], payload[1:])
+                except Exception:
+                    # A malformed message that a handler choked on: end the connection
+                    # with a protocol error rather than let the exception escape (D8).
+                    _log.failure("handling SSH message type {type}", type=payload[0])
+                    self._protocol_error(f"malformed message of type {payload[0]}")
+                    return
+                self._maybe_rekey()
+        finally:
+            self._pumping = False
+
+    @override
+    def _newKeys(self) -> None:
+        # Conch's, less compression: that restarts per direction as the keys change
+        # (below), as OpenSSH does (packet.c, ssh_set_newkeys: a fresh zlib stream at
+        # every NEWKEYS; zlib@openssh.com only once authenticated).
+        self.currentEncryptions = self.nextEncryptions
+        self._keyExchangeState = self._KEY_EXCHANGE_NONE
+        queued = self._blockedByKeyExchange or []
+        self._blockedByKeyExchange = None  # type: ignore[assignment]
+        for message_type, payload in queued:
+            self.sendPacket(message_type, payload)
+
+    def _compressing(self, method: bytes | None) -> bool:
+        return method == b"zlib" or (method == b"zlib@openssh.com" and self._authenticated)
+
+    def _restart_compression(self, direction: str) -> None:
+        if direction == "out":
+            method = getattr(self, "outgoingCompressionType", None)
+            self.outgoingCompression = zlib.compressobj(6) if self._compressing(method) else None
+        else:
+            method = getattr(self, "incomingCompressionType", None)
+            self.incomingCompression = zlib.decompressobj() if self._compressing(method) else None
+
+    def _start_delayed_compression(self) -> None:
+        if self._authenticated or self.sessionID is None:
+            return
+        self._authenticated = True
+        for direction, current in (
+            ("out", self.outgoingCompression),
+            ("in", self.incomingCompression),
+        ):
+            if current is None:
+                self._restart_compression(direction)
+
+    def _inflate(self, payload: bytes) -> bytes | None:
+        assert self.incomingCompression is not None
+        try:
+            out: bytes = self.incomingCompression.decompress(payload, _MAX_INFLATE)
+        except zlib.error:
+            out = b""
+        if not out or self.incomingCompression.unconsumed_tail:
+            self.sendDisconnect(conch.DISCONNECT_COMPRESSION_ERROR, b"compression error")
+            return None
+        return out
+
+    @override
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        if self.strict_kex and self._in_initial_kex and messageNum not in _INITIAL_KEX_ALLOWED:
+            # OpenSSH's words (packet.c, kex.c).
+            self._protocol_error(
+                f"strict KEX violation: unexpected packet type {messageNum} "
+                f"(seqnr {(self.incomingPacketSequence - 1) & SEQ_MASK})"
+            )
+            return
+        if messageNum == conch.MSG_NEWKEYS and self._keyExchangeState == self._KEY_EXCHANGE_NONE:
+            self._protocol_error("NEWKEYS outside a key exchange")
+            return
+        super().dispatchMessage(messageNum, payload)  # type: ignore[no-untyped-call]
+
+    def _protocol_error(self, message: str, reason: int = conch.DISCONNECT_PROTOCOL_ERROR) -> None:
+        self.transport_error(ProtocolError(f"SSH protocol error: {message}."))
+        self.sendDisconnect(reason, message.encode("utf-8", "replace"))
+
+    # -- key exchange
+
+    @override
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        first = self._kexinits_in == 0
+        self._kexinits_in += 1
+        if self.strict_kex and self._in_initial_kex and not first:
+            self._protocol_error("strict KEX violation: KEXINIT during the initial key exchange")
+            return
+        try:
+            lists = [s.split(b",") if s else [] for s in getNS(packet[16:], 10)[:-1]]
+        except Exception:
+            self._protocol_error("malformed KEXINIT")
+            return
+        if first:
+            theirs = (STRICT_KEX_SERVER if self.isClient else STRICT_KEX_CLIENT).encode()
+            self.strict_kex = self.offer_strict_kex and theirs in lists[0]
+            if self.strict_kex and self._packets_in != 1:
+                self._protocol_error("strict KEX violation: KEXINIT was not the first packet")
+                return
+            if self.require_strict_kex and not self.strict_kex:
+                self._negotiation_failed(
+                    "strict kex",
+                    [STRICT_KEX_CLIENT if self.isClient else STRICT_KEX_SERVER],
+                    [n.decode("ascii", "replace") for n in lists[0]],
+                )
+                return
+        if not self._check_overlap(lists):
+            return
+        super().ssh_KEXINIT(packet)  # type: ignore[safe-super]
+
+    def _check_overlap(self, lists: list[list[bytes]]) -> bool:
+        ours = [
+            ("kex", self.supportedKeyExchanges, lists[0]),
+            ("host key", self.supportedPublicKeys, lists[1]),
+            ("cipher", self.supportedCiphers, lists[2] if self.isClient else lists[3]),
+            ("cipher", self.supportedCiphers, lists[3] if self.isClient else lists[2]),
+            ("mac", self.supportedMACs, lists[4]),
+            ("mac", self.supportedMACs, lists[5]),
+            ("compression", self.supportedCompressions, lists[6]),
+            ("compression", self.supportedCompressions, lists[7]),
+        ]
+        for kind, mine, peer in ours:
+            if not set(mine) & set(peer):
+                self._negotiation_failed(
+                    kind,
+                    [n.decode("ascii", "replace") for n in mine],
+                    [n.decode("ascii", "replace") for n in peer],
+                )
+                return False
+        return True
+
+    def _negotiation_failed(self, kind: str, ours: list[str], theirs: list[str]) -> None:
+        peer = "server" if self.isClient else "client"
+        if kind == "strict kex":
+            text = f"Strict key exchange is required and the {peer} does not offer it"
+        else:
+            # OpenSSH: "Unable to negotiate ...: no matching cipher found. Their offer: ..."
+            text = f"No matching {kind} algorithm found"
+        shown = [t[:64] for t in theirs[:32]]
+        self.transport_error(
+            NegotiationError(
+                f"{text}. We offered: {','.join(ours)}. The {peer} offered: {','.join(shown)}.",
+                kind,
+                tuple(ours),
+                tuple(shown),
+            )
+        )
+        self.sendDisconnect(
+            conch.DISCONNECT_KEY_EXCHANGE_FAILED, f"no matching {kind} found".encode()
+        )
+
+    @override
+    def _keySetup(self, sharedSecret: bytes, exchangeHash: bytes) -> None:
+        # Replaces Conch's three _keySetup methods (base, client, server).
+        first = self.sessionID is None
+        if first:
+            self.sessionID = exchangeHash
+        iv_cs, iv_sc, key_cs, key_sc, mac_cs, mac_sc = (
+            self._getKey(letter, sharedSecret, exchangeHash)
+            for letter in (b"A", b"B", b"C", b"D", b"E", b"F")
+        )
+        out_keys, in_keys = (iv_cs, key_cs, mac_cs), (iv_sc, key_sc, mac_sc)
+        if not self.isClient:
+            out_keys, in_keys = in_keys, out_keys
+        nxt = self.nextEncryptions
+        self._next_sealer = make_sealer(
+            nxt.outCipType, out_keys[1], out_keys[0], nxt.outMACType, out_keys[2]
+        )
+        self._next_opener = make_opener(
+            nxt.inCipType, in_keys[1], in_keys[0], nxt.inMACType, in_keys[2]
+        )
+        self.sendPacket(conch.MSG_NEWKEYS, b"")
+        if first and not self.isClient:
+            # RFC 8308 §2.4, as Conch's server does.
+            self.sendExtInfo([(b"server-sig-algs", b",".join(self.supportedPublicKeys))])  # type: ignore[no-untyped-call]
+        if self._newkeys_pending:
+            self._newkeys_pending = False
+            self._take_incoming_keys()
+            self._pump()
+
+    def ssh_NEWKEYS(self, packet: bytes) -> None:  # noqa: N802 (Conch dispatch)
+        if packet:
+            self._protocol_error("NEWKEYS takes no data")
+            return
+        if self._next_opener is None:
+            # Our side of the exchange is not finished (the client waits for the host-key
+            # check): keep what follows in the buffer, it is under the new keys.
+            self._newkeys_pending = True
+            self._paused = True
+            return
+        self._take_incoming_keys()
+
+    def _take_incoming_keys(self) -> None:
+        self._reader.opener, self._next_opener = self._next_opener, None
+        self._restart_compression("in")
+        if self.strict_kex:
+            self.incomingPacketSequence = 0
+        self._paused = False
+        self._cancel_kex_timer()
+        self._in_initial_kex = False
+        self.key_exchanges += 1
+        self._bytes_since_kex = 0
+        self._kex_at = self._now()
+        self._newKeys()  # type: ignore[no-untyped-call]
+        waiters, self._rekey_waiters = self._rekey_waiters, []
+        if self.isClient:
+            self.connectionSecure()  # type: ignore[attr-defined]
+        for d in waiters:
+            d.callback(None)
+
+    # -- rekeying
+
+    def rekey(self) -> Deferred[None]:
+        """
+        Start a key exchange now (or join the one in progress). Fires when it has finished.
+        """
+        d: Deferred[None] = Deferred()
+        self._rekey_waiters.append(d)
+        if self._keyExchangeState == self._KEY_EXCHANGE_NONE and not self._closing:
+            self.sendKexInit()
+        return d
+
+    def _maybe_rekey(self) -> None:
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE or self._closing:
+            return
+        if self.sessionID is None:
+            return
+        due = bool(self.rekey_bytes) and self._bytes_since_kex >= self.rekey_bytes
+        if not due and self.rekey_seconds is not None:
+            due = self._now() - self._kex_at >= self.rekey_seconds
+        if due:
+            self._bytes_since_kex = 0
+            self._kex_at = self._now()
+            self.sendKexInit()
+
+    def _now(self) -> float:
+        if self.rekey_clock is None and self.rekey_seconds is None:
+            return 0.0
+        return self._clock().seconds()
+
+    def _clock(self) -> IReactorTime:
+        if self.rekey_clock is not None:
+            return self.rekey_clock
+        # Imported late: importing rtunnel must not install the global reactor.
+        from twisted.internet import reactor
+
+        return reactor  # type: ignore[return-value]
