@@ -6,12 +6,38 @@ error naming the file.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from twisted.internet.defer import Deferred
 from typing_extensions import override
 
-__all__ = ["Credential", "Password", "PrivateKeyFile"]
+from rtunnel.errors import SpecError
+
+__all__ = [
+    "AskPassword",
+    "AuthOptions",
+    "CertificateFile",
+    "Credential",
+    "KeyboardInteractive",
+    "KeyboardInteractiveChallenge",
+    "KeyboardInteractivePrompt",
+    "Password",
+    "PrivateKey",
+    "PrivateKeyFile",
+    "SSHAgent",
+    "password_prompt_matches",
+]
+
+#: The methods rtunnel speaks, in OpenSSH's default PreferredAuthentications order (less
+#: gssapi-with-mic and hostbased, which it does not).
+SUPPORTED_METHODS = ("publickey", "keyboard-interactive", "password")
+
+#: A passphrase callback: gets the key file's path, returns the passphrase (or None).
+PassphraseCallback = Callable[[Path], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -20,15 +46,29 @@ class PrivateKeyFile:
     Public-key authentication with a private key file (OpenSSH format or PEM).
 
     :ivar path: the key file.
-    :ivar passphrase: the passphrase of an encrypted key, if any.
+    :ivar passphrase: the passphrase of an encrypted key, if any, or a callable that gets
+        the path and returns it (asked only when the key turns out to be encrypted).
+    :ivar certificate: an OpenSSH user certificate for the key (``-o CertificateFile``);
+        by default ``<path>-cert.pub`` is used when it exists, as OpenSSH does. The
+        certificate is offered first, then the bare key.
     """
 
     path: Path
-    passphrase: str | None = None
+    passphrase: str | PassphraseCallback | None = None
+    certificate: Path | None = None
 
-    def __init__(self, path: str | Path, passphrase: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        passphrase: str | PassphraseCallback | None = None,
+        *,
+        certificate: str | Path | None = None,
+    ) -> None:
         object.__setattr__(self, "path", Path(path).expanduser())
         object.__setattr__(self, "passphrase", passphrase)
+        object.__setattr__(
+            self, "certificate", Path(certificate).expanduser() if certificate else None
+        )
 
 
 @dataclass(frozen=True)
@@ -46,4 +86,222 @@ class Password:
         return "Password(<hidden>)"
 
 
-Credential = PrivateKeyFile | Password
+@dataclass(frozen=True)
+class KeyboardInteractivePrompt:
+    """
+    One keyboard-interactive prompt (RFC 4256 section 3.2).
+
+    :ivar text: the prompt as the server sent it.
+    :ivar echo: whether the server suggests echoing the answer as it is typed.
+    :ivar answer: the answer rtunnel has already (a password, when the prompt matched the
+        password prompt pattern), or None.
+    """
+
+    text: str
+    echo: bool
+    answer: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyboardInteractiveChallenge:
+    """
+    One ``SSH_MSG_USERAUTH_INFO_REQUEST`` (the reference's SSHKeyboardInteractive event,
+    with every prompt of the packet at once).
+
+    :ivar name: the server's name for the exchange (may be empty).
+    :ivar instruction: the server's instruction (may be empty).
+    :ivar prompts: the prompts, in order.
+    """
+
+    name: str
+    instruction: str
+    prompts: tuple[KeyboardInteractivePrompt, ...]
+
+
+#: Answers a challenge: one string per prompt, or None to decline (may be asynchronous).
+KeyboardInteractiveCallback = Callable[
+    [KeyboardInteractiveChallenge],
+    "Sequence[str] | Deferred[Sequence[str] | None] | Awaitable[Sequence[str] | None] | None",
+]
+
+#: Asks for a password: gets the prompt, returns the password or None to stop asking.
+PasswordCallback = Callable[[str], "str | Deferred[str | None] | Awaitable[str | None] | None"]
+
+
+@dataclass(frozen=True)
+class AskPassword:
+    """
+    Password authentication with the password asked for when it is needed (e.g. from the
+    user): for the ``password`` method and for keyboard-interactive prompts that match the
+    password prompt pattern. Asked at most ``number_of_password_prompts`` times.
+
+    :ivar ask: gets the prompt (e.g. ``"alice@host's password: "``), returns the password
+        or None to give up; may return a Deferred or an awaitable.
+    """
+
+    ask: PasswordCallback
+
+    @override
+    def __repr__(self) -> str:
+        return f"AskPassword({self.ask!r})"
+
+
+@dataclass(frozen=True)
+class KeyboardInteractive:
+    """
+    Keyboard-interactive authentication (RFC 4256) answered by the application.
+
+    :ivar respond: gets a :class:`KeyboardInteractiveChallenge`, returns one answer per
+        prompt or None to decline; may return a Deferred or an awaitable. Prompts that
+        match the password prompt pattern arrive with the password already in
+        :attr:`KeyboardInteractivePrompt.answer`.
+    """
+
+    respond: KeyboardInteractiveCallback
+
+
+@dataclass(frozen=True)
+class PrivateKey:
+    """
+    Public-key authentication with a key held in memory (the reference's SSHCertEncoded).
+
+    :ivar key: a private ``twisted.conch.ssh.keys.Key``, or the key file's contents
+        (OpenSSH format or PEM, as ``bytes`` or ``str``).
+    :ivar passphrase: for encrypted contents: the passphrase, or a callable that gets
+        ``source`` (as a Path) and returns it.
+    :ivar certificate: an OpenSSH certificate for the key (the ``-cert.pub`` line).
+    :ivar source: how messages name the key.
+    """
+
+    key: Any
+    passphrase: str | PassphraseCallback | None = None
+    certificate: str | bytes | None = None
+    source: str = "(in memory)"
+
+    @override
+    def __repr__(self) -> str:
+        return f"PrivateKey(<hidden>, source={self.source!r})"
+
+
+@dataclass(frozen=True)
+class CertificateFile:
+    """
+    An OpenSSH user certificate (``-o CertificateFile``), offered with whichever private
+    key of ``auth=`` (a key file or the agent) it certifies.
+
+    :ivar path: the ``*-cert.pub`` file.
+    """
+
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path).expanduser())
+
+
+@dataclass(frozen=True)
+class SSHAgent:
+    """
+    Public-key authentication with the keys (and certificates) an ``ssh-agent`` holds,
+    tried after the key files.
+
+    :ivar path: the agent's socket (OpenSSH ``IdentityAgent``); None: ``SSH_AUTH_SOCK``
+        when the tunnel logs on (no agent then means no agent keys, as in OpenSSH).
+    """
+
+    path: str | None = None
+
+
+Credential = (
+    PrivateKeyFile
+    | PrivateKey
+    | Password
+    | AskPassword
+    | KeyboardInteractive
+    | SSHAgent
+    | CertificateFile
+)
+
+
+def password_prompt_matches(pattern: str, prompt: str) -> bool:
+    """
+    The reference's PasswordPrompt pattern: ``?`` any one character, ``*`` any run of
+    characters, ``[...]`` a set of characters and ranges (``[a-z]``, ``[0-9,a-d,f]``; commas
+    separate), ``\\`` takes the next character literally. The whole prompt must match;
+    trailing white space of the prompt is ignored (servers send ``"Password: "``).
+    """
+    return _compile_prompt_pattern(pattern).fullmatch(prompt.rstrip()) is not None
+
+
+def _compile_prompt_pattern(pattern: str) -> re.Pattern[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[" and "]" in pattern[i + 1 :]:
+            end = pattern.index("]", i + 1)
+            items = [p for p in pattern[i + 1 : end].split(",") if p]
+            parts = []
+            for item in items:
+                if len(item) == 3 and item[1] == "-":
+                    parts.append(re.escape(item[0]) + "-" + re.escape(item[2]))
+                else:
+                    parts.append("".join(re.escape(ch) for ch in item))
+            out.append("[" + "".join(parts) + "]" if parts else "(?!)")
+            i = end + 1
+            continue
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+@dataclass(frozen=True)
+class AuthOptions:
+    """
+    How to log on, beyond the credentials.
+
+    :ivar credentials: what to log on with (keys are loaded separately, before
+        connecting; the callbacks of :class:`AskPassword` and :class:`KeyboardInteractive`
+        are taken from here).
+    :ivar preferred: the methods to try, in order (OpenSSH ``PreferredAuthentications``).
+    :ivar try_all_methods: after the preferred methods, also try any other method the
+        server offers that rtunnel has credentials for (the reference's
+        TryAllAvailableAuthMethods).
+    :ivar password_prompt: keyboard-interactive prompts matching this pattern are answered
+        with the password (the reference's PasswordPrompt); None answers none that way.
+    :ivar number_of_password_prompts: how many times to ask an :class:`AskPassword`
+        callback, and how many keyboard-interactive rounds to start (OpenSSH
+        ``NumberOfPasswordPrompts``).
+    :ivar password_change: answers the server's password change request (RFC 4252
+        section 8): gets its prompt, returns the new password (may be async), or None to
+        give up; without it the request is an AuthenticationError.
+    :ivar host: the server's name, for the password prompt.
+    """
+
+    credentials: tuple[Credential, ...] = ()
+    preferred: tuple[str, ...] = SUPPORTED_METHODS
+    try_all_methods: bool = False
+    password_prompt: str | None = "*assword*"
+    number_of_password_prompts: int = 3
+    password_change: PasswordCallback | None = None
+    host: str = ""
+    reactor: Any = None
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.preferred if m not in SUPPORTED_METHODS and m != "none"]
+        if unknown:
+            raise SpecError(
+                f"Unknown authentication method(s) {', '.join(unknown)}: rtunnel speaks "
+                + ", ".join(SUPPORTED_METHODS)
+                + "."
+            )
+        if self.number_of_password_prompts < 0:
+            raise SpecError("number_of_password_prompts must be 0 or more.")

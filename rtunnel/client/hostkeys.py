@@ -14,19 +14,28 @@ import base64
 import enum
 import hashlib
 import hmac
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "FINGERPRINT_HASHES",
     "HostKeyCheck",
     "KnownHostEntry",
     "KnownHosts",
+    "fingerprint",
+    "fingerprint_matches",
     "fingerprint_sha256",
+    "hash_host_name",
     "host_key_line",
     "host_lookup_name",
 ]
+
+#: The fingerprint hash algorithms rtunnel computes (the reference's
+#: SSHFingerprintHashAlgorithm values, OpenSSH's ``FingerprintHash``).
+FINGERPRINT_HASHES = ("sha256", "sha1", "md5")
 
 
 def fingerprint_sha256(blob: bytes) -> str:
@@ -35,15 +44,83 @@ def fingerprint_sha256(blob: bytes) -> str:
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
+def fingerprint(blob: bytes, algorithm: str = "sha256", *, form: str = "openssh") -> str:
+    """
+    A key fingerprint.
+
+    :param blob: the public key in wire form.
+    :param algorithm: ``"sha256"``, ``"sha1"`` or ``"md5"``.
+    :param form: ``"openssh"`` for OpenSSH's display (``SHA256:`` + unpadded base64, or
+        ``MD5:`` + colon hex for MD5, as ``ssh -o FingerprintHash=md5`` shows it), or
+        ``"hex"`` for the reference's colon-hex form (``0a:1b:2c:...``).
+    """
+    if algorithm not in FINGERPRINT_HASHES:
+        raise ValueError(f"Unknown fingerprint hash {algorithm!r}: use sha256, sha1 or md5.")
+    digest = hashlib.new(algorithm, blob).digest()
+    hex_form = ":".join(f"{b:02x}" for b in digest)
+    if form == "hex":
+        return hex_form
+    if algorithm == "md5":
+        return "MD5:" + hex_form
+    return algorithm.upper() + ":" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def fingerprint_matches(blob: bytes, accepted: str) -> bool:
+    """
+    Whether ``accepted`` is a fingerprint of ``blob``. Understood forms: OpenSSH's
+    ``SHA256:<base64>`` / ``SHA1:<base64>`` (padding optional) and ``MD5:<hex>``, and
+    colon-hex (or plain hex) SHA256, SHA1 or MD5, told apart by length (32, 20 or 16
+    bytes), case-insensitive. Anything else never matches.
+    """
+    text = accepted.strip()
+    prefix, _, rest = text.partition(":")
+    upper = prefix.upper()
+    if upper in ("SHA256", "SHA1") and rest and not _is_hex(rest):
+        algorithm = upper.lower()
+        padded = rest + "=" * (-len(rest) % 4)
+        try:
+            wanted = base64.b64decode(padded, validate=True)
+        except ValueError:
+            return False
+        return hmac.compare_digest(wanted, hashlib.new(algorithm, blob).digest())
+    if upper in ("MD5", "SHA1", "SHA256") and rest:
+        text = rest
+    try:
+        wanted = bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        return False
+    by_length = {16: "md5", 20: "sha1", 32: "sha256"}
+    if len(wanted) not in by_length:
+        return False
+    algorithm = by_length[len(wanted)]
+    return hmac.compare_digest(wanted, hashlib.new(algorithm, blob).digest())
+
+
+def _is_hex(text: str) -> bool:
+    return bool(text) and re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2})+", text) is not None
+
+
+def hash_host_name(name: str, salt: bytes | None = None) -> str:
+    """
+    The hashed form of a known_hosts host field (``|1|salt|hash``, HMAC-SHA1 of the name
+    keyed with a random 20-byte salt), as ``ssh -o HashKnownHosts=yes`` writes it.
+    """
+    if salt is None:
+        salt = os.urandom(20)
+    digest = hmac.new(salt, name.encode("utf-8"), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+
 def host_lookup_name(host: str, port: int) -> str:
     """The name OpenSSH looks a host up by: ``host``, or ``[host]:port`` off port 22."""
     return host if port == 22 else f"[{host}]:{port}"
 
 
-def host_key_line(host: str, port: int, key_type: str, blob: bytes) -> str:
-    """A known_hosts line for one key."""
+def host_key_line(host: str, port: int, key_type: str, blob: bytes, *, hashed: bool = False) -> str:
+    """A known_hosts line for one key; ``hashed`` hides the host name (``|1|...``)."""
     b64 = base64.b64encode(blob).decode("ascii")
-    return f"{host_lookup_name(host, port)} {key_type} {b64}"
+    name = host_lookup_name(host, port)
+    return f"{hash_host_name(name) if hashed else name} {key_type} {b64}"
 
 
 class HostKeyCheck(enum.Enum):
