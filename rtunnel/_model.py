@@ -18,6 +18,7 @@ __all__ = [
     "ChannelOpenRequest",
     "Forward",
     "ForwardState",
+    "ReconnectAttempt",
     "TunnelObserver",
 ]
 
@@ -27,6 +28,7 @@ class ForwardState(enum.Enum):
 
     PENDING = "pending"
     ACTIVE = "active"
+    RETRYING = "retrying"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
@@ -126,6 +128,39 @@ class ChannelInfo:
     forward: Forward | None = field(default=None, repr=False, compare=False)
 
 
+@dataclass
+class ReconnectAttempt:
+    """
+    A retry about to be scheduled (the reference's ReconnectAttempt event). Call
+    :meth:`cancel` from the observer to stop retrying.
+
+    :ivar host: the SSH server.
+    :ivar port: its port.
+    :ivar retry_count: this retry's number (1 for the first).
+    :ivar retries_remaining: retries left after this one (-1: unlimited).
+    :ivar max_retry_count: the limit (0: unlimited).
+    :ivar retry_interval: seconds until this retry.
+    :ivar retry_type: ``"ssh"`` (the SSH connection) or ``"tunnel"`` (one forward).
+    :ivar remote_port: for a tunnel retry, the forward's requested port.
+    :ivar error: what failed last.
+    """
+
+    host: str
+    port: int
+    retry_count: int
+    retries_remaining: int
+    max_retry_count: int
+    retry_interval: float
+    retry_type: str
+    remote_port: int | None = None
+    error: Exception | None = None
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """Make no further attempts."""
+        self.cancelled = True
+
+
 class TunnelObserver:
     """
     Receives the reference's channel events. Subclass it and override what you need; every
@@ -155,5 +190,11 @@ class TunnelObserver:
     def forward_state_changed(self, forward: Forward) -> None:
         """A forward became active, failed or was cancelled."""
 
+    def connected(self) -> None:
+        """The SSH connection is up and authenticated (also after each reconnect)."""
+
     def disconnected(self, reason: Exception | None) -> None:
         """The SSH connection ended; ``reason`` is None after a clean logoff."""
+
+    def reconnect_attempt(self, attempt: ReconnectAttempt) -> None:
+        """A retry is about to be scheduled; ``attempt.cancel()`` stops retrying."""

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 
 from typing_extensions import override
 
+from rtunnel.client._algorithms import resolve
 from rtunnel.errors import SpecError
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ __all__ = [
     "parse_destination",
     "parse_option",
     "parse_port",
+    "parse_rekey_limit",
     "parse_remote_forward",
     "parse_time",
     "split_arguments",
@@ -460,11 +462,28 @@ SUPPORTED_OPTIONS: Final = {
     name.lower(): name
     for name in (
         "BatchMode",
+        "CertificateFile",
+        "Ciphers",
+        "Compression",
         "ConnectTimeout",
         "ExitOnForwardFailure",
+        "FingerprintHash",
+        "GlobalKnownHostsFile",
+        "HashKnownHosts",
+        "HostKeyAlgorithms",
+        "IdentitiesOnly",
+        "IdentityAgent",
         "IdentityFile",
+        "KbdInteractiveAuthentication",
+        "KexAlgorithms",
         "LogLevel",
+        "MACs",
+        "NumberOfPasswordPrompts",
+        "PasswordAuthentication",
         "Port",
+        "PreferredAuthentications",
+        "PubkeyAuthentication",
+        "RekeyLimit",
         "RemoteForward",
         "StrictHostKeyChecking",
         "User",
@@ -481,22 +500,22 @@ _OPENSSH_ONLY: Final = frozenset(
     """
     addkeystoagent addressfamily bindaddress bindinterface canonicaldomains
     canonicalizefallbacklocal canonicalizehostname canonicalizemaxdots
-    canonicalizepermittedcnames casignaturealgorithms certificatefile
-    challengeresponseauthentication channeltimeout checkhostip cipher ciphers
-    clearallforwardings compression compressionlevel connectionattempts controlmaster
+    canonicalizepermittedcnames casignaturealgorithms
+    challengeresponseauthentication channeltimeout checkhostip cipher
+    clearallforwardings compressionlevel connectionattempts controlmaster
     controlpath controlpersist dsaauthentication dynamicforward enableescapecommandline
-    enablesshkeysign escapechar fallbacktorsh fingerprinthash forkafterauthentication
+    enablesshkeysign escapechar fallbacktorsh forkafterauthentication
     forwardagent forwardx11 forwardx11timeout forwardx11trusted gatewayports
-    globalknownhostsfile gssapiauthentication gssapidelegatecredentials hashknownhosts
+    gssapiauthentication gssapidelegatecredentials
     host hostbasedacceptedalgorithms hostbasedauthentication hostbasedkeytypes
-    hostkeyalgorithms hostkeyalias hostname identitiesonly identityagent ignoreunknown
-    include ipqos kbdinteractiveauthentication kbdinteractivedevices keepalive
-    kexalgorithms knownhostscommand localcommand localforward logfacility logverbose
-    macs match nohostauthenticationforlocalhost numberofpasswordprompts
-    obscurekeystroketiming passwordauthentication permitlocalcommand permitremoteopen
-    pkcs11provider preferredauthentications protocol proxycommand proxyjump
-    proxyusefdpass pubkeyacceptedalgorithms pubkeyacceptedkeytypes pubkeyauthentication
-    refuseconnection rekeylimit remotecommand requesttty requiredrsasize revokedhostkeys
+    hostkeyalias hostname ignoreunknown
+    include ipqos kbdinteractivedevices keepalive
+    knownhostscommand localcommand localforward logfacility logverbose
+    match nohostauthenticationforlocalhost
+    obscurekeystroketiming permitlocalcommand permitremoteopen
+    pkcs11provider protocol proxycommand proxyjump
+    proxyusefdpass pubkeyacceptedalgorithms pubkeyacceptedkeytypes
+    refuseconnection remotecommand requesttty requiredrsasize revokedhostkeys
     rhostsrsaauthentication rsaauthentication securitykeyprovider sendenv
     serveralivecountmax serveraliveinterval sessiontype setenv smartcarddevice
     stdinnull streamlocalbindmask streamlocalbindunlink syslogfacility tag tcpkeepalive
@@ -604,6 +623,53 @@ def parse_option(text: str) -> tuple[str, OptionValue] | None:
     return canonical, _parse_value(canonical, keyword, args)
 
 
+#: Algorithm list options: (kind for :func:`rtunnel.client._algorithms.resolve`, OpenSSH's
+#: complaint about a bad list, readconf.c).
+_ALGORITHM_OPTIONS: Final = {
+    "Ciphers": ("cipher", "Bad SSH2 cipher spec"),
+    "MACs": ("mac", "Bad SSH2 MAC spec"),
+    "KexAlgorithms": ("kex", "Bad SSH2 KexAlgorithms"),
+    "HostKeyAlgorithms": ("host key", "Bad key types"),
+}
+
+_SIZE_SUFFIXES: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_rekey_limit(args: Sequence[str]) -> tuple[str, ...]:
+    """
+    ``RekeyLimit`` as OpenSSH reads it (readconf.c, ``oRekeyLimit``): ``default`` or a size
+    with an optional K, M or G suffix (at least 16 bytes), then optionally ``none``,
+    ``default`` or a time (``1h30m``). Returns ``(bytes, seconds)`` as decimal strings,
+    ``""`` for "the default" and ``"none"`` for no time limit.
+    """
+    if not args or not args[0]:
+        raise SpecError(f"{_WHERE}: Missing argument.")
+    if len(args) > 2:
+        raise SpecError(f"{_WHERE}: keyword rekeylimit extra arguments at end of line")
+    size_text = args[0]
+    if size_text.lower() == "default":
+        size = ""
+    else:
+        match = re.fullmatch(r"(\d+)([kKmMgG]?)", size_text)
+        if match is None:
+            raise SpecError(f"{_WHERE}: Bad number.")
+        amount = int(match.group(1)) * _SIZE_SUFFIXES[match.group(2).lower()]
+        if amount != 0 and amount < 16:
+            raise SpecError(f"{_WHERE}: RekeyLimit too small")
+        size = str(amount)
+    seconds = ""
+    if len(args) == 2:
+        when = args[1].lower()
+        if when == "none":
+            seconds = "none"
+        elif when != "default":
+            try:
+                seconds = str(parse_time(args[1]))
+            except SpecError:
+                raise SpecError(f"{_WHERE}: invalid time value.") from None
+    return (size, seconds)
+
+
 def _one(keyword: str, args: list[str]) -> str:
     # readconf.c, after the switch: "keyword %s extra arguments at end of line".
     if len(args) > 1:
@@ -614,7 +680,16 @@ def _one(keyword: str, args: list[str]) -> str:
 
 
 def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
-    if canonical in ("BatchMode", "ExitOnForwardFailure"):
+    if canonical in (
+        "BatchMode",
+        "Compression",
+        "ExitOnForwardFailure",
+        "HashKnownHosts",
+        "IdentitiesOnly",
+        "KbdInteractiveAuthentication",
+        "PasswordAuthentication",
+        "PubkeyAuthentication",
+    ):
         value = _one(keyword, args)
         flag = _FLAGS.get(value.lower())
         if flag is None:
@@ -648,9 +723,27 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
         return level
     if canonical == "User":
         return _one(keyword, args)
-    if canonical == "IdentityFile":
+    if canonical in ("IdentityFile", "CertificateFile"):
         return _expand_path(_one(keyword, args))
-    if canonical == "UserKnownHostsFile":
+    if canonical == "IdentityAgent":
+        value = _one(keyword, args)
+        # readconf.c: "none" and "SSH_AUTH_SOCK" are kept as words, anything else a path.
+        return value if value in ("none", "SSH_AUTH_SOCK") else _expand_path(value)
+    if canonical == "FingerprintHash":
+        value = _one(keyword, args).lower()
+        if value not in ("md5", "sha256"):
+            # readconf.c: ssh_digest_alg_by_name accepts md5 and sha256 here.
+            raise SpecError(f'{_WHERE}: Invalid hash algorithm "{value}".')
+        return value
+    if canonical == "NumberOfPasswordPrompts":
+        value = _one(keyword, args)
+        if not value.isdigit():
+            raise SpecError(f"{_WHERE}: Bad number '{value}'.")
+        return int(value)
+    if canonical == "PreferredAuthentications":
+        value = _one(keyword, args)
+        return tuple(m for m in value.split(",") if m)
+    if canonical in ("UserKnownHostsFile", "GlobalKnownHostsFile"):
         if not args:
             raise SpecError(f"{_WHERE}: Missing argument.")
         for arg in args:
@@ -661,6 +754,17 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
                 raise SpecError(f'{_WHERE}: keyword {keyword} "none" argument must appear alone.')
             return ()
         return tuple(_expand_path(arg) for arg in args)
+    if canonical in _ALGORITHM_OPTIONS:
+        kind, complaint = _ALGORITHM_OPTIONS[canonical]
+        value = _one(keyword, args)
+        try:
+            resolve(kind, value)
+        except SpecError as error:
+            # readconf.c's words ("Bad SSH2 cipher spec"), then why.
+            raise SpecError(f"{_WHERE}: {complaint} '{value}'. {error.message}") from None
+        return value
+    if canonical == "RekeyLimit":
+        return parse_rekey_limit(args)
     if canonical == "RemoteForward":
         if len(args) > 2:
             raise SpecError(f"{_WHERE}: keyword {keyword} extra arguments at end of line")
@@ -677,6 +781,27 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
 
 # --------------------------------------------------------------------------------------
 # The options of one invocation
+
+
+#: Options stored as given in a ClientOptions attribute, the first value winning.
+_FIRST_WINS: Final = {
+    "Compression": "compression",
+    "Ciphers": "ciphers",
+    "MACs": "macs",
+    "KexAlgorithms": "kex_algorithms",
+    "HostKeyAlgorithms": "host_key_algorithms",
+    "RekeyLimit": "rekey_limit",
+    "GlobalKnownHostsFile": "global_known_hosts_files",
+    "FingerprintHash": "fingerprint_hash",
+    "HashKnownHosts": "hash_known_hosts",
+    "PreferredAuthentications": "preferred_authentications",
+    "NumberOfPasswordPrompts": "number_of_password_prompts",
+    "PasswordAuthentication": "password_authentication",
+    "KbdInteractiveAuthentication": "kbd_interactive_authentication",
+    "PubkeyAuthentication": "pubkey_authentication",
+    "IdentityAgent": "identity_agent",
+    "IdentitiesOnly": "identities_only",
+}
 
 
 @dataclass
@@ -697,6 +822,22 @@ class ClientOptions:
     :ivar connect_timeout_given: whether ``ConnectTimeout`` was given at all.
     :ivar log_level: one of :data:`LOG_LEVELS`, or None for the default (``INFO``).
     :ivar remote_forwards: ``-R`` and ``-o RemoteForward``, in order, without repeats.
+    :ivar global_known_hosts_files: ``-o GlobalKnownHostsFile`` (empty for ``none``), or
+        None for OpenSSH's default.
+    :ivar fingerprint_hash: ``-o FingerprintHash`` (``sha256`` or ``md5``), or None.
+    :ivar hash_known_hosts: ``-o HashKnownHosts``, or None.
+    :ivar preferred_authentications: ``-o PreferredAuthentications``, or None.
+    :ivar number_of_password_prompts: ``-o NumberOfPasswordPrompts``, or None (3).
+    :ivar password_authentication: ``-o PasswordAuthentication``, or None (yes).
+    :ivar kbd_interactive_authentication: ``-o KbdInteractiveAuthentication``, or None.
+    :ivar pubkey_authentication: ``-o PubkeyAuthentication``, or None (yes).
+    :ivar certificate_files: ``-o CertificateFile``, in order.
+    :ivar identity_agent: ``-o IdentityAgent`` (a path, ``none`` or ``SSH_AUTH_SOCK``).
+    :ivar identities_only: ``-o IdentitiesOnly``, or None (no).
+    :ivar ciphers: ``-c`` or ``-o Ciphers`` (OpenSSH list syntax, checked), or None; likewise
+        ``macs`` (``-m``, ``-o MACs``), ``kex_algorithms`` and ``host_key_algorithms``.
+    :ivar rekey_limit: ``-o RekeyLimit`` as :func:`parse_rekey_limit` returns it, or None.
+    :ivar compression: ``-C`` or ``-o Compression``, or None (off).
     """
 
     user: str | None = None
@@ -710,6 +851,23 @@ class ClientOptions:
     connect_timeout_given: bool = False
     log_level: str | None = None
     remote_forwards: list[RemoteForwardSpec] = field(default_factory=list)
+    global_known_hosts_files: tuple[str, ...] | None = None
+    fingerprint_hash: str | None = None
+    hash_known_hosts: bool | None = None
+    preferred_authentications: tuple[str, ...] | None = None
+    number_of_password_prompts: int | None = None
+    password_authentication: bool | None = None
+    kbd_interactive_authentication: bool | None = None
+    pubkey_authentication: bool | None = None
+    certificate_files: list[str] = field(default_factory=list)
+    identity_agent: str | None = None
+    identities_only: bool | None = None
+    ciphers: str | None = None
+    macs: str | None = None
+    kex_algorithms: str | None = None
+    host_key_algorithms: str | None = None
+    rekey_limit: tuple[str, ...] | None = None
+    compression: bool | None = None
     _debug_flag: int = field(default=0, repr=False)
 
     def apply_option(self, text: str) -> None:
@@ -731,6 +889,9 @@ class ClientOptions:
         elif name == "IdentityFile":
             assert isinstance(value, str)
             self.identity_files.append(value)
+        elif name == "CertificateFile":
+            assert isinstance(value, str)
+            self.certificate_files.append(value)
         elif name == "User":
             assert isinstance(value, str)
             self.user = self.user if self.user is not None else value
@@ -762,6 +923,11 @@ class ClientOptions:
             assert isinstance(value, str)
             if self.log_level is None:
                 self.log_level = value
+        elif name in _FIRST_WINS:
+            # The first value wins (readconf.c), as for the options above.
+            attribute = _FIRST_WINS[name]
+            if getattr(self, attribute) is None:
+                setattr(self, attribute, value)
         else:  # pragma: no cover
             raise AssertionError(f"unknown option {name}")
 

@@ -39,6 +39,7 @@ from rtunnel._spec import (
     parse_port,
     parse_remote_forward,
 )
+from rtunnel.client._algorithms import resolve
 from rtunnel.errors import RTunnelError, SpecError
 from rtunnel.service import build_tunnel, describe_error, establish_forwards, local_user
 
@@ -51,7 +52,8 @@ _log = Logger()
 
 #: ssh's usage synopsis (ssh.c, ``usage``), cut down to what rtunnel takes.
 USAGE = """\
-usage: rtunnel [-NnqTVv] [-i identity_file] [-l login_name] [-o option] [-p port]
+usage: rtunnel [-CNnqTVv] [-c cipher_spec] [-i identity_file] [-l login_name]
+               [-m mac_spec] [-o option] [-p port]
                -R [bind_address:]port:host:hostport ... destination
 """
 
@@ -71,11 +73,21 @@ listens on for us are forwarded to host:hostport from this machine.
                   Private key for public key authentication. Repeatable. Default:
                   ~/.ssh/id_rsa, ~/.ssh/id_ecdsa and ~/.ssh/id_ed25519, those that exist.
   -l login_name   User to log in as (default: the local user).
+  -c cipher_spec  Ciphers to offer, comma-separated, as -o Ciphers (a leading "+"
+                  appends to the default, "-" removes, "^" puts first).
+  -m mac_spec     MACs to offer, likewise (-o MACs).
+  -C              Compress (zlib@openssh.com, then zlib), as -o Compression=yes.
   -p port         Port to connect to on the server (default: 22).
   -o option       An ssh_config option, "Key=Value" or "Key Value". Supported:
-                  BatchMode, ConnectTimeout, ExitOnForwardFailure, IdentityFile,
-                  LogLevel, Port, RemoteForward, StrictHostKeyChecking, User,
-                  UserKnownHostsFile. rtunnel reads no ssh_config files.
+                  BatchMode, CertificateFile, Ciphers, Compression, ConnectTimeout,
+                  ExitOnForwardFailure, FingerprintHash, GlobalKnownHostsFile,
+                  HashKnownHosts, HostKeyAlgorithms, IdentitiesOnly, IdentityAgent,
+                  IdentityFile, KbdInteractiveAuthentication,
+                  KexAlgorithms, LogLevel, MACs, NumberOfPasswordPrompts,
+                  PasswordAuthentication, Port, PreferredAuthentications,
+                  PubkeyAuthentication, RekeyLimit, RemoteForward,
+                  StrictHostKeyChecking, User, UserKnownHostsFile. rtunnel reads no
+                  ssh_config files.
   -v              Verbose; repeat for more (up to -vvv).
   -q              Quiet: no warnings, no "Allocated port" lines, no error messages
                   (the exit status still tells).
@@ -84,9 +96,11 @@ listens on for us are forwarded to host:hostport from this machine.
   -V              Print the version and exit.
   -h, --help      Print this help and exit.
 
-destination is [user@]host or ssh://[user@]host[:port]. rtunnel never prompts:
-host keys are checked against ~/.ssh/known_hosts (or UserKnownHostsFile) as with
+destination is [user@]host or ssh://[user@]host[:port]. rtunnel never asks about
+host keys: they are checked against ~/.ssh/known_hosts (or UserKnownHostsFile) as with
 StrictHostKeyChecking=yes unless you set StrictHostKeyChecking=accept-new (or no).
+Passwords are asked as ssh asks them: from SSH_ASKPASS (see SSH_ASKPASS_REQUIRE) or
+the terminal, never with BatchMode=yes.
 
 Exit status, as ssh -N: 0 when stopped by SIGTERM; 255 on SIGINT or SIGHUP, when the
 connection cannot be made or is lost, when a forward is refused with
@@ -102,8 +116,8 @@ FAILURE = 255
 LOGOFF_TIMEOUT = 3.0
 
 # Option letters: those taking an argument, and flags.
-_WITH_ARGUMENT = frozenset("ilopR")
-_FLAGS = frozenset("hNnqTVv")
+_WITH_ARGUMENT = frozenset("cilmopR")
+_FLAGS = frozenset("ChNnqTVv")
 
 
 class CommandLineExit(Exception):
@@ -193,6 +207,9 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
                     options.more_verbose()
                 elif letter == "q":
                     options.quiet()
+                elif letter == "C":
+                    # ssh.c, case 'C': sets it outright, over -o Compression.
+                    options.compression = True
                 # -N, -n and -T describe what rtunnel always does.
                 continue
             if letter not in _WITH_ARGUMENT:
@@ -238,6 +255,18 @@ def _apply_flag(options: ClientOptions, letter: str, value: str, warnings: list[
             options.port = parse_port(value)
     elif letter == "l":
         options.set_default_user(value)
+    elif letter in "cm":
+        # ssh.c, cases 'c' and 'm': checked at once, and the flag overrides -o.
+        kind = "cipher" if letter == "c" else "mac"
+        try:
+            resolve(kind, value)
+        except SpecError as error:
+            fail = "Unknown cipher type" if letter == "c" else "Unknown mac type"
+            raise SpecError(f"{fail} '{value}'. {error.message}") from None
+        if letter == "c":
+            options.ciphers = value
+        else:
+            options.macs = value
     elif letter == "i":
         path = Path(value).expanduser()
         try:

@@ -19,11 +19,15 @@ __all__ = [
     "ConnectError",
     "ConnectionLostError",
     "CredentialError",
+    "ForwardRetryLimitError",
     "ForwardingError",
     "HostKeyError",
+    "KeepaliveError",
+    "NegotiationError",
     "NotConnectedError",
     "ProtocolError",
     "RTunnelError",
+    "ReconnectLimitError",
     "SpecError",
 ]
 
@@ -71,6 +75,18 @@ class ConnectionLostError(RTunnelError):
     code = 1001  # "Server has disconnected."
 
 
+class KeepaliveError(ConnectionLostError):
+    """The server stopped answering keepalives; the connection was dropped."""
+
+    code = 1039  # "SSH keep-alive limit reached."
+
+
+class ReconnectLimitError(RTunnelError):
+    """Reconnecting was given up: the retry limit was reached or an observer cancelled."""
+
+    code = 1037  # "SSH reconnect limit reached."
+
+
 class NotConnectedError(RTunnelError):
     """An operation needs a logged-on tunnel and there is none."""
 
@@ -93,6 +109,28 @@ class ProtocolError(RTunnelError):
     """The server broke the SSH protocol; the connection was closed."""
 
     code = 1023  # "Invalid channel message."
+
+
+class NegotiationError(RTunnelError):
+    """
+    The client and the server have no algorithm of some kind in common (key exchange, host
+    key, cipher, MAC, compression), or strict key exchange was required and not offered.
+
+    :ivar kind: which list failed (``"cipher"``, ``"mac"``, ``"kex"``, ``"host key"``,
+        ``"compression"``, ``"strict kex"``).
+    :ivar ours: what we offered.
+    :ivar theirs: what the server offered.
+    """
+
+    code = 1003  # "Could not negotiate SSH algorithms."
+
+    def __init__(
+        self, message: str, kind: str = "", ours: tuple[str, ...] = (), theirs: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.ours = ours
+        self.theirs = theirs
 
 
 class HostKeyError(RTunnelError):
@@ -127,6 +165,12 @@ class ForwardingError(RTunnelError):
     """The server refused a ``tcpip-forward`` or ``cancel-tcpip-forward`` request."""
 
     code = 1098  # "Request failure."
+
+
+class ForwardRetryLimitError(ForwardingError):
+    """A forward the server kept refusing after a reconnect was given up."""
+
+    code = 10057  # "Reconnection limit exceeded for SSH tunnel."
 
 
 class ChannelError(RTunnelError):

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from typing_extensions import override
 
+from rtunnel._policy import ReconnectPolicy
 from rtunnel._spec import (
     HOST_KEY_VERIFICATION_FAILED,
     ClientOptions,
@@ -39,6 +40,7 @@ from rtunnel._spec import (
     parse_port,
     parse_remote_forward,
 )
+from rtunnel.client.credentials import SUPPORTED_METHODS
 from rtunnel.errors import (
     AuthenticationError,
     ConnectError,
@@ -109,6 +111,57 @@ def _identity_files(options: ClientOptions, report: Report) -> list[Path]:
     return found
 
 
+def _auth_settings(options: ClientOptions) -> dict[str, Any]:
+    """
+    ReverseTunnel's authentication and host key settings for the ``-o`` options given:
+    PreferredAuthentications less the methods turned off (PubkeyAuthentication,
+    PasswordAuthentication, KbdInteractiveAuthentication), NumberOfPasswordPrompts,
+    GlobalKnownHostsFile, FingerprintHash, HashKnownHosts.
+    """
+    settings: dict[str, Any] = {}
+    methods = list(options.preferred_authentications or SUPPORTED_METHODS)
+    off = {
+        "publickey": options.pubkey_authentication,
+        "password": options.password_authentication,
+        "keyboard-interactive": options.kbd_interactive_authentication,
+    }
+    methods = [m for m in methods if m in SUPPORTED_METHODS and off.get(m) is not False]
+    if methods != list(SUPPORTED_METHODS):
+        # An empty list leaves only "none" (ssh: "No more authentication methods to try.").
+        settings["preferred_authentications"] = methods or ["none"]
+    if options.number_of_password_prompts is not None:
+        settings["number_of_password_prompts"] = options.number_of_password_prompts
+    if options.global_known_hosts_files is not None:
+        settings["global_known_hosts"] = list(options.global_known_hosts_files)
+    if options.fingerprint_hash is not None:
+        settings["fingerprint_hash"] = options.fingerprint_hash
+    if options.hash_known_hosts:
+        settings["hash_known_hosts"] = True
+    return settings
+
+
+def _transport_settings(options: ClientOptions) -> dict[str, Any]:
+    """
+    ReverseTunnel's algorithm lists, compression and rekey limits for ``-c``, ``-m``,
+    ``-C`` and the ``-o`` options Ciphers, MACs, KexAlgorithms, HostKeyAlgorithms,
+    Compression and RekeyLimit.
+    """
+    settings: dict[str, Any] = {}
+    for name in ("ciphers", "macs", "kex_algorithms", "host_key_algorithms"):
+        value = getattr(options, name)
+        if value is not None:
+            settings[name] = value
+    if options.compression:
+        settings["compression"] = True
+    if options.rekey_limit is not None:
+        size, seconds = options.rekey_limit
+        if size:
+            settings["rekey_bytes"] = int(size)
+        if seconds and seconds != "none":
+            settings["rekey_seconds"] = float(seconds)
+    return settings
+
+
 def build_tunnel(
     reactor: IReactorTCP,
     host: str,
@@ -126,7 +179,12 @@ def build_tunnel(
     :param report: where debug messages go.
     :raises SpecError: if the tunnel refuses the settings.
     """
-    from rtunnel.client.credentials import PrivateKeyFile
+    from rtunnel.client.credentials import (
+        CertificateFile,
+        Credential,
+        PrivateKeyFile,
+        SSHAgent,
+    )
     from rtunnel.tunnel import ReverseTunnel
 
     known_hosts: list[str] | None
@@ -141,14 +199,36 @@ def build_tunnel(
     extra: dict[str, Any] = {}
     if options.connect_timeout_given:
         extra["connect_timeout"] = options.connect_timeout
+    extra.update(_auth_settings(options))
+    extra.update(_transport_settings(options))
+    auth: list[Credential] = []
+    if options.pubkey_authentication is not False:
+        auth += [PrivateKeyFile(path) for path in _identity_files(options, report)]
+        auth += [CertificateFile(path) for path in options.certificate_files]
+        # The agent (SSH_AUTH_SOCK or IdentityAgent). IdentitiesOnly=yes leaves it out:
+        # rtunnel reads the identity files themselves, so only agent-only keys would be
+        # lost, which is what IdentitiesOnly asks for.
+        agent = options.identity_agent
+        if agent != "none" and not options.identities_only:
+            auth.append(SSHAgent(None if agent in (None, "SSH_AUTH_SOCK") else agent))
+    if options.password_authentication is not False or (
+        options.kbd_interactive_authentication is not False
+    ):
+        from rtunnel.client.askpass import password_source
+
+        asker = password_source(batch_mode=bool(options.batch_mode))
+        if asker is not None:
+            auth.append(asker)
     return ReverseTunnel(
         reactor,
         host,
         options.port if options.port is not None else 22,
         user=options.user if options.user is not None else local_user(),
-        auth=[PrivateKeyFile(path) for path in _identity_files(options, report)],
+        auth=auth,
         known_hosts=known_hosts,
         host_key_policy=options.host_key_policy,
+        # Like ssh, the command ends when the connection does (for now; see issue 5).
+        reconnect=ReconnectPolicy.off(),
         **extra,
     )
 
@@ -238,9 +318,13 @@ class Options(usage.Options):
     longdesc = (
         "Keep SSH reverse tunnels (ssh -R) open to host. Options follow OpenSSH's ssh: "
         "-R [bind_address:]port:host:hostport (repeatable), -i identity_file "
-        "(repeatable), -o Option=value (repeatable; BatchMode, ConnectTimeout, "
-        "ExitOnForwardFailure, IdentityFile, LogLevel, Port, RemoteForward, "
-        "StrictHostKeyChecking, User, UserKnownHostsFile), -p port, -l login_name. "
+        "(repeatable), -o Option=value (repeatable; BatchMode, CertificateFile, "
+        "ConnectTimeout, ExitOnForwardFailure, FingerprintHash, GlobalKnownHostsFile, "
+        "HashKnownHosts, IdentitiesOnly, IdentityAgent, IdentityFile, "
+        "KbdInteractiveAuthentication, LogLevel, NumberOfPasswordPrompts, "
+        "PasswordAuthentication, Port, PreferredAuthentications, PubkeyAuthentication, "
+        "RemoteForward, StrictHostKeyChecking, User, UserKnownHostsFile), -p port, "
+        "-l login_name. "
         "If the connection fails or drops, the error is logged and twistd exits."
     )
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IProtocol,
     IProtocolFactory,
     IReactorTCP,
@@ -35,8 +36,11 @@ from rtunnel._model import (
     ChannelOpenRequest,
     Forward,
     ForwardState,
+    ReconnectAttempt,
     TunnelObserver,
 )
+from rtunnel._policy import ReconnectPolicy
+from rtunnel.client import _algorithms
 from rtunnel.client.channel import ForwardedChannel
 from rtunnel.client.connection import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -44,21 +48,41 @@ from rtunnel.client.connection import (
     ChannelRefused,
     ForwardingConnection,
 )
-from rtunnel.client.credentials import Credential
-from rtunnel.client.forwarder import Splice, TargetFactory, TargetProtocol, tcp_endpoint
-from rtunnel.client.verify import HostKeyPolicy, HostKeyVerifier
+from rtunnel.client.credentials import (
+    SUPPORTED_METHODS,
+    AuthOptions,
+    Credential,
+    PasswordCallback,
+)
+from rtunnel.client.forwarder import (
+    Splice,
+    TargetFactory,
+    TargetProtocol,
+    abort_with_reset,
+    tcp_endpoint,
+)
+from rtunnel.client.keepalive import Keepalive
+from rtunnel.client.verify import HostKeyCallback, HostKeyPolicy, HostKeyVerifier
 from rtunnel.errors import (
     AlreadyConnectedError,
+    AuthenticationError,
     ChannelError,
     ConnectError,
     ConnectionLostError,
+    CredentialError,
     ForwardingError,
+    ForwardRetryLimitError,
+    HostKeyError,
+    KeepaliveError,
     NotConnectedError,
+    ReconnectLimitError,
     RTunnelError,
     SpecError,
 )
 
 if TYPE_CHECKING:
+    from twisted.conch.ssh.keys import Key
+
     from rtunnel.client.transport import ClientTransport
 
 __all__ = ["HostKeyPolicy", "ReverseTunnel"]
@@ -80,12 +104,43 @@ class ReverseTunnel:
     :param host: the SSH server.
     :param port: its port.
     :param user: the user name to log on as (default: the local user).
-    :param auth: credentials to try, in order.
+    :param auth: credentials to try, in order: key files, passwords, and callbacks
+        (:class:`~rtunnel.AskPassword`, :class:`~rtunnel.KeyboardInteractive`), and
+        :class:`~rtunnel.client.credentials.SSHAgent` for an agent's keys.
+    :param preferred_authentications: the methods to try, in order (OpenSSH
+        ``PreferredAuthentications``; default publickey, keyboard-interactive, password).
+    :param try_all_auth_methods: after those, also try any other method the server offers
+        that there are credentials for (the reference's TryAllAvailableAuthMethods).
+    :param password_prompt: keyboard-interactive prompts that match this pattern (``?``,
+        ``*``, ``[a-z]``, ``\\``; the reference's PasswordPrompt) are answered with the
+        password; None: never.
+    :param number_of_password_prompts: how often an :class:`~rtunnel.AskPassword` is asked
+        and how many keyboard-interactive rounds are started (OpenSSH
+        ``NumberOfPasswordPrompts``).
+    :param password_change: answers a password change request for an expired password:
+        gets the server's prompt, returns the new password (may be async) or None; without
+        it such a request fails the logon with :class:`~rtunnel.errors.AuthenticationError`.
     :param known_hosts: known_hosts file(s) to check the host key against
         (default ``~/.ssh/known_hosts``).
     :param host_key_policy: ``"strict"`` (default: unknown keys are refused),
         ``"accept-new"`` (unknown keys are trusted and written to the first known_hosts
         file; changed keys are refused) or ``"accept-any"`` (no check, with a warning).
+    :param global_known_hosts: known_hosts file(s) read but never written (OpenSSH's
+        ``GlobalKnownHostsFile``; default ``/etc/ssh/ssh_known_hosts{,2}``).
+    :param accepted_host_keys: host keys trusted for this server whatever known_hosts says
+        (``Key`` objects or OpenSSH public key lines; the reference's
+        SSHAcceptServerHostKey).
+    :param accepted_fingerprints: host key fingerprints trusted likewise: OpenSSH's
+        ``SHA256:...`` or colon-hex SHA256/SHA1/MD5 (the reference's
+        SSHAcceptServerHostKeyFingerPrint).
+    :param host_key_callback: decides last on the host key (may return a Deferred or an
+        awaitable), seeing a :class:`~rtunnel.client.verify.HostKeyInfo` with what rtunnel
+        would decide; a revoked key is refused without asking (the reference's
+        SSHServerAuthentication event).
+    :param fingerprint_hash: ``"sha256"`` (default), ``"sha1"`` or ``"md5"``: the
+        fingerprint shown in messages and to the callback (OpenSSH's ``FingerprintHash``).
+    :param hash_known_hosts: hash the host name of keys ``accept-new`` writes (OpenSSH's
+        ``HashKnownHosts``).
     :param connect_timeout: seconds to wait for TCP connect plus handshake and logon.
     :param target_connect_timeout: seconds to wait for a local target to accept (and for an
         accept hook to answer) before the channel is refused.
@@ -95,6 +150,31 @@ class ReverseTunnel:
     :param max_channels: at most this many channels at once; more are refused with
         "resource shortage".
     :param clock: the clock for timeouts (default: ``reactor``).
+    :param reconnect: when to reconnect (default :class:`ReconnectPolicy` ``"on-loss"``:
+        an established connection that breaks is re-made with backoff and every forward
+        requested again; host-key and authentication refusals are never retried).
+    :param keepalive_interval: after this many seconds with nothing received, send an
+        SSH keepalive (0: never; OpenSSH's ServerAliveInterval).
+    :param keepalive_count_max: drop the connection (:class:`~rtunnel.errors.KeepaliveError`,
+        then reconnect) when this many keepalives go unanswered (ServerAliveCountMax).
+    :param exit_on_forward_failure: a forward the server refuses again after a reconnect
+        ends the tunnel instead of being retried on its own (OpenSSH's
+        ExitOnForwardFailure).
+    :param ciphers: the ciphers to offer, in order: a list of names, or a string in
+        OpenSSH's ``Ciphers`` syntax (``+`` appends to the default, ``-`` removes, ``^``
+        puts first). Default: chacha20-poly1305, AES-GCM, AES-CTR. No name in common with
+        the server fails the logon with :class:`~rtunnel.errors.NegotiationError`.
+    :param macs: the MACs to offer, likewise (default: the SHA-2 encrypt-then-MAC ones
+        first).
+    :param kex_algorithms: the key exchange methods to offer, likewise.
+    :param host_key_algorithms: the host key algorithms to accept, likewise.
+    :param require_strict_kex: refuse a server that does not offer strict key exchange
+        (the Terrapin fix, CVE-2023-48795; always used when the server offers it).
+    :param rekey_bytes: exchange new keys after this many bytes either way (default 1 GiB;
+        0: never); see also :meth:`rekey`.
+    :param rekey_seconds: exchange new keys after this many seconds (None: never).
+    :param compression: offer zlib compression (``zlib@openssh.com``, started after
+        authentication, then ``zlib``); off by default, as in OpenSSH.
     """
 
     def __init__(
@@ -105,14 +185,37 @@ class ReverseTunnel:
         *,
         user: str | None = None,
         auth: Sequence[Credential] = (),
+        preferred_authentications: Sequence[str] | None = None,
+        try_all_auth_methods: bool = False,
+        password_prompt: str | None = "*assword*",
+        number_of_password_prompts: int = 3,
+        password_change: PasswordCallback | None = None,
         known_hosts: str | Path | Sequence[str | Path] | None = None,
         host_key_policy: HostKeyPolicy = "strict",
+        global_known_hosts: str | Path | Sequence[str | Path] | None = None,
+        accepted_host_keys: Sequence[Key | str | bytes] = (),
+        accepted_fingerprints: Sequence[str] = (),
+        host_key_callback: HostKeyCallback | None = None,
+        fingerprint_hash: str = "sha256",
+        hash_known_hosts: bool = False,
         connect_timeout: float | None = 30.0,
         target_connect_timeout: float = 10.0,
         window_size: int = DEFAULT_WINDOW_SIZE,
         max_packet: int = DEFAULT_MAX_PACKET,
         max_channels: int = 1024,
         clock: IReactorTime | None = None,
+        reconnect: ReconnectPolicy | None = None,
+        keepalive_interval: float = 30.0,
+        keepalive_count_max: int = 5,
+        exit_on_forward_failure: bool = False,
+        ciphers: str | Sequence[str] | None = None,
+        macs: str | Sequence[str] | None = None,
+        kex_algorithms: str | Sequence[str] | None = None,
+        host_key_algorithms: str | Sequence[str] | None = None,
+        require_strict_kex: bool = False,
+        rekey_bytes: int = _algorithms.DEFAULT_REKEY_BYTES,
+        rekey_seconds: float | None = None,
+        compression: bool = False,
     ) -> None:
         if not host:
             raise SpecError("No SSH host given.")
@@ -131,6 +234,16 @@ class ReverseTunnel:
         self.port = port
         self.user = user or _local_user()
         self._auth = list(auth)
+        self._auth_options = AuthOptions(
+            credentials=tuple(self._auth),
+            preferred=tuple(preferred_authentications or SUPPORTED_METHODS),
+            try_all_methods=try_all_auth_methods,
+            password_prompt=password_prompt,
+            number_of_password_prompts=number_of_password_prompts,
+            password_change=password_change,
+            host=host,
+            reactor=reactor,
+        )
         if known_hosts is None:
             paths = [Path("~/.ssh/known_hosts")]
         elif isinstance(known_hosts, (str, Path)):
@@ -140,13 +253,32 @@ class ReverseTunnel:
         self.known_hosts = [p.expanduser() for p in paths]
         self.host_key_policy: HostKeyPolicy = host_key_policy
         self._host_key_verifier = HostKeyVerifier(
-            self.host, self.port, self.known_hosts, host_key_policy
+            self.host,
+            self.port,
+            self.known_hosts,
+            host_key_policy,
+            global_known_hosts=_paths(global_known_hosts),
+            accepted_keys=accepted_host_keys,
+            accepted_fingerprints=accepted_fingerprints,
+            callback=host_key_callback,
+            fingerprint_hash=fingerprint_hash,
+            hash_known_hosts=hash_known_hosts,
         )
         self.connect_timeout = connect_timeout
         self.target_connect_timeout = target_connect_timeout
         self.window_size = window_size
         self.max_packet = max_packet
         self.max_channels = max_channels
+        self.ciphers = _algorithms.resolve("cipher", ciphers)
+        self.macs = _algorithms.resolve("mac", macs)
+        self.kex_algorithms = _algorithms.resolve("kex", kex_algorithms)
+        self.host_key_algorithms = _algorithms.resolve("host key", host_key_algorithms)
+        self.require_strict_kex = require_strict_kex
+        if rekey_bytes < 0 or (rekey_seconds is not None and rekey_seconds <= 0):
+            raise SpecError("rekey_bytes must be >= 0 and rekey_seconds > 0 (or None).")
+        self.rekey_bytes = rekey_bytes
+        self.rekey_seconds = rekey_seconds
+        self.compression = compression
         self._transport: ClientTransport | None = None
         self._conn: ForwardingConnection | None = None
         self._forwards: list[Forward] = []
@@ -156,6 +288,19 @@ class ReverseTunnel:
         self._lost: Deferred[None] | None = None
         self._logon_finished: Deferred[None] | None = None
         self._abort_logon: Callable[[], object] | None = None
+        self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
+        if keepalive_interval < 0 or keepalive_count_max < 0:
+            raise SpecError("Keepalive interval and count must not be negative.")
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_count_max = keepalive_count_max
+        self.exit_on_forward_failure = exit_on_forward_failure
+        self._keepalive: Keepalive | None = None
+        self._retry = 0
+        self._connected_at = 0.0
+        self._reconnect_call: IDelayedCall | None = None
+        self._forward_retries: dict[int, tuple[int, IDelayedCall | None]] = {}
+        self._stopping = False
+        self._fatal_error: RTunnelError | None = None
 
     # -- logon / logoff
 
@@ -176,7 +321,22 @@ class ReverseTunnel:
 
     async def _logon(self, finished: Deferred[None]) -> None:
         try:
-            await self._connect_and_authenticate()
+            retry = 0
+            while True:
+                try:
+                    await self._connect_and_authenticate()
+                    return
+                except RTunnelError as e:
+                    if self.reconnect.mode != "always" or not _retryable(e):
+                        raise
+                    retry += 1
+                    delay = self._next_retry("ssh", retry, e)
+                    if delay is None:
+                        raise ReconnectLimitError(
+                            f"Gave up connecting to {self.host} port {self.port} after "
+                            f"{retry - 1} retries: {e}"
+                        ) from None
+                    await self._wait(delay)
         finally:
             # Fired here, inside the coroutine, not from the returned Deferred's callbacks:
             # a logoff() waiting on it must not resume in the middle of that chain.
@@ -200,6 +360,7 @@ class ReverseTunnel:
             max_channels=self.max_channels,
             on_started=ready.callback,
             on_stopped=lambda _conn: None,
+            clock=self._clock,
         )
         lost = self._lost
 
@@ -219,6 +380,16 @@ class ReverseTunnel:
                 verify_host_key=self._host_key_verifier.verify,
                 connection=conn,
                 on_lost=on_lost,
+                auth_options=self._auth_options,
+                ciphers=self.ciphers,
+                macs=self.macs,
+                kex_algorithms=self.kex_algorithms,
+                host_key_algorithms=self.host_key_algorithms,
+                require_strict_kex=self.require_strict_kex,
+                rekey_bytes=self.rekey_bytes,
+                rekey_seconds=self.rekey_seconds,
+                clock=self._clock,
+                compression=self.compression,
             )
 
         factory = Factory.forProtocol(build)  # type: ignore[arg-type]
@@ -241,7 +412,8 @@ class ReverseTunnel:
             ready.addTimeout(self.connect_timeout, self._clock)
         self._abort_logon = ready.cancel
         try:
-            self._conn = await ready
+            conn = await ready
+            self._conn = conn
         except (defer.TimeoutError, defer.CancelledError) as e:
             # Timed out, or logoff() was called meanwhile.
             tcp = transport.transport
@@ -256,11 +428,92 @@ class ReverseTunnel:
             ) from None
         finally:
             self._abort_logon = None
+        self._connected_at = self._clock.seconds()
+        self._keepalive = Keepalive(
+            conn,
+            self._clock,
+            self.keepalive_interval,
+            self.keepalive_count_max,
+            lambda: self._keepalive_expired(transport),
+        )
+        self._keepalive.start()
+        self._notify("connected")
+
+    def _keepalive_expired(self, transport: ClientTransport) -> None:
+        # OpenSSH's words (clientloop.c, server_alive_check).
+        transport.error = KeepaliveError(f"Timeout, server {self.host} not responding.")
+        tcp = transport.transport
+        if tcp is not None:
+            abort_with_reset(tcp)
+
+    async def _wait(self, delay: float) -> None:
+        """Sleep ``delay`` seconds; logoff() ends the wait with ConnectError."""
+        waiting: Deferred[None] = Deferred()
+        call = self._clock.callLater(delay, waiting.callback, None)
+
+        def abandon() -> None:
+            if call.active():
+                call.cancel()
+            if not waiting.called:
+                waiting.errback(Failure(defer.CancelledError()))
+
+        self._abort_logon = abandon
+        try:
+            await waiting
+        except defer.CancelledError:
+            raise self._abandoned() from None
+        finally:
+            self._abort_logon = None
+
+    def _next_retry(
+        self, kind: str, retry: int, error: Exception, remote_port: int | None = None
+    ) -> float | None:
+        """The delay before retry ``retry``, after telling observers; None to give up."""
+        policy = self.reconnect
+        if policy.exhausted(retry):
+            return None
+        delay = policy.delay(retry)
+        attempt = ReconnectAttempt(
+            host=self.host,
+            port=self.port,
+            retry_count=retry,
+            retries_remaining=policy.retries_remaining(retry),
+            max_retry_count=policy.max_retries,
+            retry_interval=delay,
+            retry_type=kind,
+            remote_port=remote_port,
+            error=error,
+        )
+        _log.info(
+            "Reconnect {kind} attempt {n} to {host} port {port} in {delay:.1f} s ({error})",
+            kind=kind,
+            n=retry,
+            host=self.host,
+            port=self.port if remote_port is None else remote_port,
+            delay=delay,
+            error=error,
+        )
+        for observer in list(self._observers):
+            try:
+                observer.reconnect_attempt(attempt)
+            except Exception:
+                _log.failure("observer {observer!r} failed", observer=observer)
+        return None if attempt.cancelled else delay
 
     def _abandoned(self) -> ConnectError:
         return ConnectError(
             f"Logon to {self.host} port {self.port} abandoned: logoff() was called."
         )
+
+    def rekey(self) -> Deferred[None]:
+        """
+        Exchange new keys now (the seed's ExchangeKeys). Fires once the new keys are in use
+        both ways; fails with :class:`~rtunnel.errors.NotConnectedError` when not logged on,
+        or :class:`~rtunnel.errors.ConnectionLostError` if the connection ends first.
+        """
+        if self._transport is None or not self.connected:
+            return defer.fail(NotConnectedError("Not logged on."))
+        return self._transport.rekey()
 
     def logoff(self) -> Deferred[None]:
         """
@@ -270,16 +523,28 @@ class ReverseTunnel:
         return Deferred.fromCoroutine(self._logoff())
 
     async def _logoff(self) -> None:
+        self._stopping = True
+        try:
+            await self._logoff_steps()
+        finally:
+            self._stopping = False
+
+    async def _logoff_steps(self) -> None:
+        self._cancel_retries()
+        if self._reconnect_call is not None:
+            # Waiting to reconnect: nothing is connected.
+            self._reconnect_call.cancel()
+            self._reconnect_call = None
         finished = self._logon_finished
         if finished is not None:
-            # Logging off while logging on: give up the logon at once; logon() fails
-            # with ConnectError, and we wait for it to settle.
+            # Logging off while logging on (or reconnecting): give that up at once; it
+            # fails with ConnectError, and we wait for it to settle.
             if self._abort_logon is not None:
                 self._abort_logon()
             await finished
-            return
         conn, transport, lost = self._conn, self._transport, self._lost
         if transport is None or lost is None:
+            self._give_up(None)
             return
         self._logging_off = True
         if conn is not None and not conn.stopped:
@@ -373,28 +638,34 @@ class ReverseTunnel:
         forward = Forward(bind_address, port, host, host_port, factory, accept)
         self._forwards.append(forward)
         try:
-            reply = await conn.send_global_request(
-                b"tcpip-forward", _wire.encode_tcpip_forward(bind_address, port)
-            )
-            forward.port = _wire.decode_tcpip_forward_reply(port, reply)
-        except (ForwardingError, _wire.WireError) as e:
-            forward.state = ForwardState.FAILED
-            self._forwards.remove(forward)
-            self._notify_forward(forward)
-            # OpenSSH's words (ssh.c), so operators recognise it.
-            raise ForwardingError(
-                f"remote port forwarding failed for listen port {port}"
-                + ("" if isinstance(e, ForwardingError) else f": {e}")
-            ) from None
+            await self._establish(forward, conn)
         except BaseException:
-            # The connection went away (ConnectionLostError) or we were cancelled.
+            # Refused (ForwardingError), or the connection went away (ConnectionLostError):
+            # a forward that never worked is not kept for reconnects.
             forward.state = ForwardState.FAILED
             if forward in self._forwards:
                 self._forwards.remove(forward)
+            self._notify_forward(forward)
             raise
+        return forward
+
+    async def _establish(self, forward: Forward, conn: ForwardingConnection) -> None:
+        """Send ``tcpip-forward`` for ``forward``; mark it active or raise."""
+        forward.state = ForwardState.PENDING
+        requested = forward.requested_port
+        try:
+            reply = await conn.send_global_request(
+                b"tcpip-forward", _wire.encode_tcpip_forward(forward.bind_address, requested)
+            )
+            forward.port = _wire.decode_tcpip_forward_reply(requested, reply)
+        except (ForwardingError, _wire.WireError) as e:
+            # OpenSSH's words (ssh.c), so operators recognise it.
+            raise ForwardingError(
+                f"remote port forwarding failed for listen port {requested}"
+                + ("" if isinstance(e, ForwardingError) else f": {e}")
+            ) from None
         forward.state = ForwardState.ACTIVE
         self._notify_forward(forward)
-        return forward
 
     def cancel_forwarding(self, bind_address: str, port: int) -> Deferred[None]:
         """
@@ -602,23 +873,164 @@ class ReverseTunnel:
         self._transport = None
         self._conn = None
         self._logging_off = False
+        if self._keepalive is not None:
+            self._keepalive.stop()
+            self._keepalive = None
+        if not was_connected:
+            return  # a failed logon: logon() or the reconnect loop reports it
+        error = cast(Exception, failure.value)
+        self._notify("disconnected", None if clean else error)
+        if not clean and not self._stopping and self.reconnect.mode != "off" and _retryable(error):
+            if self._clock.seconds() - self._connected_at >= self.reconnect.reset_after:
+                self._retry = 0
+            self._cancel_retries()
+            for forward in self._forwards:
+                forward.state = ForwardState.PENDING
+                self._notify_forward(forward)
+            self._schedule_reconnect(error)
+            return
+        self._give_up(None if clean else failure)
+
+    def _give_up(self, failure: Failure | None) -> None:
+        """The tunnel stops for good: tell the forwards and when_disconnected() waiters."""
+        if self._fatal_error is not None:
+            failure, self._fatal_error = Failure(self._fatal_error), None
+        self._cancel_retries()
+        self._retry = 0
         for forward in self._forwards:
-            forward.state = ForwardState.FAILED
+            forward.state = ForwardState.CANCELLED if failure is None else ForwardState.FAILED
             self._notify_forward(forward)
         self._forwards.clear()
-        if not was_connected:
-            return
         waiters, self._disconnect_waiters = self._disconnect_waiters, []
         for d in waiters:
-            if clean:
+            if failure is None:
                 d.callback(None)
             else:
                 d.errback(failure)
+
+    def _schedule_reconnect(self, error: Exception) -> None:
+        self._retry += 1
+        delay = self._next_retry("ssh", self._retry, error)
+        if delay is None:
+            self._give_up(
+                Failure(
+                    ReconnectLimitError(
+                        f"Gave up reconnecting to {self.host} port {self.port} after "
+                        f"{self._retry - 1} retries; the last error was: {error}"
+                    )
+                )
+            )
+            return
+        self._reconnect_call = self._clock.callLater(delay, self._reconnect_now)
+
+    def _reconnect_now(self) -> None:
+        self._reconnect_call = None
+        finished: Deferred[None] = Deferred()
+        self._logon_finished = finished
+        d = Deferred.fromCoroutine(self._reconnect(finished))
+        d.addErrback(lambda f: _log.failure("reconnecting failed unexpectedly", f))
+
+    async def _reconnect(self, finished: Deferred[None]) -> None:
+        try:
+            try:
+                await self._connect_and_authenticate()
+            finally:
+                self._logon_finished = None
+                finished.callback(None)
+        except RTunnelError as e:
+            if self._stopping:
+                return  # logoff() takes it from here
+            if _retryable(e):
+                self._schedule_reconnect(e)
+            else:
+                self._give_up(Failure(e))
+            return
+        for forward in list(self._forwards):
+            if forward.state is ForwardState.PENDING:
+                await self._retry_forward(forward)
+
+    async def _retry_forward(self, forward: Forward) -> None:
+        conn = self._conn
+        if conn is None or conn.stopped or forward not in self._forwards:
+            return
+        try:
+            await self._establish(forward, conn)
+        except ForwardingError as e:
+            if self.exit_on_forward_failure:
+                self._fatal_error = e
+                self.logoff()
+            else:
+                self._schedule_forward_retry(forward, e)
+            return
+        except ConnectionLostError:
+            return  # _connection_ended takes it from here
+        self._forward_retries.pop(id(forward), None)
+
+    def _schedule_forward_retry(self, forward: Forward, error: ForwardingError) -> None:
+        # A server that still holds the port for a stale session of ours refuses it until
+        # it notices (RELIABILITY.md A9); retry this forward alone on its own schedule.
+        count = self._forward_retries.get(id(forward), (0, None))[0] + 1
+        delay = self._next_retry("tunnel", count, error, forward.requested_port)
+        if delay is None:
+            forward.state = ForwardState.FAILED
+            self._forwards.remove(forward)
+            self._forward_retries.pop(id(forward), None)
+            _log.error(
+                "{error}",
+                error=ForwardRetryLimitError(
+                    f"Gave up re-establishing the forward of listen port "
+                    f"{forward.requested_port} after {count - 1} retries: {error}"
+                ),
+            )
+            self._notify_forward(forward)
+            return
+        forward.state = ForwardState.RETRYING
+        self._notify_forward(forward)
+
+        def retry() -> None:
+            d = Deferred.fromCoroutine(self._retry_forward(forward))
+            d.addErrback(lambda f: _log.failure("retrying a forward failed unexpectedly", f))
+
+        self._forward_retries[id(forward)] = (count, self._clock.callLater(delay, retry))
+
+    def _cancel_retries(self) -> None:
+        for _count, call in self._forward_retries.values():
+            if call is not None and call.active():
+                call.cancel()
+        self._forward_retries.clear()
+
+    def _notify(self, event: str, *args: object) -> None:
         for observer in list(self._observers):
             try:
-                observer.disconnected(None if clean else cast(Exception, failure.value))
+                getattr(observer, event)(*args)
             except Exception:
-                _log.failure("observer {observer!r} failed", observer=observer)
+                _log.failure(
+                    "observer {observer!r} failed on {event}", observer=observer, event=event
+                )
+
+
+def _paths(value: str | Path | Sequence[str | Path] | None) -> list[Path] | None:
+    """One path or several, ``~`` expanded; ``None`` stays ``None`` (the default files)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        value = [value]
+    return [Path(p).expanduser() for p in value]
+
+
+def _retryable(error: BaseException) -> bool:
+    """Network faults, timeouts and server restarts are retried; refusals are final."""
+    return isinstance(error, RTunnelError) and not isinstance(
+        error,
+        (
+            HostKeyError,
+            AuthenticationError,
+            CredentialError,
+            SpecError,
+            AlreadyConnectedError,
+            ReconnectLimitError,
+        ),
+    )
 
 
 def _local_user() -> str:

@@ -39,6 +39,7 @@ from rtunnel import (
     ReverseTunnel,
     TunnelObserver,
 )
+from rtunnel._policy import ReconnectPolicy
 
 MiB = 1024 * 1024
 
@@ -54,13 +55,15 @@ class Server:
     user: str
     key: Path
     known_hosts: Path
-    drop: Callable[[], Any]
+    #: Drop every SSH connection at the server; call it on the reactor thread and await it.
+    drop: Callable[[], Deferred[Any]]
     extra: dict[str, Any] = field(default_factory=dict)
 
     def tunnel(self, **kw: Any) -> ReverseTunnel:
         kw.setdefault("auth", [PrivateKeyFile(self.key)])
         kw.setdefault("known_hosts", self.known_hosts)
         kw.setdefault("user", self.user)
+        kw.setdefault("reconnect", ReconnectPolicy.off())  # test_reconnect.py covers it
         return ReverseTunnel(reactor, self.host, self.port, **kw)
 
 
@@ -80,9 +83,10 @@ def server(request: pytest.FixtureRequest) -> Server:
         )
     srv = request.getfixturevalue("openssh_server")
 
-    def kill_sessions() -> None:
+    def kill_sessions() -> Deferred[None]:
         for pid in srv.sshd_session_pids():
             os.kill(pid, signal.SIGKILL)
+        return Deferred.fromCoroutine(sleep(0))
 
     return Server(
         "openssh",
@@ -455,7 +459,7 @@ async def test_connection_loss_aborts_local_sockets(server: Server) -> None:
         failures: list[Any] = []
         disconnected.addErrback(failures.append)
         dropped_at = time.monotonic()
-        await in_thread(server.drop)
+        await server.drop()
         await eventually(lambda: len(outcomes) == 3, timeout=5)
         assert time.monotonic() - dropped_at < 2
         assert outcomes == ["reset"] * 3

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -26,7 +27,7 @@ from twisted.conch.ssh.service import SSHService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IConsumer, IProtocol, IPushProducer
+from twisted.internet.interfaces import IConsumer, IProtocol, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -141,6 +142,7 @@ class ForwardingConnection(SSHService):
         max_channels: int,
         on_started: Callable[[ForwardingConnection], None],
         on_stopped: Callable[[ForwardingConnection], None],
+        clock: IReactorTime | None = None,
     ) -> None:
         self.host = host
         self.window_size = window_size
@@ -156,6 +158,9 @@ class ForwardingConnection(SSHService):
         self.write_blocked = False
         self.stopped = False
         self.protocol_error: ProtocolError | None = None
+        self._seconds = clock.seconds if clock is not None else time.time
+        #: When the last connection-layer message arrived (keepalive liveness).
+        self.last_received = self._seconds()
         self._dispatch: dict[int, Callable[[bytes], None]] = {
             MSG_GLOBAL_REQUEST: self._global_request,
             MSG_REQUEST_SUCCESS: self._request_success,
@@ -209,6 +214,7 @@ class ForwardingConnection(SSHService):
 
     @override
     def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        self.last_received = self._seconds()
         handler = self._dispatch.get(messageNum)
         if handler is None:
             assert self.transport is not None

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
+from twisted.conch import error as conch_error
 from twisted.conch.avatar import ConchUser
 from twisted.conch.error import ValidPublicKey
 from twisted.conch.interfaces import IConchUser
@@ -53,9 +54,11 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
+from rtunnel.client import _algorithms
+from rtunnel.client._kex import SecureTransportMixin
 from rtunnel.testing._keys import KeyKind, host_key
 
-__all__ = ["ForwardListener", "SSHTestServer"]
+__all__ = ["ForwardListener", "KbdIntPrompt", "SSHTestServer"]
 
 # OpenSSH's defaults for TCP forwarding channels (channels.h: CHAN_TCP_PACKET_DEFAULT and
 # CHAN_TCP_WINDOW_DEFAULT = 64 packets); Conch's 128 KiB default window is slow on loopback.
@@ -196,14 +199,31 @@ class _Realm:
         return IConchUser, ConchUser(), lambda: None
 
 
-class _ServerTransport(transport.SSHServerTransport):
-    """Conch's server transport, reporting to the test server and fixing server-sig-algs."""
+class _ServerTransport(SecureTransportMixin, transport.SSHServerTransport):
+    """
+    Conch's server transport with rtunnel's packet layer (the client's ciphers, MACs,
+    strict key exchange and rekeying), reporting to the test server and fixing
+    server-sig-algs.
+    """
+
+    # Everything the client supports, so a test can ask for any of it.
+    supportedCiphers = [name.encode() for name in _algorithms.SUPPORTED_CIPHERS]  # noqa: N815
+    supportedMACs = [name.encode() for name in _algorithms.SUPPORTED_MACS]  # noqa: N815
+    supportedCompressions = [b"none", b"zlib@openssh.com", b"zlib"]  # noqa: N815
 
     @override
     def connectionMade(self) -> None:
         # Small packets (window adjustments, replies) must not wait for Nagle's algorithm
         # and the peer's delayed ACK: 40 ms each on Linux, which adds up in a test suite.
         ITCPTransport(self.transport).setTcpNoDelay(True)
+        ssh_factory = cast(_ServerFactory, cast(Any, self).factory)
+        if ssh_factory.ciphers is not None:
+            self.supportedCiphers = list(ssh_factory.ciphers)
+        if ssh_factory.macs is not None:
+            self.supportedMACs = list(ssh_factory.macs)
+        self.offer_strict_kex = ssh_factory.offer_strict_kex
+        self.rekey_bytes = ssh_factory.rekey_bytes
+        self.rekey_clock = ssh_factory.server._clock
         super().connectionMade()
         _server_of(self)._transport_made(self)
 
@@ -228,8 +248,46 @@ class _ServerTransport(transport.SSHServerTransport):
         )
 
 
+class KbdIntPrompt(NamedTuple):
+    """
+    One keyboard-interactive prompt the test server asks (RFC 4256 section 3.2).
+
+    :ivar prompt: the text sent, e.g. ``"Password: "``.
+    :ivar echo: whether the client should echo the answer.
+    :ivar answer: the answer that is accepted.
+    """
+
+    prompt: str
+    echo: bool
+    answer: str
+
+
+class _UserAuth(NamedTuple):
+    """How one user may log on, beyond passwords and keys."""
+
+    kbd_int: tuple[tuple[KbdIntPrompt, ...], ...]
+    methods: tuple[tuple[str, ...], ...]
+    password_expired: bool
+
+
+def _parse_auth_methods(value: str | Iterable[str] | None) -> tuple[tuple[str, ...], ...]:
+    """OpenSSH ``AuthenticationMethods``: lists of comma-separated methods, any one list."""
+    if value is None:
+        return ()
+    lists = value.split() if isinstance(value, str) else list(value)
+    return tuple(tuple(m for m in item.split(",") if m) for item in lists)
+
+
+_OUR_METHODS = (b"publickey", b"password", b"keyboard-interactive")
+
+
 class _UserAuthServer(userauth.SSHUserAuthServer):
-    """Conch's user-auth service on the server's own reactor, with its password delay."""
+    """
+    Conch's user-auth service on the server's own reactor, with its password delay, plus
+    what Conch's server lacks: keyboard-interactive (RFC 4256) with several prompts and
+    rounds, multi-step logons with partial success (RFC 4252 section 5.1, as OpenSSH's
+    ``AuthenticationMethods``), and the password change request (RFC 4252 section 8).
+    """
 
     @override
     def serviceStarted(self) -> None:
@@ -238,6 +296,147 @@ class _UserAuthServer(userauth.SSHUserAuthServer):
         self.clock = server._clock
         self.passwordDelay = server._password_delay
         super().serviceStarted()
+        self._server = server
+        self._done: list[str] = []
+        self._kbd: tuple[Deferred[Any], list[tuple[KbdIntPrompt, ...]]] | None = None
+
+    def _policy(self, user: bytes) -> _UserAuth:
+        return self._server._user_auth.get(user, _UserAuth((), (), False))
+
+    def _allowed(self, user: bytes) -> list[bytes]:
+        """The methods that can come next for ``user`` (the FAILURE message's list)."""
+        policy = self._policy(user)
+        if not policy.methods:
+            # keyboard-interactive only where set up, as sshd (KbdInteractiveAuthentication
+            # no is its default without PAM): Conch's stock client would otherwise retry
+            # it forever.
+            if policy.kbd_int or self._server._keyboard_interactive:
+                return list(_OUR_METHODS)
+            return [m for m in _OUR_METHODS if m != b"keyboard-interactive"]
+        allowed: list[bytes] = []
+        for chain in policy.methods:
+            if tuple(chain[: len(self._done)]) == tuple(self._done) and len(chain) > len(
+                self._done
+            ):
+                method = chain[len(self._done)].encode("ascii")
+                if method not in allowed:
+                    allowed.append(method)
+        return allowed
+
+    @override
+    def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Deferred[Any] | None:
+        user, next_service, method, _rest = common.getNS(packet, 3)
+        if self.user is not None and (user != self.user or next_service != self.nextService):
+            self._done = []
+        if self._kbd is not None:
+            # RFC 4256 section 3.3: a new request ends a keyboard-interactive exchange.
+            pending, self._kbd = self._kbd[0], None
+            pending.errback(Failure(conch_error.IgnoreAuthentication()))
+        self.supportedAuthentications = self._allowed(user)
+        self._server._auth_log.append((user.decode("utf-8", "replace"), method.decode()))
+        return super().ssh_USERAUTH_REQUEST(packet)
+
+    @override
+    def _cbFinishedAuth(self, result: Any) -> None:
+        assert self.user is not None
+        self._done.append(self.method.decode("ascii"))
+        policy = self._policy(self.user)
+        if policy.methods and not any(tuple(c) == tuple(self._done) for c in policy.methods):
+            # More is needed: FAILURE with partial success and what can come next.
+            self.supportedAuthentications = self._allowed(self.user)
+            assert self.transport is not None
+            self.transport.sendPacket(
+                userauth.MSG_USERAUTH_FAILURE,
+                common.NS(b",".join(self.supportedAuthentications)) + b"\x01",
+            )
+            return
+        super()._cbFinishedAuth(result)
+
+    @override
+    def auth_password(self, packet: bytes) -> Deferred[Any]:
+        assert self.user is not None and self.transport is not None
+        server = self._server
+        expected = server._passwords.get(self.user)
+        if packet[:1] != b"\x00":
+            # RFC 4252 section 8: old and new password, after a change request.
+            old, new = common.getNS(packet[1:], 2)[:2]
+            if expected is not None and hmac.compare_digest(expected, old) and new:
+                server._passwords[self.user] = new
+                policy = self._policy(self.user)
+                server._user_auth[self.user] = policy._replace(password_expired=False)
+                return self._avatar()
+            delayed: Deferred[Any] = self._ebPassword(
+                Failure(UnauthorizedLogin("wrong old password"))
+            )
+            return delayed
+        password = common.getNS(packet[1:])[0]
+        if (
+            self._policy(self.user).password_expired
+            and expected is not None
+            and hmac.compare_digest(expected, password)
+        ):
+            self.transport.sendPacket(
+                userauth.MSG_USERAUTH_PASSWD_CHANGEREQ,
+                _pack_string("Your password has expired; choose a new one: ") + common.NS(b""),
+            )
+            return defer.fail(conch_error.IgnoreAuthentication())
+        result: Deferred[Any] = super().auth_password(packet)
+        return result
+
+    def _avatar(self) -> Deferred[Any]:
+        return defer.succeed(_Realm().requestAvatar(self.user or b"", None, IConchUser))
+
+    def auth_keyboard_interactive(self, packet: bytes) -> Deferred[Any]:
+        """RFC 4256 section 3.1: start the user's rounds of prompts."""
+        assert self.user is not None
+        rounds = list(self._policy(self.user).kbd_int)
+        if not rounds:
+            password = self._server._passwords.get(self.user)
+            if password is None:
+                return defer.fail(UnauthorizedLogin("no keyboard-interactive for this user"))
+            # As sshd with PAM: one "Password: " prompt.
+            rounds = [(KbdIntPrompt("Password: ", False, password.decode("utf-8")),)]
+        pending: Deferred[Any] = Deferred()
+        self._kbd = (pending, rounds)
+        self._send_info_request(rounds[0])
+        return pending
+
+    def _send_info_request(self, prompts: tuple[KbdIntPrompt, ...]) -> None:
+        assert self.transport is not None
+        body = (
+            _pack_string("rtunnel test server")
+            + _pack_string(f"{len(prompts)} prompt(s)")
+            + common.NS(b"")
+            + struct.pack(">L", len(prompts))
+            + b"".join(_pack_string(p.prompt) + bytes((p.echo,)) for p in prompts)
+        )
+        self.transport.sendPacket(userauth.MSG_USERAUTH_INFO_REQUEST, body)
+
+    def ssh_USERAUTH_INFO_RESPONSE(self, packet: bytes) -> None:  # noqa: N802 (Conch)
+        """RFC 4256 section 3.4: check the answers; next round, success or failure."""
+        if self._kbd is None:
+            return
+        pending, rounds = self._kbd
+        (count,) = struct.unpack(">L", packet[:4])
+        data = packet[4:]
+        answers: list[bytes] = []
+        for _ in range(count):
+            answer, data = common.getNS(data)
+            answers.append(answer)
+        expected = [p.answer.encode("utf-8") for p in rounds[0]]
+        self._server._kbd_answers.append([a.decode("utf-8", "replace") for a in answers])
+        if len(answers) != len(expected) or not all(
+            hmac.compare_digest(a, e) for a, e in zip(answers, expected, strict=False)
+        ):
+            self._kbd = None
+            pending.errback(Failure(UnauthorizedLogin("wrong keyboard-interactive answers")))
+            return
+        rounds.pop(0)
+        if rounds:
+            self._send_info_request(rounds[0])
+            return
+        self._kbd = None
+        self._avatar().chainDeferred(pending)
 
 
 class _Forward:
@@ -590,6 +789,14 @@ class _ServerFactory(factory.SSHFactory):
         # No moduli file: Conch then leaves out diffie-hellman-group-exchange.
         self.primes = None
 
+    #: Cipher and MAC names to offer instead of every supported one (for tests).
+    ciphers: list[bytes] | None = None
+    macs: list[bytes] | None = None
+    #: Offer strict key exchange (``kex-strict-s-v00@openssh.com``).
+    offer_strict_kex = True
+    #: Rekey after this many bytes either way (0: never, the default).
+    rekey_bytes = 0
+
 
 class SSHTestServer:
     """
@@ -612,6 +819,10 @@ class SSHTestServer:
         default is 1; tests want 0).
     :param allow_rsa_sha1: also accept ``ssh-rsa`` (SHA-1) signatures, which OpenSSH 8.8+
         refuses by default and which Conch's stock client still sends.
+    :param keyboard_interactive: offer keyboard-interactive to every user (it asks for the
+        password with one ``"Password: "`` prompt, as sshd with PAM does). Without it,
+        only users given ``keyboard_interactive`` rounds or ``auth_methods`` naming it are
+        offered keyboard-interactive.
     """
 
     def __init__(
@@ -623,8 +834,10 @@ class SSHTestServer:
         *,
         password_delay: int = 0,
         allow_rsa_sha1: bool = False,
+        keyboard_interactive: bool = False,
     ) -> None:
         self._reactor = reactor
+        self._keyboard_interactive = keyboard_interactive
         self._clock = IReactorTime(reactor)
         self._host = host
         self._port = port
@@ -632,6 +845,9 @@ class SSHTestServer:
         self._password_delay = password_delay
         self._user_sig_algs = _USER_SIG_ALGS + ((b"ssh-rsa",) if allow_rsa_sha1 else ())
         self._passwords: dict[bytes, bytes] = {}
+        self._user_auth: dict[bytes, _UserAuth] = {}
+        self._auth_log: list[tuple[str, str]] = []
+        self._kbd_answers: list[list[str]] = []
         self._authorized_keys: dict[bytes, list[keys.Key]] = {}
         self._listening: IListeningPort | None = None
         self._transports: set[_ServerTransport] = set()
@@ -646,16 +862,37 @@ class SSHTestServer:
         username: str,
         password: str | None = None,
         authorized_keys: Iterable[keys.Key] = (),
+        *,
+        keyboard_interactive: Iterable[Iterable[KbdIntPrompt | tuple[str, bool, str]]] = (),
+        auth_methods: str | Iterable[str] | None = None,
+        password_expired: bool = False,
     ) -> None:
         """
-        Let a user log on with a password, public keys, or both. May be called while
-        running; calling it again for a user adds keys and replaces the password.
+        Let a user log on with a password, public keys, keyboard-interactive, or several
+        in turn. May be called while running; calling it again for a user adds keys and
+        replaces the password and the other settings.
 
         :param username: the user name the client sends.
-        :param password: the user's password, or ``None`` for no password log-on.
+        :param password: the user's password, or ``None`` for no password log-on. Without
+            ``keyboard_interactive`` rounds, keyboard-interactive asks for it with one
+            ``"Password: "`` prompt, as sshd with PAM does.
         :param authorized_keys: public (or private) keys the user may log on with.
+        :param keyboard_interactive: rounds of prompts, each a list of
+            :class:`KbdIntPrompt` (or ``(prompt, echo, answer)``): every answer of every
+            round must match.
+        :param auth_methods: the methods the user must pass in turn, as OpenSSH's
+            ``AuthenticationMethods``: e.g. ``"publickey,password"``, or several lists
+            (``["publickey,password", "keyboard-interactive"]``) of which one suffices.
+            Each step but the last is answered with partial success.
+        :param password_expired: a correct password gets a password change request
+            (``SSH_MSG_USERAUTH_PASSWD_CHANGEREQ``); the client may then set a new one.
         """
         name = username.encode("utf-8")
+        self._user_auth[name] = _UserAuth(
+            tuple(tuple(KbdIntPrompt(*p) for p in r) for r in keyboard_interactive),
+            _parse_auth_methods(auth_methods),
+            password_expired,
+        )
         if password is not None:
             self._passwords[name] = password.encode("utf-8")
         self._authorized_keys.setdefault(name, []).extend(
@@ -771,6 +1008,16 @@ class SSHTestServer:
             for conn in self._ssh_connections()
             for forward in conn.forwards.values()
         ]
+
+    @property
+    def auth_attempts(self) -> list[tuple[str, str]]:
+        """Every authentication request received, as (user, method), in order."""
+        return list(self._auth_log)
+
+    @property
+    def keyboard_interactive_answers(self) -> list[list[str]]:
+        """The answers of every keyboard-interactive response received, in order."""
+        return list(self._kbd_answers)
 
     @property
     def connections(self) -> int:

@@ -1,0 +1,110 @@
+"""
+Reconnect and keepalive arithmetic. Pure: no reactor, no clock; callers pass the time.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["KeepaliveDecision", "ReconnectPolicy", "keepalive_decision"]
+
+ReconnectMode = Literal["off", "on-loss", "always"]
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """
+    When and how often to reconnect (the reference's AutoReconnect, MaxRetryCount and
+    RetryInterval, with exponential backoff).
+
+    :ivar mode: ``"off"``; ``"on-loss"`` (default): reconnect when an established
+        connection breaks; ``"always"``: also retry the first logon.
+    :ivar initial_delay: seconds before the first retry.
+    :ivar max_delay: the cap on the delay.
+    :ivar factor: each retry waits this much longer than the last (1: a fixed interval).
+    :ivar jitter: the delay varies by up to this fraction either way, so that many
+        clients cut off together do not return together.
+    :ivar max_retries: give up after this many retries in a row (0: never).
+    :ivar reset_after: a connection that lasted this many seconds resets the count.
+    """
+
+    mode: ReconnectMode = "on-loss"
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+    factor: float = 2.0
+    jitter: float = 0.2
+    max_retries: int = 0
+    reset_after: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("off", "on-loss", "always"):
+            raise ValueError(f"reconnect mode must be off, on-loss or always, not {self.mode!r}")
+        if self.initial_delay < 0 or self.max_delay < self.initial_delay:
+            raise ValueError("need 0 <= initial_delay <= max_delay")
+        if self.factor < 1 or not 0 <= self.jitter < 1 or self.max_retries < 0:
+            raise ValueError("need factor >= 1, 0 <= jitter < 1 and max_retries >= 0")
+
+    @classmethod
+    def off(cls) -> ReconnectPolicy:
+        """Never reconnect."""
+        return cls(mode="off")
+
+    @classmethod
+    def fixed(
+        cls, interval: float, max_retries: int = 0, mode: ReconnectMode = "on-loss"
+    ) -> ReconnectPolicy:
+        """The reference's fixed RetryInterval: the same wait every time, no jitter."""
+        return cls(mode, interval, interval, 1.0, 0.0, max_retries)
+
+    def delay(self, retry: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based)."""
+        base = min(self.max_delay, self.initial_delay * self.factor ** max(0, retry - 1))
+        return max(0.0, base * (1 + self.jitter * (2 * rand() - 1)))
+
+    def retries_remaining(self, retry: int) -> int:
+        """Retries left after ``retry`` (-1: unlimited, as the reference reports it)."""
+        return -1 if self.max_retries == 0 else max(0, self.max_retries - retry)
+
+    def exhausted(self, retry: int) -> bool:
+        """Whether retry number ``retry`` is one too many."""
+        return self.max_retries != 0 and retry > self.max_retries
+
+
+@dataclass(frozen=True)
+class KeepaliveDecision:
+    """
+    What to do at a keepalive check.
+
+    :ivar send: send ``keepalive@openssh.com`` now.
+    :ivar give_up: the server is dead: disconnect.
+    :ivar outstanding: keepalives sent since anything was received.
+    :ivar next_check: when to check again.
+    """
+
+    send: bool
+    give_up: bool
+    outstanding: int
+    next_check: float
+
+
+def keepalive_decision(
+    now: float, last_received: float, outstanding: int, interval: float, count_max: int
+) -> KeepaliveDecision:
+    """
+    OpenSSH's ServerAlive rule (clientloop.c, ``server_alive_check``): after ``interval``
+    seconds with nothing received, send a keepalive; when ``count_max`` of them are
+    unanswered at the next check, give up. Only what we *receive* counts: our own outbound
+    traffic proves nothing about the server (RELIABILITY.md A8). A dead server is
+    noticed at most ``interval * (count_max + 1)`` seconds after the last packet from it.
+
+    :param outstanding: keepalives sent since ``last_received``.
+    """
+    idle = now - last_received
+    if idle < interval:
+        return KeepaliveDecision(False, False, 0, last_received + interval)
+    if outstanding >= count_max:
+        return KeepaliveDecision(False, True, outstanding, now)
+    return KeepaliveDecision(True, False, outstanding + 1, now + interval)
