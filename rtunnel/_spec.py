@@ -478,6 +478,8 @@ SUPPORTED_OPTIONS: Final = {
         "KexAlgorithms",
         "LogLevel",
         "MACs",
+        "ServerAliveCountMax",
+        "ServerAliveInterval",
         "NumberOfPasswordPrompts",
         "PasswordAuthentication",
         "Port",
@@ -517,7 +519,7 @@ _OPENSSH_ONLY: Final = frozenset(
     proxyusefdpass pubkeyacceptedalgorithms pubkeyacceptedkeytypes
     refuseconnection remotecommand requesttty requiredrsasize revokedhostkeys
     rhostsrsaauthentication rsaauthentication securitykeyprovider sendenv
-    serveralivecountmax serveraliveinterval sessiontype setenv smartcarddevice
+    sessiontype setenv smartcarddevice
     stdinnull streamlocalbindmask streamlocalbindunlink syslogfacility tag tcpkeepalive
     tunnel tunneldevice updatehostkeys useprivilegedport usersh verifyhostkeydns
     visualhostkey warnweakcrypto xauthlocation
@@ -715,6 +717,17 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
             return parse_time(value)
         except SpecError:
             raise SpecError(f"{_WHERE}: invalid time value.") from None
+    if canonical in ("ServerAliveInterval", "ServerAliveCountMax"):
+        value = _one(keyword, args)
+        try:
+            number = parse_time(value) if canonical == "ServerAliveInterval" else int(value)
+        except (SpecError, ValueError):
+            number = -1
+        if number < 0:
+            # readconf.c's words for a bad time / integer value.
+            what = "time value" if canonical == "ServerAliveInterval" else "integer value"
+            raise SpecError(f"{_WHERE}: invalid {what}.")
+        return number
     if canonical == "LogLevel":
         value = _one(keyword, args)
         level = _LOG_LEVEL_NAMES.get(value.lower())
@@ -820,6 +833,8 @@ class ClientOptions:
     :ivar batch_mode: ``-o BatchMode``, or None (rtunnel never prompts either way).
     :ivar connect_timeout: seconds from ``-o ConnectTimeout`` (None: ``none``).
     :ivar connect_timeout_given: whether ``ConnectTimeout`` was given at all.
+    :ivar server_alive_interval: ``-o ServerAliveInterval`` seconds (None: not given, 0).
+    :ivar server_alive_count_max: ``-o ServerAliveCountMax`` (None: not given, 3).
     :ivar log_level: one of :data:`LOG_LEVELS`, or None for the default (``INFO``).
     :ivar remote_forwards: ``-R`` and ``-o RemoteForward``, in order, without repeats.
     :ivar global_known_hosts_files: ``-o GlobalKnownHostsFile`` (empty for ``none``), or
@@ -850,6 +865,8 @@ class ClientOptions:
     connect_timeout: int | None = None
     connect_timeout_given: bool = False
     log_level: str | None = None
+    server_alive_interval: int | None = None
+    server_alive_count_max: int | None = None
     remote_forwards: list[RemoteForwardSpec] = field(default_factory=list)
     global_known_hosts_files: tuple[str, ...] | None = None
     fingerprint_hash: str | None = None
@@ -919,6 +936,14 @@ class ClientOptions:
             if not self.connect_timeout_given:
                 self.connect_timeout = value
                 self.connect_timeout_given = True
+        elif name == "ServerAliveInterval":
+            assert isinstance(value, int)
+            if self.server_alive_interval is None:
+                self.server_alive_interval = value
+        elif name == "ServerAliveCountMax":
+            assert isinstance(value, int)
+            if self.server_alive_count_max is None:
+                self.server_alive_count_max = value
         elif name == "LogLevel":
             assert isinstance(value, str)
             if self.log_level is None:

@@ -229,6 +229,11 @@ def build_tunnel(
         host_key_policy=options.host_key_policy,
         # Like ssh, the command ends when the connection does (for now; see issue 5).
         reconnect=ReconnectPolicy.off(),
+        # OpenSSH's defaults: no keepalives unless asked, 3 unanswered ones end it.
+        keepalive_interval=options.server_alive_interval or 0,
+        keepalive_count_max=(
+            options.server_alive_count_max if options.server_alive_count_max is not None else 3
+        ),
         **extra,
     )
 
@@ -319,7 +324,8 @@ class Options(usage.Options):
         "Keep SSH reverse tunnels (ssh -R) open to host. Options follow OpenSSH's ssh: "
         "-R [bind_address:]port:host:hostport (repeatable), -i identity_file "
         "(repeatable), -o Option=value (repeatable; BatchMode, CertificateFile, "
-        "ConnectTimeout, ExitOnForwardFailure, FingerprintHash, GlobalKnownHostsFile, "
+        "ConnectTimeout, ServerAliveInterval, ServerAliveCountMax, ExitOnForwardFailure, "
+        "FingerprintHash, GlobalKnownHostsFile, "
         "HashKnownHosts, IdentitiesOnly, IdentityAgent, IdentityFile, "
         "KbdInteractiveAuthentication, LogLevel, NumberOfPasswordPrompts, "
         "PasswordAuthentication, Port, PreferredAuthentications, PubkeyAuthentication, "

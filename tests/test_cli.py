@@ -787,6 +787,36 @@ async def test_connection_lost(
     assert not any("Traceback" in line for line in child.lines)
 
 
+@pytest.mark.parametrize("target", ["openssh"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_server_alive_notices_a_frozen_server(
+    target: Target, spawn: Spawn, echo_port: int, tmp_path: Path
+) -> None:
+    """-o ServerAliveInterval=1 -o ServerAliveCountMax=1: a SIGSTOPped session is noticed
+    within K*(N+1)+1 s, reported in ssh's words, exit 255."""
+    child = spawn(
+        "-o",
+        "ServerAliveInterval=1",
+        "-o",
+        "ServerAliveCountMax=1",
+        "-R",
+        f"0:127.0.0.1:{echo_port}",
+    )
+    await child.wait_for(ALLOCATED.format(echo_port))
+    frozen = target.server.sshd_session_pids()
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = reactor.seconds()  # type: ignore[attr-defined]
+        status = await child.ended.addTimeout(START_TIMEOUT, reactor)
+        assert reactor.seconds() - started < 1 * (1 + 1) + 1 + 1  # type: ignore[attr-defined]
+        assert status == (255, None), child.stderr
+        assert any("not responding" in line for line in child.lines), child.stderr
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest_twisted.async_yield_fixture
 async def silent_port() -> AsyncIterator[int]:
     """A TCP server that accepts connections and never says a word (a hung sshd)."""

@@ -377,7 +377,7 @@ def test_parse_option(text: str, expected: tuple[str, object]) -> None:
         ("NoSuchOption yes", "command-line: line 0: Bad configuration option: nosuchoption"),
         # Real OpenSSH options rtunnel does not implement.
         ("ProxyJump=bastion", 'command-line line 0: Unsupported option "proxyjump"'),
-        ("ServerAliveInterval=30", 'command-line line 0: Unsupported option "serveraliveinterval"'),
+        ("TCPKeepAlive=yes", 'command-line line 0: Unsupported option "tcpkeepalive"'),
         # readconf.c checks for an argument before it looks the keyword up.
         ("Foo", 'command-line line 0: no argument after keyword "foo"'),
         ("Port=", 'command-line line 0: no argument after keyword "port"'),
@@ -468,6 +468,8 @@ def test_supported_options() -> None:
         "PubkeyAuthentication",
         "RekeyLimit",
         "RemoteForward",
+        "ServerAliveCountMax",
+        "ServerAliveInterval",
         "StrictHostKeyChecking",
         "User",
         "UserKnownHostsFile",
@@ -484,6 +486,8 @@ def test_option_spelling(name: str, separator: str, swap_case: bool) -> None:
     values = {
         "BatchMode": "yes",
         "ConnectTimeout": "5",
+        "ServerAliveInterval": "15",
+        "ServerAliveCountMax": "2",
         "ExitOnForwardFailure": "no",
         "IdentityFile": "/k",
         "LogLevel": "INFO",
@@ -702,3 +706,21 @@ def test_format_permission_denied() -> None:
         format_permission_denied("alice", "example.com", ["publickey", "password"])
         == "alice@example.com: Permission denied (publickey,password)."
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ServerAliveInterval=15", ("ServerAliveInterval", 15)),
+        ("serveraliveinterval 1m", ("ServerAliveInterval", 60)),
+        ("ServerAliveCountMax=0", ("ServerAliveCountMax", 0)),
+    ],
+)
+def test_server_alive_options(text: str, expected: tuple[str, int]) -> None:
+    assert parse_option(text) == expected
+
+
+@pytest.mark.parametrize("text", ["ServerAliveInterval=soon", "ServerAliveCountMax=-1"])
+def test_bad_server_alive_values(text: str) -> None:
+    with pytest.raises(SpecError, match="invalid"):
+        parse_option(text)
