@@ -350,6 +350,21 @@ class UserAuthClient(userauth.SSHUserAuthClient):
 
     # -- the loop
 
+    def _publickey_signed_data(self, algorithm: bytes, blob: bytes) -> bytes:
+        """RFC 4252 section 7: the session id followed by the publickey request."""
+        assert self.transport is not None
+        session_id: bytes = self.transport.sessionID  # type: ignore[assignment]
+        return (
+            NS(session_id)
+            + bytes((userauth.MSG_USERAUTH_REQUEST,))
+            + NS(self.user)
+            + NS(self.instance.name)
+            + NS(b"publickey")
+            + b"\x01"
+            + NS(algorithm)
+            + NS(blob)
+        )
+
     @override
     def ssh_USERAUTH_FAILURE(self, packet: bytes) -> Deferred[None]:  # type: ignore[override]
         methods, rest = getNS(packet)
@@ -431,18 +446,7 @@ class UserAuthClient(userauth.SSHUserAuthClient):
             # for "rsa-sha2-512-cert-v01@openssh.com").
             blob = loaded.certificate
             algorithm = _certificate_algorithm(getNS(blob)[0], signing)
-        # RFC 4252 section 7: the signed data is the session id followed by the request.
-        session_id: bytes = self.transport.sessionID  # type: ignore[assignment]
-        to_sign = (
-            NS(session_id)
-            + bytes((userauth.MSG_USERAUTH_REQUEST,))
-            + NS(self.user)
-            + NS(self.instance.name)
-            + NS(b"publickey")
-            + b"\x01"
-            + NS(algorithm)
-            + NS(blob)
-        )
+        to_sign = self._publickey_signed_data(algorithm, blob)
         signature = key.sign(to_sign, signatureType=signing)
         self.askForAuth(b"publickey", b"\x01" + NS(algorithm) + NS(blob) + NS(signature))
         return True
@@ -489,17 +493,7 @@ class UserAuthClient(userauth.SSHUserAuthClient):
                     b"rsa-sha2-512",
                 )
         algorithm = _certificate_algorithm(key_type, signing) if key_type != kind else signing
-        session_id: bytes = self.transport.sessionID  # type: ignore[assignment]
-        to_sign = (
-            NS(session_id)
-            + bytes((userauth.MSG_USERAUTH_REQUEST,))
-            + NS(self.user)
-            + NS(self.instance.name)
-            + NS(b"publickey")
-            + b"\x01"
-            + NS(algorithm)
-            + NS(blob)
-        )
+        to_sign = self._publickey_signed_data(algorithm, blob)
         try:
             signature = await self._agent.sign(blob, to_sign, signing)
         except Exception as e:
