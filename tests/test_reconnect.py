@@ -320,3 +320,44 @@ def test_logoff_while_waiting_to_reconnect_stops_cleanly() -> None:
     t.logoff().addBoth(done.append)
     assert done == [None, None] and clock.getDelayedCalls() == []
     assert succeed(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_exit_on_forward_failure_after_a_reconnect(server: Server) -> None:  # noqa: F811
+    # A re-forward refused after a reconnect ends the tunnel with ForwardingError, instead
+    # of being retried, when exit_on_forward_failure is set (OpenSSH's ExitOnForwardFailure).
+    from rtunnel import ForwardingError
+
+    target = TargetServer(echo)
+    watcher = Recorder()
+    # Reconnect after 2 s, so that the port can be taken in between.
+    t = server.tunnel(reconnect=ReconnectPolicy.fixed(2.0), exit_on_forward_failure=True)
+    t.add_observer(watcher)
+    await t.logon()
+    squatter = socket.socket()
+    try:
+        port = free_port()
+        await t.request_forwarding("127.0.0.1", port, "127.0.0.1", target.port)
+        ended = t.when_disconnected()
+        failures: list[Any] = []
+        ended.addErrback(failures.append)
+        await server.drop()
+
+        def squat() -> bool:
+            try:
+                squatter.bind(("127.0.0.1", port))
+            except OSError:
+                return False  # the server's listener is not closed yet
+            return True
+
+        await eventually(squat, timeout=1.5)
+        squatter.listen(1)
+        await eventually(lambda: bool(failures), timeout=15)
+        assert failures[0].check(ForwardingError)
+        assert f"listen port {port}" in str(failures[0].value)
+        assert not any(a.retry_type == "tunnel" for a in watcher.attempts)
+        assert not t.connected
+    finally:
+        squatter.close()
+        target.close()
+        await t.logoff()
