@@ -9,25 +9,21 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from memory_stack import Stack, result_of
 from twisted.conch.ssh import transport as conch
 from twisted.conch.ssh.common import NS
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.defer import succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from twisted.test import iosim
 
 from rtunnel import (
     ConnectionLostError,
     HostKeyError,
     NegotiationError,
-    PrivateKeyFile,
     ProtocolError,
     ReverseTunnel,
     SpecError,
@@ -35,98 +31,7 @@ from rtunnel import (
 from rtunnel.client import _algorithms
 from rtunnel.client._packet import make_sealer
 from rtunnel.client.transport import ClientTransport
-from rtunnel.testing import SSHTestServer, client_key, generate_client_key
 from rtunnel.testing._server import _ServerTransport
-
-
-def result_of(d: Deferred[Any]) -> Any:
-    box: list[Any] = []
-    d.addBoth(box.append)
-    assert box, "Deferred has not fired"
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    return box[0]
-
-
-class Upper(Protocol):
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        assert self.transport is not None
-        self.transport.write(data.upper())
-
-
-class Stack:
-    """A ReverseTunnel and the bundled server joined by an in-memory pump."""
-
-    def __init__(self, tmp_path: Path, **tunnel_kw: Any) -> None:
-        self.reactor = MemoryReactorClock()
-        self.server = SSHTestServer(self.reactor, port=2222)
-        key_path = generate_client_key("ed25519", tmp_path)
-        self.server.add_user("alice", authorized_keys=[client_key("ed25519").public()])
-        result_of(self.server.start())
-        known_hosts = tmp_path / "known_hosts"
-        known_hosts.write_text(
-            f"[127.0.0.1]:2222 {self.server.known_hosts_line.split(' ', 1)[1]}\n"
-        )
-        self.tunnel = ReverseTunnel(
-            self.reactor,
-            "127.0.0.1",
-            2222,
-            user="alice",
-            auth=[PrivateKeyFile(key_path)],
-            known_hosts=known_hosts,
-            **tunnel_kw,
-        )
-        self.server_factory: Any = None
-
-    def connect(self) -> Deferred[None]:
-        logon = self.tunnel.logon()
-        _host, _port, client_factory, _timeout, _bind = self.reactor.tcpClients[-1]
-        self.server_factory = self.reactor.tcpServers[0][1]
-        client_address = IPv4Address("TCP", "127.0.0.1", 50000)
-        server_address = IPv4Address("TCP", "127.0.0.1", 2222)
-        client = client_factory.buildProtocol(server_address)
-        self.server_transport = self.server_factory.buildProtocol(client_address)
-        self.pump = iosim.connect(
-            self.server_transport,
-            iosim.FakeTransport(
-                self.server_transport,
-                isServer=True,
-                hostAddress=server_address,
-                peerAddress=client_address,
-            ),
-            client,
-            iosim.FakeTransport(
-                client, isServer=False, hostAddress=client_address, peerAddress=server_address
-            ),
-            clock=self.reactor,
-        )
-        self.pump.flush()
-        return logon
-
-    @property
-    def client(self) -> Any:
-        return self.tunnel._transport
-
-    def forward_upper(self) -> None:
-        d = self.tunnel.request_forwarding("127.0.0.1", 8080, factory=Factory.forProtocol(Upper))
-        self.pump.flush()
-        result_of(d)
-
-    def round_trip(self, data: bytes) -> bytes:
-        listener_factory = self.reactor.tcpServers[-1][1]
-        origin = IPv4Address("TCP", "203.0.113.5", 40000)
-        remote = listener_factory.buildProtocol(origin)
-        wire = StringTransport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080), peerAddress=origin
-        )
-        remote.makeConnection(wire)
-        self.pump.flush()
-        remote.dataReceived(data)
-        self.pump.flush()
-        out: bytes = wire.value()
-        remote.connectionLost(Failure(Exception("done")))
-        self.pump.flush()
-        return out
 
 
 @pytest.mark.parametrize("cipher", _algorithms.SUPPORTED_CIPHERS)
