@@ -19,16 +19,23 @@ __all__ = [
     "ConnectError",
     "ConnectionLostError",
     "CredentialError",
+    "DecompressError",
+    "DecryptError",
+    "ECDHKeyExchangeError",
     "ForwardRetryLimitError",
     "ForwardingError",
     "HostKeyError",
+    "HostKeySignatureError",
     "KeepaliveError",
+    "KeyExchangeError",
     "NegotiationError",
     "NotConnectedError",
     "ProtocolError",
     "RTunnelError",
     "ReconnectLimitError",
     "SpecError",
+    "TimedOutError",
+    "VersionError",
 ]
 
 
@@ -67,6 +74,15 @@ class ConnectError(RTunnelError):
     """
 
     code = 1036  # "SSH connection failed."
+
+
+class TimedOutError(ConnectError):
+    """
+    The log-on took too long: the TCP connect and SSH handshake (``connect_timeout``) or
+    authentication (``auth_timeout``).
+    """
+
+    code = 201  # the reference's "Timeout"
 
 
 class ConnectionLostError(RTunnelError):
@@ -177,3 +193,43 @@ class ChannelError(RTunnelError):
     """An operation named a channel that does not exist or is closed."""
 
     code = 1021  # "Invalid channel ID."
+
+
+class VersionError(ProtocolError):
+    """
+    The server's identification is not usable: no SSH version line (not an SSH server),
+    more than 4 KiB before it, or a protocol version the ``server_version_pattern`` does
+    not accept (SSH-1.x).
+    """
+
+    code = 1002  # "Protocol version unsupported or other issue with version string."
+
+
+class DecryptError(ProtocolError):
+    """A packet from the server failed its MAC or AEAD check (corrupted or tampered with)."""
+
+    code = 1015  # "Cannot decrypt packet."
+
+
+class DecompressError(ProtocolError):
+    """A compressed packet from the server could not be inflated, or inflated too far."""
+
+    code = 1016  # "Cannot decompress packet."
+
+
+class KeyExchangeError(ProtocolError):
+    """The server's Diffie-Hellman values were invalid (a group or public value out of range)."""
+
+    code = 1034  # "Diffie-Hellman exchange failed."
+
+
+class ECDHKeyExchangeError(KeyExchangeError):
+    """The server's elliptic-curve (or hybrid ML-KEM/X25519) key exchange values were invalid."""
+
+    code = 1038  # "Elliptic Curve Diffie-Hellman exchange failed."
+
+
+class HostKeySignatureError(HostKeyError):
+    """The server's signature over the key exchange does not verify with its host key."""
+
+    code = 1031  # "Cannot verify server's host key."

@@ -19,7 +19,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
+import rtunnel
 from rtunnel import NegotiationError, PrivateKeyFile, ReverseTunnel
 from rtunnel.testing._openssh import OpenSSHServer
 
@@ -215,3 +218,167 @@ async def test_delayed_compression_with_a_rekey(
     log = sshd.log_text()
     assert "compression: zlib@openssh.com" in log
     assert "kex_protocol_error" not in log
+
+
+@pytest.mark.parametrize(
+    "kex",
+    [
+        "diffie-hellman-group14-sha256",
+        "diffie-hellman-group16-sha512",
+        "diffie-hellman-group18-sha512",
+        "diffie-hellman-group-exchange-sha256",
+        "curve25519-sha256",
+        "ecdh-sha2-nistp384",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_each_key_exchange_method(
+    sshd: OpenSSHServer, openssh_client_key: Path, echo: _Echo, kex: str
+) -> None:
+    tunnel = _tunnel(sshd, openssh_client_key, kex_algorithms=[kex])
+    await tunnel.logon()
+    try:
+        fwd = await tunnel.request_forwarding("127.0.0.1", 0, "127.0.0.1", echo.port)
+        assert await _in_thread(lambda: _round_trip(fwd.port, 100_000, 6))
+        await tunnel.rekey()
+        assert await _in_thread(lambda: _round_trip(fwd.port, 100_000, 7))
+    finally:
+        await tunnel.logoff()
+    log = sshd.log_text()
+    assert f"kex: algorithm: {kex}" in log
+    assert log.count("SSH2_MSG_KEXINIT received") >= 2
+    assert "kex_protocol_error" not in log
+
+
+@pytest.fixture
+def warnings_logged() -> Iterator[list[str]]:
+    """The text of every warning (or worse) logged through twisted.logger meanwhile."""
+    seen: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level", LogLevel.info) >= LogLevel.warn:
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest.mark.parametrize(
+    ("options", "bits"),
+    [
+        # OpenSSH's rule (kexgexc.c): 64-byte chacha20-poly1305 keys want 8192 bits,
+        # AES-128 3072; the seed's PreferredDHGroupBits overrides it.
+        ({}, 8192),
+        ({"ciphers": ["aes128-gcm@openssh.com"]}, 3072),
+        ({"preferred_dh_group_bits": 4096}, 4096),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_group_exchange_asks_for_the_preferred_size(
+    sshd: OpenSSHServer, openssh_client_key: Path, options: dict[str, Any], bits: int
+) -> None:
+    tunnel = _tunnel(
+        sshd, openssh_client_key, kex_algorithms=["diffie-hellman-group-exchange-sha256"], **options
+    )
+    await tunnel.logon()
+    await tunnel.logoff()
+    # sshd picks a group of the size asked for from its moduli file and logs the bits of
+    # the client's public value: "bits set: n/<group size>".
+    sizes = set(re.findall(r"bits set: \d+/(\d+)", sshd.log_text()))
+    assert sizes == {str(bits)}
+
+
+@pytest.mark.parametrize(
+    "sshd",
+    [["Ciphers +3des-cbc,aes256-cbc", "MACs +hmac-sha1,hmac-md5-etm@openssh.com"]],
+    indirect=True,
+)
+@pytest.mark.parametrize(
+    ("cipher", "mac"), [("3des-cbc", "hmac-sha1"), ("aes256-cbc", "hmac-md5-etm@openssh.com")]
+)
+@pytest_twisted.ensureDeferred
+async def test_legacy_algorithms_on_request_with_a_warning(
+    sshd: OpenSSHServer,
+    openssh_client_key: Path,
+    echo: _Echo,
+    warnings_logged: list[str],
+    cipher: str,
+    mac: str,
+) -> None:
+    tunnel = _tunnel(sshd, openssh_client_key, ciphers=[cipher], macs=[mac])
+    await tunnel.logon()
+    try:
+        fwd = await tunnel.request_forwarding("127.0.0.1", 0, "127.0.0.1", echo.port)
+        assert await _in_thread(lambda: _round_trip(fwd.port, 300_000, 8))
+    finally:
+        await tunnel.logoff()
+    assert f"kex: client->server cipher: {cipher} MAC: {mac}" in sshd.log_text()
+    assert any(
+        "legacy SSH algorithms" in w and f"cipher {cipher}" in w and f"mac {mac}" in w
+        for w in warnings_logged
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_version_strings_both_ways(sshd: OpenSSHServer, openssh_client_key: Path) -> None:
+    tunnel = _tunnel(sshd, openssh_client_key)
+    await tunnel.logon()
+    assert tunnel.server_version is not None
+    assert tunnel.server_version.startswith("SSH-2.0-OpenSSH_9")
+    await tunnel.logoff()
+    tunnel = _tunnel(sshd, openssh_client_key, client_version="SSH-2.0-Acme_2.1 tunnel")
+    await tunnel.logon()
+    await tunnel.logoff()
+    log = sshd.log_text()
+    assert f"remote software version rtunnel_{rtunnel.__version__}" in log
+    assert "remote software version Acme_2.1" in log
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_rekey_by_time(
+    sshd: OpenSSHServer, openssh_client_key: Path, echo: _Echo
+) -> None:
+    # OpenSSH's rule: when the time is up, a connection that carried a packet since the
+    # last key exchange is rekeyed even if nothing more is sent or received.
+    tunnel = _tunnel(sshd, openssh_client_key, rekey_seconds=1.5, keepalive_interval=0)
+    await tunnel.logon()
+    try:
+        fwd = await tunnel.request_forwarding("127.0.0.1", 0, "127.0.0.1", echo.port)
+        assert await _in_thread(lambda: _round_trip(fwd.port, 10_000, 9))
+        transport = tunnel._transport
+        assert transport is not None
+        before = transport.key_exchanges
+        await deferLater(reactor, 2.5, lambda: None)
+        assert transport.key_exchanges > before
+        assert await _in_thread(lambda: _round_trip(fwd.port, 10_000, 10))
+    finally:
+        await tunnel.logoff()
+    assert "kex_protocol_error" not in sshd.log_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_packets_after_newkeys_wait_for_a_slow_host_key_check(
+    sshd: OpenSSHServer, openssh_client_key: Path
+) -> None:
+    # The host key check answers late (a prompt, a lookup). Meanwhile sshd has sent its
+    # NEWKEYS and, under the new keys, EXT_INFO (RFC 8308 §2.4): those bytes must wait
+    # in the buffer, the receiver paused, until our keys are ready.
+    held: list[tuple[bool, int]] = []
+    tunnel: ReverseTunnel | None = None
+
+    def late(info: object) -> Deferred[bool]:
+        def answer() -> bool:
+            transport = tunnel._transport if tunnel is not None else None
+            assert transport is not None
+            held.append((transport._paused, len(transport._reader.buf)))
+            return True
+
+        return deferLater(reactor, 0.5, answer)
+
+    tunnel = _tunnel(sshd, openssh_client_key, host_key_callback=late)
+    await tunnel.logon()
+    await tunnel.logoff()
+    paused, waiting = held[0]
+    assert paused and waiting > 0
+    assert "kex_protocol_error" not in sshd.log_text()

@@ -10,31 +10,67 @@ server:
 - strict key exchange (OpenSSH 9.6 ``kex-strict-*-v00@openssh.com``, the Terrapin fix,
   CVE-2023-48795; OpenSSH's PROTOCOL §1.10);
 - a clear error when the two sides have no algorithm of a kind in common;
-- rekeying on demand, by volume and by time.
+- rekeying on demand, by volume, by time (also when idle, as OpenSSH) and before the
+  RFC 4344 §3 limits of the cipher in use;
+- the fixed groups of RFC 8268 (group14-sha256, group16/18-sha512) registered with Conch;
+- the peer's version line checked against a pattern and kept, escaped, for display;
+- typed errors with the seed's codes for a bad version line (1002), a packet that fails
+  its MAC (1015) or will not inflate (1016), and DH (1034) / ECDH (1038) values out of
+  range.
 """
 
 from __future__ import annotations
 
+import secrets
 import struct
 import zlib
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from hashlib import sha256, sha512
+from typing import TYPE_CHECKING, Any, cast
 
+from twisted.conch.ssh import _kex as conch_kex
 from twisted.conch.ssh import transport as conch
-from twisted.conch.ssh.common import getNS
+from twisted.conch.ssh.common import MP, getNS
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from typing_extensions import override
+from zope.interface import implementer
 
-from rtunnel.client._algorithms import DEFAULT_REKEY_BYTES, STRICT_KEX_CLIENT, STRICT_KEX_SERVER
+from rtunnel._text import printable
+from rtunnel.client import _groups, _legacy
+from rtunnel.client._algorithms import (
+    DEFAULT_REKEY_BYTES,
+    DEFAULT_VERSION_PATTERN,
+    REKEY_MAX_PACKETS,
+    STRICT_KEX_CLIENT,
+    STRICT_KEX_SERVER,
+    parse_version_pattern,
+    rekey_byte_limit,
+    version_accepted,
+)
 from rtunnel.client._packet import (
+    CIPHERS,
     SEQ_MASK,
+    CipherSpec,
+    Opener,
     PacketError,
     PacketReader,
     Sealer,
     make_opener,
     make_sealer,
 )
-from rtunnel.errors import ConnectionLostError, NegotiationError, ProtocolError, RTunnelError
+from rtunnel.client._writes import write_small_now
+from rtunnel.errors import (
+    ConnectionLostError,
+    DecompressError,
+    DecryptError,
+    ECDHKeyExchangeError,
+    KeyExchangeError,
+    NegotiationError,
+    ProtocolError,
+    RTunnelError,
+    VersionError,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -57,6 +93,54 @@ _INITIAL_KEX_ALLOWED = frozenset(
     [conch.MSG_DISCONNECT, conch.MSG_NEWKEYS, *range(30, 50)]
 )  # message types allowed between the first KEXINIT and NEWKEYS under strict kex
 
+#: Most bytes accepted before the peer's version line (RFC 4253 §4.2 allows other lines
+#: first; Conch's limit).
+_MAX_PRE_VERSION = 4096
+
+
+@implementer(conch_kex._IFixedGroupKexAlgorithm)
+@dataclass(frozen=True)
+class _FixedGroup:
+    """An RFC 8268 fixed group, in the shape of Conch's ``_IFixedGroupKexAlgorithm``."""
+
+    preference: int
+    hashProcessor: Any  # noqa: N815 (Conch's attribute name)
+    prime: int
+    generator: int = 2
+
+
+def _register_fixed_groups() -> None:
+    # Conch 26.10 knows only group14-sha1. Its key exchange code looks groups up by name
+    # (twisted.conch.ssh._kex.getKex), client and server side alike, so registering the
+    # RFC 8268 groups is all both sides need. The primes are RFC 3526's (tests check
+    # them against their definition from pi).
+    for name, hash_, prime in (
+        (b"diffie-hellman-group14-sha256", sha256, _groups.GROUP14),
+        (b"diffie-hellman-group16-sha512", sha512, _groups.GROUP16),
+        (b"diffie-hellman-group18-sha512", sha512, _groups.GROUP18),
+    ):
+        conch_kex._kexAlgorithms.setdefault(name, _FixedGroup(20, hash_, prime))
+
+
+_register_fixed_groups()
+
+
+def cipher_spec(name: bytes) -> CipherSpec:
+    """The packet-layer description of a negotiated cipher, legacy ones included."""
+    return CIPHERS.get(name) or _legacy.CIPHERS[name]
+
+
+def _make_sealer(cipher: bytes, key: bytes, iv: bytes, mac: bytes | None, mk: bytes) -> Sealer:
+    if cipher in _legacy.CIPHERS:
+        return _legacy.make_legacy_sealer(cipher, key, iv, mac, mk)
+    return make_sealer(cipher, key, iv, mac, mk)
+
+
+def _make_opener(cipher: bytes, key: bytes, iv: bytes, mac: bytes | None, mk: bytes) -> Opener:
+    if cipher in _legacy.CIPHERS:
+        return _legacy.make_legacy_opener(cipher, key, iv, mac, mk)
+    return make_opener(cipher, key, iv, mac, mk)
+
 
 class SecureTransportMixin(_Base):
     """
@@ -67,13 +151,18 @@ class SecureTransportMixin(_Base):
     :ivar require_strict_kex: disconnect if the peer does not offer strict key exchange.
     :ivar rekey_bytes: start a key exchange after this many bytes either way (0: never).
     :ivar rekey_seconds: start a key exchange after this many seconds (None: never); the
-        check is made whenever a packet is sent or received (as OpenSSH does).
+        check is made whenever a packet is sent or received, and when the time is up on
+        a connection that carried a packet since the last key exchange (OpenSSH's rule:
+        packet.c, ssh_packet_need_rekeying).
     :ivar rekey_clock: the clock for ``rekey_seconds`` and ``kex_timeout`` (default: the
         global reactor).
     :ivar kex_timeout: seconds a key exchange after the first may take before we
         disconnect (D13: a peer that starts a rekey and goes silent); None: no limit. The
         first is bounded by the caller's handshake timeout instead.
     :ivar key_exchanges: completed key exchanges.
+    :ivar version_patterns: the peer's version line must match one of these (the seed's
+        SSHVersionPattern).
+    :ivar peer_version: the peer's version line, escaped for display (None before it).
     """
 
     strict_kex = False
@@ -84,6 +173,8 @@ class SecureTransportMixin(_Base):
     rekey_clock: IReactorTime | None = None
     kex_timeout: float | None = 60.0
     key_exchanges = 0
+    version_patterns: tuple[str, ...] = parse_version_pattern(DEFAULT_VERSION_PATTERN)
+    peer_version: str | None = None
 
     @override
     def connectionMade(self) -> None:
@@ -103,13 +194,27 @@ class SecureTransportMixin(_Base):
         self._bytes_since_kex = 0
         self._kex_at = self._now()
         self._kex_timer: Any = None
+        self._rekey_timer: Any = None
+        self._seq_at_kex = (0, 0)
+        self._rekey_limit = self.rekey_bytes
         self._authenticated = False
         super().connectionMade()
 
     @override
     def connectionLost(self, reason: Any = None) -> None:
+        if not self.gotVersion and not self._closing and self.buf:
+            # Something answered, and it was not SSH (an HTTP or SMTP server, a proxy's
+            # error page): say what it sent (RELIABILITY.md A3).
+            self.transport_error(
+                VersionError(
+                    "The server closed the connection without sending an SSH version "
+                    f"line; it sent '{printable(self.buf, 120)}'. Is this port an SSH "
+                    "server?"
+                )
+            )
         self._closing = True
         self._cancel_kex_timer()
+        self._cancel_rekey_timer()
         waiters, self._rekey_waiters = self._rekey_waiters, []
         super().connectionLost(reason)
         for d in waiters:
@@ -122,6 +227,15 @@ class SecureTransportMixin(_Base):
     def transport_error(self, error: RTunnelError) -> None:
         """Called with the reason before we disconnect for a negotiation or protocol error."""
         _log.warn("{error}", error=str(error))
+
+    def peer_version_received(self, version: str) -> None:
+        """Called with the peer's version line (escaped), before it is checked."""
+
+    @override
+    def receiveDebug(self, alwaysDisplay: bool, message: bytes, lang: bytes) -> None:
+        # Conch logs the raw bytes; a hostile peer's text is escaped and capped (D15).
+        if alwaysDisplay:
+            _log.info("SSH debug message from the peer: {message}", message=printable(message))
 
     # -- sending
 
@@ -163,6 +277,10 @@ class SecureTransportMixin(_Base):
             if not allowed:
                 assert self._blockedByKeyExchange is not None
                 self._blockedByKeyExchange.append((messageType, payload))
+                # D13: the service bounds this queue by pausing what feeds it.
+                held = getattr(self.service, "output_held", None)
+                if held is not None:
+                    held(len(payload))
                 return
         if self._closing:
             return
@@ -174,7 +292,7 @@ class SecureTransportMixin(_Base):
         wire = self._sealer.seal(self.outgoingPacketSequence, data)
         # RFC 4253 §6.4: the sequence number wraps around to 0 after 2^32 - 1.
         self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & SEQ_MASK
-        self.transport.write(wire)  # type: ignore[union-attr]
+        write_small_now(self.transport, wire)
         if messageType == conch.MSG_NEWKEYS:
             # RFC 4253 §7.3: the new keys are used from the next packet we send.
             assert self._next_sealer is not None
@@ -222,28 +340,45 @@ class SecureTransportMixin(_Base):
         self._pump()
 
     def _take_version(self) -> bool:
-        # Conch's version-line logic (RFC 4253 §4.2, a bare \n accepted too), kept on the
-        # bytes buffer: it is capped at 4 KiB.
-        if len(self.buf) > 4096:
-            self.sendDisconnect(
-                conch.DISCONNECT_CONNECTION_LOST,
-                b"Peer version string longer than 4KB. Preventing a denial of service attack.",
+        # RFC 4253 §4.2: the peer may send other lines before its "SSH-" line (a bare \n
+        # accepted too, as OpenSSH and Conch do); all of it is capped at 4 KiB.
+        lines = self.buf.split(b"\n")
+        for i, line in enumerate(lines[:-1]):  # noqa: B007 (used after the loop)
+            if line.startswith(b"SSH-"):
+                break
+        else:
+            if len(self.buf) > _MAX_PRE_VERSION:
+                self._version_failed(
+                    f"The server sent more than {_MAX_PRE_VERSION} bytes without an SSH "
+                    f"version line (it began '{printable(self.buf, 120)}'). Is this port "
+                    "an SSH server?"
+                )
+            return False
+        if sum(len(x) + 1 for x in lines[: i + 1]) > _MAX_PRE_VERSION:
+            self._version_failed(
+                f"The server sent more than {_MAX_PRE_VERSION} bytes before its SSH version line."
             )
             return False
-        if self.buf.find(b"\n", self.buf.find(b"SSH-")) == -1:
+        self.gotVersion = True
+        # Kept exactly: it goes into the exchange hash (RFC 4253 §8).
+        self.otherVersionString = line.rstrip(b"\r")
+        self.peer_version = printable(self.otherVersionString, 255)
+        self.peer_version_received(self.peer_version)
+        if not version_accepted(self.peer_version, self.version_patterns):
+            proto = self.otherVersionString.split(b"-")[1].decode("ascii", "replace")
+            self._version_failed(
+                f"The server's protocol version '{printable(proto, 16)}' is not supported "
+                f"(it identified as '{printable(self.otherVersionString, 80)}'; accepted: "
+                f"{','.join(self.version_patterns)}).",
+                conch.DISCONNECT_PROTOCOL_VERSION_NOT_SUPPORTED,
+            )
             return False
-        lines = self.buf.split(b"\n")
-        for i, line in enumerate(lines):
-            if line.startswith(b"SSH-"):
-                self.gotVersion = True
-                self.otherVersionString = line.rstrip(b"\r")
-                remote = line.split(b"-")[1]
-                if remote not in self.supportedVersions:
-                    self._unsupportedVersionReceived(remote)  # type: ignore[no-untyped-call]
-                    return False
-                self.buf = b"\n".join(lines[i + 1 :])
-                return True
-        return False
+        self.buf = b"\n".join(lines[i + 1 :])
+        return True
+
+    def _version_failed(self, message: str, reason: int = conch.DISCONNECT_PROTOCOL_ERROR) -> None:
+        self.transport_error(VersionError(message))
+        self.sendDisconnect(reason, b"bad version line")
 
     def _pump(self) -> None:
         if self._pumping:
@@ -270,7 +405,14 @@ class SecureTransportMixin(_Base):
                     # packet.c, ssh_packet_read_poll2).
                     self._start_delayed_compression()
                 try:
-                    self.dispatchMessage(payload[0], payload[1:])
+                    number = payload[0]
+                    if number >= 50 and self.service is not None and not self._in_initial_kex:
+                        # The service's messages (RFC 4250 §4.1.2: 50 and up) go to it
+                        # directly: Conch's dispatchMessage wraps each call in
+                        # log.callWithLogger, a context switch per packet on the data path.
+                        self.service.packetReceived(number, payload[1:])
+                    else:
+                        self.dispatchMessage(number, payload[1:])
                 except Exception:
                     # A malformed message that a handler choked on: end the connection
                     # with a protocol error rather than let the exception escape (D8).
@@ -322,6 +464,12 @@ class SecureTransportMixin(_Base):
         except zlib.error:
             out = b""
         if not out or self.incomingCompression.unconsumed_tail:
+            self.transport_error(
+                DecompressError(
+                    "SSH protocol error: a packet from the peer could not be decompressed "
+                    f"or inflated past {_MAX_INFLATE} bytes."
+                )
+            )
             self.sendDisconnect(conch.DISCONNECT_COMPRESSION_ERROR, b"compression error")
             return None
         return out
@@ -341,8 +489,64 @@ class SecureTransportMixin(_Base):
         super().dispatchMessage(messageNum, payload)  # type: ignore[no-untyped-call]
 
     def _protocol_error(self, message: str, reason: int = conch.DISCONNECT_PROTOCOL_ERROR) -> None:
-        self.transport_error(ProtocolError(f"SSH protocol error: {message}."))
+        if reason == conch.DISCONNECT_MAC_ERROR:
+            # Corrupted or tampered with on the way (RELIABILITY.md A13).
+            self.transport_error(
+                DecryptError(f"SSH packet from the peer failed its integrity check: {message}.")
+            )
+        else:
+            self.transport_error(ProtocolError(f"SSH protocol error: {message}."))
         self.sendDisconnect(reason, message.encode("utf-8", "replace"))
+
+    def _kex_failed(self, error: KeyExchangeError) -> None:
+        self.transport_error(error)
+        self.sendDisconnect(conch.DISCONNECT_KEY_EXCHANGE_FAILED, b"key exchange failed")
+
+    # Diffie-Hellman with Python integers instead of Conch's use of cryptography, which
+    # tests every group it has not seen for primality: 20 s for each key exchange with an
+    # 8192-bit group from the server's moduli file, the size OpenSSH asks for with
+    # chacha20-poly1305. Each exponent is used for one exponentiation pair only, so the
+    # timing of Python's pow() gives an observer nothing to accumulate.
+
+    @override
+    def _startEphemeralDH(self) -> None:
+        p, g = cast(Any, self).p, cast(Any, self).g
+        # OpenSSH dh_gen_key: an exponent of twice the bits the keys need, at most
+        # |p| - 1; 1024 bits covers the largest need (64-byte keys).
+        bits = min(1024, p.bit_length() - 1)
+        self._dh_x = secrets.randbits(bits) | (1 << (bits - 1))
+        self.dhSecretKeyPublicMP = MP(pow(g, self._dh_x, p))
+
+    @override
+    def _finishEphemeralDH(self, remoteDHpublicKey: int) -> bytes:
+        p = cast(Any, self).p
+        # RFC 4253 §8: e and f must be in [1, p-1]; 1 and p-1 give a predictable secret
+        # (OpenSSH dh.c, dh_pub_is_valid, refuses them too).
+        if not 1 < remoteDHpublicKey < p - 1:
+            self._kex_failed(
+                KeyExchangeError(
+                    "SSH key exchange failed: the peer's Diffie-Hellman public value is "
+                    "out of range."
+                )
+            )
+            raise ValueError("DH public value out of range")
+        secret = pow(remoteDHpublicKey, self._dh_x, p)
+        del self._dh_x
+        return bytes(MP(secret))
+
+    @override
+    def _generateECSharedSecret(self, ecPriv: Any, theirECPubBytes: bytes) -> bytes:
+        try:
+            secret: bytes = super()._generateECSharedSecret(ecPriv, theirECPubBytes)  # type: ignore[no-untyped-call]
+        except ValueError:
+            # Not a point on the curve, or a low-order X25519 point (all-zero secret).
+            self._kex_failed(
+                ECDHKeyExchangeError(
+                    "SSH key exchange failed: the peer's elliptic-curve public key is invalid."
+                )
+            )
+            raise
+        return secret
 
     # -- key exchange
 
@@ -373,6 +577,10 @@ class SecureTransportMixin(_Base):
                 return
         if not self._check_overlap(lists):
             return
+        self._accept_kexinit(packet, lists[0])
+
+    def _accept_kexinit(self, packet: bytes, peer_kex: list[bytes]) -> None:
+        """Conch's KEXINIT handling: negotiate, then send our first key exchange packet."""
         super().ssh_KEXINIT(packet)  # type: ignore[safe-super]
 
     def _check_overlap(self, lists: list[list[bytes]]) -> bool:
@@ -430,10 +638,10 @@ class SecureTransportMixin(_Base):
         if not self.isClient:
             out_keys, in_keys = in_keys, out_keys
         nxt = self.nextEncryptions
-        self._next_sealer = make_sealer(
+        self._next_sealer = _make_sealer(
             nxt.outCipType, out_keys[1], out_keys[0], nxt.outMACType, out_keys[2]
         )
-        self._next_opener = make_opener(
+        self._next_opener = _make_opener(
             nxt.inCipType, in_keys[1], in_keys[0], nxt.inMACType, in_keys[2]
         )
         self.sendPacket(conch.MSG_NEWKEYS, b"")
@@ -469,6 +677,10 @@ class SecureTransportMixin(_Base):
         self._bytes_since_kex = 0
         self._kex_at = self._now()
         self._newKeys()  # type: ignore[no-untyped-call]
+        # Both directions are under the new keys now (our NEWKEYS went out first).
+        self._seq_at_kex = (self.incomingPacketSequence, self.outgoingPacketSequence)
+        self._rekey_limit = self._volume_limit()
+        self._start_rekey_timer()
         waiters, self._rekey_waiters = self._rekey_waiters, []
         if self.isClient:
             self.connectionSecure()  # type: ignore[attr-defined]
@@ -492,13 +704,57 @@ class SecureTransportMixin(_Base):
             return
         if self.sessionID is None:
             return
-        due = bool(self.rekey_bytes) and self._bytes_since_kex >= self.rekey_bytes
+        due = bool(self._rekey_limit) and self._bytes_since_kex >= self._rekey_limit
+        if not due:
+            # RFC 4344 §3.1: before the sequence numbers come round (OpenSSH: 2^31).
+            due = max(self._packets_since_kex()) > REKEY_MAX_PACKETS
         if not due and self.rekey_seconds is not None:
             due = self._now() - self._kex_at >= self.rekey_seconds
         if due:
             self._bytes_since_kex = 0
             self._kex_at = self._now()
+            self._cancel_rekey_timer()
             self.sendKexInit()
+
+    def _packets_since_kex(self) -> tuple[int, int]:
+        seq_in, seq_out = self._seq_at_kex
+        return (
+            (self.incomingPacketSequence - seq_in) & SEQ_MASK,
+            (self.outgoingPacketSequence - seq_out) & SEQ_MASK,
+        )
+
+    def _volume_limit(self) -> int:
+        """
+        Bytes (both directions together) after which to rekey: ``rekey_bytes`` or the
+        RFC 4344 §3.2 limit of the ciphers in use, whichever is smaller (0: none).
+        """
+        enc = self.currentEncryptions
+        limits = [self.rekey_bytes] if self.rekey_bytes else []
+        for name in (enc.outCipType, enc.inCipType):
+            spec = cipher_spec(name)
+            limit = rekey_byte_limit(spec.kind, spec.block_size)
+            if limit:
+                limits.append(limit)
+        return min(limits, default=0)
+
+    def _start_rekey_timer(self) -> None:
+        # OpenSSH wakes up when RekeyLimit's time is up even on an idle connection
+        # (clientloop.c, ssh_packet_get_rekey_timeout) and rekeys if a packet went either
+        # way since the last key exchange; if none did, the next packet does it.
+        self._cancel_rekey_timer()
+        if self.rekey_seconds is not None and not self._closing:
+            self._rekey_timer = self._clock().callLater(self.rekey_seconds, self._rekey_due)
+
+    def _rekey_due(self) -> None:
+        self._rekey_timer = None
+        if any(self._packets_since_kex()):
+            self._maybe_rekey()
+
+    def _cancel_rekey_timer(self) -> None:
+        if self._rekey_timer is not None:
+            if self._rekey_timer.active():
+                self._rekey_timer.cancel()
+            self._rekey_timer = None
 
     def _now(self) -> float:
         if self.rekey_clock is None and self.rekey_seconds is None:
