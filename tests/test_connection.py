@@ -5,14 +5,17 @@ records what we send, and tests feed server messages straight into the service.
 
 from __future__ import annotations
 
+import socket
 import struct
 from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from rtunnel import ChannelOpenRequest, Forward, ForwardState, ReverseTunnel, TunnelObserver, _wire
 from rtunnel._model import ChannelInfo
@@ -441,3 +444,102 @@ def test_half_close_and_close_by_channel_id() -> None:
     assert h.ssh.of(c.MSG_CHANNEL_CLOSE) == [U32.pack(7)]
     h.feed(c.MSG_CHANNEL_CLOSE, U32.pack(0))
     assert h.tunnel.channels == []
+
+
+# -- The ACK a lone EOF or CLOSE from the server needs (the ssh -R 43 ms stall)
+
+
+@implementer(IConsumer)
+class _TCPWithSocket:
+    """The server's TCP connection as the service sees it, with a real socket handle."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.bufferSize = 64 * 1024
+
+    def getHandle(self) -> socket.socket:  # noqa: N802
+        return self.sock
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:  # noqa: N802
+        pass
+
+    def unregisterProducer(self) -> None:  # noqa: N802
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+@pytest.fixture
+def tcp_pair() -> Any:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+    yield client
+    client.close()
+    accepted.close()
+
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+needs_quickack = pytest.mark.skipif(_QUICKACK is None, reason="TCP_QUICKACK is Linux-only")
+
+
+def _quickack_harness(sock: socket.socket, factory: Any = None) -> Harness:
+    h = Harness()
+    h.ssh.transport = _TCPWithSocket(sock)  # type: ignore[assignment]
+    h.conn.serviceStarted()
+    h.forward(factory=factory or Factory.forProtocol(Recorder))
+    h.open(sender=7)
+    # Delayed-ACK ("pingpong") mode: what setting TCP_QUICKACK to 1 leaves (tcp(7)).
+    sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 0)  # type: ignore[arg-type]
+    return h
+
+
+def _quickack(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, _QUICKACK)  # type: ignore[arg-type]
+
+
+@needs_quickack
+def test_the_servers_close_answering_ours_is_acked_at_once(tcp_pair: socket.socket) -> None:
+    h = _quickack_harness(tcp_pair)
+    (proto,) = Recorder.instances
+    assert proto.transport is not None
+    proto.transport.loseConnection()  # we close first: EOF, CLOSE
+    assert h.ssh.of(c.MSG_CHANNEL_CLOSE) == [U32.pack(7)]
+    assert _quickack(tcp_pair) == 0
+    h.feed(c.MSG_CHANNEL_CLOSE, U32.pack(0))  # the server's answer: nothing of ours follows
+    assert _quickack(tcp_pair) == 1
+
+
+@needs_quickack
+def test_a_close_we_answer_needs_no_quickack(tcp_pair: socket.socket) -> None:
+    h = _quickack_harness(tcp_pair)
+    h.feed(c.MSG_CHANNEL_CLOSE, U32.pack(0))  # the server closes first; our CLOSE carries the ACK
+    assert h.ssh.of(c.MSG_CHANNEL_CLOSE) == [U32.pack(7)]
+    assert _quickack(tcp_pair) == 0
+
+
+@needs_quickack
+def test_an_eof_we_do_not_answer_yet_is_acked_at_once(tcp_pair: socket.socket) -> None:
+    @implementer(IHalfCloseableProtocol)
+    class HalfCloser(Recorder):
+        def readConnectionLost(self) -> None:  # noqa: N802
+            pass  # keeps writing: nothing goes back to the server now
+
+        def writeConnectionLost(self) -> None:  # noqa: N802
+            pass
+
+    h = _quickack_harness(tcp_pair, Factory.forProtocol(HalfCloser))
+    h.feed(c.MSG_CHANNEL_EOF, U32.pack(0))
+    assert h.ssh.of(c.MSG_CHANNEL_EOF) == []
+    assert _quickack(tcp_pair) == 1
+
+
+def test_the_server_socket_reads_and_queues_more_than_twisteds_default(
+    tcp_pair: socket.socket,
+) -> None:
+    h = Harness()
+    tcp = _TCPWithSocket(tcp_pair)
+    h.ssh.transport = tcp  # type: ignore[assignment]
+    h.conn.serviceStarted()
+    assert tcp.bufferSize == c.SERVER_SOCKET_BUFFER > 64 * 1024

@@ -284,7 +284,8 @@ class ForwardedChannel:
         producer = self._producer
         if producer is None:
             return
-        want_paused = bool(self._out) or self.conn.write_blocked
+        conn = self.conn
+        want_paused = bool(self._out) or conn.write_blocked or conn.kex_blocked
         if want_paused and not self._producer_paused:
             self._producer_paused = True
             producer.pauseProducing()

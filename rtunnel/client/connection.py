@@ -16,7 +16,9 @@ unknown channel number, and accepts any channel type a factory knows. Here:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import socket
 import struct
 import time
 from collections import deque
@@ -68,6 +70,17 @@ OPEN_RESOURCE_SHORTAGE = 4
 
 DISCONNECT_PROTOCOL_ERROR = 2
 DISCONNECT_BY_APPLICATION = 11
+
+#: Bytes read from the server's TCP connection at a time, and queued for it before every
+#: channel's source is paused (Twisted's default for both is 64 KiB). Fewer, larger reads
+#: and fewer pause/resume cycles per GiB (each is an ``epoll_ctl`` per channel).
+SERVER_SOCKET_BUFFER = 256 * 1024
+
+#: RELIABILITY.md D13: bytes of ours the transport may hold during a key exchange (it
+#: cannot send channel data until NEWKEYS) before every channel's source is paused.
+KEX_QUEUE_LIMIT = 1024 * 1024
+
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 _U32 = struct.Struct(">L")
 _U32X2 = struct.Struct(">LL")
@@ -129,7 +142,11 @@ class ForwardingConnection(SSHService):
     :ivar channels: live channels by our channel number (pending ones included).
     :ivar write_blocked: True while the TCP connection to the server cannot take more
         (its send buffer is full); every channel's producer is paused meanwhile.
+    :ivar kex_blocked: True while a key exchange holds more than ``kex_queue_limit`` bytes
+        of ours; every channel's producer is paused until it finishes (D13).
     """
+
+    kex_queue_limit = KEX_QUEUE_LIMIT
 
     name = b"ssh-connection"
 
@@ -156,6 +173,9 @@ class ForwardingConnection(SSHService):
         self._global_replies: deque[Deferred[bytes]] = deque()
         self._idle_waiters: list[Deferred[None]] = []
         self.write_blocked = False
+        self.kex_blocked = False
+        self._held_bytes = 0
+        self._packets_sent = 0
         self.stopped = False
         self.protocol_error: ProtocolError | None = None
         self._seconds = clock.seconds if clock is not None else time.time
@@ -184,6 +204,8 @@ class ForwardingConnection(SSHService):
     def serviceStarted(self) -> None:
         tcp = self._tcp_transport()
         if tcp is not None:
+            if isinstance(getattr(tcp, "bufferSize", None), int):
+                tcp.bufferSize = max(tcp.bufferSize, SERVER_SOCKET_BUFFER)  # type: ignore[attr-defined]
             # Pause every channel's source while the server's TCP connection is backed up.
             tcp.registerProducer(self, True)
         self._on_started(self)
@@ -242,6 +264,35 @@ class ForwardingConnection(SSHService):
     def stopProducing(self) -> None:  # noqa: N802 (IPushProducer)
         # The TCP connection is going away; serviceStopped does the cleanup.
         pass
+
+    # -- D13: output held back by a key exchange
+
+    def output_held(self, nbytes: int) -> None:
+        """
+        Called by the transport for each packet of ours it queues because a key exchange
+        is in progress. Past ``kex_queue_limit`` bytes, every channel's source is paused
+        until the exchange finishes: a server that starts a rekey and goes silent then
+        holds a bounded amount of our data until the key exchange timeout ends the
+        connection.
+        """
+        if self._held_bytes == 0:
+            # The first packet held in this key exchange: hear when it is over.
+            rekey = getattr(self.transport, "rekey", None)
+            if rekey is not None:
+                rekey().addBoth(self._kex_finished)
+        self._held_bytes += nbytes
+        if self._held_bytes > self.kex_queue_limit and not self.kex_blocked:
+            self.kex_blocked = True
+            for channel in self.channels.values():
+                channel.sync_producer()
+
+    def _kex_finished(self, result: object) -> None:
+        # The transport has sent what it held (or the connection is gone).
+        self._held_bytes = 0
+        if self.kex_blocked:
+            self.kex_blocked = False
+            for channel in list(self.channels.values()):
+                channel.sync_producer()
 
     # -- requests we make
 
@@ -328,6 +379,7 @@ class ForwardingConnection(SSHService):
 
     def _send(self, message: int, payload: bytes) -> None:
         if self.transport is not None and not self.stopped:
+            self._packets_sent += 1
             self.transport.sendPacket(message, payload)
 
     def _tcp_transport(self) -> IConsumer | None:
@@ -521,7 +573,10 @@ class ForwardingConnection(SSHService):
         channel = self._live_channel(packet, "CHANNEL_EOF")
         if channel is None or channel.eof_received:
             return
+        sent = self._packets_sent
         channel.eof_from_server()
+        if self._packets_sent == sent:
+            self._ack_now()
 
     def _channel_close(self, packet: bytes) -> None:
         if len(packet) < 4:
@@ -531,7 +586,25 @@ class ForwardingConnection(SSHService):
         if channel is None or channel.close_received:
             self.protocol_violation(f"CHANNEL_CLOSE for unknown or closed channel {local_id}")
             return
+        sent = self._packets_sent
         channel.close_from_server()
+        if self._packets_sent == sent:
+            self._ack_now()
+
+    def _ack_now(self) -> None:
+        # An EOF or CLOSE from the server that we do not answer at once (the CLOSE that
+        # answers ours, an EOF while the target finishes): no packet of ours carries its
+        # ACK, and Linux delays a lone ACK up to 40 ms. OpenSSH's sshd does not set
+        # TCP_NODELAY on a connection without a session (ssh -N), so Nagle holds its next
+        # small packet (often the CHANNEL_OPEN of the next connection) until that ACK
+        # arrives: the 43 ms stall ssh -R shows on sequential short connections.
+        # TCP_QUICKACK sends the ACK now (tcp(7); Linux only, best effort elsewhere).
+        tcp = self._tcp_transport()
+        handle = getattr(tcp, "getHandle", None)
+        if _TCP_QUICKACK is None or handle is None:
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            handle().setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
     def _channel_request(self, packet: bytes) -> None:
         channel = self._live_channel(packet, "CHANNEL_REQUEST")

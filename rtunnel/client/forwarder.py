@@ -26,9 +26,14 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
+from rtunnel.client._writes import write_small_now
 from rtunnel.client.channel import ForwardedChannel
 
 __all__ = ["Splice", "TargetProtocol", "abort_with_reset", "tcp_endpoint"]
+
+#: Bytes read from a target at a time (Twisted's default: 64 KiB), which is also how much
+#: may wait to be written to it before the channel stops granting window.
+TARGET_SOCKET_BUFFER = 128 * 1024
 
 
 def tcp_endpoint(
@@ -87,6 +92,10 @@ class TargetProtocol(Protocol):
         # Read nothing until the channel is confirmed: a target that talks first (SMTP,
         # SSH) must not have its greeting dropped or buffered here.
         assert self.transport is not None
+        if isinstance(getattr(self.transport, "bufferSize", None), int):
+            # Larger reads (fewer packets cut short, fewer reactor turns per GiB), and the
+            # channel paused once this much waits for the target instead of 64 KiB.
+            self.transport.bufferSize = TARGET_SOCKET_BUFFER  # type: ignore[attr-defined]
         self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     @override
@@ -141,7 +150,7 @@ class Splice(Protocol):
     def dataReceived(self, data: bytes) -> None:
         transport = self.target.transport
         if transport is not None:
-            transport.write(data)
+            write_small_now(transport, data)
 
     def readConnectionLost(self) -> None:  # noqa: N802 (IHalfCloseableProtocol)
         """The remote client half-closed: shut down our write side to the target."""
