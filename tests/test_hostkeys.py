@@ -105,3 +105,40 @@ def test_host_key_line_round_trips() -> None:
     assert line.startswith("[127.0.0.1]:2022 ssh-ed25519 ")
     assert check(line, "127.0.0.1", 2022) is HostKeyCheck.MATCH
     assert host_key_line("h", 22, "ssh-ed25519", KEY_A).startswith("h ")
+
+
+@pytest.mark.parametrize(
+    ("text", "port", "expected"),
+    [
+        # Off port 22 a key unknown for [host]:port is looked up for the plain name
+        # (OpenSSH sshconnect.c: "checking without port identifier").
+        (f"example.com ssh-ed25519 {A64}", 2222, HostKeyCheck.MATCH),
+        (f"example.com ssh-ed25519 {B64}", 2222, HostKeyCheck.UNKNOWN),  # not "changed"
+        (f"[example.com]:2222 ssh-ed25519 {B64}\nexample.com ssh-ed25519 {A64}", 2222,
+         HostKeyCheck.CHANGED),
+        (f"@revoked example.com ssh-ed25519 {A64}", 2222, HostKeyCheck.REVOKED),
+        (f"example.com ssh-ed25519 {B64}", 22, HostKeyCheck.CHANGED),
+    ],
+)  # fmt: skip
+def test_check_host_falls_back_to_the_plain_name(
+    text: str, port: int, expected: HostKeyCheck
+) -> None:
+    known = KnownHosts(parse_known_hosts(text, "kh"))
+    assert known.check_host("example.com", port, "ssh-ed25519", KEY_A)[0] is expected
+
+
+def test_marker_lookups() -> None:
+    known = KnownHosts(
+        parse_known_hosts(
+            f"@cert-authority *.com ssh-ed25519 {A64}\n"
+            f"@revoked example.com ssh-ed25519 {B64}\n"
+            f"[example.com]:2222 ecdsa-sha2-nistp256 {A64}\n",
+            "kh",
+        )
+    )
+    assert [e.line for e in known.certificate_authorities("example.com", 2222)] == [1]
+    assert known.certificate_authorities("example.org", 22) == []
+    assert known.revoked("example.com", 2222, [KEY_A, KEY_B]) is not None
+    assert known.revoked("example.com", 2222, [KEY_A]) is None
+    assert known.key_types("example.com", 2222) == {"ecdsa-sha2-nistp256"}
+    assert known.key_types("example.com", 22) == set()

@@ -4,8 +4,10 @@ caller-facing helpers only; matching works on text.
 
 Covered here (the core): plain and hashed (``|1|salt|hash``) host fields, comma-separated
 patterns, ``[host]:port`` for a non-default port, ``*``/``?`` wildcards, ``!`` negation and
-several keys per host. Marker lines (``@cert-authority``, ``@revoked``) are recognised and
-kept apart so they are never mistaken for a plain trusted key.
+several keys per host. Marker lines (``@cert-authority``, ``@revoked``) are kept apart so
+they are never mistaken for a plain trusted key: CA lines are looked up for host
+certificates (:mod:`rtunnel.client.certificates`), revoked lines refuse a key (or a CA)
+whatever else matches.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "hash_host_name",
     "host_key_line",
     "host_lookup_name",
+    "lookup_names",
 ]
 
 #: The fingerprint hash algorithms rtunnel computes (the reference's
@@ -130,6 +133,8 @@ class HostKeyCheck(enum.Enum):
     CHANGED = "changed"  # the host is known with other keys of the same type
     UNKNOWN = "unknown"
     REVOKED = "revoked"
+    #: A host certificate signed by a CA trusted for the host, valid for it now.
+    CERTIFIED = "certified"
 
 
 @dataclass(frozen=True)
@@ -286,3 +291,62 @@ class KnownHosts:
         if changed is not None:
             return HostKeyCheck.CHANGED, changed
         return HostKeyCheck.UNKNOWN, None
+
+    def check_host(
+        self, host: str, port: int, key_type: str, blob: bytes
+    ) -> tuple[HostKeyCheck, KnownHostEntry | None]:
+        """
+        :meth:`check` as OpenSSH's client decides (sshconnect.c, check_host_key): off port
+        22 a host unknown as ``[host]:port`` is looked up again as plain ``host``, and only
+        a match (or a revoked key) there counts.
+        """
+        outcome, entry = self.check(host, port, key_type, blob)
+        if outcome is HostKeyCheck.UNKNOWN and port != 22:
+            again, found = self.check(host, 22, key_type, blob)
+            if again in (HostKeyCheck.MATCH, HostKeyCheck.REVOKED):
+                return again, found
+        return outcome, entry
+
+    def certificate_authorities(self, host: str, port: int) -> list[KnownHostEntry]:
+        """
+        The ``@cert-authority`` lines for ``host:port`` (``[host]:port`` first, then, off
+        port 22 and when none names that, plain ``host``, as OpenSSH looks CAs up).
+        """
+        for name in lookup_names(host, port):
+            found = [
+                e for e in self.entries if e.marker == "cert-authority" and e.matches_host(name)
+            ]
+            if found:
+                return found
+        return []
+
+    def revoked(self, host: str, port: int, blobs: Iterable[bytes]) -> KnownHostEntry | None:
+        """
+        The first ``@revoked`` line naming ``[host]:port`` or ``host`` that holds one of
+        ``blobs`` (a certificate's key or its CA: OpenSSH's check_key_not_revoked).
+        """
+        wanted = set(blobs)
+        names = lookup_names(host, port)
+        for entry in self.entries:
+            if (
+                entry.marker == "revoked"
+                and entry.blob in wanted
+                and any(entry.matches_host(n) for n in names)
+            ):
+                return entry
+        return None
+
+    def key_types(self, host: str, port: int) -> set[str]:
+        """The types of the plain keys known for ``host:port`` (``[host]:port`` or ``host``)."""
+        names = lookup_names(host, port)
+        return {
+            e.key_type
+            for e in self.entries
+            if not e.marker and any(e.matches_host(n) for n in names)
+        }
+
+
+def lookup_names(host: str, port: int) -> list[str]:
+    """The names OpenSSH tries for ``host:port``: ``[host]:port``, then ``host``; or ``host``."""
+    name = host_lookup_name(host, port)
+    return [name] if name == host else [name, host]

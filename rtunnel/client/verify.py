@@ -1,24 +1,39 @@
 """
-Deciding whether to trust the server's host key: known_hosts files, keys and fingerprints
-given directly, an application callback, and a policy.
+Deciding whether to trust the server's host key: known_hosts files, keys, CA keys and
+fingerprints given directly, an application callback, and a policy.
 
 The order of the checks (each later one only runs when the earlier ones did not decide):
 
-1. A key marked ``@revoked`` in any known_hosts file is refused, whatever else says.
-2. A key given in ``accepted_keys``, or whose fingerprint is in ``accepted_fingerprints``
+1. A key marked ``@revoked`` in any known_hosts file is refused, whatever else says; for
+   a host certificate, also the key it certifies and the CA that signed it.
+2. A host certificate (``*-cert-v01@openssh.com``) signed by a CA trusted for the host (a
+   ``@cert-authority`` line naming it, or ``accepted_ca_keys``: the reference's
+   SSHAcceptServerCAKey) is trusted when it passes OpenSSH's checks: a host certificate,
+   valid now, listing the host name among its principals (or listing none), with no
+   critical options and a CA signature algorithm OpenSSH allows. A certificate that fails
+   is not ignored: the reason is logged and named in any refusal, and the key it certifies
+   goes through 3-5 as a plain key, as OpenSSH does ("No matching CA found. Retry with
+   plain key").
+3. A key given in ``accepted_keys``, or whose fingerprint is in ``accepted_fingerprints``
    (the reference's SSHAcceptServerHostKey / SSHAcceptServerHostKeyFingerPrint), is
    trusted.
-3. ``accept-any`` trusts every key, with a warning.
-4. The known_hosts files: a match is trusted; a changed key is refused; an unknown key is
-   refused, or under ``accept-new`` trusted and written to the first user file.
-5. A callback, when given, sees the outcome of 1-4 (:class:`HostKeyInfo`) and has the last
+4. ``accept-any`` trusts every key, with a warning.
+5. The known_hosts files: a match is trusted; a changed key is refused; an unknown key is
+   refused, or under ``accept-new`` trusted and written to the first user file. Off port
+   22 a key unknown for ``[host]:port`` that is known for plain ``host`` is trusted
+   (OpenSSH: "checking without port identifier").
+6. A callback, when given, sees the outcome of 1-5 (:class:`HostKeyInfo`) and has the last
    word, except over a revoked key (the reference's SSHServerAuthentication event, with its
    ``Accept`` flag pre-set).
+
+:meth:`HostKeyVerifier.host_key_algorithms` orders the host key algorithms to offer after
+the keys known for the host, as OpenSSH's client does.
 """
 
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +43,16 @@ from twisted.conch.ssh import keys
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from rtunnel.client.certificates import (
+    CertificateError,
+    SSHCertificate,
+    certificate_algorithms,
+    check_host_certificate,
+    is_certificate,
+    is_certificate_algorithm,
+    key_type_of_algorithm,
+    parse_certificate,
+)
 from rtunnel.client.hostkeys import (
     FINGERPRINT_HASHES,
     HostKeyCheck,
@@ -63,18 +88,29 @@ class HostKeyInfo:
 
     :ivar host: the server name as given.
     :ivar port: its port.
-    :ivar key: the public host key.
-    :ivar blob: the key in wire form (the reference's ``HostKey``).
-    :ivar algorithm: the key's type, e.g. ``ssh-ed25519`` (the reference's
+    :ivar key: the public host key (for a host certificate, the key it certifies).
+    :ivar blob: the key in wire form as the server sent it (the reference's ``HostKey``;
+        for a host certificate, the certificate).
+    :ivar algorithm: the key's type, e.g. ``ssh-ed25519``, or
+        ``ssh-ed25519-cert-v01@openssh.com`` for a host certificate (the reference's
         ``KeyAlgorithm``).
     :ivar fingerprint: the fingerprint in the configured hash and form (the reference's
-        ``Fingerprint``; by default OpenSSH's ``SHA256:...``).
+        ``Fingerprint``; by default OpenSSH's ``SHA256:...``). For a host certificate, the
+        certified key's, as OpenSSH shows it.
     :ivar fingerprints: every fingerprint: keys ``sha256``, ``sha1``, ``md5`` (OpenSSH
         form) and ``sha256-hex``, ``sha1-hex``, ``md5-hex`` (colon hex).
-    :ivar known: what the known_hosts files say.
+    :ivar known: what the known_hosts files (and accepted CA keys) say;
+        :attr:`~rtunnel.client.hostkeys.HostKeyCheck.CERTIFIED` for a host certificate a
+        trusted CA signed and that is valid for this host now.
     :ivar accepted: what rtunnel decided without the callback (the reference's
         ``Accept`` as the event starts).
     :ivar status: why, in words: the error message when ``accepted`` is false.
+    :ivar certificate: the host certificate, when the server presented one: its
+        ``key_id`` (the reference's CertSubject), ``principals``, ``valid_after``,
+        ``valid_before``, ``serial`` and CA (``ca_blob``, ``ca_fingerprint``: the
+        reference's CertIssuer); None for a plain key.
+    :ivar certificate_problem: why the certificate was not enough on its own (OpenSSH's
+        words, e.g. ``Certificate invalid: expired``), or ``""``.
     """
 
     host: str
@@ -87,6 +123,8 @@ class HostKeyInfo:
     known: HostKeyCheck = HostKeyCheck.UNKNOWN
     accepted: bool = False
     status: str = ""
+    certificate: SSHCertificate | None = None
+    certificate_problem: str = ""
 
 
 #: Decides on a host key: returns (or fires, or awaits to) True to accept.
@@ -103,6 +141,9 @@ def _as_blob(key: keys.Key | str | bytes) -> bytes:
     except (keys.BadKeyError, ValueError, IndexError):
         pass
     fields = data.split()
+    if fields and fields[0].startswith(b"@"):
+        # "@cert-authority host ssh-ed25519 AAAA...": the marker goes too.
+        fields = fields[1:]
     if len(fields) >= 2:
         # "host ssh-ed25519 AAAA..." (a known_hosts line): the key is after the host.
         try:
@@ -124,7 +165,8 @@ class HostKeyVerifier:
     """
     Checks one server's host key.
 
-    :param host: the server name as the user gave it (looked up in known_hosts).
+    :param host: the server name as the user gave it (looked up in known_hosts; for a host
+        certificate, the principal it must list).
     :param port: its port (``[host]:port`` entries off port 22).
     :param known_hosts: the user files to read; ``accept-new`` appends to the first.
     :param policy: ``strict``, ``accept-new`` or ``accept-any``.
@@ -135,12 +177,17 @@ class HostKeyVerifier:
         (``Key`` objects, OpenSSH public key lines or wire blobs).
     :param accepted_fingerprints: fingerprints trusted likewise, in any form
         :func:`~rtunnel.client.hostkeys.fingerprint_matches` reads.
+    :param accepted_ca_keys: CA keys trusted to sign this server's host certificate, as if
+        known_hosts had a ``@cert-authority`` line for it (the reference's
+        SSHAcceptServerCAKey): ``Key`` objects, public key lines or wire blobs.
     :param callback: decides last, seeing a :class:`HostKeyInfo`; may return a Deferred or
         an awaitable.
     :param fingerprint_hash: ``sha256`` (default), ``sha1`` or ``md5``: the hash shown in
         messages and in :attr:`HostKeyInfo.fingerprint` (OpenSSH's ``FingerprintHash``).
     :param hash_known_hosts: write ``accept-new`` entries with the host name hashed
         (OpenSSH's ``HashKnownHosts``).
+    :param now: the clock certificates are checked against (seconds since the epoch;
+        default ``time.time``).
     """
 
     def __init__(
@@ -153,9 +200,11 @@ class HostKeyVerifier:
         global_known_hosts: Sequence[Path] | None = None,
         accepted_keys: Sequence[keys.Key | str | bytes] = (),
         accepted_fingerprints: Sequence[str] = (),
+        accepted_ca_keys: Sequence[keys.Key | str | bytes] = (),
         callback: HostKeyCallback | None = None,
         fingerprint_hash: str = "sha256",
         hash_known_hosts: bool = False,
+        now: Callable[[], float] = time.time,
     ) -> None:
         if fingerprint_hash not in FINGERPRINT_HASHES:
             from rtunnel.errors import SpecError
@@ -172,9 +221,53 @@ class HostKeyVerifier:
         self.policy: HostKeyPolicy = policy
         self.accepted_blobs = [_as_blob(k) for k in accepted_keys]
         self.accepted_fingerprints = [f for f in accepted_fingerprints if f.strip()]
+        self.accepted_ca_blobs = [_as_blob(k) for k in accepted_ca_keys]
         self.callback = callback
         self.fingerprint_hash = fingerprint_hash
         self.hash_known_hosts = hash_known_hosts
+        self._now = now
+
+    def _known(self) -> KnownHosts:
+        return KnownHosts.from_files([*self.known_hosts, *self.global_known_hosts])
+
+    def host_key_algorithms(
+        self, algorithms: Sequence[str], *, follow_known_hosts: bool = True
+    ) -> list[str]:
+        """
+        The host key algorithms to offer, in order, as OpenSSH's client picks them
+        (sshconnect2.c, ``order_hostkeyalgs``), so that the server presents a key we know:
+
+        - when a CA is trusted for the host (a ``@cert-authority`` line naming
+          ``[host]:port`` or ``host``, or ``accepted_ca_keys``) and ``algorithms`` has no
+          certificate algorithm, the certificate forms of its algorithms go in front
+          (``ssh-ed25519-cert-v01@openssh.com`` for ``ssh-ed25519``, ...), as OpenSSH's
+          default list has them;
+        - if known_hosts holds a plain key of the first algorithm's type for the host, the
+          list is used as it is; otherwise the algorithms with a known key (and, when a CA
+          is trusted, the certificate algorithms) move to the front, each group keeping
+          its order.
+
+        :param algorithms: the configured list (``host_key_algorithms=``).
+        :param follow_known_hosts: False when the user gave the list outright (OpenSSH
+            reorders only its default, or a list given as ``+...`` or ``-...``): then it is
+            used as given.
+        """
+        algs = list(algorithms)
+        if not follow_known_hosts:
+            return algs
+        known = self._known()
+        has_ca = bool(self.accepted_ca_blobs or known.certificate_authorities(self.host, self.port))
+        if has_ca and not any(is_certificate_algorithm(a) for a in algs):
+            algs = certificate_algorithms(algs) + algs
+        types = known.key_types(self.host, self.port)
+        if not algs or key_type_of_algorithm(algs[0]) in types:
+            return algs
+        first = [
+            a
+            for a in algs
+            if (is_certificate_algorithm(a) and has_ca) or key_type_of_algorithm(a) in types
+        ]
+        return first + [a for a in algs if a not in first]
 
     def verify(self, blob: bytes) -> Deferred[bool]:
         """Fire True to accept the key in ``blob``; fail with HostKeyError to refuse."""
@@ -197,10 +290,12 @@ class HostKeyVerifier:
                 ) from e
             accepted = bool(answer)
             if not accepted:
+                # What rtunnel itself found wrong, if anything, is kept in the message.
+                why = info.status if not info.accepted else "Host key verification failed."
                 raise HostKeyError(
                     f"The {info.algorithm} host key {info.fingerprint} of "
                     f"{host_lookup_name(self.host, self.port)} was refused by the host key "
-                    "callback. Host key verification failed.",
+                    f"callback. {why}",
                     info.fingerprints["sha256"],
                 )
         if not accepted:
@@ -226,37 +321,95 @@ class HostKeyVerifier:
         Everything but the callback: the :class:`HostKeyInfo` (with ``accepted`` and
         ``status`` filled in) and whether accepting means writing the key (``accept-new``).
         """
+        cert: SSHCertificate | None = None
+        plain = blob
+        if is_certificate(blob):
+            try:
+                cert = parse_certificate(blob)
+            except CertificateError as e:
+                raise HostKeyError(
+                    f"The server sent a host certificate rtunnel cannot accept: {e} "
+                    "Host key verification failed."
+                ) from None
+            plain = cert.public_blob
         try:
-            key = keys.Key.fromString(blob)
+            key = keys.Key.fromString(plain)
         except (keys.BadKeyError, ValueError, IndexError) as e:
             raise HostKeyError(
                 f"The server sent a host key rtunnel cannot read ({e}). "
                 "Host key verification failed."
             ) from None
-        algorithm = key.sshType().decode("ascii")
-        prints = {name: fingerprint(blob, name) for name in FINGERPRINT_HASHES}
-        prints.update({f"{n}-hex": fingerprint(blob, n, form="hex") for n in FINGERPRINT_HASHES})
+        key_type = key.sshType().decode("ascii")
+        algorithm = cert.cert_type if cert is not None else key_type
+        prints = {name: fingerprint(plain, name) for name in FINGERPRINT_HASHES}
+        prints.update({f"{n}-hex": fingerprint(plain, n, form="hex") for n in FINGERPRINT_HASHES})
         shown = prints[self.fingerprint_hash]
         name = host_lookup_name(self.host, self.port)
-        known = KnownHosts.from_files([*self.known_hosts, *self.global_known_hosts])
-        outcome, entry = known.check(self.host, self.port, algorithm, blob)
+        known = self._known()
+        problem = ""
 
-        def info(accepted: bool, status: str) -> HostKeyInfo:
+        def info(outcome: HostKeyCheck, accepted: bool, status: str) -> HostKeyInfo:
+            if problem and not accepted:
+                status = f"The host certificate of {name} was not accepted: {problem}. {status}"
             return HostKeyInfo(
-                self.host, self.port, key, blob, algorithm, shown, prints, outcome, accepted, status
+                self.host,
+                self.port,
+                key,
+                blob,
+                algorithm,
+                shown,
+                prints,
+                outcome,
+                accepted,
+                status,
+                cert,
+                problem,
             )
 
+        if cert is not None:
+            revoked = known.revoked(self.host, self.port, [cert.public_blob, cert.ca_blob])
+            if revoked is not None:
+                what = (
+                    f"certificate authority {cert.ca_key_type} {cert.ca_fingerprint} of the"
+                    if revoked.blob == cert.ca_blob
+                    else "key of the"
+                )
+                return info(
+                    HostKeyCheck.REVOKED,
+                    False,
+                    f"The {what} {algorithm} host certificate for {name} ({shown}) is marked "
+                    f"as revoked in {revoked.path}:{revoked.line}. Host key verification failed.",
+                ), False
+            where, problem = self._check_certificate(cert, known)
+            if not problem:
+                return info(
+                    HostKeyCheck.CERTIFIED,
+                    True,
+                    f"Host certificate {cert.key_id!r} signed by the CA in {where}.",
+                ), False
+            _log.warn(
+                "The host certificate of {name} is not enough on its own: {problem}. "
+                "Checking the key it certifies ({fingerprint}) as a plain host key.",
+                name=name,
+                problem=problem,
+                fingerprint=shown,
+            )
+
+        outcome, entry = known.check_host(self.host, self.port, key_type, plain)
         if outcome is HostKeyCheck.REVOKED:
             assert entry is not None
             return info(
+                outcome,
                 False,
-                f"The {algorithm} host key for {name} ({shown}) is marked as revoked in "
+                f"The {key_type} host key for {name} ({shown}) is marked as revoked in "
                 f"{entry.path}:{entry.line}. Host key verification failed.",
             ), False
-        if blob in self.accepted_blobs or any(
-            fingerprint_matches(blob, f) for f in self.accepted_fingerprints
+        if any(b in self.accepted_blobs for b in {blob, plain}) or any(
+            fingerprint_matches(plain, f) for f in self.accepted_fingerprints
         ):
-            return info(True, f"The {algorithm} host key {shown} is in the accepted keys."), False
+            return info(
+                outcome, True, f"The {key_type} host key {shown} is in the accepted keys."
+            ), False
         if self.policy == "accept-any":
             _log.warn(
                 "Warning: not checking the host key of {name} ({key_type} {fingerprint}): "
@@ -265,35 +418,62 @@ class HostKeyVerifier:
                 key_type=algorithm,
                 fingerprint=shown,
             )
-            return info(True, "host_key_policy is accept-any"), False
+            return info(outcome, True, "host_key_policy is accept-any"), False
         if outcome is HostKeyCheck.MATCH:
             assert entry is not None
-            return info(True, f"Matches {entry.path}:{entry.line}."), False
+            return info(outcome, True, f"Matches {entry.path}:{entry.line}."), False
         if outcome is HostKeyCheck.CHANGED:
             assert entry is not None
-            return info(False, _changed_message(algorithm, name, shown, entry)), False
+            return info(outcome, False, _changed_message(key_type, name, shown, entry)), False
         if self.policy == "accept-new" and self.known_hosts:
-            return info(True, f"New key; accept-new writes it to {self.known_hosts[0]}."), True
+            return info(
+                outcome, True, f"New key; accept-new writes it to {self.known_hosts[0]}."
+            ), True
         files = ", ".join(str(p) for p in self.known_hosts) or "(none)"
         return info(
+            outcome,
             False,
-            f"No {algorithm} host key is known for {name} (fingerprint {shown}) in "
+            f"No {key_type} host key is known for {name} (fingerprint {shown}) in "
             f"{files}. If you trust this key, add it there or allow new keys "
             "(policy accept-new). Host key verification failed.",
         ), False
 
+    def _check_certificate(self, cert: SSHCertificate, known: KnownHosts) -> tuple[str, str]:
+        """
+        (where the trusted CA is, why the certificate is not enough or ``""``), as
+        OpenSSH's check_host_key and check_host_cert decide.
+        """
+        name = host_lookup_name(self.host, self.port)
+        cas = [
+            (f"{e.path}:{e.line}", e.blob)
+            for e in known.certificate_authorities(self.host, self.port)
+        ]
+        cas += [("the accepted CA keys", b) for b in self.accepted_ca_blobs]
+        if not cas:
+            return "", (f"no @cert-authority line names {name} and no accepted CA key was given")
+        where = next((w for w, b in cas if b == cert.ca_blob), "")
+        if not where:
+            listed = ", ".join(dict.fromkeys(w for w, _ in cas))
+            return "", (
+                f"it is signed by {cert.ca_key_type} CA {cert.ca_fingerprint}, which is not "
+                f"a certificate authority for {name} (those are in {listed})"
+            )
+        reason = check_host_certificate(cert, self.host, self._now())
+        return where, reason or ""
+
     def _write(self, info: HostKeyInfo) -> None:
+        # The plain key, also for a host certificate accepted as one (as OpenSSH writes it).
+        key_type = info.key.sshType().decode("ascii")
+        blob = info.certificate.public_blob if info.certificate is not None else info.blob
         path = self.known_hosts[0]
         path.parent.mkdir(parents=True, exist_ok=True)
-        line = host_key_line(
-            self.host, self.port, info.algorithm, info.blob, hashed=self.hash_known_hosts
-        )
+        line = host_key_line(self.host, self.port, key_type, blob, hashed=self.hash_known_hosts)
         with path.open("a", encoding="utf-8") as f:
             f.write(line + "\n")
         _log.warn(
             "Warning: Permanently added '{name}' ({key_type}) to the list of known hosts.",
             name=host_lookup_name(self.host, self.port),
-            key_type=info.algorithm,
+            key_type=key_type,
         )
 
 
