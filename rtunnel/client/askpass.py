@@ -19,9 +19,13 @@ from collections.abc import Mapping
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
-from rtunnel.client.credentials import AskPassword
+from rtunnel.client.credentials import (
+    AskPassword,
+    KeyboardInteractive,
+    KeyboardInteractiveChallenge,
+)
 
-__all__ = ["DEFAULT_ASKPASS", "password_source"]
+__all__ = ["DEFAULT_ASKPASS", "NEVER_ASK", "keyboard_interactive_source", "password_source"]
 
 #: OpenSSH's default askpass program (pathnames.h, _PATH_SSH_ASKPASS_DEFAULT).
 DEFAULT_ASKPASS = "/usr/bin/ssh-askpass"
@@ -35,19 +39,12 @@ def _has_tty() -> bool:
         return False
 
 
-def password_source(
-    *,
-    batch_mode: bool,
-    environ: Mapping[str, str] | None = None,
-    tty: bool | None = None,
-) -> AskPassword | None:
+def _where(
+    batch_mode: bool, environ: Mapping[str, str] | None, tty: bool | None
+) -> tuple[Mapping[str, str], str | None] | None:
     """
-    An :class:`~rtunnel.AskPassword` that asks as ``ssh`` would, or None when ``ssh`` could
-    not ask (``BatchMode``, or neither askpass nor a terminal).
-
-    :param batch_mode: ``-o BatchMode=yes``: never ask.
-    :param environ: the environment (default ``os.environ``).
-    :param tty: whether there is a terminal (default: whether ``/dev/tty`` opens).
+    Where ``ssh`` would ask (readpass.c ``read_passphrase``): ``(env, program)`` for an
+    askpass program, ``(env, None)`` for the terminal, None for nowhere.
     """
     if batch_mode:
         return None
@@ -63,11 +60,82 @@ def password_source(
     elif require == "never":
         use = allow = False
     if use:
-        program = env.get("SSH_ASKPASS") or DEFAULT_ASKPASS
-        return AskPassword(lambda prompt: _run_askpass(program, prompt, env))
+        return env, env.get("SSH_ASKPASS") or DEFAULT_ASKPASS
     if has_tty:
-        return AskPassword(_ask_terminal)
+        return env, None
     return None
+
+
+def password_source(
+    *,
+    batch_mode: bool,
+    environ: Mapping[str, str] | None = None,
+    tty: bool | None = None,
+) -> AskPassword | None:
+    """
+    An :class:`~rtunnel.AskPassword` that asks as ``ssh`` would, or None when ``ssh`` could
+    not ask (``BatchMode``, or neither askpass nor a terminal). It also asks for key
+    passphrases (``Enter passphrase for key 'PATH': ``).
+
+    :param batch_mode: ``-o BatchMode=yes``: never ask.
+    :param environ: the environment (default ``os.environ``).
+    :param tty: whether there is a terminal (default: whether ``/dev/tty`` opens).
+    """
+    where = _where(batch_mode, environ, tty)
+    if where is None:
+        return None
+    env, program = where
+    if program is not None:
+        return AskPassword(lambda prompt: _run_askpass(program, prompt, env))
+    return AskPassword(_ask_terminal)
+
+
+#: A passphrase source that never answers: encrypted keys are skipped, as ``ssh`` skips
+#: them when it cannot ask (``BatchMode``, no terminal and no askpass).
+NEVER_ASK = AskPassword(lambda prompt: None)
+
+
+def keyboard_interactive_source(
+    *,
+    batch_mode: bool,
+    environ: Mapping[str, str] | None = None,
+    tty: bool | None = None,
+) -> KeyboardInteractive | None:
+    """
+    A :class:`~rtunnel.KeyboardInteractive` that asks the user each keyboard-interactive
+    prompt rtunnel has no answer for, as ``ssh`` does (sshconnect2.c,
+    ``input_userauth_info_req``): on the terminal, echoing the answer when the server
+    says so, or through the askpass program; None where :func:`password_source` would
+    give None.
+    """
+    where = _where(batch_mode, environ, tty)
+    if where is None:
+        return None
+    env, program = where
+
+    async def respond(challenge: KeyboardInteractiveChallenge) -> list[str] | None:
+        if program is None:
+            # ssh logs the name and the instruction before the prompts.
+            for line in (challenge.name, challenge.instruction):
+                if line:
+                    print(line, file=sys.stderr)
+        answers: list[str] = []
+        for prompt in challenge.prompts:
+            if prompt.answer is not None:
+                answers.append(prompt.answer)
+                continue
+            if program is not None:
+                answer = await _run_askpass(program, prompt.text, env)
+            elif prompt.echo:
+                answer = await _ask_terminal_echo(prompt.text)
+            else:
+                answer = await _ask_terminal(prompt.text)
+            if answer is None:
+                return None
+            answers.append(answer)
+        return answers
+
+    return KeyboardInteractive(respond)
 
 
 def _run_askpass(program: str, prompt: str, env: Mapping[str, str]) -> Deferred[str | None]:
@@ -99,6 +167,24 @@ def _ask_terminal(prompt: str) -> Deferred[str | None]:
             return getpass.getpass(prompt)
         except (EOFError, KeyboardInterrupt, OSError):
             return None
+
+    result: Deferred[str | None] = deferToThread(ask)
+    return result
+
+
+def _ask_terminal_echo(prompt: str) -> Deferred[str | None]:
+    # readpassphrase(3) with RPP_ECHO_ON: the prompt and the answer on /dev/tty.
+    def ask() -> str | None:
+        try:
+            # Unbuffered: a buffered "r+" file would need a seekable one, which a tty is not.
+            with open("/dev/tty", "rb+", buffering=0) as terminal:
+                terminal.write(prompt.encode("utf-8"))
+                line = terminal.readline()
+        except (OSError, KeyboardInterrupt):
+            return None
+        if not line:
+            return None
+        return line.decode("utf-8", "replace").rstrip("\r\n")
 
     result: Deferred[str | None] = deferToThread(ask)
     return result

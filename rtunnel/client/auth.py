@@ -2,7 +2,9 @@
 User authentication: loading credentials and the ``ssh-userauth`` client.
 
 Keys are loaded before connecting so that a missing, unreadable or undecryptable key file is
-reported up front, naming the file, instead of as a vague refusal later.
+reported up front, naming the file, instead of as a vague refusal later. The exception is
+a key whose passphrase is an :class:`~rtunnel.AskPassword`: that is asked when the key is
+about to be tried, as ``ssh`` asks.
 """
 
 from __future__ import annotations
@@ -23,12 +25,18 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from typing_extensions import override
 
+from rtunnel._sshparam import decode_packet, read_ssh_params
+from rtunnel.client import _keyformats
+from rtunnel.client._pubkey import CERT_SUFFIX, choose_signature_algorithm, request_algorithm
+from rtunnel.client.certificates import CertificateError, parse_certificate
 from rtunnel.client.credentials import (
     SUPPORTED_METHODS,
     AskPassword,
     AuthOptions,
     CertificateFile,
     Credential,
+    CustomAuth,
+    CustomAuthStep,
     KeyboardInteractive,
     KeyboardInteractiveChallenge,
     KeyboardInteractivePrompt,
@@ -38,7 +46,7 @@ from rtunnel.client.credentials import (
     SSHAgent,
     password_prompt_matches,
 )
-from rtunnel.errors import AuthenticationError, CredentialError
+from rtunnel.errors import AuthenticationError, CredentialError, RTunnelError, SpecError
 
 __all__ = [
     "AuthOptions",
@@ -52,20 +60,79 @@ __all__ = [
 _log = Logger()
 
 
+class PendingKey:
+    """
+    An encrypted key whose passphrase is asked when the key is about to be tried (an
+    :class:`~rtunnel.AskPassword` passphrase). Decrypted once per logon; the entries for
+    the key and its certificates share it.
+    """
+
+    def __init__(self, data: bytes, path: Path, what: str, asker: AskPassword | None) -> None:
+        self.data = data
+        self.path = path
+        self.what = what
+        self.asker = asker
+        self._done = False
+        self._key: keys.Key | None = None
+
+    async def resolve(self, attempts: int) -> keys.Key | None:
+        """
+        The private key, or None when it is skipped: as ssh (sshconnect2.c,
+        ``load_identity_file``), ask up to ``attempts`` times; an empty answer skips it.
+
+        :raises CredentialError: when there is nobody to ask, or the file is unreadable.
+        """
+        if self._done:
+            return self._key
+        self._done = True
+        if self.asker is None:
+            raise CredentialError(f"{self.what} is encrypted: give its passphrase.")
+        prompt = f"Enter passphrase for key '{self.path}': "
+        for _ in range(max(attempts, 1)):
+            answer = await _resolve(self.asker.ask(prompt))
+            if not answer:
+                _log.debug("no passphrase given for {path}: trying the next key", path=self.path)
+                return None
+            try:
+                self._key = _parse_private_key(self.data, str(answer).encode("utf-8"))
+                return self._key
+            except (keys.BadKeyError, ValueError) as e:
+                if not _wrong_passphrase(e):
+                    raise CredentialError(
+                        f"{self.what} is not a private key rtunnel can read: {e}."
+                    ) from None
+                _log.info("{what}: incorrect passphrase.", what=self.what)
+        return None
+
+
 @dataclass(frozen=True)
 class LoadedKey:
     """
     A private key read from ``source``, ready to sign.
 
+    :ivar key: the private key; while :attr:`pending`, its public key if the file shows it
+        in clear (else None); None too for a certificate whose key only the agent holds.
     :ivar certificate: an OpenSSH certificate for the key (its wire blob), offered
         instead of the bare public key.
     :ivar certificate_source: the file the certificate came from.
+    :ivar pending: set for an encrypted key whose passphrase is asked when it is tried.
     """
 
-    key: keys.Key
+    key: keys.Key | None
     source: str
     certificate: bytes | None = None
     certificate_source: str = ""
+    pending: PendingKey | None = None
+
+    @property
+    def public_blob(self) -> bytes | None:
+        """The public key, in wire form, if known."""
+        return None if self.key is None else bytes(self.key.public().blob())
+
+    @property
+    def offered_blob(self) -> bytes | None:
+        """What the request carries: the certificate, or the public key."""
+        return self.certificate if self.certificate is not None else self.public_blob
 
 
 def load_credentials(
@@ -83,6 +150,7 @@ def load_credentials(
         for c in credentials
         if isinstance(c, CertificateFile)
     ]
+    paired: set[int] = set()
     for credential in credentials:
         if isinstance(credential, Password):
             passwords.append(credential.password)
@@ -92,20 +160,36 @@ def load_credentials(
             if certificate is not None:
                 # As OpenSSH: the certificate first, then the bare key.
                 loaded.append(
-                    LoadedKey(key.key, key.source, certificate, str(_certificate_path(credential)))
+                    LoadedKey(
+                        key.key,
+                        key.source,
+                        certificate,
+                        str(_certificate_path(credential)),
+                        key.pending,
+                    )
                 )
             # -o CertificateFile: every certificate for this key (ssh.c pairs them by key).
-            for cert_path, blob in certificates:
-                if blob is not None and certificate_public_blob(blob) == key.key.public().blob():
-                    loaded.append(LoadedKey(key.key, key.source, blob, str(cert_path)))
+            for index, (cert_path, blob) in enumerate(certificates):
+                if (
+                    blob is not None
+                    and key.public_blob is not None
+                    and certificate_public_blob(blob) == key.public_blob
+                ):
+                    paired.add(index)
+                    loaded.append(LoadedKey(key.key, key.source, blob, str(cert_path), key.pending))
             loaded.append(key)
         elif isinstance(credential, PrivateKey):
             key = _load_key_data(credential)
             if key.certificate is not None:
                 loaded.append(key)
-                key = LoadedKey(key.key, key.source)
+                key = LoadedKey(key.key, key.source, pending=key.pending)
             loaded.append(key)
-        # AskPassword and KeyboardInteractive are callbacks, used during logon.
+        # AskPassword, KeyboardInteractive and CustomAuth are callbacks, used during logon.
+    # Certificates for no key file: the agent may hold their key (sshconnect2.c signs a
+    # certificate with the agent's plain key).
+    for index, (cert_path, blob) in enumerate(certificates):
+        if index not in paired and blob is not None:
+            loaded.append(LoadedKey(None, str(cert_path), blob, str(cert_path)))
     return loaded, passwords
 
 
@@ -127,35 +211,15 @@ def _load_certificate(credential: PrivateKeyFile) -> bytes | None:
     )
 
 
-#: Public key fields after the nonce in a certificate (OpenSSH PROTOCOL.certkeys).
-_CERT_KEY_FIELDS = {
-    b"ssh-ed25519": 1,
-    b"ssh-rsa": 2,
-    b"ecdsa-sha2-nistp256": 2,
-    b"ecdsa-sha2-nistp384": 2,
-    b"ecdsa-sha2-nistp521": 2,
-}
-
-
 def certificate_public_blob(certificate: bytes) -> bytes | None:
     """
-    The public key a certificate certifies, in wire form (None for a type rtunnel does
-    not know): PROTOCOL.certkeys puts the key's own fields right after the nonce.
+    The public key a certificate certifies, in wire form (None for what is not a
+    certificate of a type rtunnel knows). The CA's signature is the server's to check.
     """
     try:
-        cert_type, rest = getNS(certificate)
-        base = cert_type.split(b"-cert-v01@openssh.com")[0]
-        count = _CERT_KEY_FIELDS.get(base)
-        if count is None:
-            return None
-        _nonce, rest = getNS(rest)
-        fields = []
-        for _ in range(count):
-            value, rest = getNS(rest)
-            fields.append(NS(value))
-    except (struct.error, IndexError):
+        return parse_certificate(certificate, verify=False).public_blob
+    except CertificateError:
         return None
-    return NS(base) + b"".join(fields)
 
 
 def _read_certificate(path: Path, *, required: bool) -> bytes | None:
@@ -186,7 +250,7 @@ def _load_key_file(credential: PrivateKeyFile) -> LoadedKey:
         data = path.read_bytes()
     except OSError as e:
         raise CredentialError(f"Identity file {path} not accessible: {e.strerror or e}.") from None
-    return _load_key(data, path, f"Identity file {path}", credential.passphrase)
+    return _load_key(data, path, f"Identity file {path}", credential.passphrase, pub_file=True)
 
 
 def _load_key_data(credential: PrivateKey) -> LoadedKey:
@@ -207,15 +271,45 @@ def _load_key_data(credential: PrivateKey) -> LoadedKey:
     loaded = _load_key(
         data, Path(credential.source), f"The key {credential.source}", credential.passphrase
     )
-    return LoadedKey(loaded.key, loaded.source, cert_blob, credential.source)
+    return LoadedKey(loaded.key, loaded.source, cert_blob, credential.source, loaded.pending)
 
 
-def _load_key(data: bytes, path: Path, what: str, given: Any) -> LoadedKey:
+def _wrong_passphrase(error: Exception) -> bool:
+    # Conch says "check values do not match" for a wrong OpenSSH-format passphrase.
+    return isinstance(error, _keyformats.WrongPassphrase) or any(
+        word in str(error).lower() for word in ("passphrase", "check values")
+    )
+
+
+def _public_key_in_clear(data: bytes, path: Path, pub_file: bool) -> keys.Key | None:
+    """The public key of an encrypted key file: stored in clear, or in ``PATH.pub``."""
+    blob = _keyformats.public_blob(data)
+    if blob is None and pub_file:
+        try:
+            blob = keys.Key.fromFile(str(path) + ".pub").blob()
+        except (OSError, keys.BadKeyError, ValueError, IndexError):
+            blob = None
+    if blob is None:
+        return None
+    try:
+        public: keys.Key = keys.Key.fromString(blob)
+    except (keys.BadKeyError, ValueError):
+        return None
+    return public
+
+
+def _load_key(
+    data: bytes, path: Path, what: str, given: Any, *, pub_file: bool = False
+) -> LoadedKey:
     passphrase = given.encode("utf-8") if isinstance(given, str) and given else None
     try:
         try:
             key = _parse_private_key(data, passphrase)
         except keys.EncryptedKeyError:
+            if isinstance(given, AskPassword):
+                # Asked when the key is tried (PendingKey), as ssh asks.
+                public = _public_key_in_clear(data, path, pub_file)
+                return LoadedKey(public, str(path), pending=PendingKey(data, path, what, given))
             if not callable(given):
                 raise
             answer = given(path)
@@ -226,10 +320,7 @@ def _load_key(data: bytes, path: Path, what: str, given: Any) -> LoadedKey:
     except keys.EncryptedKeyError:
         raise CredentialError(f"{what} is encrypted: give its passphrase.") from None
     except (keys.BadKeyError, ValueError) as e:
-        # Conch says "check values do not match" for a wrong OpenSSH-format passphrase.
-        if passphrase is not None and any(
-            word in str(e).lower() for word in ("passphrase", "check values")
-        ):
+        if passphrase is not None and _wrong_passphrase(e):
             raise CredentialError(f"{what}: incorrect passphrase.") from None
         raise CredentialError(f"{what} is not a private key rtunnel can read: {e}.") from None
     if key.isPublic():
@@ -240,9 +331,17 @@ def _load_key(data: bytes, path: Path, what: str, given: Any) -> LoadedKey:
 def _parse_private_key(data: bytes, passphrase: bytes | None) -> keys.Key:
     """
     Conch reads OpenSSH's format and PEM PKCS#1/SEC1; PKCS#8 (``BEGIN PRIVATE KEY``,
-    ``BEGIN ENCRYPTED PRIVATE KEY``, as ``openssl genpkey`` writes) goes through
-    ``cryptography``, whose key objects Conch's Key wraps.
+    ``BEGIN ENCRYPTED PRIVATE KEY``, as ``openssl genpkey`` writes), PuTTY ``.ppk`` and
+    PKCS#12 go through ``cryptography``, whose key objects Conch's Key wraps.
     """
+    if _keyformats.is_ppk(data) or _keyformats.is_pkcs12(data):
+        load = _keyformats.load_ppk if _keyformats.is_ppk(data) else _keyformats.load_pkcs12
+        try:
+            return keys.Key(load(data, passphrase))
+        except _keyformats.PassphraseNeeded:
+            raise keys.EncryptedKeyError("the key is encrypted") from None
+        except _keyformats.KeyFormatError as e:
+            raise keys.BadKeyError(str(e)) from None
     if b"-----BEGIN PRIVATE KEY-----" not in data and (
         b"-----BEGIN ENCRYPTED PRIVATE KEY-----" not in data
     ):
@@ -268,21 +367,16 @@ def _parse_private_key(data: bytes, passphrase: bytes | None) -> keys.Key:
 
 def signature_algorithm(key: keys.Key, server_sig_algs: bytes | None) -> bytes:
     """
-    The public-key algorithm to sign with. RSA keys use SHA-2 (RFC 8332): OpenSSH 8.8 and
-    later refuse SHA-1 ``ssh-rsa`` signatures. When the server listed ``server-sig-algs``
-    (RFC 8308 §3.1) we pick from it; without the list we still use rsa-sha2-512, as OpenSSH
-    does against any server it cannot ask.
+    The public-key algorithm to sign with, chosen automatically. RSA keys use SHA-2
+    (RFC 8332): OpenSSH 8.8 and later refuse SHA-1 ``ssh-rsa`` signatures. When the server
+    listed ``server-sig-algs`` (RFC 8308 §3.1) we pick from it; without the list we still
+    use rsa-sha2-512, as OpenSSH does against any server it cannot ask.
     """
-    if key.type() != "RSA":
-        return bytes(key.sshType())
-    if server_sig_algs is not None:
-        offered = server_sig_algs.split(b",")
-        for candidate in (b"rsa-sha2-512", b"rsa-sha2-256"):
-            if candidate in offered:
-                return candidate
-        if b"ssh-rsa" in offered:
-            return b"ssh-rsa"
-    return b"rsa-sha2-512"
+    chosen = choose_signature_algorithm(
+        bytes(key.sshType()), certificate=False, server_sig_algs=server_sig_algs, accepted=None
+    )
+    assert chosen is not None
+    return chosen
 
 
 async def _resolve(value: object) -> Any:
@@ -291,14 +385,24 @@ async def _resolve(value: object) -> Any:
     return value
 
 
-def _certificate_algorithm(cert_type: bytes, signing: bytes) -> bytes:
+@dataclass
+class _Candidate:
     """
-    The request's algorithm for a certificate: its own type, except RSA certificates,
-    which name the SHA-2 signature (``rsa-sha2-512-cert-v01@openssh.com``, OpenSSH 7.8+).
+    One publickey attempt: a key file entry (maybe signed by the agent), or an agent key.
+
+    :ivar loaded: the key file entry, or None for an agent-only key.
+    :ivar agent_blob: the agent key that signs, if the agent does.
     """
-    if cert_type == b"ssh-rsa-cert-v01@openssh.com" and signing != b"ssh-rsa":
-        return signing + b"-cert-v01@openssh.com"
-    return cert_type
+
+    loaded: LoadedKey | None
+    agent_blob: bytes | None = None
+
+    @property
+    def offered(self) -> bytes | None:
+        """The blob the request carries."""
+        if self.loaded is None:
+            return self.agent_blob
+        return self.loaded.offered_blob
 
 
 class UserAuthClient(userauth.SSHUserAuthClient):
@@ -312,11 +416,16 @@ class UserAuthClient(userauth.SSHUserAuthClient):
     Partial success (RFC 4252 section 5.1, e.g. OpenSSH ``AuthenticationMethods
     publickey,password``) just carries on with the methods the server names next.
 
+    A :class:`~rtunnel.CustomAuth` hook sees each ``USERAUTH_FAILURE`` first and may answer
+    with its own packet; while its exchange goes on, the server's method-specific
+    messages (60-79) go to it too.
+
     Conch's own loop is not used: it restarts the method list after every failure, and
     its keyboard-interactive method always "has something to try", so a refused
     keyboard-interactive logon retried forever.
 
-    :ivar failure: set when the server has refused everything, for the transport to report.
+    :ivar failure: set when the server has refused everything (or a credential failed),
+        for the transport to report.
     """
 
     def __init__(
@@ -335,14 +444,17 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         self._ask = [c for c in self._options.credentials if isinstance(c, AskPassword)]
         self._kbd = [c for c in self._options.credentials if isinstance(c, KeyboardInteractive)]
         self._agents = [c for c in self._options.credentials if isinstance(c, SSHAgent)]
+        self._custom = [c for c in self._options.credentials if isinstance(c, CustomAuth)]
+        self._custom_declined = False
+        self._custom_active = False
         self._agent: Any = None
-        self._agent_keys: list[bytes] | None = None
+        self._candidates: list[_Candidate] | None = None
         self._asked = 0
         self._kbd_rounds = 0
         self._last_password: bytes | None = None
         self._methods_left: tuple[str, ...] = ()
         self.partial: list[str] = []
-        self.failure: AuthenticationError | None = None
+        self.failure: RTunnelError | None = None
 
     @property
     def _user_text(self) -> str:
@@ -352,10 +464,8 @@ class UserAuthClient(userauth.SSHUserAuthClient):
 
     def _publickey_signed_data(self, algorithm: bytes, blob: bytes) -> bytes:
         """RFC 4252 section 7: the session id followed by the publickey request."""
-        assert self.transport is not None
-        session_id: bytes = self.transport.sessionID  # type: ignore[assignment]
         return (
-            NS(session_id)
+            NS(self._session_id())
             + bytes((userauth.MSG_USERAUTH_REQUEST,))
             + NS(self.user)
             + NS(self.instance.name)
@@ -364,6 +474,21 @@ class UserAuthClient(userauth.SSHUserAuthClient):
             + NS(algorithm)
             + NS(blob)
         )
+
+    def _session_id(self) -> bytes:
+        assert self.transport is not None
+        session_id: bytes = self.transport.sessionID  # type: ignore[assignment]
+        return session_id
+
+    @override
+    def packetReceived(self, messageNum: int, packet: bytes) -> Any:
+        # RFC 4252 section 6: 60-79 are method-specific; during a custom exchange they
+        # belong to the hook, whatever Conch would take them for.
+        if self._custom_active and 60 <= messageNum <= 79:
+            d = Deferred.fromCoroutine(self._custom_step(bytes((messageNum,)) + packet))
+            d.addErrback(self._hook_failed, "custom authentication hook")
+            return None
+        return super().packetReceived(messageNum, packet)
 
     @override
     def ssh_USERAUTH_FAILURE(self, packet: bytes) -> Deferred[None]:  # type: ignore[override]
@@ -374,6 +499,8 @@ class UserAuthClient(userauth.SSHUserAuthClient):
             # RFC 4252 section 5.1: the last method worked, but more are needed.
             done = self.lastAuth.decode("ascii", "replace")
             self.partial.append(done)
+            # A new stage: a custom hook that declined may want this one.
+            self._custom_declined = False
             _log.info(
                 "Authenticated using {method} with partial success; continuing with {left}.",
                 method=done,
@@ -383,7 +510,9 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         self.failure = AuthenticationError(
             f"Permission denied ({','.join(self._methods_left)}).", self._methods_left
         )
-        return Deferred.fromCoroutine(self._try_next())
+        d = Deferred.fromCoroutine(self._try_next(bytes((userauth.MSG_USERAUTH_FAILURE,)) + packet))
+        d.addErrback(self._hook_failed, "custom authentication hook")
+        return d
 
     def _order(self) -> list[str]:
         offered = self._methods_left
@@ -392,15 +521,23 @@ class UserAuthClient(userauth.SSHUserAuthClient):
             order += [m for m in offered if m in SUPPORTED_METHODS and m not in order]
         return order
 
-    async def _try_next(self) -> None:
-        for method in self._order():
-            if await self._attempt(method):
+    async def _try_next(self, failure_packet: bytes) -> None:
+        try:
+            custom = self._custom and not self._custom_declined
+            if custom and await self._custom_step(failure_packet):
                 return
+            self._custom_active = False
+            for method in self._order():
+                if await self._attempt(method):
+                    return
+        except CredentialError as e:
+            # A key that could not be read at its turn (an AskPassword passphrase).
+            self.failure = e
         self._give_up()
 
     async def _attempt(self, method: str) -> bool:
         if method == "publickey":
-            return self._try_key() or await self._try_agent_key()
+            return await self._try_publickey()
         if method == "password":
             password = await self._next_password(self._passwords)
             if password is None:
@@ -428,79 +565,187 @@ class UserAuthClient(userauth.SSHUserAuthClient):
             b"no more authentication methods available",
         )
 
+    # -- custom authentication
+
+    async def _custom_step(self, packet: bytes) -> bool:
+        """
+        Show ``packet`` to the custom hook and send its answer.
+
+        :return: whether it answered (False: it declined).
+        """
+        step = CustomAuthStep(
+            packet,
+            self._user_text,
+            self.instance.name.decode("ascii", "replace"),
+            self._session_id(),
+        )
+        answer = await _resolve(self._custom[0].respond(step))
+        if answer is None:
+            self._custom_declined = True
+            if self._custom_active and packet[:1] != bytes((userauth.MSG_USERAUTH_FAILURE,)):
+                # Declined in the middle of its exchange: a new request ends it (RFC 4256
+                # section 3.3 says so for keyboard-interactive); the FAILURE that answers
+                # it moves on to rtunnel's own methods.
+                self._custom_active = False
+                self.askForAuth(b"none", b"")
+                return True
+            self._custom_active = False
+            return False
+        data = decode_packet(answer) if isinstance(answer, str) else bytes(answer)
+        if not data:
+            raise SpecError(
+                "The custom authentication hook returned an empty packet: return None to "
+                "decline, or a packet with its message number first."
+            )
+        number = data[0]
+        if number != userauth.MSG_USERAUTH_REQUEST and not 60 <= number <= 79:
+            raise SpecError(
+                f"The custom authentication hook returned message {number}: send a "
+                "USERAUTH_REQUEST (50) or a method-specific message (60-79), message "
+                "number first."
+            )
+        if number == userauth.MSG_USERAUTH_REQUEST:
+            # Its method, for the messages about partial success.
+            method = read_ssh_params(data[1:], "s,s,s")[2]
+            self.lastAuth = str(method).encode("utf-8")
+        self._custom_active = True
+        assert self.transport is not None
+        self.transport.sendPacket(number, data[1:])
+        return True
+
+    def _hook_failed(self, reason: Any, what: str) -> None:
+        error = reason.value
+        if not isinstance(error, RTunnelError):
+            _log.failure("{what} failed", failure=reason, what=what)
+            error = AuthenticationError(f"The {what} failed: {error!r}.", self._methods_left)
+        self.failure = error
+        self._give_up()
+
     # -- publickey
 
-    def _try_key(self) -> bool:
-        if not self._keys:
-            return False
-        loaded = self._keys.pop(0)
-        key = loaded.key
-        assert self.transport is not None
-        signing = signature_algorithm(key, self.transport.peerExtensions.get(b"server-sig-algs"))
-        public = key.public()
-        self.lastPublicKey = public
-        algorithm, blob = signing, public.blob()
-        if loaded.certificate is not None:
-            # OpenSSH PROTOCOL.certkeys: the request names the certificate algorithm and
-            # carries the certificate; the signature is the key's own ("rsa-sha2-512"
-            # for "rsa-sha2-512-cert-v01@openssh.com").
-            blob = loaded.certificate
-            algorithm = _certificate_algorithm(getNS(blob)[0], signing)
-        to_sign = self._publickey_signed_data(algorithm, blob)
-        signature = key.sign(to_sign, signatureType=signing)
-        self.askForAuth(b"publickey", b"\x01" + NS(algorithm) + NS(blob) + NS(signature))
-        return True
+    async def _agent_identities(self) -> list[bytes]:
+        for credential in self._agents:
+            path = credential.path or os.environ.get("SSH_AUTH_SOCK")
+            if not path:
+                continue
+            from rtunnel.client.agent import connect_agent
 
-    async def _try_agent_key(self) -> bool:
-        if self._agent_keys is None:
-            self._agent_keys = []
-            for credential in self._agents:
-                path = credential.path or os.environ.get("SSH_AUTH_SOCK")
-                if not path:
-                    continue
-                from rtunnel.client.agent import connect_agent
+            reactor = self._options.reactor
+            if reactor is None:
+                from twisted.internet import reactor
+            try:
+                self._agent = await connect_agent(reactor, path)
+                found = await self._agent.identities()
+            except Exception as e:
+                _log.warn("Ignoring the agent at {path}: {error}", path=path, error=e)
+                continue
+            return [blob for blob, _comment in found]
+        return []
 
-                reactor = self._options.reactor
-                if reactor is None:
-                    from twisted.internet import reactor
-                try:
-                    self._agent = await connect_agent(reactor, path)
-                    found = await self._agent.identities()
-                except Exception as e:
-                    _log.warn("Ignoring the agent at {path}: {error}", path=path, error=e)
-                    continue
-                self._agent_keys = [blob for blob, _comment in found]
-                break
-        if not self._agent_keys:
+    async def _prepare_candidates(self) -> list[_Candidate]:
+        """
+        The publickey attempts in OpenSSH's order (sshconnect2.c, ``pubkey_prepare``): key
+        files and certificates the agent holds (signed by the agent), then the agent's
+        other keys (none with ``identities_only``), then the other key files.
+        """
+        agent_keys = await self._agent_identities()
+        identities_only = any(a.identities_only for a in self._agents)
+        files = list(self._keys)
+        matched: set[int] = set()
+        preferred: list[_Candidate] = []
+        agent_only: list[_Candidate] = []
+        for blob in agent_keys:
+            index = next(
+                (
+                    i
+                    for i, loaded in enumerate(files)
+                    if i not in matched and loaded.offered_blob == blob
+                ),
+                None,
+            )
+            if index is not None:
+                matched.add(index)
+                preferred.append(_Candidate(files[index], blob))
+            elif not identities_only:
+                agent_only.append(_Candidate(None, blob))
+            else:
+                _log.debug("IdentitiesOnly: not using an agent key that no key file matches")
+        rest: list[_Candidate] = []
+        for i, loaded in enumerate(files):
+            if i in matched:
+                continue
+            if loaded.key is None and loaded.pending is None:
+                # A certificate only: signed by the agent's plain key, if it has it.
+                plain = certificate_public_blob(loaded.certificate or b"")
+                if plain is not None and plain in agent_keys:
+                    rest.append(_Candidate(loaded, plain))
+                else:
+                    _log.debug("no private key for certificate {source}", source=loaded.source)
+                continue
+            rest.append(_Candidate(loaded))
+        return preferred + agent_only + rest
+
+    async def _try_publickey(self) -> bool:
+        if self._candidates is None:
+            self._candidates = await self._prepare_candidates()
+        while self._candidates:
+            if await self._try_candidate(self._candidates.pop(0)):
+                return True
+        return False
+
+    async def _try_candidate(self, candidate: _Candidate) -> bool:
+        offered = candidate.offered
+        loaded = candidate.loaded
+        private: keys.Key | None = None
+        if candidate.agent_blob is None:
+            assert loaded is not None
+            private = loaded.key
+            if loaded.pending is not None:
+                private = await loaded.pending.resolve(self._options.number_of_password_prompts)
+                if private is None:
+                    return False
+                offered = loaded.offered_blob
+                if offered is None:
+                    offered = bytes(private.public().blob())
+            assert private is not None
+        if offered is None:
             return False
-        blob = self._agent_keys.pop(0)
+        offered_type = bytes(getNS(offered)[0])
+        is_cert = offered_type.endswith(CERT_SUFFIX)
+        plain_type = offered_type.removesuffix(CERT_SUFFIX)
         assert self.transport is not None
-        key_type = getNS(blob)[0]
-        if key_type.endswith(b"-cert-v01@openssh.com"):
-            # The certificate's key type (OpenSSH PROTOCOL.certkeys): the key follows.
-            base = key_type.split(b"-cert-v01@openssh.com")[0]
-            kind = b"ssh-rsa" if base == b"ssh-rsa" else base
+        signing = choose_signature_algorithm(
+            plain_type,
+            certificate=is_cert,
+            server_sig_algs=self.transport.peerExtensions.get(b"server-sig-algs"),
+            accepted=self._accepted_algorithms(),
+        )
+        if signing is None:
+            # As OpenSSH: "Skipping ... key ... - corresponding algo not in
+            # PubkeyAcceptedAlgorithms".
+            _log.debug("skipping a {kind} key: not in pubkey_accepted_algorithms", kind=plain_type)
+            return False
+        # OpenSSH PROTOCOL.certkeys: a certificate request names the certificate
+        # algorithm and carries the certificate; the signature is the key's own
+        # ("rsa-sha2-512" for "rsa-sha2-512-cert-v01@openssh.com").
+        algorithm = request_algorithm(offered_type if is_cert else None, signing)
+        to_sign = self._publickey_signed_data(algorithm, offered)
+        if candidate.agent_blob is not None:
+            try:
+                signature = await self._agent.sign(candidate.agent_blob, to_sign, signing)
+            except Exception as e:
+                _log.warn("The agent did not sign: {error}", error=e)
+                return False
         else:
-            kind = key_type
-        signing = kind
-        if kind == b"ssh-rsa":
-            offered = self.transport.peerExtensions.get(b"server-sig-algs")
-            signing = b"rsa-sha2-512"
-            if offered is not None:
-                algs = offered.split(b",")
-                signing = next(
-                    (a for a in (b"rsa-sha2-512", b"rsa-sha2-256", b"ssh-rsa") if a in algs),
-                    b"rsa-sha2-512",
-                )
-        algorithm = _certificate_algorithm(key_type, signing) if key_type != kind else signing
-        to_sign = self._publickey_signed_data(algorithm, blob)
-        try:
-            signature = await self._agent.sign(blob, to_sign, signing)
-        except Exception as e:
-            _log.warn("The agent did not sign: {error}", error=e)
-            return await self._try_agent_key()
-        self.askForAuth(b"publickey", b"\x01" + NS(algorithm) + NS(blob) + NS(signature))
+            assert private is not None
+            self.lastPublicKey = private.public()
+            signature = private.sign(to_sign, signatureType=signing)
+        self.askForAuth(b"publickey", b"\x01" + NS(algorithm) + NS(offered) + NS(signature))
         return True
+
+    def _accepted_algorithms(self) -> tuple[str, ...] | None:
+        accepted = self._options.pubkey_accepted_algorithms
+        return None if accepted is None else tuple(accepted)
 
     @override
     def serviceStopped(self) -> None:
@@ -541,10 +786,12 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         # during keyboard-interactive (RFC 4252 section 8, RFC 4256 section 3.2).
         if self.lastAuth == b"password":
             Deferred.fromCoroutine(self._password_change_requested(packet)).addErrback(
-                self._protocol_error
+                self._hook_failed, "password change callback"
             )
         elif self.lastAuth == b"keyboard-interactive":
-            Deferred.fromCoroutine(self._info_request(packet)).addErrback(self._protocol_error)
+            Deferred.fromCoroutine(self._info_request(packet)).addErrback(
+                self._hook_failed, "keyboard-interactive callback"
+            )
         else:
             # PK_OK to a query we never send (we sign straight away): ignore it.
             _log.debug("unexpected USERAUTH_PK_OK for {method}", method=self.lastAuth)
@@ -569,17 +816,6 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         assert old is not None
         self.askForAuth(b"password", b"\x01" + NS(old) + NS(str(new).encode("utf-8")))
 
-    def _protocol_error(self, reason: Any) -> None:
-        # A callback failed, or gave the wrong number of answers: give up, saying why.
-        error = reason.value
-        if not isinstance(error, AuthenticationError):
-            _log.failure("keyboard-interactive callback failed", failure=reason)
-            error = AuthenticationError(
-                f"The keyboard-interactive callback failed: {error!r}.", self._methods_left
-            )
-        self.failure = error
-        self._give_up()
-
     # -- keyboard-interactive
 
     async def _info_request(self, packet: bytes) -> None:
@@ -603,13 +839,14 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         answers: list[str] | None = [p.answer for p in prompts]  # type: ignore[misc]
         if any(p.answer is None for p in prompts):
             answers = None
-            if self._kbd:
-                challenge = KeyboardInteractiveChallenge(
-                    name.decode("utf-8", "replace"),
-                    instruction.decode("utf-8", "replace"),
-                    tuple(prompts),
-                )
-                given = await _resolve(self._kbd[0].respond(challenge))
+            challenge = KeyboardInteractiveChallenge(
+                name.decode("utf-8", "replace"),
+                instruction.decode("utf-8", "replace"),
+                tuple(prompts),
+            )
+            responder = self._kbd[0].respond if self._kbd else None
+            if responder is not None:
+                given = await _resolve(responder(challenge))
                 if given is not None:
                     answers = [str(a) for a in given]
                     if len(answers) != len(prompts):

@@ -22,6 +22,8 @@ __all__ = [
     "AuthOptions",
     "CertificateFile",
     "Credential",
+    "CustomAuth",
+    "CustomAuthStep",
     "KeyboardInteractive",
     "KeyboardInteractiveChallenge",
     "KeyboardInteractivePrompt",
@@ -43,24 +45,31 @@ PassphraseCallback = Callable[[Path], "str | None"]
 @dataclass(frozen=True)
 class PrivateKeyFile:
     """
-    Public-key authentication with a private key file (OpenSSH format or PEM).
+    Public-key authentication with a private key file: OpenSSH's format, PEM (PKCS#1,
+    SEC1, PKCS#8), PuTTY ``.ppk`` (versions 2 and 3) or PKCS#12 (``.pfx``/``.p12``, the
+    reference's cstPFXFile), told apart by their contents.
 
     :ivar path: the key file.
-    :ivar passphrase: the passphrase of an encrypted key, if any, or a callable that gets
-        the path and returns it (asked only when the key turns out to be encrypted).
+    :ivar passphrase: the passphrase of an encrypted key, if any; or a callable that gets
+        the path and returns it (asked only when the key turns out to be encrypted, before
+        connecting); or an :class:`AskPassword`, asked as ``ssh`` asks, when the key is
+        about to be tried: with the prompt ``Enter passphrase for key 'PATH': ``, again
+        after a wrong passphrase (up to ``number_of_password_prompts`` times), and an empty
+        answer or None skips the key. A key the agent holds (:class:`SSHAgent`) is signed
+        by the agent without asking.
     :ivar certificate: an OpenSSH user certificate for the key (``-o CertificateFile``);
         by default ``<path>-cert.pub`` is used when it exists, as OpenSSH does. The
         certificate is offered first, then the bare key.
     """
 
     path: Path
-    passphrase: str | PassphraseCallback | None = None
+    passphrase: str | PassphraseCallback | AskPassword | None = None
     certificate: Path | None = None
 
     def __init__(
         self,
         path: str | Path,
-        passphrase: str | PassphraseCallback | None = None,
+        passphrase: str | PassphraseCallback | AskPassword | None = None,
         *,
         certificate: str | Path | None = None,
     ) -> None:
@@ -166,21 +175,82 @@ class PrivateKey:
     Public-key authentication with a key held in memory (the reference's SSHCertEncoded).
 
     :ivar key: a private ``twisted.conch.ssh.keys.Key``, or the key file's contents
-        (OpenSSH format or PEM, as ``bytes`` or ``str``).
+        (OpenSSH format, PEM, PuTTY ``.ppk`` or PKCS#12, as ``bytes`` or ``str``; the
+        reference's cstPEMKeyBlob, cstPPKBlob and cstPFXBlob).
     :ivar passphrase: for encrypted contents: the passphrase, or a callable that gets
-        ``source`` (as a Path) and returns it.
+        ``source`` (as a Path) and returns it, or an :class:`AskPassword` (as for
+        :class:`PrivateKeyFile`).
     :ivar certificate: an OpenSSH certificate for the key (the ``-cert.pub`` line).
     :ivar source: how messages name the key.
     """
 
     key: Any
-    passphrase: str | PassphraseCallback | None = None
+    passphrase: str | PassphraseCallback | AskPassword | None = None
     certificate: str | bytes | None = None
     source: str = "(in memory)"
 
     @override
     def __repr__(self) -> str:
         return f"PrivateKey(<hidden>, source={self.source!r})"
+
+
+@dataclass(frozen=True)
+class CustomAuthStep:
+    """
+    One step of custom authentication (the reference's SSHCustomAuth event).
+
+    :ivar packet: the server's last user authentication packet, message type first: a
+        ``USERAUTH_FAILURE`` (51, the methods that can continue and the partial success
+        flag) or a method-specific message (60-79). Read it with
+        :func:`~rtunnel.get_ssh_param` or :func:`~rtunnel.read_ssh_params`.
+    :ivar user: the user name rtunnel logs on as.
+    :ivar service: the service to start after authentication (``"ssh-connection"``), as
+        a ``USERAUTH_REQUEST`` must name it (RFC 4252 section 5).
+    :ivar session_id: the session identifier, which a ``publickey`` signature covers
+        (RFC 4252 section 7).
+    """
+
+    packet: bytes
+    user: str
+    service: str
+    session_id: bytes
+
+    @property
+    def message(self) -> int:
+        """The packet's message number."""
+        return self.packet[0] if self.packet else 0
+
+
+#: Answers one custom authentication step: the packet to send (message type first, as
+#: ``bytes`` or as :func:`~rtunnel.encode_packet`'s hex text), or None to decline; may be
+#: asynchronous.
+CustomAuthCallback = Callable[
+    [CustomAuthStep],
+    "bytes | str | Deferred[bytes | str | None] | Awaitable[bytes | str | None] | None",
+]
+
+
+@dataclass(frozen=True)
+class CustomAuth:
+    """
+    Custom authentication (the reference's amCustom and SSHCustomAuth event): the
+    application sees the server's raw user authentication packets and answers with its
+    own, for a method rtunnel does not speak or to drive one itself.
+
+    ``respond`` is called with the server's ``USERAUTH_FAILURE`` before rtunnel tries its
+    own methods (the first one answers the ``none`` probe and lists the methods), and,
+    while the exchange it started goes on, with every ``USERAUTH_FAILURE`` and
+    method-specific message (60-79) the server sends. It returns the packet to send: a
+    ``USERAUTH_REQUEST`` (50) or a method-specific message (60-79), message type first
+    (build it with :func:`~rtunnel.set_ssh_param`). Returning None declines: rtunnel
+    carries on with the other credentials of ``auth=`` and asks ``respond`` again only
+    after a partial success (RFC 4252 section 5.1). Given alone in ``auth=``, it takes
+    over authentication completely, as amCustom does.
+
+    :ivar respond: gets a :class:`CustomAuthStep`; may return a Deferred or an awaitable.
+    """
+
+    respond: CustomAuthCallback
 
 
 @dataclass(frozen=True)
@@ -204,11 +274,19 @@ class SSHAgent:
     Public-key authentication with the keys (and certificates) an ``ssh-agent`` holds,
     tried after the key files.
 
+    Keys of ``auth=`` that the agent also holds (a key file, or a certificate for a key
+    in the agent) are signed by the agent, so an encrypted key file needs no passphrase
+    then; they are tried first, then the agent's other keys, then the remaining key
+    files, in OpenSSH's order (sshconnect2.c, ``pubkey_prepare``).
+
     :ivar path: the agent's socket (OpenSSH ``IdentityAgent``); None: ``SSH_AUTH_SOCK``
         when the tunnel logs on (no agent then means no agent keys, as in OpenSSH).
+    :ivar identities_only: use only the agent keys that match a key file or certificate
+        of ``auth=`` (OpenSSH ``IdentitiesOnly yes``).
     """
 
     path: str | None = None
+    identities_only: bool = False
 
 
 Credential = (
@@ -219,6 +297,7 @@ Credential = (
     | KeyboardInteractive
     | SSHAgent
     | CertificateFile
+    | CustomAuth
 )
 
 
@@ -284,6 +363,10 @@ class AuthOptions:
         section 8): gets its prompt, returns the new password (may be async), or None to
         give up; without it the request is an AuthenticationError.
     :ivar host: the server's name, for the password prompt.
+    :ivar pubkey_accepted_algorithms: the public key signature algorithms to use, in
+        order (OpenSSH ``PubkeyAcceptedAlgorithms`` syntax, or a list); a key none of them
+        fits is skipped. None: automatic (RSA signs with the best SHA-2 algorithm the
+        server's ``server-sig-algs`` lists).
     """
 
     credentials: tuple[Credential, ...] = ()
@@ -294,8 +377,16 @@ class AuthOptions:
     password_change: PasswordCallback | None = None
     host: str = ""
     reactor: Any = None
+    pubkey_accepted_algorithms: str | Sequence[str] | None = None
 
     def __post_init__(self) -> None:
+        from rtunnel.client._pubkey import resolve_pubkey_algorithms
+
+        object.__setattr__(
+            self,
+            "pubkey_accepted_algorithms",
+            resolve_pubkey_algorithms(self.pubkey_accepted_algorithms),
+        )
         unknown = [m for m in self.preferred if m not in SUPPORTED_METHODS and m != "none"]
         if unknown:
             raise SpecError(
