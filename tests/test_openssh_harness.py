@@ -557,3 +557,94 @@ def test_sshd_dying_at_start_is_reported(tmp_path: Path) -> None:
         server.start()
     assert "fatal: simulated startup failure" in str(e.value)
     assert server.pid is None
+
+
+def _state(pid: int) -> str:
+    """The process state letter from ``/proc/PID/stat`` (``T``: stopped)."""
+    return Path("/proc", str(pid), "stat").read_text().rpartition(")")[2].split()[0]
+
+
+def _echo_stalls(port: int) -> bool:
+    """Connecting works (the kernel accepts), but no echo comes back within a second."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as conn:
+        conn.sendall(b"anyone?")
+        conn.settimeout(1.0)
+        try:
+            conn.recv(100)
+        except TimeoutError:
+            return True
+    return False
+
+
+def test_freeze_thaw_and_kill_sessions(
+    openssh_server: OpenSSHServer,
+    openssh_client_key: Path,
+    openssh_ssh: str,
+    echo_server: EchoServer,
+    run_ssh: Callable[[list[str]], SSHClient],
+) -> None:
+    """
+    :meth:`OpenSSHServer.freeze_sessions` stops the session processes (the forward hangs,
+    the client stays connected), :meth:`~OpenSSHServer.thaw_sessions` continues them, and
+    :meth:`~OpenSSHServer.kill_sessions` drops the client as a crash would.
+    """
+    client = run_ssh(
+        ssh_command(
+            openssh_ssh, openssh_server, openssh_client_key, "-R", f"0:127.0.0.1:{echo_server.port}"
+        )
+    )
+    forwarded = client.allocated_port(echo_server.port)
+
+    frozen = openssh_server.freeze_sessions()
+
+    assert frozen and frozen == openssh_server.sshd_session_pids()
+    assert openssh_server.pid not in frozen
+    wait_until(lambda: all(_state(pid) == "T" for pid in frozen), "the sessions to stop")
+    assert _echo_stalls(forwarded)
+    assert client.process.poll() is None
+
+    assert openssh_server.thaw_sessions() == frozen
+    wait_until(lambda: not any(_state(pid) == "T" for pid in frozen), "the sessions to go on")
+    assert echo_through(forwarded) == b"hello through the tunnel\n"
+
+    assert openssh_server.kill_sessions() == frozen
+    assert client.wait_exit() == 255
+    assert openssh_server.sshd_session_pids() == [] and openssh_server.pid is not None
+
+
+def test_restart_with_new_host_keys(
+    openssh_server: OpenSSHServer,
+    openssh_client_key: Path,
+    openssh_ssh: str,
+    tmp_path: Path,
+    run_ssh: Callable[[list[str]], SSHClient],
+) -> None:
+    """
+    ``restart(new_host_keys=True)`` comes back on the same port with another host key: a
+    client holding the old ``known_hosts`` refuses it; the rewritten one has the new key.
+    """
+    old_keys = openssh_server.host_public_keys()
+    old_known_hosts = tmp_path / "old_known_hosts"
+    old_known_hosts.write_text(openssh_server.known_hosts_path.read_text())
+    port = openssh_server.port
+
+    openssh_server.restart(new_host_keys=True)
+
+    assert openssh_server.port == port
+    assert set(openssh_server.host_public_keys()).isdisjoint(old_keys)
+    refused_client = run_ssh(
+        ssh_command(
+            openssh_ssh,
+            openssh_server,
+            openssh_client_key,
+            "-R",
+            "0:127.0.0.1:9",
+            known_hosts=old_known_hosts,
+        )
+    )
+    assert refused_client.wait_exit() == 255
+    assert any("HOST IDENTIFICATION HAS CHANGED" in line for line in refused_client.lines)
+    accepted = run_ssh(
+        ssh_command(openssh_ssh, openssh_server, openssh_client_key, "-R", "0:127.0.0.1:9")
+    )
+    accepted.allocated_port(9)

@@ -323,13 +323,16 @@ def free_port() -> int:
 
 def test_public_names() -> None:
     assert sorted(rtunnel.testing.__all__) == [
+        "FaultProxy",
         "ForwardListener",
         "KeyKind",
         "OpenSSHServer",
         "SSHTestServer",
+        "certificate_line",
         "client_key",
         "generate_client_key",
         "host_key",
+        "make_certificate",
     ]
     for name in rtunnel.testing.__all__:
         assert getattr(rtunnel.testing, name) is not None
@@ -695,3 +698,371 @@ async def test_plugin_fixtures(ssh_test_server, ssh_client_key, ssh_known_hosts,
     assert ssh_test_server.connections == 2
     await close(by_key)
     await close(by_password)
+
+
+# Fault controls, driven by the real rtunnel client ----------------------------------------
+
+
+def tunnel_to(server: SSHTestServer, tmp_path: Any, **kw: Any) -> Any:
+    """A ReverseTunnel for alice on ``server`` (reconnect off unless given)."""
+    from rtunnel import PrivateKeyFile, ReconnectPolicy, ReverseTunnel
+    from rtunnel.testing import generate_client_key
+
+    kw.setdefault("reconnect", ReconnectPolicy.off())
+    kw.setdefault("known_hosts", server.write_known_hosts(tmp_path / "known_hosts"))
+    if "auth" not in kw:
+        kw["auth"] = [PrivateKeyFile(generate_client_key("ed25519", tmp_path / "keys"))]
+    return ReverseTunnel(reactor, server.host, server.port, user="alice", **kw)
+
+
+def fast_reconnect() -> Any:
+    from rtunnel import ReconnectPolicy
+
+    return ReconnectPolicy(initial_delay=0.2, max_delay=0.5, jitter=0)
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_freeze_holds_every_reply_until_thaw(server, tmp_path) -> None:
+    from test_tunnel_e2e import TargetServer, echo
+
+    target = TargetServer(echo)
+    t = tunnel_to(server, tmp_path)
+    await t.logon()
+    try:
+        first = await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", target.port)
+        server.freeze()
+        pending = t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9)
+        # An inbound connection: the channel open the server would send is held too.
+        peer = await dial(first.port)
+        peer.transport.write(b"held")
+        await sleep(0.5)
+        # Not answered, not listening, no channel, and the TCP connection is still up.
+        assert not pending.called and len(server.forwards) == 1
+        assert t.channels == [] and target.connections == []
+        assert t.connected and server.connections == 1
+        server.thaw()
+        forward = await pending.addTimeout(TIMEOUT, reactor)
+        assert forward.port == await server.wait_for_forward("127.0.0.1", forward.port)
+        await until(lambda: bytes(peer.data) == b"held")
+        peer.transport.loseConnection()
+    finally:
+        await t.logoff()
+        target.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_freeze_is_noticed_by_keepalive_then_reconnected(server, tmp_path) -> None:
+    import time
+
+    from test_reconnect import Recorder
+
+    from rtunnel import KeepaliveError
+
+    k, n = 0.5, 1
+    watcher = Recorder()
+    t = tunnel_to(
+        server, tmp_path, keepalive_interval=k, keepalive_count_max=n, reconnect=fast_reconnect()
+    )
+    t.add_observer(watcher)
+    await t.logon()
+    try:
+        server.freeze()
+        frozen_at = time.monotonic()
+        await until(lambda: bool(watcher.losses))
+        assert time.monotonic() - frozen_at <= k * (n + 1) + 1 + 1.0  # slack for CI
+        assert isinstance(watcher.losses[0], KeepaliveError)
+        # Connections made after the freeze are not frozen.
+        await until(lambda: watcher.connects == 2)
+        assert server.accepted_connections == 2
+        # Thawed, the old connection reads the client's reset and goes.
+        server.thaw()
+        await server.wait_for_connections(1).addTimeout(TIMEOUT, reactor)
+    finally:
+        await t.logoff()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refuse_forwards_for_all_or_one_port(server, tmp_path) -> None:
+    from rtunnel import ForwardingError
+
+    t = tunnel_to(server, tmp_path)
+    await t.logon()
+    try:
+        port = free_port()
+        server.refuse_forwards(port)
+        with pytest.raises(ForwardingError):
+            await t.request_forwarding("127.0.0.1", port, "127.0.0.1", 9)
+        dynamic = await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9)
+        server.refuse_forwards()
+        with pytest.raises(ForwardingError):
+            await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9)
+        # Forwards already listening are not touched.
+        assert server.forwards == [rtunnel.testing.ForwardListener("127.0.0.1", dynamic.port)]
+        server.allow_forwards()
+        fixed = await t.request_forwarding("127.0.0.1", port, "127.0.0.1", 9)
+        assert fixed.port == port
+    finally:
+        await t.logoff()
+
+
+@pytest_twisted.ensureDeferred
+async def test_allow_forwards_for_one_port(server, tmp_path) -> None:
+    from rtunnel import ForwardingError
+
+    t = tunnel_to(server, tmp_path)
+    await t.logon()
+    try:
+        ports = [free_port(), free_port()]
+        for port in ports:
+            server.refuse_forwards(port)
+        server.allow_forwards(ports[0])
+        assert (await t.request_forwarding("127.0.0.1", ports[0], "127.0.0.1", 9)).port == ports[0]
+        with pytest.raises(ForwardingError):
+            await t.request_forwarding("127.0.0.1", ports[1], "127.0.0.1", 9)
+    finally:
+        await t.logoff()
+
+
+def stale(port: int) -> bool:
+    """A connection to ``port`` is accepted and then nothing happens: no data, no close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        c.settimeout(0.3)
+        try:
+            c.recv(10)
+        except TimeoutError:
+            return True
+    return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_hold_port_as_a_stale_session_until_released(server, tmp_path) -> None:
+    # RELIABILITY.md A9 on the bundled server: the dropped session's listener stays, so
+    # the new session's forward is refused and retried until the port is released.
+    from test_reconnect import Recorder
+    from test_tunnel_e2e import TargetServer, echo, exchange, in_thread
+
+    from rtunnel import ForwardState
+
+    target = TargetServer(echo)
+    watcher = Recorder()
+    t = tunnel_to(server, tmp_path, reconnect=fast_reconnect())
+    t.add_observer(watcher)
+    await t.logon()
+    try:
+        port = free_port()
+        forward = await t.request_forwarding("127.0.0.1", port, "127.0.0.1", target.port)
+        server.hold_port(port)
+        assert server.held_ports == [port]
+        await server.drop_connections()
+        await until(lambda: watcher.connects == 2)
+        await until(lambda: forward.state is ForwardState.RETRYING)
+        assert server.forwards == []
+        # The held listener accepts and never answers, as a dead session's would.
+        assert await in_thread(stale, port)
+        waiting = await dial(port)
+        await server.release_port(port)
+        await waiting.lost.addTimeout(TIMEOUT, reactor)
+        assert server.held_ports == []
+        await until(lambda: forward.state is ForwardState.ACTIVE)
+        assert await in_thread(exchange, port, b"released") == b"released"
+    finally:
+        await t.logoff()
+        target.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hold_a_port_nobody_uses(server, tmp_path) -> None:
+    from rtunnel import ForwardingError
+
+    t = tunnel_to(server, tmp_path)
+    await t.logon()
+    try:
+        port = free_port()
+        server.hold_port(port)
+        with pytest.raises(ForwardingError):
+            await t.request_forwarding("127.0.0.1", port, "127.0.0.1", 9)
+        await server.release_port(port)
+        assert (await t.request_forwarding("127.0.0.1", port, "127.0.0.1", 9)).port == port
+    finally:
+        await t.logoff()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_releases_held_ports(server) -> None:
+    port = free_port()
+    server.hold_port(port)
+    await server.stop()
+    assert server.held_ports == []
+    with pytest.raises(ConnectionRefusedError):
+        await dial(port)
+    await server.start()  # for the fixture's stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refuse_authentication(server, tmp_path) -> None:
+    from rtunnel import AuthenticationError, Password
+
+    server.refuse_authentication()
+    t = tunnel_to(server, tmp_path)
+    with pytest.raises(AuthenticationError):
+        await t.logon()
+    assert ("alice", "publickey") in server.auth_attempts
+    # The right password is refused too.
+    with pytest.raises(AuthenticationError):
+        await tunnel_to(server, tmp_path, auth=[Password("s3cret")]).logon()
+    assert ("alice", "password") in server.auth_attempts
+    server.refuse_authentication(False)
+    await t.logon()
+    await t.logoff()
+
+
+@pytest_twisted.ensureDeferred
+async def test_restart_keeps_the_port_and_by_default_the_key(server, tmp_path) -> None:
+    from test_reconnect import Recorder
+
+    watcher = Recorder()
+    t = tunnel_to(server, tmp_path, reconnect=fast_reconnect())
+    t.add_observer(watcher)
+    await t.logon()
+    port, key = server.port, server.host_key
+    try:
+        await server.restart()
+        assert server.port == port and server.host_key == key
+        await until(lambda: watcher.connects == 2)
+    finally:
+        await t.logoff()
+
+
+@pytest_twisted.ensureDeferred
+async def test_restart_with_another_host_key_is_refused_for_good(server, tmp_path) -> None:
+    # RELIABILITY.md A14 on the bundled server.
+    from test_reconnect import Recorder
+
+    from rtunnel import HostKeyError
+
+    watcher = Recorder()
+    t = tunnel_to(server, tmp_path, reconnect=fast_reconnect())
+    t.add_observer(watcher)
+    await t.logon()
+    ended: list[Any] = []
+    t.when_disconnected().addErrback(ended.append)
+    old_key = server.host_key
+    await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9)
+    await server.restart("ed25519")
+    assert server.host_key != old_key and server.host_key.sshType() == b"ssh-ed25519"
+    await until(lambda: bool(ended))
+    assert ended[0].check(HostKeyError)
+    assert "CHANGED" in str(ended[0].value)
+    # Refused at key exchange: nothing more, and no retry loop.
+    await sleep(1.0)
+    assert server.accepted_connections == 2 and len(watcher.attempts) == 1
+    assert server.auth_attempts.count(("alice", "publickey")) == 1
+    assert server.forwards == [] and not t.connected
+
+
+@pytest_twisted.ensureDeferred
+async def test_restart_with_a_given_key(server) -> None:
+    from rtunnel.testing import host_key
+
+    await server.restart(host_key("ecdsa"))
+    assert server.host_key == host_key("ecdsa").public()
+    with pytest.raises(ValueError, match="private"):
+        await server.restart(host_key("rsa").public())
+    assert server.host_key == host_key("ecdsa").public()  # still running, unchanged
+    client = await connect(server, password="s3cret")
+    await close(client)
+
+
+@pytest_twisted.ensureDeferred
+async def test_delay_replies_to_global_requests_keeps_them_in_order(server, tmp_path) -> None:
+    import time
+
+    from rtunnel import ForwardingError
+
+    t = tunnel_to(server, tmp_path)
+    await t.logon()
+    try:
+        server.delay_replies(global_requests=0.5)
+        refused, fixed_port = free_port(), free_port()
+        server.refuse_forwards(refused)
+        started = time.monotonic()
+        requests = [
+            t.request_forwarding("127.0.0.1", refused, "127.0.0.1", 9),
+            t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9),
+            t.request_forwarding("127.0.0.1", fixed_port, "127.0.0.1", 9),
+        ]
+        await sleep(0.3)
+        assert server.forwards == []  # not even handled yet
+        with pytest.raises(ForwardingError):
+            await requests[0]
+        dynamic, fixed = await requests[1], await requests[2]
+        assert time.monotonic() - started >= 0.5
+        assert fixed.port == fixed_port
+        assert sorted(f.port for f in server.forwards) == sorted([dynamic.port, fixed_port])
+        server.delay_replies()
+        started = time.monotonic()
+        await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9)
+        assert time.monotonic() - started < 0.5
+    finally:
+        await t.logoff()
+
+
+class OpenedChannel(SSHChannel):
+    name = b"session"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.failed: Deferred[float] = Deferred()
+
+    @override
+    def openFailed(self, reason: Any) -> None:
+        import time
+
+        self.failed.callback(time.monotonic())
+
+
+@pytest_twisted.ensureDeferred
+async def test_delay_replies_to_channel_opens(server, client) -> None:
+    import time
+
+    server.delay_replies(channel_opens=0.4)
+    channel = OpenedChannel(conn=conn_of(client))
+    started = time.monotonic()
+    conn_of(client).openChannel(channel)
+    refused_at = await channel.failed.addTimeout(TIMEOUT, reactor)
+    assert refused_at - started >= 0.4
+    with pytest.raises(ValueError):
+        server.delay_replies(-1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_plugin_fault_proxy_fixture(
+    ssh_test_server, ssh_fault_proxy, ssh_client_key, ssh_user, tmp_path
+) -> None:
+    from rtunnel import ConnectionLostError, PrivateKeyFile, ReconnectPolicy, ReverseTunnel
+
+    known_hosts = ssh_test_server.write_known_hosts(
+        tmp_path / "known_hosts", port=ssh_fault_proxy.port
+    )
+    assert known_hosts.read_text().startswith(f"[127.0.0.1]:{ssh_fault_proxy.port} ssh-ed25519 ")
+    t = ReverseTunnel(
+        reactor,
+        ssh_fault_proxy.host,
+        ssh_fault_proxy.port,
+        user=ssh_user,
+        auth=[PrivateKeyFile(ssh_client_key)],
+        known_hosts=known_hosts,
+        reconnect=ReconnectPolicy.off(),
+    )
+    await t.logon()
+    ended: list[Any] = []
+    t.when_disconnected().addErrback(ended.append)
+    assert ssh_fault_proxy.connections == 1 and ssh_test_server.connections == 1
+    ssh_fault_proxy.reset()
+    await until(lambda: bool(ended))
+    assert ended[0].check(ConnectionLostError)
+    await ssh_test_server.wait_for_connections(0).addTimeout(TIMEOUT, reactor)

@@ -1,6 +1,7 @@
 """
 Test helpers for code that uses SSH reverse tunnels: a real in-process SSH server that
-implements the server side of remote forwarding, cached keys, a harness for a real
+implements the server side of remote forwarding, with fault controls (:class:`SSHTestServer`),
+a fault-injecting TCP proxy (:class:`FaultProxy`), cached keys, a harness for a real
 OpenSSH ``sshd`` (:class:`OpenSSHServer`), and a pytest plugin
 (fixtures ``ssh_test_server``, ``ssh_client_key`` and ``ssh_known_hosts``).
 
@@ -15,21 +16,27 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rtunnel.testing._certs import certificate_line, make_certificate
     from rtunnel.testing._keys import KeyKind, client_key, generate_client_key, host_key
     from rtunnel.testing._openssh import OpenSSHServer
+    from rtunnel.testing._proxy import FaultProxy
     from rtunnel.testing._server import ForwardListener, SSHTestServer
 
 __all__ = [
+    "FaultProxy",
     "ForwardListener",
     "KeyKind",
     "OpenSSHServer",
     "SSHTestServer",
+    "certificate_line",
     "client_key",
     "generate_client_key",
     "host_key",
+    "make_certificate",
 ]
 
 _WHERE = {
+    "FaultProxy": "rtunnel.testing._proxy",
     "OpenSSHServer": "rtunnel.testing._openssh",
     "ForwardListener": "rtunnel.testing._server",
     "SSHTestServer": "rtunnel.testing._server",
@@ -37,6 +44,8 @@ _WHERE = {
     "client_key": "rtunnel.testing._keys",
     "generate_client_key": "rtunnel.testing._keys",
     "host_key": "rtunnel.testing._keys",
+    "certificate_line": "rtunnel.testing._certs",
+    "make_certificate": "rtunnel.testing._certs",
 }
 
 

@@ -423,15 +423,57 @@ class OpenSSHServer:
         finally:
             self._cleanup_process()
 
-    def restart(self, *, kill_sessions: bool = True) -> None:
+    def restart(self, *, kill_sessions: bool = True, new_host_keys: bool = False) -> None:
         """
         :meth:`stop`, then :meth:`start` again on the same port with the same host keys.
 
         :param kill_sessions: passed to :meth:`stop`; ``False`` restarts only the listener,
             like ``systemctl restart ssh`` does, and open connections keep working.
+        :param new_host_keys: generate new host keys first: a server whose key changed.
+            :attr:`known_hosts_path` is rewritten with the new keys, so keep a copy of the
+            old file to show a client the key it knew.
         """
         self.stop(kill_sessions=kill_sessions)
+        if new_host_keys:
+            for path in self.host_key_paths.values():
+                path.unlink(missing_ok=True)
+                path.with_name(path.name + ".pub").unlink(missing_ok=True)
         self.start()
+
+    def kill_sessions(self) -> list[int]:
+        """
+        ``SIGKILL`` every process serving a connection (:meth:`sshd_session_pids`), as a
+        crash would: the clients see their connections reset or closed by the kernel,
+        while the listener keeps accepting new ones.
+
+        :return: the process ids signalled.
+        """
+        return self._signal_sessions(signal.SIGKILL)
+
+    def freeze_sessions(self) -> list[int]:
+        """
+        ``SIGSTOP`` every process serving a connection: the server hangs without closing
+        anything (keepalives go unanswered, forwarded ports stay bound), while the listener
+        keeps accepting new connections. Undo with :meth:`thaw_sessions`; :meth:`stop`
+        continues and ends them.
+
+        :return: the process ids signalled.
+        """
+        return self._signal_sessions(signal.SIGSTOP)
+
+    def thaw_sessions(self) -> list[int]:
+        """
+        ``SIGCONT`` every process serving a connection (after :meth:`freeze_sessions`).
+
+        :return: the process ids signalled.
+        """
+        return self._signal_sessions(signal.SIGCONT)
+
+    def _signal_sessions(self, sig: signal.Signals) -> list[int]:
+        pids = self.sshd_session_pids()
+        for pid in pids:
+            _signal(pid, sig)
+        return pids
 
     def sshd_session_pids(self) -> list[int]:
         """

@@ -42,6 +42,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
+    IDelayedCall,
     IHalfCloseableProtocol,
     IListeningPort,
     IPushProducer,
@@ -57,6 +58,7 @@ from zope.interface import implementer
 from rtunnel.client import _algorithms
 from rtunnel.client._kex import SecureTransportMixin
 from rtunnel.testing._keys import KeyKind, host_key
+from rtunnel.testing._keys import _generate as _generate_key
 
 __all__ = ["ForwardListener", "KbdIntPrompt", "SSHTestServer"]
 
@@ -209,6 +211,11 @@ class _ServerTransport(SecureTransportMixin, transport.SSHServerTransport):
     # Everything the client supports, so a test can ask for any of it.
     supportedCiphers = [name.encode() for name in _algorithms.SUPPORTED_CIPHERS]  # noqa: N815
     supportedMACs = [name.encode() for name in _algorithms.SUPPORTED_MACS]  # noqa: N815
+    # The client's key exchanges too (RFC 8268 groups, the ML-KEM hybrid), less group
+    # exchange: the server has no moduli file to pick groups from.
+    supportedKeyExchanges = [  # noqa: N815
+        name.encode() for name in _algorithms.SUPPORTED_KEX if "group-exchange" not in name
+    ]
     supportedCompressions = [b"none", b"zlib@openssh.com", b"zlib"]  # noqa: N815
 
     @override
@@ -231,6 +238,30 @@ class _ServerTransport(SecureTransportMixin, transport.SSHServerTransport):
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
         _server_of(self)._transport_lost(self)
+
+    # SSHTestServer.freeze(): no reading, and packets held (already in order, not yet
+    # sealed) until thaw(), as a stopped sshd session that keeps its TCP connection.
+    _held: list[tuple[int, bytes]] | None = None
+
+    @override
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        if self._held is not None:
+            self._held.append((messageType, payload))
+            return
+        super().sendPacket(messageType, payload)
+
+    def freeze(self) -> None:
+        if self._held is None:
+            self._held = []
+            cast(IPushProducer, self.transport).pauseProducing()
+
+    def thaw(self) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        for message_type, payload in held:
+            self.sendPacket(message_type, payload)
+        cast(IPushProducer, self.transport).resumeProducing()
 
     @override
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
@@ -334,6 +365,15 @@ class _UserAuthServer(userauth.SSHUserAuthServer):
             pending.errback(Failure(conch_error.IgnoreAuthentication()))
         self.supportedAuthentications = self._allowed(user)
         self._server._auth_log.append((user.decode("utf-8", "replace"), method.decode()))
+        if self._server._refuse_auth:
+            # SSHTestServer.refuse_authentication(): every request fails, as sshd answers
+            # a locked account ("User ... not allowed because account is locked").
+            assert self.transport is not None
+            self.transport.sendPacket(
+                userauth.MSG_USERAUTH_FAILURE,
+                common.NS(b",".join(self.supportedAuthentications)) + b"\x00",
+            )
+            return None
         return super().ssh_USERAUTH_REQUEST(packet)
 
     @override
@@ -442,10 +482,17 @@ class _UserAuthServer(userauth.SSHUserAuthServer):
 class _Forward:
     """One ``tcpip-forward`` on one connection: its listening ports."""
 
-    def __init__(self, bind_address: str, port: int, ports: list[IListeningPort]) -> None:
+    def __init__(
+        self,
+        bind_address: str,
+        port: int,
+        ports: list[IListeningPort],
+        factory: _InboundFactory | None = None,
+    ) -> None:
         self.bind_address = bind_address
         self.port = port
         self.ports = ports
+        self.factory = factory
 
     def stop(self) -> Deferred[None]:
         return defer.gatherResults(
@@ -464,15 +511,52 @@ class _ForwardingConnection(connection.SSHConnection):
         super().serviceStarted()
         self.server = _server_of(self.transport)
         self.forwards: dict[tuple[str, int], _Forward] = {}
+        # SSHTestServer.delay_replies(): global requests waiting, as (due, packet), and
+        # the timers of delayed replies.
+        self._delayed_requests: list[tuple[float, bytes]] = []
+        self._delayed_calls: set[IDelayedCall] = set()
 
     @override
     def serviceStopped(self) -> None:
-        # Listeners go away with the connection, as in sshd.
+        # Listeners go away with the connection, as in sshd (unless a test holds the port
+        # as a stale session would: SSHTestServer.hold_port).
         super().serviceStopped()
+        for call in self._delayed_calls:
+            if call.active():
+                call.cancel()
+        self._delayed_calls.clear()
+        self._delayed_requests.clear()
         for forward in self.forwards.values():
-            self.server._track(forward.stop())
+            self.server._forward_gone(forward)
         self.forwards.clear()
         self.server._changed()
+
+    @override
+    def ssh_GLOBAL_REQUEST(self, packet: bytes) -> None:
+        delay = self.server._global_request_delay
+        if not delay and not self._delayed_requests:
+            super().ssh_GLOBAL_REQUEST(packet)
+            return
+        # Delayed as a whole, one after the other, so replies stay in order (RFC 4254
+        # section 4).
+        self._delayed_requests.append((self.server._clock.seconds() + delay, packet))
+        if len(self._delayed_requests) == 1:
+            self._later(delay, self._run_delayed_requests)
+
+    def _run_delayed_requests(self) -> None:
+        now = self.server._clock.seconds()
+        while self._delayed_requests and self._delayed_requests[0][0] <= now:
+            super().ssh_GLOBAL_REQUEST(self._delayed_requests.pop(0)[1])
+        if self._delayed_requests:
+            self._later(self._delayed_requests[0][0] - now, self._run_delayed_requests)
+
+    def _later(self, delay: float, function: Callable[[], None]) -> None:
+        def run() -> None:
+            self._delayed_calls.discard(call)
+            function()
+
+        call = self.server._clock.callLater(max(0.0, delay), run)
+        self._delayed_calls.add(call)
 
     @override
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int | tuple[int, bytes]:
@@ -492,7 +576,7 @@ class _ForwardingConnection(connection.SSHConnection):
 
     def _forward(self, bind_address: str, port: int) -> int | tuple[int, bytes]:
         addresses = listen_addresses(bind_address)
-        if addresses is None or port > 0xFFFF:
+        if addresses is None or port > 0xFFFF or self.server._forward_refused(port):
             return 0
         inbound = _InboundFactory(self, bind_address)
         reactor = self.server._reactor
@@ -505,7 +589,9 @@ class _ForwardingConnection(connection.SSHConnection):
         for address in addresses[1:]:
             with contextlib.suppress(CannotListenError):
                 ports.append(reactor.listenTCP(inbound.port, inbound, interface=address))
-        self.forwards[bind_address, inbound.port] = _Forward(bind_address, inbound.port, ports)
+        self.forwards[bind_address, inbound.port] = _Forward(
+            bind_address, inbound.port, ports, inbound
+        )
         self.server._changed()
         if port == 0:
             # RFC 4254 section 7.1: the allocated port, as uint32, only when 0 was asked
@@ -521,7 +607,7 @@ class _ForwardingConnection(connection.SSHConnection):
             return 0
         # The ports close on the next reactor turn (tcp.Port.loseConnection), before the
         # reply below is written to the socket.
-        self.server._track(forward.stop())
+        self.server._forward_gone(forward)
         self.server._changed()
         return 1
 
@@ -529,14 +615,22 @@ class _ForwardingConnection(connection.SSHConnection):
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
         # RFC 4254 section 5.1: this server is only the far end of remote forwards; it
         # refuses sessions, direct-tcpip and everything else a client may open.
-        assert self.transport is not None
         (sender,) = struct.unpack(">L", common.getNS(packet)[1][:4])
-        self.transport.sendPacket(
-            connection.MSG_CHANNEL_OPEN_FAILURE,
-            struct.pack(">2L", sender, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
-            + common.NS(b"rtunnel test server: only remote forwarding")
-            + common.NS(b""),
-        )
+
+        def refuse() -> None:
+            assert self.transport is not None
+            self.transport.sendPacket(
+                connection.MSG_CHANNEL_OPEN_FAILURE,
+                struct.pack(">2L", sender, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+                + common.NS(b"rtunnel test server: only remote forwarding")
+                + common.NS(b""),
+            )
+
+        delay = self.server._channel_open_delay
+        if delay:
+            self._later(delay, refuse)
+        else:
+            refuse()
 
     @override
     def ssh_CHANNEL_DATA(self, packet: bytes) -> None:
@@ -560,10 +654,62 @@ class _InboundFactory(ServerFactory):
         self.conn = conn
         self.bind_address = bind_address
         self.port = 0
+        #: Set once the listener outlived its connection (SSHTestServer.hold_port).
+        self.stale: _Hold | None = None
 
     @override
-    def buildProtocol(self, addr: IAddress | None) -> _InboundProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        if self.stale is not None:
+            return _StaleProtocol(self.stale)
         return _InboundProtocol(self.conn, self.bind_address, self.port)
+
+
+class _Hold:
+    """
+    A port held as a stale session holds it (SSHTestServer.hold_port): its listeners, and
+    the connections they accepted, which are never answered.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.ports: list[IListeningPort] = []
+        self.accepted: set[_StaleProtocol] = set()
+        #: The live forward whose listeners the hold takes over when its connection goes.
+        self.forward: _Forward | None = None
+
+    def release(self) -> Deferred[None]:
+        for protocol in list(self.accepted):
+            protocol.transport.abortConnection()
+        ports, self.ports = self.ports, []
+        return defer.gatherResults(
+            [defer.maybeDeferred(port.stopListening) for port in ports]
+        ).addCallback(lambda _: None)
+
+
+class _StaleFactory(ServerFactory):
+    def __init__(self, hold: _Hold) -> None:
+        self.hold = hold
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> _StaleProtocol:
+        return _StaleProtocol(self.hold)
+
+
+class _StaleProtocol(Protocol):
+    """Accepted on a held port and left hanging, as by a session that no longer runs."""
+
+    transport: ITCPTransport
+
+    def __init__(self, hold: _Hold) -> None:
+        self.hold = hold
+
+    @override
+    def connectionMade(self) -> None:
+        self.hold.accepted.add(self)
+
+    @override
+    def connectionLost(self, reason: Failure | None = connectionDone) -> None:
+        self.hold.accepted.discard(self)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -786,6 +932,12 @@ class _ServerFactory(factory.SSHFactory):
         self.portal = portal
         self.privateKeys = {private_key.sshType(): private_key}
         self.publicKeys = {private_key.sshType(): private_key.public()}
+        if server._host_certificate is not None:
+            from rtunnel.testing._certs import host_certificate_keys
+
+            public, private = host_certificate_keys(private_key, server._host_certificate)
+            self.publicKeys.update(public)
+            self.privateKeys.update(private)
         # No moduli file: Conch then leaves out diffie-hellman-group-exchange.
         self.primes = None
 
@@ -809,6 +961,14 @@ class SSHTestServer:
     ``"localhost"`` on 127.0.0.1 (and ::1 when free), and a literal address on that
     address. Host names are refused.
 
+    Fault controls, for testing how a client copes: :meth:`drop_connections`,
+    :meth:`freeze` / :meth:`thaw`, :meth:`refuse_forwards` / :meth:`allow_forwards`,
+    :meth:`hold_port` / :meth:`release_port` (a stale session's listener),
+    :meth:`refuse_authentication`, :meth:`restart` (optionally with another host key) and
+    :meth:`delay_replies`; :attr:`accepted_connections` counts how often clients came.
+    For faults on the network between client and server, put a
+    :class:`~rtunnel.testing.FaultProxy` in front.
+
     :param reactor: the reactor to listen with; it must provide ``IReactorTCP`` and
         ``IReactorTime``.
     :param host: the interface the SSH server listens on.
@@ -823,6 +983,11 @@ class SSHTestServer:
         password with one ``"Password: "`` prompt, as sshd with PAM does). Without it,
         only users given ``keyboard_interactive`` rounds or ``auth_methods`` naming it are
         offered keyboard-interactive.
+    :param host_certificate: an OpenSSH host certificate for the host key (a wire blob or a
+        ``*-cert.pub`` line, e.g. from ``rtunnel.testing._certs.make_certificate(ca,
+        host_key(host_key_type), principals=["127.0.0.1"])``), presented to clients that ask
+        for its ``*-cert-v01@openssh.com`` algorithm; a certificate for another key is a
+        ``ValueError`` when the server starts.
     """
 
     def __init__(
@@ -835,7 +1000,9 @@ class SSHTestServer:
         password_delay: int = 0,
         allow_rsa_sha1: bool = False,
         keyboard_interactive: bool = False,
+        host_certificate: bytes | str | None = None,
     ) -> None:
+        self._host_certificate = host_certificate
         self._reactor = reactor
         self._keyboard_interactive = keyboard_interactive
         self._clock = IReactorTime(reactor)
@@ -854,6 +1021,14 @@ class SSHTestServer:
         self._inbound: set[_InboundProtocol] = set()
         self._stopping: set[Deferred[None]] = set()
         self._waiters: list[_Waiter] = []
+        # Fault controls.
+        self._accepted = 0
+        self._refuse_auth = False
+        self._refuse_all_forwards = False
+        self._refused_ports: set[int] = set()
+        self._holds: dict[int, _Hold] = {}
+        self._global_request_delay = 0.0
+        self._channel_open_delay = 0.0
 
     # Configuration -------------------------------------------------------------------
 
@@ -932,7 +1107,7 @@ class SSHTestServer:
         """
         return Deferred.fromCoroutine(self._stop())
 
-    async def _stop(self) -> None:
+    async def _stop(self, *, keep_holds: bool = False) -> None:
         if self._listening is not None:
             listening, self._listening = self._listening, None
             await defer.maybeDeferred(listening.stopListening)
@@ -941,20 +1116,163 @@ class SSHTestServer:
             inbound.transport.abortConnection()
         await self._when(lambda: not self._inbound)
         await defer.gatherResults(list(self._stopping))
+        if not keep_holds:
+            await defer.gatherResults([self.release_port(port) for port in list(self._holds)])
+
+    def restart(self, host_key: keys.Key | KeyKind | None = None) -> Deferred[None]:
+        """
+        Stop (dropping every connection and forward) and start again on the same port, as
+        a restarted sshd. Ports held with :meth:`hold_port` stay held; fault settings stay.
+
+        :param host_key: the host key from now on: ``None`` keeps the current one; a kind
+            (``"ed25519"``, ``"ecdsa"``, ``"rsa"``) generates a new key of that kind,
+            different from every earlier one (a server whose key changed: clients that
+            check it must refuse it); or a private
+            :class:`~twisted.conch.ssh.keys.Key`.
+        :return: a Deferred that fires once the server listens again.
+        """
+        return Deferred.fromCoroutine(self._restart(host_key))
+
+    async def _restart(self, host_key: keys.Key | KeyKind | None) -> None:
+        if isinstance(host_key, str):
+            host_key = _generate_key(host_key)
+        if host_key is not None and host_key.isPublic():
+            raise ValueError("restart() needs a private host key")
+        port = self.port
+        await self._stop(keep_holds=True)
+        if host_key is not None:
+            self._host_key = host_key
+        self._port = port
+        await self._start()
 
     def drop_connections(self) -> Deferred[None]:
         """
         Disconnect every SSH client (``SSH_MSG_DISCONNECT``, by application) while still
         accepting new ones: the server-side failure a reconnecting client must survive.
-        Their forwards close with them.
+        Their forwards close with them. Frozen connections are thawed first.
 
         :return: a Deferred that fires once the connections are gone.
         """
         for ssh_transport in list(self._transports):
+            ssh_transport.thaw()
             ssh_transport.sendDisconnect(
                 transport.DISCONNECT_BY_APPLICATION, b"rtunnel test server dropped you"
             )
         return self.wait_for_connections(0)
+
+    # Fault controls --------------------------------------------------------------------
+
+    def freeze(self) -> None:
+        """
+        Freeze every live SSH connection, as a stopped (``SIGSTOP``) sshd session: it stops
+        reading, and whatever it would send is held, while the TCP connection stays open.
+        Keepalives go unanswered, so a client with keepalives notices. Connections made
+        later are not frozen.
+
+        A frozen connection does not notice that its client went away until it is thawed.
+        """
+        for ssh_transport in self._transports:
+            ssh_transport.freeze()
+
+    def thaw(self) -> None:
+        """Undo :meth:`freeze`: held packets are sent, in order, and reading resumes."""
+        for ssh_transport in list(self._transports):
+            ssh_transport.thaw()
+
+    def refuse_authentication(self, refuse: bool = True) -> None:
+        """
+        Refuse every authentication request, correct or not (``SSH_MSG_USERAUTH_FAILURE``),
+        as sshd does for a locked account; or, with ``refuse=False``, stop refusing.
+        Requests are still listed in :attr:`auth_attempts`.
+
+        :param refuse: whether to refuse.
+        """
+        self._refuse_auth = refuse
+
+    def refuse_forwards(self, port: int | None = None) -> None:
+        """
+        Answer ``tcpip-forward`` requests with ``SSH_MSG_REQUEST_FAILURE``: all of them, or
+        those that ask for ``port`` (matched on the requested port, so ``0`` refuses the
+        requests for an allocated port). Forwards already listening are not touched.
+
+        :param port: the requested port to refuse, or ``None`` for every request.
+        """
+        if port is None:
+            self._refuse_all_forwards = True
+        else:
+            self._refused_ports.add(port)
+
+    def allow_forwards(self, port: int | None = None) -> None:
+        """
+        Undo :meth:`refuse_forwards`: for ``port``, or (``None``) entirely.
+
+        :param port: the requested port to allow again, or ``None`` for all.
+        """
+        if port is None:
+            self._refuse_all_forwards = False
+            self._refused_ports.clear()
+        else:
+            self._refused_ports.discard(port)
+
+    def hold_port(self, port: int, bind_address: str = "127.0.0.1") -> None:
+        """
+        Hold ``port`` as a stale session would: sshd keeps a dead session's forward
+        listening until it notices the session is gone, so a new session's
+        ``tcpip-forward`` for the same port is refused meanwhile. If a forward listens on
+        ``port`` now, its listener outlives its connection (dropped, or cancelled);
+        otherwise the port is bound now. Connections accepted on a held port are left
+        hanging. Held until :meth:`release_port` (or :meth:`stop`).
+
+        :param port: the port.
+        :param bind_address: the interface to bind, when the port is bound now.
+        :raises twisted.internet.error.CannotListenError: the port could not be bound.
+        """
+        if port in self._holds:
+            return
+        hold = _Hold(port)
+        for conn in self._ssh_connections():
+            for forward in conn.forwards.values():
+                if forward.port == port:
+                    hold.forward = forward
+        if hold.forward is None:
+            addresses = listen_addresses(bind_address) or [bind_address]
+            hold.ports.append(
+                self._reactor.listenTCP(port, _StaleFactory(hold), interface=addresses[0])
+            )
+        self._holds[port] = hold
+
+    def release_port(self, port: int) -> Deferred[None]:
+        """
+        Stop holding a port (:meth:`hold_port`): its held listener closes, and connections
+        accepted on it are aborted. A live forward on it is not touched.
+
+        :param port: the port.
+        :return: a Deferred that fires once the listener is closed.
+        """
+        hold = self._holds.pop(port, None)
+        if hold is None:
+            return defer.succeed(None)
+        return hold.release()
+
+    @property
+    def held_ports(self) -> list[int]:
+        """The ports held with :meth:`hold_port`, in no particular order."""
+        return list(self._holds)
+
+    def delay_replies(self, global_requests: float = 0.0, channel_opens: float = 0.0) -> None:
+        """
+        Answer slowly, as a loaded server: every global request (``tcpip-forward``,
+        ``cancel-tcpip-forward``, keepalives) is handled ``global_requests`` seconds after
+        it arrives, in order; the answer to a channel open the client sends (always a
+        refusal here) comes ``channel_opens`` seconds late. 0 answers at once again.
+
+        :param global_requests: seconds.
+        :param channel_opens: seconds.
+        """
+        if global_requests < 0 or channel_opens < 0:
+            raise ValueError("delays must not be negative")
+        self._global_request_delay = global_requests
+        self._channel_open_delay = channel_opens
 
     # State ---------------------------------------------------------------------------
 
@@ -989,15 +1307,21 @@ class SSHTestServer:
         name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
         return f"{name} {self.host_key.toString('openssh').decode('ascii')}"
 
-    def write_known_hosts(self, path: Path | str) -> Path:
+    def write_known_hosts(self, path: Path | str, port: int | None = None) -> Path:
         """
         Write a ``known_hosts`` file that holds only this server's key.
 
         :param path: the file to write (replaced if present).
+        :param port: the port clients connect to, when not :attr:`port`: a
+            :class:`~rtunnel.testing.FaultProxy`'s, for instance.
         :return: the path written.
         """
         path = Path(path)
-        path.write_text(self.known_hosts_line + "\n")
+        line = self.known_hosts_line
+        if port is not None:
+            name = self.host if port == 22 else f"[{self.host}]:{port}"
+            line = f"{name} {line.split(' ', 1)[1]}"
+        path.write_text(line + "\n")
         return path
 
     @property
@@ -1023,6 +1347,14 @@ class SSHTestServer:
     def connections(self) -> int:
         """The number of live SSH connections (authenticated or not)."""
         return len(self._transports)
+
+    @property
+    def accepted_connections(self) -> int:
+        """
+        The number of SSH connections accepted since this object was made (over
+        restarts): how often a client (re)connected.
+        """
+        return self._accepted
 
     @property
     def open_channels(self) -> int:
@@ -1109,7 +1441,21 @@ class SSHTestServer:
 
     def _transport_made(self, ssh_transport: _ServerTransport) -> None:
         self._transports.add(ssh_transport)
+        self._accepted += 1
         self._changed()
+
+    def _forward_refused(self, port: int) -> bool:
+        return self._refuse_all_forwards or port in self._refused_ports
+
+    def _forward_gone(self, forward: _Forward) -> None:
+        """A forward was cancelled or lost its connection: close it, unless it is held."""
+        hold = self._holds.get(forward.port)
+        if hold is not None and hold.forward is forward and forward.factory is not None:
+            forward.factory.stale = hold
+            hold.ports.extend(forward.ports)
+            hold.forward = None
+            return
+        self._track(forward.stop())
 
     def _transport_lost(self, ssh_transport: _ServerTransport) -> None:
         self._transports.discard(ssh_transport)

@@ -12,8 +12,12 @@ through the ``pytest11`` entry point once rtunnel is installed. They need pytest
     authorized on that server.
 ``ssh_known_hosts``
     The path of a ``known_hosts`` file that holds the server's host key.
+``ssh_fault_proxy``
+    A started :class:`~rtunnel.testing.FaultProxy` in front of ``ssh_test_server``,
+    passing to begin with; stopped after the test. Clients connect to its port and check
+    the host key against ``ssh_test_server.write_known_hosts(path, port=proxy.port)``.
 
-All three are function scoped; keys are generated once per process.
+All are function scoped; keys are generated once per process.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import pytest
 import pytest_twisted  # type: ignore[import-untyped]  # ships no type information
 
 if TYPE_CHECKING:
+    from rtunnel.testing._proxy import FaultProxy
     from rtunnel.testing._server import SSHTestServer
 
-__all__ = ["ssh_client_key", "ssh_known_hosts", "ssh_test_server", "ssh_user"]
+__all__ = ["ssh_client_key", "ssh_fault_proxy", "ssh_known_hosts", "ssh_test_server", "ssh_user"]
 
 #: The password of the ``ssh_test_server`` user.
 PASSWORD = "password"
@@ -87,3 +92,18 @@ def ssh_known_hosts(ssh_test_server: SSHTestServer, tmp_path: Path) -> Path:
     directory = tmp_path / "rtunnel-ssh"
     directory.mkdir(exist_ok=True)
     return ssh_test_server.write_known_hosts(directory / "known_hosts")
+
+
+@_async_yield_fixture
+async def ssh_fault_proxy(ssh_test_server: SSHTestServer) -> AsyncGenerator[FaultProxy]:
+    """A started fault-injecting proxy in front of ``ssh_test_server``, stopped after."""
+    from twisted.internet import reactor
+
+    from rtunnel.testing._proxy import FaultProxy
+
+    proxy = FaultProxy(reactor, ssh_test_server.host, ssh_test_server.port)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
