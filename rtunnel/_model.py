@@ -198,3 +198,28 @@ class TunnelObserver:
 
     def reconnect_attempt(self, attempt: ReconnectAttempt) -> None:
         """A retry is about to be scheduled; ``attempt.cancel()`` stops retrying."""
+
+    def connection_status(self, event: str, status_code: int, description: str) -> None:
+        """
+        The connection's state changed (the reference's ConnectionStatus): ``event`` is
+        ``"tcp-connected"``, ``"ssh-handshake-complete"``, ``"authenticated"``,
+        ``"disconnected"`` (after a logoff) or ``"broken"`` (lost; ``status_code`` is the
+        error's code and ``description`` its message); otherwise ``status_code`` is 0.
+        """
+
+    def ssh_status(self, message: str) -> None:
+        """Progress of the SSH handshake and logon, in words (the reference's SSHStatus)."""
+
+    def log(self, level: int, message: str) -> None:
+        """
+        A log message (the reference's Log event): ``level`` 1 info, 2 verbose, 3 debug;
+        only levels up to the tunnel's ``log_level`` arrive. The same messages go to
+        ``twisted.logger``.
+        """
+
+    def error(self, error: Exception) -> None:
+        """
+        Something failed that no call of yours is waiting on (the reference's Error
+        event): a local target that could not be reached, an accept hook that raised, a
+        forward given up after its retries. ``error.code`` is its code.
+        """

@@ -9,7 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["KeepaliveDecision", "ReconnectPolicy", "keepalive_decision"]
+__all__ = [
+    "KeepaliveDecision",
+    "ReconnectPolicy",
+    "channel_idle_deadline",
+    "keepalive_decision",
+]
 
 ReconnectMode = Literal["off", "on-loss", "always"]
 
@@ -108,3 +113,16 @@ def keepalive_decision(
     if outstanding >= count_max:
         return KeepaliveDecision(False, True, outstanding, now)
     return KeepaliveDecision(True, False, outstanding + 1, now + interval)
+
+
+def channel_idle_deadline(
+    opened_at: float, last_activity: float, timeout: float, absolute: bool
+) -> float:
+    """
+    When a channel is closed for idleness (the reference's DefaultChannelIdleTimeout and
+    AbsoluteTimeout): ``timeout`` seconds after its last activity, or, with ``absolute``,
+    after it opened whatever it carries. ``timeout`` 0 means never (infinity).
+    """
+    if timeout <= 0:
+        return float("inf")
+    return (opened_at if absolute else last_activity) + timeout

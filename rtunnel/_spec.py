@@ -461,8 +461,10 @@ def split_arguments(text: str) -> list[str]:
 SUPPORTED_OPTIONS: Final = {
     name.lower(): name
     for name in (
+        "AutoReconnect",
         "BatchMode",
         "CertificateFile",
+        "ChannelTimeout",
         "Ciphers",
         "Compression",
         "ConnectTimeout",
@@ -478,16 +480,20 @@ SUPPORTED_OPTIONS: Final = {
         "KexAlgorithms",
         "LogLevel",
         "MACs",
+        "MaxRetryCount",
         "ServerAliveCountMax",
         "ServerAliveInterval",
         "NumberOfPasswordPrompts",
         "PasswordAuthentication",
         "Port",
         "PreferredAuthentications",
+        "PubkeyAcceptedAlgorithms",
         "PubkeyAuthentication",
         "RekeyLimit",
         "RemoteForward",
+        "RetryInterval",
         "StrictHostKeyChecking",
+        "TCPKeepAlive",
         "User",
         "UserKnownHostsFile",
     )
@@ -503,7 +509,7 @@ _OPENSSH_ONLY: Final = frozenset(
     addkeystoagent addressfamily bindaddress bindinterface canonicaldomains
     canonicalizefallbacklocal canonicalizehostname canonicalizemaxdots
     canonicalizepermittedcnames casignaturealgorithms
-    challengeresponseauthentication channeltimeout checkhostip cipher
+    challengeresponseauthentication checkhostip cipher
     clearallforwardings compressionlevel connectionattempts controlmaster
     controlpath controlpersist dsaauthentication dynamicforward enableescapecommandline
     enablesshkeysign escapechar fallbacktorsh forkafterauthentication
@@ -520,7 +526,7 @@ _OPENSSH_ONLY: Final = frozenset(
     refuseconnection remotecommand requesttty requiredrsasize revokedhostkeys
     rhostsrsaauthentication rsaauthentication securitykeyprovider sendenv
     sessiontype setenv smartcarddevice
-    stdinnull streamlocalbindmask streamlocalbindunlink syslogfacility tag tcpkeepalive
+    stdinnull streamlocalbindmask streamlocalbindunlink syslogfacility tag
     tunnel tunneldevice updatehostkeys useprivilegedport usersh verifyhostkeydns
     visualhostkey warnweakcrypto xauthlocation
     """.split()  # noqa: SIM905
@@ -672,6 +678,48 @@ def parse_rekey_limit(args: Sequence[str]) -> tuple[str, ...]:
     return (size, seconds)
 
 
+_RECONNECT_MODES: Final = {
+    "no": "off",
+    "false": "off",
+    "off": "off",
+    "yes": "on-loss",
+    "true": "on-loss",
+    "always": "always",
+}
+
+
+def parse_channel_timeout(args: Sequence[str]) -> int:
+    """
+    ``ChannelTimeout`` as OpenSSH 9.2+ reads it (readconf.c, ``parse_pattern_interval``):
+    ``type=interval`` pairs, or ``none``. Returns the seconds for ``forwarded-tcpip``
+    channels, the only kind a reverse tunnel carries, taken from the first pair whose type
+    pattern matches it (``*`` does); 0 for none. Other types are accepted and have nothing
+    to apply to.
+    """
+    if not args or not args[0]:
+        raise SpecError(f"{_WHERE}: Missing argument.")
+    if len(args) == 1 and args[0].lower() == "none":
+        return 0
+    chosen: int | None = None
+    for arg in args:
+        kind, sep, interval = arg.partition("=")
+        if not sep or not kind or not interval:
+            raise SpecError(f'{_WHERE}: invalid channel timeout "{arg}": give type=interval.')
+        try:
+            seconds = parse_time(interval)
+        except SpecError:
+            raise SpecError(f'{_WHERE}: invalid channel timeout interval "{interval}".') from None
+        if chosen is None and _pattern_matches("forwarded-tcpip", kind):
+            chosen = seconds
+    return chosen or 0
+
+
+def _pattern_matches(name: str, pattern: str) -> bool:
+    """OpenSSH's ``match_pattern`` (match.c): ``*`` and ``?`` wildcards, nothing else."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, name, re.DOTALL) is not None
+
+
 def _one(keyword: str, args: list[str]) -> str:
     # readconf.c, after the switch: "keyword %s extra arguments at end of line".
     if len(args) > 1:
@@ -691,6 +739,7 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
         "KbdInteractiveAuthentication",
         "PasswordAuthentication",
         "PubkeyAuthentication",
+        "TCPKeepAlive",
     ):
         value = _one(keyword, args)
         flag = _FLAGS.get(value.lower())
@@ -767,6 +816,15 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
                 raise SpecError(f'{_WHERE}: keyword {keyword} "none" argument must appear alone.')
             return ()
         return tuple(_expand_path(arg) for arg in args)
+    if canonical == "PubkeyAcceptedAlgorithms":
+        from rtunnel.client._pubkey import resolve_pubkey_algorithms
+
+        value = _one(keyword, args)
+        try:
+            resolve_pubkey_algorithms(value)
+        except SpecError as error:
+            raise SpecError(f"{_WHERE}: Bad key types '{value}'. {error.message}") from None
+        return value
     if canonical in _ALGORITHM_OPTIONS:
         kind, complaint = _ALGORITHM_OPTIONS[canonical]
         value = _one(keyword, args)
@@ -778,6 +836,31 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
         return value
     if canonical == "RekeyLimit":
         return parse_rekey_limit(args)
+    if canonical == "AutoReconnect":
+        value = _one(keyword, args)
+        mode = _RECONNECT_MODES.get(value.lower())
+        if mode is None:
+            raise SpecError(
+                f'{_WHERE}: unsupported AutoReconnect "{value}": give no, yes (reconnect when '
+                "an established connection breaks) or always (also retry the first logon)."
+            )
+        return mode
+    if canonical == "MaxRetryCount":
+        value = _one(keyword, args)
+        if not value.isdigit():
+            raise SpecError(f"{_WHERE}: Bad number '{value}' (0 means no limit).")
+        return int(value)
+    if canonical == "RetryInterval":
+        value = _one(keyword, args)
+        try:
+            seconds = parse_time(value)
+        except SpecError:
+            raise SpecError(f"{_WHERE}: invalid time value.") from None
+        if seconds < 1:
+            raise SpecError(f"{_WHERE}: RetryInterval must be at least 1 second.")
+        return seconds
+    if canonical == "ChannelTimeout":
+        return parse_channel_timeout(args)
     if canonical == "RemoteForward":
         if len(args) > 2:
             raise SpecError(f"{_WHERE}: keyword {keyword} extra arguments at end of line")
@@ -814,6 +897,12 @@ _FIRST_WINS: Final = {
     "PubkeyAuthentication": "pubkey_authentication",
     "IdentityAgent": "identity_agent",
     "IdentitiesOnly": "identities_only",
+    "PubkeyAcceptedAlgorithms": "pubkey_accepted_algorithms",
+    "AutoReconnect": "auto_reconnect",
+    "MaxRetryCount": "max_retry_count",
+    "RetryInterval": "retry_interval",
+    "ChannelTimeout": "channel_timeout",
+    "TCPKeepAlive": "tcp_keepalive",
 }
 
 
@@ -849,10 +938,19 @@ class ClientOptions:
     :ivar certificate_files: ``-o CertificateFile``, in order.
     :ivar identity_agent: ``-o IdentityAgent`` (a path, ``none`` or ``SSH_AUTH_SOCK``).
     :ivar identities_only: ``-o IdentitiesOnly``, or None (no).
+    :ivar pubkey_accepted_algorithms: ``-o PubkeyAcceptedAlgorithms`` (OpenSSH list
+        syntax, checked), or None (automatic).
     :ivar ciphers: ``-c`` or ``-o Ciphers`` (OpenSSH list syntax, checked), or None; likewise
         ``macs`` (``-m``, ``-o MACs``), ``kex_algorithms`` and ``host_key_algorithms``.
     :ivar rekey_limit: ``-o RekeyLimit`` as :func:`parse_rekey_limit` returns it, or None.
     :ivar compression: ``-C`` or ``-o Compression``, or None (off).
+    :ivar auto_reconnect: ``-o AutoReconnect`` (rtunnel's, the reference's name):
+        ``"off"`` (``no``), ``"on-loss"`` (``yes``) or ``"always"``, or None (off, as ssh).
+    :ivar max_retry_count: ``-o MaxRetryCount`` (0: no limit), or None.
+    :ivar retry_interval: ``-o RetryInterval`` seconds before the first retry, or None.
+    :ivar channel_timeout: ``-o ChannelTimeout`` seconds for forwarded-tcpip channels
+        (0: none), or None.
+    :ivar tcp_keepalive: ``-o TCPKeepAlive``, or None (yes).
     """
 
     user: str | None = None
@@ -879,12 +977,18 @@ class ClientOptions:
     certificate_files: list[str] = field(default_factory=list)
     identity_agent: str | None = None
     identities_only: bool | None = None
+    pubkey_accepted_algorithms: str | None = None
     ciphers: str | None = None
     macs: str | None = None
     kex_algorithms: str | None = None
     host_key_algorithms: str | None = None
     rekey_limit: tuple[str, ...] | None = None
     compression: bool | None = None
+    auto_reconnect: str | None = None
+    max_retry_count: int | None = None
+    retry_interval: int | None = None
+    channel_timeout: int | None = None
+    tcp_keepalive: bool | None = None
     _debug_flag: int = field(default=0, repr=False)
 
     def apply_option(self, text: str) -> None:

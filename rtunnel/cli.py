@@ -41,7 +41,13 @@ from rtunnel._spec import (
 )
 from rtunnel.client._algorithms import resolve
 from rtunnel.errors import RTunnelError, SpecError
-from rtunnel.service import build_tunnel, describe_error, establish_forwards, local_user
+from rtunnel.service import (
+    ReconnectReporter,
+    build_tunnel,
+    describe_error,
+    establish_forwards,
+    local_user,
+)
 
 if TYPE_CHECKING:
     from rtunnel.tunnel import ReverseTunnel
@@ -85,9 +91,15 @@ listens on for us are forwarded to host:hostport from this machine.
                   IdentityFile, KbdInteractiveAuthentication,
                   KexAlgorithms, LogLevel, MACs, NumberOfPasswordPrompts,
                   PasswordAuthentication, Port, PreferredAuthentications,
-                  PubkeyAuthentication, RekeyLimit, RemoteForward,
-                  StrictHostKeyChecking, User, UserKnownHostsFile. rtunnel reads no
-                  ssh_config files.
+                  PubkeyAcceptedAlgorithms, PubkeyAuthentication, RekeyLimit,
+                  RemoteForward,
+                  StrictHostKeyChecking, TCPKeepAlive, User, UserKnownHostsFile,
+                  ChannelTimeout (forwarded-tcpip=TIME closes idle connections), and
+                  rtunnel's own: AutoReconnect=no|yes|always (yes: reconnect and
+                  re-request the forwards when the connection breaks; always: also
+                  retry the first connection), MaxRetryCount=N (0: no limit),
+                  RetryInterval=TIME (the first wait; it doubles up to a minute).
+                  rtunnel reads no ssh_config files.
   -v              Verbose; repeat for more (up to -vvv).
   -q              Quiet: no warnings, no "Allocated port" lines, no error messages
                   (the exit status still tells).
@@ -103,7 +115,8 @@ Passwords are asked as ssh asks them: from SSH_ASKPASS (see SSH_ASKPASS_REQUIRE)
 the terminal, never with BatchMode=yes.
 
 Exit status, as ssh -N: 0 when stopped by SIGTERM; 255 on SIGINT or SIGHUP, when the
-connection cannot be made or is lost, when a forward is refused with
+connection cannot be made or is lost (and AutoReconnect gave up), when a forward is
+refused with
 ExitOnForwardFailure=yes, and for a usage error. On SIGTERM, SIGINT and SIGHUP the
 forwards are cancelled and the connection is closed (at most a few seconds).
 """
@@ -500,6 +513,9 @@ async def _session(reactor: IReactorCore, invocation: Invocation, console: _Cons
         console.say("FATAL", f"rtunnel: {error.message}")
         return FAILURE
 
+    if tunnel.reconnect.mode != "off":
+        tunnel.add_observer(ReconnectReporter(host, console.say))
+
     def lost(failure: Failure) -> None:
         error = failure.value
         if isinstance(error, RTunnelError):
@@ -510,7 +526,7 @@ async def _session(reactor: IReactorCore, invocation: Invocation, console: _Cons
 
     try:
         await _until(tunnel.logon(), interrupt)
-        console.say("VERBOSE", f"Authenticated to {host} port {options.port or 22}.")
+        # "Authenticated to HOST port N as 'user'." comes from the tunnel's own log.
         disconnected = tunnel.when_disconnected()
         disconnected.addCallbacks(
             lambda _: interrupt.fire(_Stop(FAILURE, f"Connection to {host} closed.")), lost

@@ -9,8 +9,8 @@ Run it with, for example::
 
 The service logs on when it starts and logs off when it stops (twistd waits for that).
 When the connection cannot be made or is lost, the error is logged and the reactor is
-stopped, so twistd exits and a supervisor can start it again; reconnecting by itself is
-not this service's job (yet).
+stopped, so twistd exits and a supervisor can start it again; with ``-o AutoReconnect=yes``
+(or ``always``) the service reconnects by itself and requests its forwards again.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from typing_extensions import override
 
+from rtunnel._model import ForwardState, ReconnectAttempt, TunnelObserver
 from rtunnel._policy import ReconnectPolicy
 from rtunnel._spec import (
     HOST_KEY_VERIFICATION_FAILED,
@@ -40,6 +41,7 @@ from rtunnel._spec import (
     parse_port,
     parse_remote_forward,
 )
+from rtunnel.client._sockopts import TCPOptions
 from rtunnel.client.credentials import SUPPORTED_METHODS
 from rtunnel.errors import (
     AuthenticationError,
@@ -137,6 +139,8 @@ def _auth_settings(options: ClientOptions) -> dict[str, Any]:
         settings["fingerprint_hash"] = options.fingerprint_hash
     if options.hash_known_hosts:
         settings["hash_known_hosts"] = True
+    if options.pubkey_accepted_algorithms is not None:
+        settings["pubkey_accepted_algorithms"] = options.pubkey_accepted_algorithms
     return settings
 
 
@@ -201,24 +205,41 @@ def build_tunnel(
         extra["connect_timeout"] = options.connect_timeout
     extra.update(_auth_settings(options))
     extra.update(_transport_settings(options))
+    from rtunnel.client.askpass import (
+        NEVER_ASK,
+        keyboard_interactive_source,
+        password_source,
+    )
+
+    asker = password_source(batch_mode=bool(options.batch_mode))
     auth: list[Credential] = []
     if options.pubkey_authentication is not False:
-        auth += [PrivateKeyFile(path) for path in _identity_files(options, report)]
+        # A passphrase is asked when its key is tried, as ssh asks (an encrypted key is
+        # skipped when nothing can ask: BatchMode, no terminal, no askpass).
+        auth += [
+            PrivateKeyFile(path, asker or NEVER_ASK) for path in _identity_files(options, report)
+        ]
         auth += [CertificateFile(path) for path in options.certificate_files]
-        # The agent (SSH_AUTH_SOCK or IdentityAgent). IdentitiesOnly=yes leaves it out:
-        # rtunnel reads the identity files themselves, so only agent-only keys would be
-        # lost, which is what IdentitiesOnly asks for.
+        # The agent (SSH_AUTH_SOCK or IdentityAgent); with IdentitiesOnly=yes only for the
+        # keys and certificates above.
         agent = options.identity_agent
-        if agent != "none" and not options.identities_only:
-            auth.append(SSHAgent(None if agent in (None, "SSH_AUTH_SOCK") else agent))
-    if options.password_authentication is not False or (
+        if agent != "none":
+            auth.append(
+                SSHAgent(
+                    None if agent in (None, "SSH_AUTH_SOCK") else agent,
+                    identities_only=bool(options.identities_only),
+                )
+            )
+    password_or_kbd = options.password_authentication is not False or (
         options.kbd_interactive_authentication is not False
-    ):
-        from rtunnel.client.askpass import password_source
-
-        asker = password_source(batch_mode=bool(options.batch_mode))
-        if asker is not None:
-            auth.append(asker)
+    )
+    if password_or_kbd and asker is not None:
+        auth.append(asker)
+    if options.kbd_interactive_authentication is not False:
+        # Keyboard-interactive prompts that are not the password's, asked the same way.
+        responder = keyboard_interactive_source(batch_mode=bool(options.batch_mode))
+        if responder is not None:
+            auth.append(responder)
     return ReverseTunnel(
         reactor,
         host,
@@ -227,8 +248,11 @@ def build_tunnel(
         auth=auth,
         known_hosts=known_hosts,
         host_key_policy=options.host_key_policy,
-        # Like ssh, the command ends when the connection does (for now; see issue 5).
-        reconnect=ReconnectPolicy.off(),
+        # Like ssh, the command ends with the connection unless -o AutoReconnect says
+        # otherwise.
+        reconnect=reconnect_policy(options),
+        tcp_options=TCPOptions(keepalive=options.tcp_keepalive is not False),
+        channel_idle_timeout=options.channel_timeout or 0,
         # OpenSSH's defaults: no keepalives unless asked, 3 unanswered ones end it.
         keepalive_interval=options.server_alive_interval or 0,
         keepalive_count_max=(
@@ -236,6 +260,78 @@ def build_tunnel(
         ),
         **extra,
     )
+
+
+def reconnect_policy(options: ClientOptions) -> ReconnectPolicy:
+    """
+    The reconnect policy ``-o AutoReconnect``, ``-o MaxRetryCount`` and
+    ``-o RetryInterval`` ask for: off unless AutoReconnect is ``yes`` or ``always``;
+    exponential backoff from RetryInterval (default 1 s) up to a minute, or to
+    RetryInterval when that is longer.
+    """
+    mode = options.auto_reconnect or "off"
+    if mode == "off":
+        return ReconnectPolicy.off()
+    initial = float(options.retry_interval or 1)
+    return ReconnectPolicy(
+        mode=cast(Any, mode),
+        initial_delay=initial,
+        max_delay=max(60.0, initial),
+        max_retries=options.max_retry_count or 0,
+    )
+
+
+class ReconnectReporter(TunnelObserver):
+    """
+    Tells the operator what the reconnect loop does, in the command's voice: each
+    attempt (why, when, which), a reconnect, and the ``Allocated port`` line again for a
+    port-0 forward the server gave a new port after a reconnect.
+    """
+
+    def __init__(self, host: str, report: Report) -> None:
+        self._host = host
+        self._report = report
+        self._connections = 0
+        self._active: set[int] = set()
+
+    @override
+    def connected(self) -> None:
+        self._connections += 1
+        if self._connections > 1:
+            self._report("INFO", f"Reconnected to {self._host}.")
+
+    @override
+    def reconnect_attempt(self, attempt: ReconnectAttempt) -> None:
+        limit = f" of {attempt.max_retry_count}" if attempt.max_retry_count else ""
+        why = str(attempt.error) if attempt.error is not None else "unknown error"
+        if attempt.retry_type == "ssh":
+            self._report(
+                "INFO",
+                f"{why} Reconnecting to {attempt.host} port {attempt.port} in "
+                f"{attempt.retry_interval:.1f} s (attempt {attempt.retry_count}{limit}).",
+            )
+        else:
+            self._report(
+                "INFO",
+                f"{why} Retrying the remote forward of listen port {attempt.remote_port} in "
+                f"{attempt.retry_interval:.1f} s (attempt {attempt.retry_count}{limit}).",
+            )
+
+    @override
+    def forward_state_changed(self, forward: Forward) -> None:
+        if forward.state is not ForwardState.ACTIVE:
+            return
+        if id(forward) not in self._active:
+            self._active.add(id(forward))  # the first time: establish_forwards reports it
+            return
+        if (
+            forward.requested_port == 0
+            and forward.host is not None
+            and forward.host_port is not None
+        ):
+            self._report("INFO", format_allocated(forward.port, forward.host, forward.host_port))
+        else:
+            self._report("VERBOSE", f"Remote forward of listen port {forward.port} re-established.")
 
 
 async def establish_forwards(
@@ -328,10 +424,14 @@ class Options(usage.Options):
         "FingerprintHash, GlobalKnownHostsFile, "
         "HashKnownHosts, IdentitiesOnly, IdentityAgent, IdentityFile, "
         "KbdInteractiveAuthentication, LogLevel, NumberOfPasswordPrompts, "
-        "PasswordAuthentication, Port, PreferredAuthentications, PubkeyAuthentication, "
+        "PasswordAuthentication, Port, PreferredAuthentications, "
+        "PubkeyAcceptedAlgorithms, PubkeyAuthentication, "
         "RemoteForward, StrictHostKeyChecking, User, UserKnownHostsFile), -p port, "
         "-l login_name. "
-        "If the connection fails or drops, the error is logged and twistd exits."
+        "AutoReconnect=no|yes|always, MaxRetryCount, RetryInterval, ChannelTimeout and "
+        "TCPKeepAlive are also understood. "
+        "If the connection fails or drops, the error is logged and twistd exits, unless "
+        "AutoReconnect says to reconnect."
     )
 
     def __init__(self) -> None:
@@ -449,6 +549,8 @@ class TunnelService(Service):
             self._tunnel = tunnel = build_tunnel(
                 self._reactor, self._host, options, report=self._report
             )
+            if tunnel.reconnect.mode != "off":
+                tunnel.add_observer(ReconnectReporter(self._host, self._report))
             await tunnel.logon()
             _log.info(
                 "Logged on to {host} port {port} as {user}.",

@@ -40,7 +40,10 @@ from rtunnel._model import (
     TunnelObserver,
 )
 from rtunnel._policy import ReconnectPolicy
+from rtunnel._text import printable
 from rtunnel.client import _algorithms
+from rtunnel.client._packet import MAX_PACKET_LENGTH
+from rtunnel.client._sockopts import TCPOptions, apply_tcp_options
 from rtunnel.client.channel import ForwardedChannel
 from rtunnel.client.connection import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -61,6 +64,7 @@ from rtunnel.client.forwarder import (
     abort_with_reset,
     tcp_endpoint,
 )
+from rtunnel.client.idle import IdleChannelReaper
 from rtunnel.client.keepalive import Keepalive
 from rtunnel.client.verify import HostKeyCallback, HostKeyPolicy, HostKeyVerifier
 from rtunnel.errors import (
@@ -78,6 +82,7 @@ from rtunnel.errors import (
     ReconnectLimitError,
     RTunnelError,
     SpecError,
+    TimedOutError,
 )
 
 if TYPE_CHECKING:
@@ -90,6 +95,9 @@ __all__ = ["HostKeyPolicy", "ReverseTunnel"]
 
 DEFAULT_WINDOW_SIZE = 2 * 1024 * 1024
 DEFAULT_MAX_PACKET = 32 * 1024
+#: The largest ``max_packet``: the packet layer's length limit less room for the message
+#: header, padding and MAC (OpenSSH likewise advertises far below its 256 KiB limit).
+MAX_MAX_PACKET = MAX_PACKET_LENGTH - 1024
 # How long logoff waits for cancels and channel closes before it drops the connection.
 LOGOFF_TIMEOUT = 5.0
 
@@ -120,6 +128,11 @@ class ReverseTunnel:
     :param password_change: answers a password change request for an expired password:
         gets the server's prompt, returns the new password (may be async) or None; without
         it such a request fails the logon with :class:`~rtunnel.errors.AuthenticationError`.
+    :param pubkey_accepted_algorithms: the public key signature algorithms to use, in
+        order: a list, or a string in OpenSSH's ``PubkeyAcceptedAlgorithms`` syntax (``+``,
+        ``-``, ``^``); keys none of them fits are skipped. None (default): RSA keys sign
+        with the best SHA-2 algorithm the server lists (the reference's
+        SSHPubKeyAuthSigAlgorithms).
     :param known_hosts: known_hosts file(s) to check the host key against
         (default ``~/.ssh/known_hosts``).
     :param host_key_policy: ``"strict"`` (default: unknown keys are refused),
@@ -133,6 +146,10 @@ class ReverseTunnel:
     :param accepted_fingerprints: host key fingerprints trusted likewise: OpenSSH's
         ``SHA256:...`` or colon-hex SHA256/SHA1/MD5 (the reference's
         SSHAcceptServerHostKeyFingerPrint).
+    :param accepted_ca_keys: CA keys trusted to sign this server's host certificate, as a
+        ``@cert-authority`` line in known_hosts would be (the reference's
+        SSHAcceptServerCAKey); the certificate must still be a valid host certificate
+        naming ``host``.
     :param host_key_callback: decides last on the host key (may return a Deferred or an
         awaitable), seeing a :class:`~rtunnel.client.verify.HostKeyInfo` with what rtunnel
         would decide; a revoked key is refused without asking (the reference's
@@ -141,12 +158,42 @@ class ReverseTunnel:
         fingerprint shown in messages and to the callback (OpenSSH's ``FingerprintHash``).
     :param hash_known_hosts: hash the host name of keys ``accept-new`` writes (OpenSSH's
         ``HashKnownHosts``).
-    :param connect_timeout: seconds to wait for TCP connect plus handshake and logon.
+    :param connect_timeout: seconds for the TCP connect plus the SSH handshake (version
+        banners and the first key exchange, host-key check included); past it the logon
+        fails with :class:`~rtunnel.errors.TimedOutError` (OpenSSH's ``ConnectTimeout``,
+        the reference's ConnectionTimeout). None: 30 s for the TCP connect, no limit
+        after.
+    :param auth_timeout: seconds for authentication once the keys are in use (default 120,
+        sshd's own ``LoginGraceTime``; None: no limit); past it the logon fails with
+        :class:`~rtunnel.errors.TimedOutError`.
+    :param tcp_options: socket options for the SSH connection
+        (:class:`~rtunnel.client._sockopts.TCPOptions`: TCP_NODELAY and TCP keep-alive,
+        both on by default; the reference's TcpNoDelay, TCPKeepAlive, KeepAliveTime and
+        KeepAliveInterval).
+    :param channel_idle_timeout: close a channel (and its local connection) that carried
+        no data either way for this many seconds (0: never; the reference's
+        DefaultChannelIdleTimeout).
+    :param absolute_timeout: with ``channel_idle_timeout``, close each channel that long
+        after it opened, busy or not (the reference's AbsoluteTimeout).
+    :param wait_for_channel_close: :meth:`logoff` waits (at most ``logoff_timeout``) for
+        the server to answer each channel's CLOSE before it disconnects (default; the
+        reference's WaitForChannelClose).
+    :param wait_for_server_disconnect: :meth:`logoff` sends DISCONNECT and waits (at most
+        ``logoff_timeout``) for the server to close the TCP connection, which leaves the
+        TIME_WAIT state on the server (the reference's WaitForServerDisconnect). Default:
+        close it ourselves.
+    :param logoff_timeout: the bound on each of :meth:`logoff`'s waits.
+    :param kex_timeout: seconds a re-key may take before the connection is dropped (a
+        server that starts one and goes silent; default 60; None: no limit). The first key
+        exchange is bounded by ``connect_timeout``.
+    :param log_level: what :meth:`TunnelObserver.log` receives and rtunnel logs through
+        ``twisted.logger``: 0 nothing, 1 (default) connection events, 2 also channel and
+        request events, 3 also debug detail (the reference's LogLevel).
     :param target_connect_timeout: seconds to wait for a local target to accept (and for an
         accept hook to answer) before the channel is refused.
     :param window_size: the SSH channel window we grant (how much the server may send
         before we have passed it on).
-    :param max_packet: the largest channel data packet we accept.
+    :param max_packet: the largest channel data packet we accept (at most 255 KiB).
     :param max_channels: at most this many channels at once; more are refused with
         "resource shortage".
     :param clock: the clock for timeouts (default: ``reactor``).
@@ -167,7 +214,10 @@ class ReverseTunnel:
     :param macs: the MACs to offer, likewise (default: the SHA-2 encrypt-then-MAC ones
         first).
     :param kex_algorithms: the key exchange methods to offer, likewise.
-    :param host_key_algorithms: the host key algorithms to accept, likewise.
+    :param host_key_algorithms: the host key algorithms to accept, likewise. Unless given
+        outright (a plain list, not ``+...``/``-...``), they are ordered per connection
+        after the keys known_hosts holds for the host, with the host certificate
+        algorithms in front when a CA is trusted for it, as OpenSSH does.
     :param require_strict_kex: refuse a server that does not offer strict key exchange
         (the Terrapin fix, CVE-2023-48795; always used when the server offers it).
     :param rekey_bytes: exchange new keys after this many bytes either way (default 1 GiB;
@@ -175,6 +225,15 @@ class ReverseTunnel:
     :param rekey_seconds: exchange new keys after this many seconds (None: never).
     :param compression: offer zlib compression (``zlib@openssh.com``, started after
         authentication, then ``zlib``); off by default, as in OpenSSH.
+    :param preferred_dh_group_bits: the group size (1024-8192) to ask for in
+        ``diffie-hellman-group-exchange-*`` (the reference's PreferredDHGroupBits);
+        default None: as OpenSSH, 2048-8192 by the strength of the negotiated cipher.
+    :param client_version: our SSH identification line (the reference's
+        ClientSSHVersionString; default ``SSH-2.0-rtunnel_<version>``).
+    :param server_version_pattern: comma-separated patterns (``*``, ``?``) the server's
+        version line must match, else the logon fails with
+        :class:`~rtunnel.errors.VersionError` (the reference's SSHVersionPattern; default
+        ``*SSH-1.99-*,*SSH-2.0-*``). The line itself is :attr:`server_version`.
     """
 
     def __init__(
@@ -190,15 +249,26 @@ class ReverseTunnel:
         password_prompt: str | None = "*assword*",
         number_of_password_prompts: int = 3,
         password_change: PasswordCallback | None = None,
+        pubkey_accepted_algorithms: str | Sequence[str] | None = None,
         known_hosts: str | Path | Sequence[str | Path] | None = None,
         host_key_policy: HostKeyPolicy = "strict",
         global_known_hosts: str | Path | Sequence[str | Path] | None = None,
         accepted_host_keys: Sequence[Key | str | bytes] = (),
         accepted_fingerprints: Sequence[str] = (),
+        accepted_ca_keys: Sequence[Key | str | bytes] = (),
         host_key_callback: HostKeyCallback | None = None,
         fingerprint_hash: str = "sha256",
         hash_known_hosts: bool = False,
         connect_timeout: float | None = 30.0,
+        auth_timeout: float | None = 120.0,
+        tcp_options: TCPOptions | None = None,
+        channel_idle_timeout: float = 0.0,
+        absolute_timeout: bool = False,
+        wait_for_channel_close: bool = True,
+        wait_for_server_disconnect: bool = False,
+        logoff_timeout: float = LOGOFF_TIMEOUT,
+        kex_timeout: float | None = 60.0,
+        log_level: int = 1,
         target_connect_timeout: float = 10.0,
         window_size: int = DEFAULT_WINDOW_SIZE,
         max_packet: int = DEFAULT_MAX_PACKET,
@@ -216,6 +286,9 @@ class ReverseTunnel:
         rekey_bytes: int = _algorithms.DEFAULT_REKEY_BYTES,
         rekey_seconds: float | None = None,
         compression: bool = False,
+        preferred_dh_group_bits: int | None = None,
+        client_version: str | None = None,
+        server_version_pattern: str | Sequence[str] = _algorithms.DEFAULT_VERSION_PATTERN,
     ) -> None:
         if not host:
             raise SpecError("No SSH host given.")
@@ -228,6 +301,10 @@ class ReverseTunnel:
             )
         if not 1024 <= max_packet <= window_size <= 0xFFFFFFFF:
             raise SpecError("Need 1024 <= max_packet <= window_size < 2^32.")
+        if max_packet > MAX_MAX_PACKET:
+            # The whole SSH packet (header, padding, MAC) must fit the packet layer's
+            # limit, or the server's full-size packets would be refused as too long.
+            raise SpecError(f"max_packet {max_packet} is too large: at most {MAX_MAX_PACKET}.")
         self._reactor = reactor
         self._clock: IReactorTime = clock or cast(IReactorTime, reactor)
         self.host = host
@@ -241,6 +318,7 @@ class ReverseTunnel:
             password_prompt=password_prompt,
             number_of_password_prompts=number_of_password_prompts,
             password_change=password_change,
+            pubkey_accepted_algorithms=pubkey_accepted_algorithms,
             host=host,
             reactor=reactor,
         )
@@ -260,11 +338,37 @@ class ReverseTunnel:
             global_known_hosts=_paths(global_known_hosts),
             accepted_keys=accepted_host_keys,
             accepted_fingerprints=accepted_fingerprints,
+            accepted_ca_keys=accepted_ca_keys,
             callback=host_key_callback,
             fingerprint_hash=fingerprint_hash,
             hash_known_hosts=hash_known_hosts,
         )
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("auth_timeout", auth_timeout),
+        ):
+            if value is not None and value <= 0:
+                raise SpecError(f"{name} must be a positive number of seconds, or None.")
+        if channel_idle_timeout < 0 or logoff_timeout < 0:
+            raise SpecError("channel_idle_timeout and logoff_timeout must not be negative.")
+        if log_level not in (0, 1, 2, 3):
+            raise SpecError(f"Bad log_level {log_level!r}: give 0, 1, 2 or 3.")
         self.connect_timeout = connect_timeout
+        self.auth_timeout = auth_timeout
+        self.tcp_options = tcp_options if tcp_options is not None else TCPOptions()
+        self.channel_idle_timeout = channel_idle_timeout
+        self.absolute_timeout = absolute_timeout
+        self.wait_for_channel_close = wait_for_channel_close
+        self.wait_for_server_disconnect = wait_for_server_disconnect
+        self.logoff_timeout = logoff_timeout
+        if kex_timeout is not None and kex_timeout <= 0:
+            raise SpecError("kex_timeout must be a positive number of seconds, or None.")
+        self.kex_timeout = kex_timeout
+        self.log_level = log_level
+        self._idle_reaper: IdleChannelReaper | None = None
+        #: The server's SSH version string (the reference's ServerSSHVersionString), once
+        #: the handshake is done.
+        self.server_version: str | None = None
         self.target_connect_timeout = target_connect_timeout
         self.window_size = window_size
         self.max_packet = max_packet
@@ -273,12 +377,19 @@ class ReverseTunnel:
         self.macs = _algorithms.resolve("mac", macs)
         self.kex_algorithms = _algorithms.resolve("kex", kex_algorithms)
         self.host_key_algorithms = _algorithms.resolve("host key", host_key_algorithms)
+        # OpenSSH reorders HostKeyAlgorithms after known_hosts unless given outright.
+        self._order_host_key_algorithms = host_key_algorithms is None or (
+            isinstance(host_key_algorithms, str) and host_key_algorithms.strip()[:1] in "+-"
+        )
         self.require_strict_kex = require_strict_kex
         if rekey_bytes < 0 or (rekey_seconds is not None and rekey_seconds <= 0):
             raise SpecError("rekey_bytes must be >= 0 and rekey_seconds > 0 (or None).")
         self.rekey_bytes = rekey_bytes
         self.rekey_seconds = rekey_seconds
         self.compression = compression
+        self.preferred_dh_group_bits = _algorithms.check_dh_group_bits(preferred_dh_group_bits)
+        self.client_version = client_version and _algorithms.check_client_version(client_version)
+        self.server_version_pattern = _algorithms.parse_version_pattern(server_version_pattern)
         self._transport: ClientTransport | None = None
         self._conn: ForwardingConnection | None = None
         self._forwards: list[Forward] = []
@@ -372,8 +483,17 @@ class ReverseTunnel:
             if not lost.called:
                 lost.callback(None)
 
+        # One timer for the phase we are in: the handshake (what is left of
+        # connect_timeout), then authentication (auth_timeout). On expiry it drops the
+        # connection and remembers the phase, which turns the loss into TimedOutError.
+        timer = _PhaseTimer(self._clock)
+
+        def secure(transport: ClientTransport) -> None:
+            self._handshake_done(transport)
+            timer.start("auth", self.auth_timeout)
+
         def build() -> ClientTransport:
-            return ClientTransport(
+            transport = ClientTransport(
                 user=self.user,
                 keys_to_try=loaded_keys,
                 passwords=passwords,
@@ -384,15 +504,26 @@ class ReverseTunnel:
                 ciphers=self.ciphers,
                 macs=self.macs,
                 kex_algorithms=self.kex_algorithms,
-                host_key_algorithms=self.host_key_algorithms,
+                host_key_algorithms=self._host_key_verifier.host_key_algorithms(
+                    self.host_key_algorithms, follow_known_hosts=self._order_host_key_algorithms
+                ),
                 require_strict_kex=self.require_strict_kex,
                 rekey_bytes=self.rekey_bytes,
                 rekey_seconds=self.rekey_seconds,
                 clock=self._clock,
                 compression=self.compression,
+                on_secure=secure,
+                preferred_dh_group_bits=self.preferred_dh_group_bits,
+                client_version=self.client_version,
+                server_version_pattern=self.server_version_pattern,
+                on_server_version=self._server_version_seen,
             )
+            transport.kex_timeout = self.kex_timeout
+            return transport
 
         factory = Factory.forProtocol(build)  # type: ignore[arg-type]
+        started = self._clock.seconds()
+        self._status(f"Connecting to {self.host} port {self.port}.")
         endpoint = tcp_endpoint(self._reactor, self.host, self.port, self.connect_timeout or 30)
         connecting = endpoint.connect(factory)
         self._abort_logon = connecting.cancel
@@ -408,25 +539,28 @@ class ReverseTunnel:
         finally:
             self._abort_logon = None
         self._transport = transport
+        self._apply_tcp_options(transport)
+        self._connection_status("tcp-connected", 0, f"Connected to {self.host} port {self.port}.")
+        timer.transport = transport
         if self.connect_timeout:
-            ready.addTimeout(self.connect_timeout, self._clock)
+            timer.start("handshake", self.connect_timeout - (self._clock.seconds() - started))
         self._abort_logon = ready.cancel
         try:
             conn = await ready
             self._conn = conn
-        except (defer.TimeoutError, defer.CancelledError) as e:
-            # Timed out, or logoff() was called meanwhile.
+        except defer.CancelledError:
+            # logoff() was called meanwhile.
             tcp = transport.transport
             if tcp is not None:
                 tcp.abortConnection()  # type: ignore[attr-defined]
             await lost
-            if isinstance(e, defer.CancelledError):
-                raise self._abandoned() from None
-            raise ConnectError(
-                f"Connection to {self.host} port {self.port} timed out during the SSH "
-                f"handshake or logon (after {self.connect_timeout} s)."
-            ) from None
+            raise self._abandoned() from None
+        except RTunnelError:
+            if timer.expired is None:
+                raise
+            raise TimedOutError(self._timeout_text(timer.expired, transport)) from None
         finally:
+            timer.stop()
             self._abort_logon = None
         self._connected_at = self._clock.seconds()
         self._keepalive = Keepalive(
@@ -437,7 +571,63 @@ class ReverseTunnel:
             lambda: self._keepalive_expired(transport),
         )
         self._keepalive.start()
+        self._idle_reaper = IdleChannelReaper(
+            conn,
+            self._clock,
+            self.channel_idle_timeout,
+            self.absolute_timeout,
+            self._channel_idle,
+        )
+        self._idle_reaper.start()
+        self._status(f"Authenticated to {self.host} port {self.port} as {self.user!r}.")
+        self._connection_status(
+            "authenticated", 0, f"Logged on to {self.host} port {self.port} as {self.user!r}."
+        )
         self._notify("connected")
+
+    def _apply_tcp_options(self, transport: ClientTransport) -> None:
+        tcp = transport.transport
+        try:
+            apply_tcp_options(tcp.getHandle(), self.tcp_options)  # type: ignore[union-attr]
+        except (AttributeError, OSError) as e:
+            # Not a TCP socket (a test transport), or the kernel refused an option: the
+            # connection works without it.
+            self._emit_log(2, f"Could not set TCP options on the SSH connection: {e}")
+
+    def _handshake_done(self, transport: ClientTransport) -> None:
+        version = printable(getattr(transport, "otherVersionString", b""))
+        self.server_version = version
+        kex = printable(getattr(transport, "kexAlg", b""))
+        host_key = printable(getattr(transport, "keyAlg", b""))
+        ciphers = getattr(transport, "nextEncryptions", None)
+        cipher = printable(getattr(ciphers, "outCipType", b""))
+        mac = printable(getattr(ciphers, "outMACType", b""))
+        self._status(f"Server version: {version}")
+        self._status(f"Keys exchanged: kex {kex}, host key {host_key}, cipher {cipher}, MAC {mac}.")
+        self._connection_status(
+            "ssh-handshake-complete",
+            0,
+            f"SSH handshake with {self.host} port {self.port} complete ({version}).",
+        )
+
+    def _timeout_text(self, phase: str, transport: ClientTransport) -> str:
+        where = f"Connection to {self.host} port {self.port} timed out"
+        if phase == "auth":
+            return f"{where} during authentication (after {self.auth_timeout} s)."
+        if not getattr(transport, "otherVersionString", b""):
+            why = "the server sent no SSH version banner"
+        else:
+            why = "the key exchange did not finish"
+        return f"{where} during the SSH handshake (after {self.connect_timeout} s): {why}."
+
+    def _channel_idle(self, channel: ForwardedChannel) -> None:
+        kind = "open" if self.absolute_timeout else "idle"
+        self._emit_log(
+            1,
+            f"Channel {channel.local_id} ({channel.info.origin_address} port "
+            f"{channel.info.origin_port}) was {kind} for {self.channel_idle_timeout} s: "
+            "closing it.",
+        )
 
     def _keepalive_expired(self, transport: ClientTransport) -> None:
         # OpenSSH's words (clientloop.c, server_alive_check).
@@ -501,9 +691,13 @@ class ReverseTunnel:
         return None if attempt.cancelled else delay
 
     def _abandoned(self) -> ConnectError:
-        return ConnectError(
+        return _LogonAbandoned(
             f"Logon to {self.host} port {self.port} abandoned: logoff() was called."
         )
+
+    def _server_version_seen(self, version: str) -> None:
+        # On arrival, so that a handshake that fails still says which server it was.
+        self.server_version = version
 
     def rekey(self) -> Deferred[None]:
         """
@@ -553,17 +747,22 @@ class ReverseTunnel:
                 for f in list(self._forwards)
                 if f.state is ForwardState.ACTIVE
             ]
-            await _settle(cancels, LOGOFF_TIMEOUT, self._clock)
+            await _settle(cancels, self.logoff_timeout, self._clock)
             for channel in list(conn.channels.values()):
                 if channel.confirmed:
                     channel.loseConnection()
-            await _settle([conn.when_idle()], LOGOFF_TIMEOUT, self._clock)
-            conn.disconnect("logoff")
+            if self.wait_for_channel_close:
+                await _settle([conn.when_idle()], self.logoff_timeout, self._clock)
+            if self.wait_for_server_disconnect and not conn.stopped:
+                transport.announce_disconnect("logoff")
+            else:
+                conn.disconnect("logoff")
         if not lost.called:
-            # DISCONNECT was sent and the TCP close started; don't wait on the server.
+            # DISCONNECT was sent, and the TCP close started unless the server is to close
+            # it; past logoff_timeout we drop it ourselves.
             tcp = transport.transport
             fallback = (
-                self._clock.callLater(LOGOFF_TIMEOUT, _abort_if_open, tcp)
+                self._clock.callLater(self.logoff_timeout, _abort_if_open, tcp)
                 if tcp is not None
                 else None
             )
@@ -665,6 +864,11 @@ class ReverseTunnel:
                 + ("" if isinstance(e, ForwardingError) else f": {e}")
             ) from None
         forward.state = ForwardState.ACTIVE
+        self._emit_log(
+            2,
+            f"Remote forward of {forward.bind_address or '*'} port {forward.port} active "
+            f"(to {forward.describe_target()}).",
+        )
         self._notify_forward(forward)
 
     def cancel_forwarding(self, bind_address: str, port: int) -> Deferred[None]:
@@ -786,8 +990,11 @@ class ReverseTunnel:
                 raise ChannelRefused(
                     OPEN_ADMINISTRATIVELY_PROHIBITED, "accept hook did not answer"
                 ) from None
-            except Exception:
+            except Exception as e:
                 _log.failure("accept hook failed; refusing channel {id}", id=request.channel_id)
+                self._error(
+                    ChannelError(f"Channel {request.channel_id}: the accept hook failed: {e!r}")
+                )
                 raise ChannelRefused(
                     OPEN_ADMINISTRATIVELY_PROHIBITED, "accept hook failed"
                 ) from None
@@ -806,21 +1013,21 @@ class ReverseTunnel:
         try:
             await endpoint.connect(TargetFactory(target))
         except (error.ConnectError, error.DNSLookupError, OSError) as e:
-            _log.info(
-                "connect to {host}:{port} failed for channel {id}: {reason}",
-                host=forward.host,
-                port=forward.host_port,
-                id=request.channel_id,
-                reason=_reason_text(e),
-            )
-            raise ChannelRefused(
-                OPEN_CONNECT_FAILED,
-                f"connect to {forward.host}:{forward.host_port} failed: {_reason_text(e)}",
-            ) from None
+            # OpenSSH's words (channels.c, channel_connect_to_port).
+            text = f"connect to {forward.host} port {forward.host_port} failed: {_reason_text(e)}"
+            self._error(ChannelError(f"Channel {request.channel_id}: {text}."))
+            raise ChannelRefused(OPEN_CONNECT_FAILED, text) from None
         return Splice(target)
 
     def channel_event(self, name: str, info: ChannelInfo, data: bytes = b"") -> None:
         """Dispatch a channel event to observers."""
+        if self.log_level >= 2 and name in ("opened", "closed"):
+            self._emit_log(
+                2,
+                f"Channel {info.channel_id} {name}: from {info.origin_address} port "
+                f"{info.origin_port} to listen port {info.connected_port} "
+                f"({info.bytes_received} bytes in, {info.bytes_sent} out).",
+            )
         if not self._observers:
             return
         for observer in list(self._observers):
@@ -876,9 +1083,20 @@ class ReverseTunnel:
         if self._keepalive is not None:
             self._keepalive.stop()
             self._keepalive = None
+        if self._idle_reaper is not None:
+            self._idle_reaper.stop()
+            self._idle_reaper = None
         if not was_connected:
             return  # a failed logon: logon() or the reconnect loop reports it
         error = cast(Exception, failure.value)
+        if clean:
+            self._connection_status(
+                "disconnected", 0, f"Logged off from {self.host} port {self.port}."
+            )
+        else:
+            code = error.code if isinstance(error, RTunnelError) else ConnectionLostError.code
+            self._connection_status("broken", code, str(error))
+            self._emit_log(1, f"Connection to {self.host} port {self.port} lost: {error}")
         self._notify("disconnected", None if clean else error)
         if not clean and not self._stopping and self.reconnect.mode != "off" and _retryable(error):
             if self._clock.seconds() - self._connected_at >= self.reconnect.reset_after:
@@ -975,12 +1193,11 @@ class ReverseTunnel:
             forward.state = ForwardState.FAILED
             self._forwards.remove(forward)
             self._forward_retries.pop(id(forward), None)
-            _log.error(
-                "{error}",
-                error=ForwardRetryLimitError(
+            self._error(
+                ForwardRetryLimitError(
                     f"Gave up re-establishing the forward of listen port "
                     f"{forward.requested_port} after {count - 1} retries: {error}"
-                ),
+                )
             )
             self._notify_forward(forward)
             return
@@ -998,6 +1215,29 @@ class ReverseTunnel:
             if call is not None and call.active():
                 call.cancel()
         self._forward_retries.clear()
+
+    def _emit_log(self, level: int, message: str) -> None:
+        """A log message at the reference's ``level`` (1 info, 2 verbose, 3 debug)."""
+        if level > self.log_level:
+            return
+        if level <= 1:
+            _log.info("{message}", message=message)
+        else:
+            _log.debug("{message}", message=message)
+        self._notify("log", level, message)
+
+    def _status(self, message: str) -> None:
+        """Progress of the SSH connection (the reference's SSHStatus), also logged."""
+        self._notify("ssh_status", message)
+        self._emit_log(1, message)
+
+    def _connection_status(self, event: str, code: int, description: str) -> None:
+        self._notify("connection_status", event, code, description)
+
+    def _error(self, error: RTunnelError) -> None:
+        """An error that fails no call of the user's (the reference's Error event)."""
+        _log.error("{error}", error=error)
+        self._notify("error", error)
 
     def _notify(self, event: str, *args: object) -> None:
         for observer in list(self._observers):
@@ -1018,11 +1258,19 @@ def _paths(value: str | Path | Sequence[str | Path] | None) -> list[Path] | None
     return [Path(p).expanduser() for p in value]
 
 
+class _LogonAbandoned(ConnectError):
+    """A logon given up because logoff() was called, or its Deferred cancelled."""
+
+
 def _retryable(error: BaseException) -> bool:
-    """Network faults, timeouts and server restarts are retried; refusals are final."""
+    """
+    Network faults, timeouts and server restarts are retried; refusals, and a logon the
+    user gave up on, are final.
+    """
     return isinstance(error, RTunnelError) and not isinstance(
         error,
         (
+            _LogonAbandoned,
             HostKeyError,
             AuthenticationError,
             CredentialError,
@@ -1080,3 +1328,35 @@ async def _with_timeout(answer: Awaitable[bool], timeout: float, clock: IReactor
     )
     d.addTimeout(timeout, clock)
     return await d
+
+
+class _PhaseTimer:
+    """
+    Bounds one phase of the logon at a time; when it runs out it aborts the TCP
+    connection and remembers which phase it was.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self.transport: ClientTransport | None = None
+        self.phase = ""
+        self.expired: str | None = None
+        self._call: IDelayedCall | None = None
+
+    def start(self, phase: str, timeout: float | None) -> None:
+        self.stop()
+        self.phase = phase
+        if timeout is not None:
+            self._call = self._clock.callLater(max(0.0, timeout), self._expire)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _expire(self) -> None:
+        self._call = None
+        self.expired = self.phase
+        tcp = self.transport.transport if self.transport is not None else None
+        if tcp is not None:
+            tcp.abortConnection()  # type: ignore[attr-defined]

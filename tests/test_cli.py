@@ -787,6 +787,41 @@ async def test_connection_lost(
     assert not any("Traceback" in line for line in child.lines)
 
 
+@pytest_twisted.ensureDeferred
+async def test_auto_reconnect_prints_the_allocated_port_again(
+    target: Target, spawn: Spawn, echo_port: int, tmp_path: Path
+) -> None:
+    """
+    -o AutoReconnect=yes: when the server drops the session, rtunnel says why and when it
+    retries, reconnects, asks for the port-0 forward again and prints the new
+    "Allocated port" line; the new port reaches the target.
+    """
+    child = spawn(
+        *["-o", "AutoReconnect=yes", "-o", "RetryInterval=1"],
+        *["-R", f"0:127.0.0.1:{echo_port}"],
+    )
+    allocated = re.compile(ALLOCATED.format(echo_port))
+    await child.wait_for(allocated.pattern)
+    if target.kind == "bundled":
+        await target.server.drop_connections()
+    else:
+        for pid in target.server.sshd_session_pids():
+            os.kill(pid, signal.SIGKILL)
+    for _ in range(int(START_TIMEOUT * 10)):
+        matches = [m for m in map(allocated.search, child.lines) if m is not None]
+        if len(matches) >= 2 or not child.running:
+            break
+        await deferLater(reactor, 0.1, lambda: None)
+    assert child.running, child.stderr
+    assert len(matches) == 2, child.stderr
+    assert any("Reconnecting to 127.0.0.1 port" in line for line in child.lines), child.stderr
+    assert any(line == "Reconnected to 127.0.0.1." for line in child.lines), child.stderr
+    port = int(matches[1].group(1))
+    assert await exchange(port, b"after the reconnect") == b"after the reconnect"
+    child.transport.signalProcess("TERM")  # type: ignore[union-attr]
+    assert await child.ended.addTimeout(STOP_WITHIN, reactor) == (0, None), child.stderr
+
+
 @pytest.mark.parametrize("target", ["openssh"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_server_alive_notices_a_frozen_server(

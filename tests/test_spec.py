@@ -377,7 +377,12 @@ def test_parse_option(text: str, expected: tuple[str, object]) -> None:
         ("NoSuchOption yes", "command-line: line 0: Bad configuration option: nosuchoption"),
         # Real OpenSSH options rtunnel does not implement.
         ("ProxyJump=bastion", 'command-line line 0: Unsupported option "proxyjump"'),
-        ("TCPKeepAlive=yes", 'command-line line 0: Unsupported option "tcpkeepalive"'),
+        ("CheckHostIP=yes", 'command-line line 0: Unsupported option "checkhostip"'),
+        ("AutoReconnect=sometimes", 'command-line line 0: unsupported AutoReconnect "sometimes"'),
+        ("MaxRetryCount=-1", "command-line line 0: Bad number '-1' (0 means no limit)."),
+        ("RetryInterval=0", "command-line line 0: RetryInterval must be at least 1 second."),
+        ("ChannelTimeout=30", 'command-line line 0: invalid channel timeout "30"'),
+        ("ChannelTimeout=*=soon", 'command-line line 0: invalid channel timeout interval "soon"'),
         # readconf.c checks for an argument before it looks the keyword up.
         ("Foo", 'command-line line 0: no argument after keyword "foo"'),
         ("Port=", 'command-line line 0: no argument after keyword "port"'),
@@ -444,8 +449,10 @@ def test_remote_forward_option_matches_dash_r(
 def test_supported_options() -> None:
     """The table holds exactly the options the command implements."""
     assert sorted(SUPPORTED_OPTIONS.values()) == [
+        "AutoReconnect",
         "BatchMode",
         "CertificateFile",
+        "ChannelTimeout",
         "Ciphers",
         "Compression",
         "ConnectTimeout",
@@ -461,16 +468,20 @@ def test_supported_options() -> None:
         "KexAlgorithms",
         "LogLevel",
         "MACs",
+        "MaxRetryCount",
         "NumberOfPasswordPrompts",
         "PasswordAuthentication",
         "Port",
         "PreferredAuthentications",
+        "PubkeyAcceptedAlgorithms",
         "PubkeyAuthentication",
         "RekeyLimit",
         "RemoteForward",
+        "RetryInterval",
         "ServerAliveCountMax",
         "ServerAliveInterval",
         "StrictHostKeyChecking",
+        "TCPKeepAlive",
         "User",
         "UserKnownHostsFile",
     ]
@@ -513,9 +524,42 @@ def test_option_spelling(name: str, separator: str, swap_case: bool) -> None:
         "KexAlgorithms": "^curve25519-sha256",
         "HostKeyAlgorithms": "ssh-ed25519",
         "RekeyLimit": "1G 1h",
+        "AutoReconnect": "always",
+        "MaxRetryCount": "5",
+        "RetryInterval": "1m",
+        "ChannelTimeout": "session=1m forwarded-tcpip=30s",
+        "TCPKeepAlive": "no",
+        "PubkeyAcceptedAlgorithms": "+ssh-rsa",
     }
     key = name.swapcase() if swap_case else name
     assert parse_option(f"{key}{separator}{values[name]}") == parse_option(f"{name}={values[name]}")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("ChannelTimeout=forwarded-tcpip=1m", 60),
+        ("ChannelTimeout session=5 *=10", 10),
+        ("ChannelTimeout=session=5", 0),  # no forwarded-tcpip type: nothing to apply
+        ("ChannelTimeout=none", 0),
+        ("ChannelTimeout forwarded-*=7 *=9", 7),  # the first match wins
+    ],
+)
+def test_channel_timeout(text: str, value: int) -> None:
+    """OpenSSH 9.2's ChannelTimeout syntax; only forwarded-tcpip applies to -R."""
+    assert parse_option(text) == ("ChannelTimeout", value)
+
+
+@pytest.mark.parametrize(
+    ("text", "mode"),
+    [
+        ("AutoReconnect=no", "off"),
+        ("AutoReconnect=yes", "on-loss"),
+        ("autoreconnect always", "always"),
+    ],
+)
+def test_auto_reconnect(text: str, mode: str) -> None:
+    assert parse_option(text) == ("AutoReconnect", mode)
 
 
 @given(st.text(max_size=40))
