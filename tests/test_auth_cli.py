@@ -439,3 +439,39 @@ async def test_terminal_prompts_echo_only_what_the_server_says_to(
     assert "777123" in everything  # echoed: the server asked for echo
     assert "hunter2-secret" not in everything  # not echoed
     assert ssh_test_server.keyboard_interactive_answers == [["hunter2-secret", "777123"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_at_a_terminal_prompt_stops_at_once(
+    ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path, tmp_path: Path
+) -> None:
+    # A prompt nobody answers must not keep a SIGTERMed rtunnel alive: the prompt runs in
+    # a daemon thread, not the reactor's pool (joined at shutdown), and the terminal's
+    # echo setting is put back.
+    ssh_test_server.add_user(ssh_user, "hunter2-secret", auth_methods="password")
+    child = TerminalSession()
+    argv = [
+        *PYTHON_CLI,
+        "-N",
+        *["-o", f"UserKnownHostsFile={ssh_known_hosts}"],
+        *["-p", str(ssh_test_server.port)],
+        *["-R", "0:127.0.0.1:9"],
+        f"{ssh_user}@{ssh_test_server.host}",
+    ]
+    reactor.spawnProcess(  # type: ignore[attr-defined]
+        child, argv[0], argv, env=_clean_env(tmp_path), path=str(tmp_path), usePTY=True
+    )
+    try:
+        waited = 0.0
+        while "password: " not in child.screen.lower():
+            assert child.running and waited < 20, f"no prompt; screen:\n{child.screen}"
+            await deferLater(reactor, 0.05, lambda: None)
+            waited += 0.05
+        started = reactor.seconds()  # type: ignore[attr-defined]
+        child.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        status = await child.ended.addTimeout(10, reactor)
+        assert reactor.seconds() - started < 5  # type: ignore[attr-defined]
+        assert status == (0, None), child.screen
+    finally:
+        if child.running:
+            child.transport.signalProcess("KILL")  # type: ignore[union-attr]

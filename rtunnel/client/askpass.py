@@ -10,14 +10,17 @@ only without a terminal and with a display.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 
 from rtunnel.client.credentials import (
     AskPassword,
@@ -157,8 +160,7 @@ def _run_askpass(program: str, prompt: str, env: Mapping[str, str]) -> Deferred[
         # readpass.c ssh_askpass: the first line, without its newline.
         return done.stdout.decode("utf-8", "replace").split("\n", 1)[0].rstrip("\r")
 
-    result: Deferred[str | None] = deferToThread(run)
-    return result
+    return _off_the_reactor(run)
 
 
 def _ask_terminal(prompt: str) -> Deferred[str | None]:
@@ -168,8 +170,10 @@ def _ask_terminal(prompt: str) -> Deferred[str | None]:
         except (EOFError, KeyboardInterrupt, OSError):
             return None
 
-    result: Deferred[str | None] = deferToThread(ask)
-    return result
+    # getpass turns echo off; a signal that stops rtunnel mid-prompt must not leave the
+    # terminal that way (OpenSSH's readpassphrase restores it on SIGTERM too).
+    finished = _terminal_restorer()
+    return _off_the_reactor(ask).addBoth(_then(finished))
 
 
 def _ask_terminal_echo(prompt: str) -> Deferred[str | None]:
@@ -186,5 +190,71 @@ def _ask_terminal_echo(prompt: str) -> Deferred[str | None]:
             return None
         return line.decode("utf-8", "replace").rstrip("\r\n")
 
-    result: Deferred[str | None] = deferToThread(ask)
+    return _off_the_reactor(ask)
+
+
+_T = TypeVar("_T")
+
+
+def _off_the_reactor(call: Callable[[], _T]) -> Deferred[_T]:
+    """
+    Run a blocking prompt in a daemon thread of its own, not the reactor's thread pool:
+    the pool is joined when the reactor stops, so a prompt nobody answers would keep a
+    SIGTERMed rtunnel from exiting.
+    """
+    from twisted.internet import reactor
+
+    result: Deferred[_T] = Deferred()
+    call_from_thread: Any = reactor.callFromThread  # type: ignore[attr-defined]
+
+    def run() -> None:
+        try:
+            value = call()
+        except BaseException:
+            call_from_thread(result.errback, Failure())
+        else:
+            call_from_thread(result.callback, value)
+
+    threading.Thread(target=run, name="rtunnel-prompt", daemon=True).start()
     return result
+
+
+def _terminal_restorer() -> Callable[[], None]:
+    """
+    Save the controlling terminal's settings now, to be put back if the reactor shuts
+    down while the prompt is still waiting; call the function returned when it is done.
+    """
+    try:
+        import termios
+
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except (ImportError, OSError):
+        return lambda: None
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:
+        os.close(fd)
+        return lambda: None
+    from twisted.internet import reactor
+
+    def restore() -> None:
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+        os.close(fd)
+
+    trigger = reactor.addSystemEventTrigger("after", "shutdown", restore)  # type: ignore[attr-defined]
+
+    def finished() -> None:
+        # getpass put the settings back itself.
+        reactor.removeSystemEventTrigger(trigger)  # type: ignore[attr-defined]
+        os.close(fd)
+
+    return finished
+
+
+def _then(action: Callable[[], None]) -> Callable[[_T], _T]:
+    def passthrough(result: _T) -> _T:
+        action()
+        return result
+
+    return passthrough
