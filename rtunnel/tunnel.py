@@ -699,6 +699,32 @@ class ReverseTunnel:
         # On arrival, so that a handshake that fails still says which server it was.
         self.server_version = version
 
+    def set_window_size(self, window_size: int) -> None:
+        """
+        Grow the channel window (the reference's MaxWindowSize, which may only increase
+        on a live connection): channels opened from now on get ``window_size``, and each
+        open channel is granted the difference at once (RFC 4254 5.2 WINDOW_ADJUST). It
+        also holds after a reconnect.
+
+        :raises SpecError: for a smaller window or one of 2^32 bytes or more.
+        """
+        if not self.window_size <= window_size <= 0xFFFFFFFF:
+            raise SpecError(
+                f"The window can only grow, up to 2^32 - 1: {window_size} is not between "
+                f"{self.window_size} and 4294967295."
+            )
+        delta = window_size - self.window_size
+        self.window_size = window_size
+        conn = self._conn
+        if conn is None or delta == 0:
+            return
+        conn.window_size = window_size
+        for channel in list(conn.channels.values()):
+            if channel.confirmed and not channel.finished and not channel.close_received:
+                channel.window_size += delta
+                channel.local_window_left += delta
+                conn.send_window_adjust(channel, delta)
+
     def rekey(self) -> Deferred[None]:
         """
         Exchange new keys now (the seed's ExchangeKeys). Fires once the new keys are in use

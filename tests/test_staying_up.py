@@ -645,3 +645,32 @@ async def test_the_server_closing_an_idle_channel_closes_the_local_side(
     finally:
         await t.logoff()
         target.close()
+
+
+# -- the window, grown on a live connection (the reference's MaxWindowSize) -------------
+
+
+def test_the_window_grows_for_open_and_new_channels(tmp_path: Path) -> None:
+    from memory_stack import Stack, result_of
+
+    stack = Stack(tmp_path, window_size=64 * 1024, max_packet=16 * 1024)
+    result_of(stack.connect())
+    stack.forward_upper()
+    stack.inbound(40001)
+    (server_channel,) = [i.channel for i in stack.server._inbound if i.channel.is_open]
+    assert server_channel.remoteWindowLeft == 64 * 1024
+    with pytest.raises(SpecError, match="can only grow"):
+        stack.tunnel.set_window_size(32 * 1024)
+    stack.tunnel.set_window_size(1024 * 1024)
+    stack.pump.flush()
+    # The open channel was granted the difference...
+    assert server_channel.remoteWindowLeft == 1024 * 1024
+    # ...and a new one opens with the new window.
+    stack.inbound(40002)
+    newest = [
+        i.channel
+        for i in stack.server._inbound
+        if i.channel.is_open and i.channel is not server_channel
+    ]
+    assert [c.remoteWindowLeft for c in newest] == [1024 * 1024]
+    assert stack.tunnel.window_size == 1024 * 1024
