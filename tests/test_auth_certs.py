@@ -1,8 +1,8 @@
 """
 OpenSSH user certificates against a real sshd with ``TrustedUserCAKeys``: ``key-cert.pub``
 beside the key picked up, a certificate given explicitly (``CertificateFile``), and the
-refusals for a wrong principal and an expired certificate. (The bundled server does not
-check certificates yet.)
+refusals for a wrong principal and an expired certificate. The bundled server's own
+certificate checks, and their agreement with sshd, are in test_testing_user_certs.py.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Pieces, outside in::
 
     SSHTestServer ---- listens ---> _ServerTransport (one per SSH connection)
                                        |  ssh-userauth: _UserAuthServer + Portal
-                                       |     (_PasswordChecker, _PublicKeyChecker)
+                                       |     (_PasswordChecker, _PublicKeyChecker:
+                                       |      keys and user certificates)
                                        |  ssh-connection: _ForwardingConnection
                                        |     tcpip-forward -> _Forward (listening ports)
     inbound TCP connection -> _InboundProtocol <-> _ForwardedChannel (forwarded-tcpip)
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import ipaddress
+import os
 import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -57,6 +59,16 @@ from zope.interface import implementer
 
 from rtunnel.client import _algorithms
 from rtunnel.client._kex import SecureTransportMixin
+from rtunnel.client.certificates import (
+    CERT_SUFFIX,
+    CertificateError,
+    SSHCertificate,
+    is_certificate,
+    key_type_of_algorithm,
+    parse_certificate,
+    signature_algorithm_of,
+)
+from rtunnel.testing._certs import read_ca_keys, user_certificate_refusal
 from rtunnel.testing._keys import KeyKind, host_key
 from rtunnel.testing._keys import _generate as _generate_key
 
@@ -148,10 +160,27 @@ class _PasswordChecker:
         return defer.fail(UnauthorizedLogin("wrong user name or password"))
 
 
+class _CertificateCredentials(SSHPrivateKey):
+    """A ``publickey`` request with an OpenSSH certificate, and where it came from."""
+
+    def __init__(
+        self,
+        username: bytes,
+        algName: bytes,  # noqa: N803 (SSHPrivateKey's name)
+        blob: bytes,
+        sigData: bytes | None,  # noqa: N803
+        signature: bytes | None,
+        client_address: str,
+    ) -> None:
+        super().__init__(username, algName, blob, sigData, signature)
+        self.client_address = client_address
+
+
 @implementer(ICredentialsChecker)
 class _PublicKeyChecker:
     """
-    Authorized public keys per user, read live from the server's table.
+    Authorized public keys per user, read live from the server's table, and user
+    certificates signed by a trusted CA (sshd's ``TrustedUserCAKeys``).
 
     Not Conch's ``SSHPublicKeyChecker``: that one answers a query without signature
     (RFC 4252 section 7) with ``PK_OK`` even for a key the user may not use, and does not
@@ -160,13 +189,22 @@ class _PublicKeyChecker:
 
     credentialInterfaces = (ISSHPrivateKey,)  # noqa: N815 (ICredentialsChecker)
 
-    def __init__(self, authorized: dict[bytes, list[keys.Key]], algorithms: set[bytes]) -> None:
+    def __init__(
+        self,
+        authorized: dict[bytes, list[keys.Key]],
+        algorithms: set[bytes],
+        certificates: SSHTestServer | None = None,
+    ) -> None:
         self._authorized = authorized
         self._algorithms = algorithms
+        # The server's policy for user certificates (trusted CAs, principals, the clock).
+        self._certificates = certificates
 
     def requestAvatarId(  # noqa: N802 (ICredentialsChecker)
         self, credentials: SSHPrivateKey
     ) -> Deferred[bytes | tuple[()]]:
+        if isinstance(credentials, _CertificateCredentials):
+            return self._check_certificate(credentials)
         try:
             offered = keys.Key.fromString(credentials.blob)
         except keys.BadKeyError:
@@ -184,6 +222,50 @@ class _PublicKeyChecker:
         if offered.verify(credentials.signature, credentials.sigData):
             return defer.succeed(credentials.username)
         return defer.fail(UnauthorizedLogin("bad signature"))
+
+    def _check_certificate(
+        self, credentials: _CertificateCredentials
+    ) -> Deferred[bytes | tuple[()]]:
+        if self._certificates is None:
+            return defer.fail(UnauthorizedLogin("no trusted user CA keys"))
+        reason = self._certificate_problem(credentials)
+        if reason is None:
+            if credentials.signature is None:
+                # A query: Conch's SSHUserAuthServer answers ValidPublicKey with PK_OK.
+                return defer.fail(ValidPublicKey())
+            return defer.succeed(credentials.username)
+        self._certificates._user_certificate_refused(reason)
+        return defer.fail(UnauthorizedLogin(reason))
+
+    def _certificate_problem(self, credentials: _CertificateCredentials) -> str | None:
+        """Why the certificate request fails, or None (also for a query without signature)."""
+        assert self._certificates is not None
+        # OpenSSH PROTOCOL.certkeys: the request names the certificate algorithm
+        # ("rsa-sha2-512-cert-v01@openssh.com" for an RSA certificate signing with SHA-512)
+        # and the signature inside is the certified key's plain one ("rsa-sha2-512").
+        algorithm = credentials.algName.decode("ascii", "replace")
+        plain = signature_algorithm_of(algorithm).encode("ascii")
+        if not algorithm.endswith(CERT_SUFFIX) or plain not in self._algorithms:
+            return f"certificate algorithm {algorithm} not accepted"
+        try:
+            cert = parse_certificate(credentials.blob)
+            certified = keys.Key.fromString(cert.public_blob)
+        except (CertificateError, keys.BadKeyError) as e:
+            return f"unusable certificate: {e}"
+        if key_type_of_algorithm(algorithm) != cert.key_type:
+            return f"algorithm {algorithm} does not match the {cert.cert_type} certificate"
+        reason = self._certificates._user_certificate_refusal(
+            cert, credentials.username, credentials.client_address
+        )
+        if reason is not None or credentials.signature is None:
+            return reason
+        if common.getNS(credentials.signature)[0] != plain:
+            return "signature does not match algorithm"
+        try:
+            good = certified.verify(credentials.signature, credentials.sigData)
+        except Exception:  # malformed signature fields: Conch raises various errors
+            good = False
+        return None if good else "bad signature"
 
 
 @implementer(IRealm)
@@ -238,6 +320,9 @@ class _ServerTransport(SecureTransportMixin, transport.SSHServerTransport):
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
         _server_of(self)._transport_lost(self)
+
+    #: The user certificate the client logged on with (its extensions grant forwarding).
+    user_certificate: SSHCertificate | None = None
 
     # SSHTestServer.freeze(): no reading, and packets held (already in order, not yet
     # sealed) until thaw(), as a stopped sshd session that keeps its TCP connection.
@@ -391,6 +476,49 @@ class _UserAuthServer(userauth.SSHUserAuthServer):
             )
             return
         super()._cbFinishedAuth(result)
+
+    @override
+    def auth_publickey(self, packet: bytes) -> Deferred[Any]:
+        algorithm, blob, rest = common.getNS(packet[1:], 2)
+        if not is_certificate(blob):
+            result: Deferred[Any] = super().auth_publickey(packet)
+            return result
+        # Conch's own auth_publickey cannot read a certificate (keys.Key.fromString): the
+        # same request (RFC 4252 section 7), with the client's address for source-address.
+        assert self.transport is not None and self.transport.sessionID is not None
+        assert self.user is not None and self.nextService is not None
+        has_signature = packet[0]
+        signed = signature = None
+        if has_signature:
+            signature = common.getNS(rest)[0]
+            signed = (
+                common.NS(self.transport.sessionID)
+                + bytes((userauth.MSG_USERAUTH_REQUEST,))
+                + common.NS(self.user)
+                + common.NS(self.nextService)
+                + common.NS(b"publickey")
+                + b"\x01"
+                + common.NS(algorithm)
+                + common.NS(blob)
+            )
+        peer = self.transport.transport.getPeer()  # type: ignore[union-attr]
+        credentials = _CertificateCredentials(
+            self.user, algorithm, blob, signed, signature, getattr(peer, "host", "")
+        )
+        login: Deferred[Any] = self.portal.login(credentials, None, IConchUser)
+        if not has_signature:
+            login.addErrback(self._ebCheckKey, packet[1:])
+            return login
+
+        def accepted(result: Any) -> Any:
+            # For the connection service: sshd takes permit-port-forwarding from it.
+            assert self.transport is not None
+            cast(_ServerTransport, self.transport).user_certificate = parse_certificate(
+                blob, verify=False
+            )
+            return result
+
+        return login.addCallback(accepted)
 
     @override
     def auth_password(self, packet: bytes) -> Deferred[Any]:
@@ -577,6 +705,11 @@ class _ForwardingConnection(connection.SSHConnection):
     def _forward(self, bind_address: str, port: int) -> int | tuple[int, bytes]:
         addresses = listen_addresses(bind_address)
         if addresses is None or port > 0xFFFF or self.server._forward_refused(port):
+            return 0
+        cert = cast(_ServerTransport, self.transport).user_certificate
+        if cert is not None and "permit-port-forwarding" not in dict(cert.extensions):
+            # sshd (auth-options.c): a certificate grants port forwarding only with this
+            # extension, which ssh-keygen adds by default.
             return 0
         inbound = _InboundFactory(self, bind_address)
         reactor = self.server._reactor
@@ -988,6 +1121,17 @@ class SSHTestServer:
         host_key(host_key_type), principals=["127.0.0.1"])``), presented to clients that ask
         for its ``*-cert-v01@openssh.com`` algorithm; a certificate for another key is a
         ``ValueError`` when the server starts.
+    :param trusted_user_ca_keys: CA keys whose user certificates
+        (``*-cert-v01@openssh.com``) are accepted for public key log-on, as sshd's
+        ``TrustedUserCAKeys``: ``Key`` objects, OpenSSH public key lines (``str``), or
+        files of such lines (``pathlib.Path``). A certificate is accepted when it is a
+        user certificate signed by one of them, valid now, listing one of the user's
+        principals (see :meth:`add_user`), with only critical options sshd knows
+        (``force-command``, which has nothing to restrict here, ``source-address``, which
+        is honoured, and ``verify-required``), and the request is signed by the certified
+        key. Remote forwarding needs its ``permit-port-forwarding`` extension, as in sshd.
+        Refusals are publickey failures; :attr:`certificate_refusals` says why, in sshd's
+        log words. A bad line or a certificate given as a CA key is a ``ValueError``.
     """
 
     def __init__(
@@ -1001,8 +1145,12 @@ class SSHTestServer:
         allow_rsa_sha1: bool = False,
         keyboard_interactive: bool = False,
         host_certificate: bytes | str | None = None,
+        trusted_user_ca_keys: Iterable[keys.Key | str | os.PathLike[str]] = (),
     ) -> None:
         self._host_certificate = host_certificate
+        self._trusted_user_cas = read_ca_keys(trusted_user_ca_keys)
+        self._principals: dict[bytes, tuple[str, ...] | None] = {}
+        self._certificate_refusals: list[str] = []
         self._reactor = reactor
         self._keyboard_interactive = keyboard_interactive
         self._clock = IReactorTime(reactor)
@@ -1041,6 +1189,7 @@ class SSHTestServer:
         keyboard_interactive: Iterable[Iterable[KbdIntPrompt | tuple[str, bool, str]]] = (),
         auth_methods: str | Iterable[str] | None = None,
         password_expired: bool = False,
+        principals: Iterable[str] | None = None,
     ) -> None:
         """
         Let a user log on with a password, public keys, keyboard-interactive, or several
@@ -1061,8 +1210,14 @@ class SSHTestServer:
             Each step but the last is answered with partial success.
         :param password_expired: a correct password gets a password change request
             (``SSH_MSG_USERAUTH_PASSWD_CHANGEREQ``); the client may then set a new one.
+        :param principals: the certificate principals that log on as this user, as sshd's
+            ``AuthorizedPrincipalsFile``; default (None): the user name, as sshd without
+            that file. A user certificate must list one of them (see
+            ``trusted_user_ca_keys``); only users added here can log on with one, as sshd
+            wants an existing account.
         """
         name = username.encode("utf-8")
+        self._principals[name] = None if principals is None else tuple(principals)
         self._user_auth[name] = _UserAuth(
             tuple(tuple(KbdIntPrompt(*p) for p in r) for r in keyboard_interactive),
             _parse_auth_methods(auth_methods),
@@ -1091,7 +1246,7 @@ class SSHTestServer:
             _Realm(),
             [
                 _PasswordChecker(self._passwords),
-                _PublicKeyChecker(self._authorized_keys, set(self._user_sig_algs)),
+                _PublicKeyChecker(self._authorized_keys, set(self._user_sig_algs), self),
             ],
         )
         # Conch's SSHFactory is a Factory but not typed as the ServerFactory listenTCP wants.
@@ -1339,6 +1494,14 @@ class SSHTestServer:
         return list(self._auth_log)
 
     @property
+    def certificate_refusals(self) -> list[str]:
+        """
+        Why each refused user certificate was refused, in order, in sshd's log words where
+        sshd has them (e.g. ``"Certificate invalid: expired"``).
+        """
+        return list(self._certificate_refusals)
+
+    @property
     def keyboard_interactive_answers(self) -> list[list[str]]:
         """The answers of every keyboard-interactive response received, in order."""
         return list(self._kbd_answers)
@@ -1360,6 +1523,24 @@ class SSHTestServer:
     def open_channels(self) -> int:
         """The number of ``forwarded-tcpip`` channels confirmed by a client and not closed."""
         return sum(1 for inbound in self._inbound if inbound.channel.is_open)
+
+    def _user_certificate_refusal(
+        self, cert: SSHCertificate, user: bytes, client_address: str
+    ) -> str | None:
+        name = user.decode("utf-8", "replace")
+        if user not in self._principals:
+            return f"Invalid user {name}"
+        return user_certificate_refusal(
+            cert,
+            user=name,
+            trusted_cas=self._trusted_user_cas,
+            principals=self._principals[user],
+            now=self._clock.seconds(),
+            client_address=client_address,
+        )
+
+    def _user_certificate_refused(self, reason: str) -> None:
+        self._certificate_refusals.append(reason)
 
     def _ssh_connections(self) -> list[_ForwardingConnection]:
         return [
