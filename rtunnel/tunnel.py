@@ -595,8 +595,7 @@ class ReverseTunnel:
             self._emit_log(2, f"Could not set TCP options on the SSH connection: {e}")
 
     def _handshake_done(self, transport: ClientTransport) -> None:
-        version = printable(getattr(transport, "otherVersionString", b""))
-        self.server_version = version
+        version = self.server_version  # set on arrival, already made printable
         kex = printable(getattr(transport, "kexAlg", b""))
         host_key = printable(getattr(transport, "keyAlg", b""))
         ciphers = getattr(transport, "nextEncryptions", None)
