@@ -1,7 +1,7 @@
 """
-``rtunnel.client._writes.write_small_now`` on real TCP connections (the reactor, 127.0.0.1):
-a small write to an idle connection leaves at once, a large one is queued for the
-reactor's next turn, and order is kept when something is already queued.
+``rtunnel.client._writes.write_now`` on real TCP connections (the reactor, 127.0.0.1): a
+write to an idle connection leaves at once, small or large, what the socket does not take
+is queued, and order is kept when something is already queued.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
-from rtunnel.client._writes import SMALL_WRITE, write_small_now
+from rtunnel.client._writes import write_now
 
 
 class Collect(Protocol):
@@ -31,7 +31,8 @@ class Collect(Protocol):
         d: defer.Deferred[bytes] = defer.Deferred()
         self.waiting = (n, d)
         self.dataReceived(b"")
-        return d
+        # Lost or reordered bytes make the count never match: fail instead of hanging.
+        return d.addTimeout(10, reactor)
 
 
 async def _connected_pair() -> tuple[Any, Collect, Any]:
@@ -50,16 +51,33 @@ def _queued(transport: Any) -> int:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_small_write_leaves_at_once_a_large_one_is_queued() -> None:
+async def test_a_write_to_an_idle_connection_leaves_at_once() -> None:
     transport, server_side, port = await _connected_pair()
     try:
-        write_small_now(transport, b"hello")
+        write_now(transport, b"hello")
         assert _queued(transport) == 0
         assert transport not in reactor.getWriters()  # type: ignore[attr-defined]
-        big = bytes(SMALL_WRITE + 1)
-        write_small_now(transport, big)
-        assert _queued(transport) == len(big)  # Twisted's queue: sent on the next turn
-        assert await server_side.wait_for(5 + len(big)) == b"hello" + big
+        packet = bytes(range(256)) * 128  # a 32 KiB SSH packet
+        write_now(transport, packet)
+        assert _queued(transport) == 0
+        assert transport not in reactor.getWriters()  # type: ignore[attr-defined]
+        assert await server_side.wait_for(5 + len(packet)) == b"hello" + packet
+    finally:
+        transport.loseConnection()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_the_socket_does_not_take_is_queued_in_order() -> None:
+    transport, server_side, port = await _connected_pair()
+    try:
+        # More than one send takes (Twisted's SEND_LIMIT, 128 KiB) and than the socket
+        # buffers of a reader that is not reading yet.
+        big = bytes(range(251)) * (16 * 1024)
+        write_now(transport, big)
+        assert 0 < _queued(transport) < len(big)
+        write_now(transport, b"tail")
+        assert await server_side.wait_for(len(big) + 4) == big + b"tail"
     finally:
         transport.loseConnection()
         await port.stopListening()
@@ -70,7 +88,7 @@ async def test_a_small_write_queues_behind_queued_bytes() -> None:
     transport, server_side, port = await _connected_pair()
     try:
         transport.write(b"first ")  # queued by Twisted, not yet sent
-        write_small_now(transport, b"second")
+        write_now(transport, b"second")
         assert _queued(transport) == 12
         assert await server_side.wait_for(12) == b"first second"
     finally:
@@ -82,5 +100,30 @@ def test_other_transports_just_write() -> None:
     from twisted.internet.testing import StringTransport
 
     wire = StringTransport()
-    write_small_now(wire, b"abc")
+    write_now(wire, b"abc")
     assert wire.value() == b"abc"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_connection_to_a_target_has_nagle_off() -> None:
+    # As OpenSSH's ssh and asyncio: the second of two small writes must not wait for the
+    # target's delayed ACK.
+    import socket
+
+    from rtunnel.client.forwarder import TargetFactory, TargetProtocol
+
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Factory.forProtocol(Protocol)
+    )
+    target = TargetProtocol()
+    try:
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            TargetFactory(target)
+        )
+        assert target.transport is not None
+        handle = target.transport.getHandle()  # type: ignore[attr-defined]
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        if target.transport is not None:
+            target.transport.loseConnection()
+        await port.stopListening()

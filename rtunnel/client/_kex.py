@@ -59,7 +59,7 @@ from rtunnel.client._packet import (
     make_opener,
     make_sealer,
 )
-from rtunnel.client._writes import write_small_now
+from rtunnel.client._writes import write_now
 from rtunnel.errors import (
     ConnectionLostError,
     DecompressError,
@@ -292,7 +292,7 @@ class SecureTransportMixin(_Base):
         wire = self._sealer.seal(self.outgoingPacketSequence, data)
         # RFC 4253 §6.4: the sequence number wraps around to 0 after 2^32 - 1.
         self.outgoingPacketSequence = (self.outgoingPacketSequence + 1) & SEQ_MASK
-        write_small_now(self.transport, wire)
+        write_now(self.transport, wire)
         if messageType == conch.MSG_NEWKEYS:
             # RFC 4253 §7.3: the new keys are used from the next packet we send.
             assert self._next_sealer is not None

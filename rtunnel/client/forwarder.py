@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from rtunnel.client._writes import write_small_now
+from rtunnel.client._writes import write_now
 from rtunnel.client.channel import ForwardedChannel
 
 __all__ = ["Splice", "TargetProtocol", "abort_with_reset", "tcp_endpoint"]
@@ -92,6 +92,12 @@ class TargetProtocol(Protocol):
         # Read nothing until the channel is confirmed: a target that talks first (SMTP,
         # SSH) must not have its greeting dropped or buffered here.
         assert self.transport is not None
+        if ITCPTransport.providedBy(self.transport):
+            # As OpenSSH 9.2's ssh (strace: TCP_NODELAY once the connect completes) and
+            # asyncio do: bytes are written as SSH packets bring them, and Nagle would
+            # hold the second of two small writes for the target's delayed ACK (up to
+            # 40 ms when the target waits for the whole request before answering).
+            self.transport.setTcpNoDelay(True)
         if isinstance(getattr(self.transport, "bufferSize", None), int):
             # Larger reads (fewer packets cut short, fewer reactor turns per GiB), and the
             # channel paused once this much waits for the target instead of 64 KiB.
@@ -150,7 +156,7 @@ class Splice(Protocol):
     def dataReceived(self, data: bytes) -> None:
         transport = self.target.transport
         if transport is not None:
-            write_small_now(transport, data)
+            write_now(transport, data)
 
     def readConnectionLost(self) -> None:  # noqa: N802 (IHalfCloseableProtocol)
         """The remote client half-closed: shut down our write side to the target."""
