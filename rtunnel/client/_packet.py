@@ -212,13 +212,18 @@ def _new_mac(spec: MacSpec | None, key: bytes) -> Any:
 
 
 class _PlainSealer:
-    """No cipher or a block/stream cipher, with an optional HMAC."""
+    """
+    No cipher or a block/stream cipher, with an optional HMAC.
+
+    :param encryptor: a ``cryptography`` cipher context, None for no encryption (also
+        the legacy ciphers of :mod:`rtunnel.client._legacy` come this way).
+    """
 
     def __init__(
-        self, cipher: CipherSpec, key: bytes, iv: bytes, mac: MacSpec | None, mac_key: bytes
+        self, block_size: int, encryptor: Any, mac: MacSpec | None, mac_key: bytes
     ) -> None:
-        self._block = cipher.block_size
-        self._enc = None if cipher.kind == "none" else _aes(cipher, key, iv).encryptor()
+        self._block = block_size
+        self._enc = encryptor
         self._mac = _new_mac(mac, mac_key)
         self._etm = mac is not None and mac.etm
         self._padding = _Padding()
@@ -250,11 +255,13 @@ def _aes(cipher: CipherSpec, key: bytes, iv: bytes) -> Any:
 
 
 class _PlainOpener:
+    """The incoming half of :class:`_PlainSealer`, with a decryptor (or None)."""
+
     def __init__(
-        self, cipher: CipherSpec, key: bytes, iv: bytes, mac: MacSpec | None, mac_key: bytes
+        self, block_size: int, decryptor: Any, mac: MacSpec | None, mac_key: bytes
     ) -> None:
-        self._block = cipher.block_size
-        self._dec = None if cipher.kind == "none" else _aes(cipher, key, iv).decryptor()
+        self._block = block_size
+        self._dec = decryptor
         self._mac = _new_mac(mac, mac_key)
         self._mac_size = mac.size if mac is not None else 0
         self._etm = mac is not None and mac.etm
@@ -442,7 +449,8 @@ def make_sealer(cipher: bytes, key: bytes, iv: bytes, mac: bytes | None, mac_key
         return _ChachaSealer(key[:64])
     if spec.kind == "gcm":
         return _GcmSealer(spec, key, iv)
-    return _PlainSealer(spec, key, iv, MACS.get(mac or b"none"), mac_key)
+    encryptor = None if spec.kind == "none" else _aes(spec, key, iv).encryptor()
+    return _PlainSealer(spec.block_size, encryptor, MACS.get(mac or b"none"), mac_key)
 
 
 def make_opener(cipher: bytes, key: bytes, iv: bytes, mac: bytes | None, mac_key: bytes) -> Opener:
@@ -452,7 +460,8 @@ def make_opener(cipher: bytes, key: bytes, iv: bytes, mac: bytes | None, mac_key
         return _ChachaOpener(key[:64])
     if spec.kind == "gcm":
         return _GcmOpener(spec, key, iv)
-    return _PlainOpener(spec, key, iv, MACS.get(mac or b"none"), mac_key)
+    decryptor = None if spec.kind == "none" else _aes(spec, key, iv).decryptor()
+    return _PlainOpener(spec.block_size, decryptor, MACS.get(mac or b"none"), mac_key)
 
 
 class PacketReader:
