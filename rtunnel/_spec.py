@@ -499,6 +499,10 @@ SUPPORTED_OPTIONS: Final = {
     )
 }
 
+# Old names OpenSSH still accepts for an option (readconf.c keywords[]: OpenSSH 8.5 renamed
+# PubkeyAcceptedKeyTypes).
+_ALIASES: Final = {"pubkeyacceptedkeytypes": "PubkeyAcceptedAlgorithms"}
+
 # Options OpenSSH knows (readconf.c, keywords[]) that rtunnel does not implement.
 # OpenSSH would apply them; silently ignoring one (a ProxyJump, say) would connect
 # somewhere the user did not ask for, so they are refused with OpenSSH's wording for an
@@ -522,7 +526,7 @@ _OPENSSH_ONLY: Final = frozenset(
     match nohostauthenticationforlocalhost
     obscurekeystroketiming permitlocalcommand permitremoteopen
     pkcs11provider protocol proxycommand proxyjump
-    proxyusefdpass pubkeyacceptedalgorithms pubkeyacceptedkeytypes
+    proxyusefdpass
     refuseconnection remotecommand requesttty requiredrsasize revokedhostkeys
     rhostsrsaauthentication rsaauthentication securitykeyprovider sendenv
     sessiontype setenv smartcarddevice
@@ -620,7 +624,7 @@ def parse_option(text: str) -> tuple[str, OptionValue] | None:
     keyword = keyword.lower()
     if rest is None or not rest.lstrip(_WHITESPACE):
         raise SpecError(f'{_WHERE}: no argument after keyword "{keyword}"')
-    canonical = SUPPORTED_OPTIONS.get(keyword)
+    canonical = SUPPORTED_OPTIONS.get(keyword) or _ALIASES.get(keyword)
     if canonical is None:
         if keyword in _IGNORED:
             return None

@@ -550,6 +550,12 @@ def test_channel_timeout(text: str, value: int) -> None:
     assert parse_option(text) == ("ChannelTimeout", value)
 
 
+def test_old_option_names_are_aliases() -> None:
+    assert parse_option("PubkeyAcceptedKeyTypes=+ssh-rsa") == parse_option(
+        "PubkeyAcceptedAlgorithms=+ssh-rsa"
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "mode"),
     [
