@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from rtunnel.testing._openssh import OpenSSHServer, find_sshd
+
+if TYPE_CHECKING:
+    from e2e_support import Server
 
 #: How many lines of ``sshd``'s log a failed test's report shows.
 _LOG_TAIL_LINES = 150
@@ -209,3 +214,43 @@ def clean_ssh_env(tmp_path: Path) -> dict[str, str]:
     }
     env["HOME"] = str(home)
     return env
+
+
+@pytest.fixture(params=["bundled", "openssh"])
+def server(request: pytest.FixtureRequest) -> Server:
+    """The bundled server, then a real sshd: the end-to-end tests run against each."""
+    # Imported here: they import the reactor, which pytest-twisted installs after this
+    # file is loaded.
+    from e2e_support import Server
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    if request.param == "bundled":
+        srv = request.getfixturevalue("ssh_test_server")
+        return Server(
+            "bundled",
+            srv.host,
+            srv.port,
+            request.getfixturevalue("ssh_user"),
+            request.getfixturevalue("ssh_client_key"),
+            request.getfixturevalue("ssh_known_hosts"),
+            srv.drop_connections,
+            {"server": srv},
+        )
+    sshd = request.getfixturevalue("openssh_server")
+
+    def kill_sessions() -> Any:
+        for pid in sshd.sshd_session_pids():
+            os.kill(pid, signal.SIGKILL)
+        return deferLater(reactor, 0, lambda: None)
+
+    return Server(
+        "openssh",
+        sshd.host,
+        sshd.port,
+        sshd.user,
+        request.getfixturevalue("openssh_client_key"),
+        sshd.known_hosts_path,
+        kill_sessions,
+        {"server": sshd, "rsa_key": request.getfixturevalue("openssh_rsa_key")},
+    )

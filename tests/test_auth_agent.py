@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from e2e_support import Server
 from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
 from rtunnel import AuthenticationError, PrivateKeyFile, ReverseTunnel
 from rtunnel.client.credentials import AskPassword, CertificateFile, SSHAgent
 from rtunnel.testing._openssh import OpenSSHServer
-from tests.test_tunnel_e2e import Server, server  # noqa: F401 (the fixture)
 
 
 class Agent:
@@ -60,7 +60,7 @@ def keygen(path: Path, kind: str) -> Path:
     return path
 
 
-def authorize(server: Server, key: Path) -> None:  # noqa: F811
+def authorize(server: Server, key: Path) -> None:
     if server.kind == "bundled":
         server.extra["server"].add_user(server.user, authorized_keys=[Key.fromFile(f"{key}.pub")])
     else:
@@ -71,7 +71,7 @@ def authorize(server: Server, key: Path) -> None:  # noqa: F811
 @pytest.mark.parametrize("kind", ["ed25519", "rsa"])
 @pytest_twisted.ensureDeferred
 async def test_agent_keys(
-    server: Server,  # noqa: F811
+    server: Server,
     ssh_agent: Agent,
     tmp_path: Path,
     kind: str,
@@ -94,7 +94,7 @@ async def test_agent_keys(
 
 
 @pytest_twisted.ensureDeferred
-async def test_no_agent_is_no_keys(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+async def test_no_agent_is_no_keys(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     with pytest.raises(AuthenticationError, match="Permission denied"):
         await server.tunnel(auth=[SSHAgent()]).logon()
@@ -125,7 +125,7 @@ class Asker:
 
 @pytest_twisted.ensureDeferred
 async def test_identities_only_uses_the_agent_for_identity_files_only(
-    server: Server,  # noqa: F811
+    server: Server,
     ssh_agent: Agent,
     tmp_path: Path,
 ) -> None:
@@ -163,7 +163,7 @@ async def test_identities_only_uses_the_agent_for_identity_files_only(
 
 @pytest_twisted.ensureDeferred
 async def test_an_encrypted_key_is_asked_for_when_tried(
-    server: Server,  # noqa: F811
+    server: Server,
     tmp_path: Path,
 ) -> None:
     key = keygen(tmp_path / "enc" / "id_ecdsa", "ecdsa")

@@ -13,14 +13,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from test_tunnel_e2e import (  # noqa: F401 (server: the fixture, bundled server and sshd)
-    Server,
+from e2e_support import Server
+from test_tunnel_e2e import (
     TargetServer,
     echo,
     eventually,
     exchange,
     in_thread,
-    server,
 )
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -120,7 +119,7 @@ def free_port() -> int:
 
 
 @pytest_twisted.ensureDeferred
-async def test_reconnects_and_requests_every_forward_again(server: Server) -> None:  # noqa: F811
+async def test_reconnects_and_requests_every_forward_again(server: Server) -> None:
     # A4/B3: the session dies; rtunnel reconnects; the fixed port comes back on the same
     # port and the port-0 forward gets a (reported) new allocation.
     target = TargetServer(echo)
@@ -150,7 +149,7 @@ async def test_reconnects_and_requests_every_forward_again(server: Server) -> No
 
 
 @pytest_twisted.ensureDeferred
-async def test_authentication_refusal_is_never_retried(server: Server, tmp_path: Any) -> None:  # noqa: F811
+async def test_authentication_refusal_is_never_retried(server: Server, tmp_path: Any) -> None:
     # A17: a refusal is final, even with mode "always".
     from rtunnel.testing import generate_client_key
 
@@ -200,7 +199,7 @@ async def test_first_logon_retried_until_the_server_is_up(
 
 
 @pytest_twisted.ensureDeferred
-async def test_retry_limit_gives_up_with_1037(server: Server) -> None:  # noqa: F811
+async def test_retry_limit_gives_up_with_1037(server: Server) -> None:
     t = server.tunnel(
         reconnect=ReconnectPolicy(initial_delay=0.1, max_delay=0.1, jitter=0, max_retries=2)
     )
@@ -221,7 +220,7 @@ async def test_retry_limit_gives_up_with_1037(server: Server) -> None:  # noqa: 
 
 
 @pytest_twisted.ensureDeferred
-async def test_observer_can_cancel_reconnecting(server: Server) -> None:  # noqa: F811
+async def test_observer_can_cancel_reconnecting(server: Server) -> None:
     t = server.tunnel(reconnect=FAST)
     watcher = Recorder()
     watcher.cancel_after = 0
@@ -322,7 +321,7 @@ def test_logoff_while_waiting_to_reconnect_stops_cleanly() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_exit_on_forward_failure_after_a_reconnect(server: Server) -> None:  # noqa: F811
+async def test_exit_on_forward_failure_after_a_reconnect(server: Server) -> None:
     # A re-forward refused after a reconnect ends the tunnel with ForwardingError, instead
     # of being retried, when exit_on_forward_failure is set (OpenSSH's ExitOnForwardFailure).
     from rtunnel import ForwardingError

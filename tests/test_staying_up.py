@@ -16,14 +16,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from test_tunnel_e2e import (  # noqa: F401 (server: the fixture, bundled server and sshd)
-    Server,
+from e2e_support import Server
+from test_tunnel_e2e import (
     TargetServer,
     echo,
     eventually,
     exchange,
     in_thread,
-    server,
     sleep,
 )
 from twisted.internet import reactor
@@ -370,7 +369,7 @@ class Events(TunnelObserver):
 
 
 @pytest_twisted.ensureDeferred
-async def test_connection_events_socket_options_and_server_version(server: Server) -> None:  # noqa: F811
+async def test_connection_events_socket_options_and_server_version(server: Server) -> None:
     t = server.tunnel(kex_timeout=7)
     events = Events()
     t.add_observer(events)
@@ -410,7 +409,7 @@ async def test_connection_events_socket_options_and_server_version(server: Serve
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_lost_connection_is_reported_as_broken(server: Server) -> None:  # noqa: F811
+async def test_a_lost_connection_is_reported_as_broken(server: Server) -> None:
     from rtunnel import ReconnectPolicy
 
     t = server.tunnel(reconnect=ReconnectPolicy.off())
@@ -428,7 +427,7 @@ async def test_a_lost_connection_is_reported_as_broken(server: Server) -> None: 
 
 
 @pytest_twisted.ensureDeferred
-async def test_log_level_two_tells_of_forwards_and_channels(server: Server) -> None:  # noqa: F811
+async def test_log_level_two_tells_of_forwards_and_channels(server: Server) -> None:
     target = TargetServer(echo)
     t = server.tunnel(log_level=2)
     events = Events()
@@ -448,7 +447,7 @@ async def test_log_level_two_tells_of_forwards_and_channels(server: Server) -> N
 
 
 @pytest_twisted.ensureDeferred
-async def test_log_level_zero_is_silent(server: Server) -> None:  # noqa: F811
+async def test_log_level_zero_is_silent(server: Server) -> None:
     t = server.tunnel(log_level=0)
     events = Events()
     t.add_observer(events)
@@ -480,7 +479,7 @@ def _connect_and_wait_for_close(port: int, chatter_for: float) -> float:
 
 
 @pytest_twisted.ensureDeferred
-async def test_idle_channels_are_closed_and_activity_keeps_them_open(server: Server) -> None:  # noqa: F811
+async def test_idle_channels_are_closed_and_activity_keeps_them_open(server: Server) -> None:
     # RELIABILITY.md C12: closed at T +- 10 % (plus scheduling slack), activity resets.
     target = TargetServer(echo)
     t = server.tunnel(channel_idle_timeout=1.0)
@@ -499,7 +498,7 @@ async def test_idle_channels_are_closed_and_activity_keeps_them_open(server: Ser
 
 
 @pytest_twisted.ensureDeferred
-async def test_absolute_timeout_closes_a_busy_channel(server: Server) -> None:  # noqa: F811
+async def test_absolute_timeout_closes_a_busy_channel(server: Server) -> None:
     target = TargetServer(echo)
     t = server.tunnel(channel_idle_timeout=1.0, absolute_timeout=True)
     await t.logon()
@@ -527,7 +526,7 @@ async def test_absolute_timeout_closes_a_busy_channel(server: Server) -> None:  
 
 
 @pytest_twisted.ensureDeferred
-async def test_logoff_can_wait_for_the_server_to_close(server: Server) -> None:  # noqa: F811
+async def test_logoff_can_wait_for_the_server_to_close(server: Server) -> None:
     t = server.tunnel(wait_for_server_disconnect=True, logoff_timeout=3)
     await t.logon()
     started = time.monotonic()

@@ -7,19 +7,17 @@ sockets (so nothing on the test side shares rtunnel's reactor or its flow contro
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import signal
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
+from e2e_support import Server
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -39,65 +37,11 @@ from rtunnel import (
     ReverseTunnel,
     TunnelObserver,
 )
-from rtunnel._policy import ReconnectPolicy
 
 MiB = 1024 * 1024
 
 
 # -- servers under test ---------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    kind: str
-    host: str
-    port: int
-    user: str
-    key: Path
-    known_hosts: Path
-    #: Drop every SSH connection at the server; call it on the reactor thread and await it.
-    drop: Callable[[], Deferred[Any]]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def tunnel(self, **kw: Any) -> ReverseTunnel:
-        kw.setdefault("auth", [PrivateKeyFile(self.key)])
-        kw.setdefault("known_hosts", self.known_hosts)
-        kw.setdefault("user", self.user)
-        kw.setdefault("reconnect", ReconnectPolicy.off())  # test_reconnect.py covers it
-        return ReverseTunnel(reactor, self.host, self.port, **kw)
-
-
-@pytest.fixture(params=["bundled", "openssh"])
-def server(request: pytest.FixtureRequest) -> Server:
-    if request.param == "bundled":
-        srv = request.getfixturevalue("ssh_test_server")
-        return Server(
-            "bundled",
-            srv.host,
-            srv.port,
-            request.getfixturevalue("ssh_user"),
-            request.getfixturevalue("ssh_client_key"),
-            request.getfixturevalue("ssh_known_hosts"),
-            srv.drop_connections,
-            {"server": srv},
-        )
-    srv = request.getfixturevalue("openssh_server")
-
-    def kill_sessions() -> Deferred[None]:
-        for pid in srv.sshd_session_pids():
-            os.kill(pid, signal.SIGKILL)
-        return Deferred.fromCoroutine(sleep(0))
-
-    return Server(
-        "openssh",
-        srv.host,
-        srv.port,
-        srv.user,
-        request.getfixturevalue("openssh_client_key"),
-        srv.known_hosts_path,
-        kill_sessions,
-        {"server": srv, "rsa_key": request.getfixturevalue("openssh_rsa_key")},
-    )
 
 
 @pytest_twisted.async_yield_fixture

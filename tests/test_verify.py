@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from e2e_support import Server
 from twisted.conch.ssh.keys import FingerprintFormats, Key
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -29,7 +30,6 @@ from rtunnel.client.hostkeys import (
 from rtunnel.client.verify import HostKeyInfo, HostKeyVerifier
 from rtunnel.errors import SpecError
 from rtunnel.testing import host_key
-from tests.test_tunnel_e2e import Server, server  # noqa: F401 (the fixture)
 
 KEY = host_key("ed25519").public()
 BLOB = KEY.blob()
@@ -226,13 +226,13 @@ async def test_failing_callback_refuses(tmp_path: Path) -> None:
 # -- end to end: bundled server and OpenSSH ------------------------------------------------
 
 
-def server_blob(server: Server) -> bytes:  # noqa: F811
+def server_blob(server: Server) -> bytes:
     line = server.known_hosts.read_text().splitlines()[0]
     return base64.b64decode(line.split()[2])
 
 
 @pytest_twisted.ensureDeferred
-async def test_e2e_accepted_fingerprint_and_key(server: Server, tmp_path: Path) -> None:  # noqa: F811
+async def test_e2e_accepted_fingerprint_and_key(server: Server, tmp_path: Path) -> None:
     blob = server_blob(server)
     empty = tmp_path / "empty"
     for kw in [
@@ -252,7 +252,7 @@ async def test_e2e_accepted_fingerprint_and_key(server: Server, tmp_path: Path) 
 
 
 @pytest_twisted.ensureDeferred
-async def test_e2e_async_callback(server: Server, tmp_path: Path) -> None:  # noqa: F811
+async def test_e2e_async_callback(server: Server, tmp_path: Path) -> None:
     blob = server_blob(server)
     seen: list[HostKeyInfo] = []
 
@@ -269,7 +269,7 @@ async def test_e2e_async_callback(server: Server, tmp_path: Path) -> None:  # no
 
 
 @pytest_twisted.ensureDeferred
-async def test_e2e_revoked_and_hashed_global(server: Server, tmp_path: Path) -> None:  # noqa: F811
+async def test_e2e_revoked_and_hashed_global(server: Server, tmp_path: Path) -> None:
     blob = server_blob(server)
     line = server.known_hosts.read_text().splitlines()[0]
     name, key_type, b64 = line.split()[:3]
