@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Literal
 
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -39,6 +38,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from rtunnel.client.forwarder import abort_with_reset
+from rtunnel.testing._listening import ListeningAddress
 
 __all__ = ["Direction", "FaultProxy", "ProxyMode"]
 
@@ -79,7 +79,7 @@ class _Waiter:
         self.deferred: Deferred[None] = Deferred()
 
 
-class FaultProxy:
+class FaultProxy(ListeningAddress):
     """
     A TCP proxy between clients and one target, on the loopback interface, that injects
     network faults on demand. Point the client at :attr:`host` and :attr:`port`.
@@ -242,23 +242,6 @@ class FaultProxy:
             pair.update_stall()
 
     # State ---------------------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        """The address the proxy listens on."""
-        return self._address().host
-
-    @property
-    def port(self) -> int:
-        """The port the proxy listens on (after :meth:`start`)."""
-        return self._address().port
-
-    def _address(self) -> IPv4Address | IPv6Address:
-        if self._listening is None:
-            raise RuntimeError("FaultProxy is not listening: call start() first")
-        address = self._listening.getHost()
-        assert isinstance(address, IPv4Address | IPv6Address)
-        return address
 
     @property
     def connections(self) -> int:

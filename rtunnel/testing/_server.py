@@ -71,6 +71,7 @@ from rtunnel.client.certificates import (
 from rtunnel.testing._certs import read_ca_keys, user_certificate_refusal
 from rtunnel.testing._keys import KeyKind, host_key
 from rtunnel.testing._keys import _generate as _generate_key
+from rtunnel.testing._listening import ListeningAddress
 
 __all__ = ["ForwardListener", "KbdIntPrompt", "SSHTestServer"]
 
@@ -1083,7 +1084,7 @@ class _ServerFactory(factory.SSHFactory):
     rekey_bytes = 0
 
 
-class SSHTestServer:
+class SSHTestServer(ListeningAddress):
     """
     A real SSH server in the calling process, for tests: key exchange with a cached host
     key, password and public key authentication, and the server side of remote
@@ -1430,23 +1431,6 @@ class SSHTestServer:
         self._channel_open_delay = channel_opens
 
     # State ---------------------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        """The address the server listens on (after :meth:`start`)."""
-        return self._address().host
-
-    @property
-    def port(self) -> int:
-        """The port the server listens on (after :meth:`start`)."""
-        return self._address().port
-
-    def _address(self) -> IPv4Address | IPv6Address:
-        if self._listening is None:
-            raise RuntimeError("SSHTestServer is not listening: call start() first")
-        address = self._listening.getHost()
-        assert isinstance(address, IPv4Address | IPv6Address)
-        return address
 
     @property
     def host_key(self) -> keys.Key:
