@@ -338,6 +338,40 @@ def test_the_largest_max_packet_fits_the_packet_layer() -> None:
     assert reader.next(3) == message
 
 
+@pytest.mark.openssh
+@pytest_twisted.ensureDeferred
+async def test_authentication_timeout_against_sshd(tmp_path: Path, openssh_sshd: str) -> None:
+    # sshd offers only passwords; our password callback never answers.
+    from twisted.internet.defer import Deferred
+
+    from rtunnel import AskPassword
+
+    sshd = OpenSSHServer(
+        tmp_path / "sshd",
+        sshd_path=openssh_sshd,
+        extra_config=["PasswordAuthentication yes", "AuthenticationMethods password"],
+    )
+    sshd.start()
+    try:
+        never: Deferred[str] = Deferred()
+        t = ReverseTunnel(
+            reactor,
+            sshd.host,
+            sshd.port,
+            user=sshd.user,
+            auth=[AskPassword(lambda prompt: never)],
+            known_hosts=sshd.known_hosts_path,
+            global_known_hosts=[],
+            auth_timeout=0.5,
+        )
+        started = time.monotonic()
+        with pytest.raises(TimedOutError, match="during authentication"):
+            await t.logon()
+        assert time.monotonic() - started < 5
+    finally:
+        sshd.stop()
+
+
 def test_timeouts_are_checked() -> None:
     with pytest.raises(SpecError, match="auth_timeout"):
         ReverseTunnel(reactor, "localhost", auth_timeout=0)
