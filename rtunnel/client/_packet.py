@@ -371,39 +371,60 @@ class _GcmOpener:
         return _payload(body)
 
 
-def _chacha(key: bytes, seq: int, counter: int) -> Any:
-    # OpenSSH uses the original ChaCha20 (64-bit counter, 64-bit nonce = the sequence
-    # number); cryptography takes 16 bytes: the little-endian counter, then the nonce.
-    nonce = counter.to_bytes(8, "little") + (seq & SEQ_MASK).to_bytes(8, "big")
-    return Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
+def _chacha_nonce(seq: int) -> bytes:
+    # OpenSSH uses the original ChaCha20 (64-bit block counter, 64-bit nonce = the sequence
+    # number, big-endian); cryptography takes 16 bytes: the little-endian counter (0 here),
+    # then the nonce.
+    return _COUNTER_ZERO + (seq & SEQ_MASK).to_bytes(8, "big")
 
 
-def _poly_key_and_body_stream(key: bytes, seq: int) -> tuple[bytes, Any]:
-    # One ChaCha20 context for both: block 0 gives the Poly1305 key (its first 32 bytes;
-    # the rest of the block is discarded, PROTOCOL.chacha20poly1305), and the stream then
-    # continues at block 1, where the payload is encrypted. One cipher set-up per packet
-    # instead of two.
-    stream = _chacha(key, seq, 0)
-    poly_key = stream.update(_BLOCK_OF_ZEROS)[:32]
-    return poly_key, stream
-
-
+_COUNTER_ZERO = bytes(8)
 _BLOCK_OF_ZEROS = bytes(64)
+
+
+class _ChachaKeys:
+    """
+    The two ChaCha20 streams of one direction (PROTOCOL.chacha20poly1305: K_2, the payload
+    key, is the first 32 bytes of the key, K_1, the length key, the second), each one
+    cipher context kept for the life of the keys and moved to the next packet's nonce with
+    ``reset_nonce``: setting up a new context per packet cost about 2.3 µs each, two per
+    packet, which was half the cost of sealing a small packet.
+    """
+
+    __slots__ = ("_header", "_main")
+
+    def __init__(self, key: bytes) -> None:
+        self._main = Cipher(algorithms.ChaCha20(key[:32], bytes(16)), mode=None).encryptor()
+        self._header = Cipher(algorithms.ChaCha20(key[32:64], bytes(16)), mode=None).encryptor()
+
+    def length(self, seq: int, data: bytes) -> bytes:
+        """The 4-byte length field, encrypted or decrypted with K_1 at block 0."""
+        header = self._header
+        header.reset_nonce(_chacha_nonce(seq))
+        return bytes(header.update(data))
+
+    def payload_stream(self, seq: int) -> tuple[bytes, Any]:
+        """
+        The Poly1305 key (the first 32 bytes of K_2's block 0; the rest of the block is
+        discarded) and K_2's stream, which continues at block 1 where the payload goes.
+        """
+        stream = self._main
+        stream.reset_nonce(_chacha_nonce(seq))
+        return bytes(stream.update(_BLOCK_OF_ZEROS)[:32]), stream
 
 
 class _ChachaSealer:
     def __init__(self, key: bytes) -> None:
-        # PROTOCOL.chacha20poly1305: K_2 (payload) is the first 32 bytes, K_1 (length)
-        # the second.
-        self._main, self._header = key[:32], key[32:64]
+        self._keys = _ChachaKeys(key)
         self._padding = _Padding()
 
     def seal(self, seq: int, payload: bytes) -> bytes:
         pad = _pad(len(payload), 8, False)
-        length = struct.pack(">I", 1 + len(payload) + pad)
+        length = _U32.pack(1 + len(payload) + pad)
         body = b"".join((bytes((pad,)), payload, self._padding.take(pad)))
-        enc_length = _chacha(self._header, seq, 0).update(length)
-        poly_key, stream = _poly_key_and_body_stream(self._main, seq)
+        keys = self._keys
+        enc_length = keys.length(seq, length)
+        poly_key, stream = keys.payload_stream(seq)
         packet: bytes = enc_length + stream.update(body)
         tag: bytes = Poly1305.generate_tag(poly_key, packet)
         return packet + tag
@@ -411,16 +432,14 @@ class _ChachaSealer:
 
 class _ChachaOpener:
     def __init__(self, key: bytes) -> None:
-        self._main, self._header = key[:32], key[32:64]
+        self._keys = _ChachaKeys(key)
         self._length: int | None = None
 
     def open(self, buf: bytearray, seq: int) -> bytes | None:
         if self._length is None:
             if len(buf) < 4:
                 return None
-            (packet_len,) = struct.unpack(
-                ">I", _chacha(self._header, seq, 0).update(bytes(buf[:4]))
-            )
+            (packet_len,) = _U32.unpack(self._keys.length(seq, bytes(buf[:4])))
             _check_lengths(packet_len, 8, False)
             self._length = packet_len
         packet_len = self._length
@@ -428,15 +447,18 @@ class _ChachaOpener:
         if len(buf) < total:
             return None
         self._length = None
-        data = bytes(buf[: 4 + packet_len])
-        tag = bytes(buf[4 + packet_len : total])
+        poly_key, stream = self._keys.payload_stream(seq)
+        # Checked and decrypted straight out of the buffer, as for AES-GCM; the view is
+        # released before the packet is cut off the buffer.
+        with memoryview(buf) as view:
+            try:
+                tag = bytes(view[4 + packet_len : total])
+                Poly1305.verify_tag(poly_key, view[: 4 + packet_len], tag)
+            except InvalidSignature:
+                raise PacketError(DISCONNECT_MAC_ERROR, "Corrupted MAC on input") from None
+            plain = stream.update(view[4 : 4 + packet_len])
         del buf[:total]
-        poly_key, stream = _poly_key_and_body_stream(self._main, seq)
-        try:
-            Poly1305.verify_tag(poly_key, data, tag)
-        except InvalidSignature:
-            raise PacketError(DISCONNECT_MAC_ERROR, "Corrupted MAC on input") from None
-        return _payload(stream.update(memoryview(data)[4:]))
+        return _payload(plain)
 
 
 def make_sealer(cipher: bytes, key: bytes, iv: bytes, mac: bytes | None, mac_key: bytes) -> Sealer:
