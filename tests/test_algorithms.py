@@ -13,6 +13,7 @@ from rtunnel import NegotiationError, SpecError
 from rtunnel._spec import ClientOptions, parse_option, parse_rekey_limit
 from rtunnel.cli import CommandLineExit, parse_command_line
 from rtunnel.client import _algorithms
+from rtunnel.client._cpu import HAS_AES_INSTRUCTIONS, aes_instructions
 from rtunnel.service import build_tunnel, describe_error
 
 
@@ -128,3 +129,46 @@ def test_compression_flag_and_option_reach_the_tunnel() -> None:
         MemoryReactorClock(), "h", ClientOptions(user="u", port=22), report=lambda *a: None
     )
     assert off.compression is False
+
+
+_X86_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+flags\t\t: fpu vme de pse tsc msr pae sse4_2 {aes}avx avx2 sha_ni
+bugs\t\t: spectre_v1
+"""
+_ARM64_CPUINFO = """processor\t: 0
+BogoMIPS\t: 48.00
+Features\t: fp asimd evtstrm {aes}pmull sha1 sha2 crc32 atomics
+CPU implementer\t: 0x41
+"""
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "system", "machine", "expected"),
+    [
+        (_X86_CPUINFO.format(aes="aes "), "Linux", "x86_64", True),
+        (_X86_CPUINFO.format(aes=""), "Linux", "x86_64", False),
+        # "vaes" or "aes_whatever" is not "aes": whole words only.
+        (_X86_CPUINFO.format(aes="vaes "), "Linux", "x86_64", False),
+        (_ARM64_CPUINFO.format(aes="aes "), "Linux", "aarch64", True),
+        (_ARM64_CPUINFO.format(aes=""), "Linux", "aarch64", False),
+        ("processor\t: 0\n", "Linux", "riscv64", False),
+        (None, "Darwin", "arm64", True),
+        (None, "Darwin", "x86_64", False),
+        (None, "Windows", "AMD64", False),
+    ],
+)
+def test_aes_instructions_from_the_processor_description(
+    cpuinfo: str | None, system: str, machine: str, expected: bool
+) -> None:
+    assert aes_instructions(cpuinfo, system, machine) is expected
+
+
+def test_aes_gcm_leads_only_where_the_processor_has_aes_instructions() -> None:
+    aead = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
+    chacha = ["chacha20-poly1305@openssh.com"]
+    ctr = ["aes128-ctr", "aes192-ctr", "aes256-ctr"]
+    assert list(_algorithms.default_ciphers(True)) == [*aead, *chacha, *ctr]
+    # OpenSSH's order (ssh_config(5), 9.2).
+    assert list(_algorithms.default_ciphers(False)) == [*chacha, *aead, *ctr]
+    assert _algorithms.default_ciphers(HAS_AES_INSTRUCTIONS) == _algorithms.DEFAULT_CIPHERS

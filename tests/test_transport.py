@@ -233,10 +233,7 @@ def test_oversized_packet_length_disconnects() -> None:
         ("aes128-ctr,aes256-ctr", ["aes128-ctr", "aes256-ctr"]),
         ("+aes128-cbc", [*_algorithms.DEFAULT_CIPHERS, "aes128-cbc"]),
         ("+aes128-ctr", list(_algorithms.DEFAULT_CIPHERS)),
-        (
-            "-aes*-ctr",
-            ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com", "aes256-gcm@openssh.com"],
-        ),
+        ("-aes*-ctr", [c for c in _algorithms.DEFAULT_CIPHERS if not c.endswith("-ctr")]),
         (
             "-chacha20-poly1305@openssh.com,aes128-gcm@openssh.com",
             ["aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr", "aes256-ctr"],

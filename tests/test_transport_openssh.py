@@ -24,6 +24,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 import rtunnel
 from rtunnel import NegotiationError, PrivateKeyFile, ReverseTunnel
+from rtunnel.client._cpu import HAS_AES_INSTRUCTIONS
 from rtunnel.testing._openssh import OpenSSHServer
 
 MiB = 1024 * 1024
@@ -164,6 +165,19 @@ async def test_each_cipher_and_mac_with_strict_kex_and_a_rekey(
     assert log.count("SSH2_MSG_KEXINIT received") >= 2
     assert "kex_protocol_error" not in log
     assert "protocol error" not in log.lower().replace("kex_protocol_error", "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_default_cipher_follows_the_processor(
+    sshd: OpenSSHServer, openssh_client_key: Path
+) -> None:
+    # sshd 9.2 offers chacha20-poly1305 first; the client's order decides (RFC 4253
+    # §7.1), so AES-GCM is used on a processor with AES instructions, ChaCha20 elsewhere.
+    tunnel = _tunnel(sshd, openssh_client_key)
+    await tunnel.logon()
+    await tunnel.logoff()
+    expected = "aes128-gcm@openssh.com" if HAS_AES_INSTRUCTIONS else "chacha20-poly1305@openssh.com"
+    assert f"kex: client->server cipher: {expected} MAC: <implicit>" in sshd.log_text()
 
 
 @pytest.mark.parametrize("sshd", [["Ciphers aes128-ctr,aes256-ctr"]], indirect=True)
