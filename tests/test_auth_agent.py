@@ -102,10 +102,10 @@ async def test_no_agent_is_no_keys(server: Server, monkeypatch: pytest.MonkeyPat
         await server.tunnel(auth=[SSHAgent("/nonexistent/agent.sock")]).logon()
 
 
-def encrypt(key: Path, passphrase: str) -> None:
-    """Give an unencrypted OpenSSH key file a passphrase (ssh-keygen -p)."""
+def encrypt(key: Path, passphrase: str, old: str = "") -> None:
+    """Give an OpenSSH key file a (new) passphrase (ssh-keygen -p)."""
     subprocess.run(
-        ["ssh-keygen", "-q", "-p", "-P", "", "-N", passphrase, "-f", str(key)],
+        ["ssh-keygen", "-q", "-p", "-P", old, "-N", passphrase, "-f", str(key)],
         check=True,
         capture_output=True,
     )
@@ -224,3 +224,36 @@ async def test_a_certificate_whose_key_only_the_agent_holds(
         assert "CERT" in sshd.log_text()
     finally:
         sshd.stop()
+
+
+@pytest.mark.parametrize("server", ["bundled"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_a_passphrase_is_asked_once_for_the_life_of_the_key_file(
+    server: Server,
+    tmp_path: Path,
+) -> None:
+    # A reconnect (here: logoff and logon again) must not ask again: an unattended tunnel
+    # would wait at the prompt. A changed file is asked for afresh.
+    key = keygen(tmp_path / "enc" / "id_ed25519", "ed25519")
+    encrypt(key, "sesame")
+    authorize(server, key)
+    asker = Asker("sesame", "other")
+    credential = PrivateKeyFile(key, AskPassword(asker))
+    for _ in range(2):
+        t = server.tunnel(auth=[credential])
+        await t.logon()
+        await t.logoff()
+    assert asker.prompts == [f"Enter passphrase for key '{key}': "]
+    encrypt(key, "other", old="sesame")
+    t = server.tunnel(auth=[credential])
+    await t.logon()
+    await t.logoff()
+    assert len(asker.prompts) == 2
+    # A passphrase callback likewise runs once.
+    calls: list[Path] = []
+    credential = PrivateKeyFile(key, lambda path: calls.append(path) or "other")
+    for _ in range(2):
+        t = server.tunnel(auth=[credential])
+        await t.logon()
+        await t.logoff()
+    assert calls == [key]

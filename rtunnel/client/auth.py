@@ -10,10 +10,11 @@ about to be tried, as ``ssh`` asks.
 from __future__ import annotations
 
 import base64
+import hashlib
 import inspect
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,19 @@ class PendingKey:
     the key and its certificates share it.
     """
 
-    def __init__(self, data: bytes, path: Path, what: str, asker: AskPassword | None) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        path: Path,
+        what: str,
+        asker: AskPassword | None,
+        remember: Callable[[keys.Key], None] | None = None,
+    ) -> None:
         self.data = data
         self.path = path
         self.what = what
         self.asker = asker
+        self._remember = remember
         self._done = False
         self._key: keys.Key | None = None
 
@@ -95,6 +104,8 @@ class PendingKey:
                 return None
             try:
                 self._key = _parse_private_key(self.data, str(answer).encode("utf-8"))
+                if self._remember is not None:
+                    self._remember(self._key)
                 return self._key
             except (keys.BadKeyError, ValueError) as e:
                 if not _wrong_passphrase(e):
@@ -250,7 +261,20 @@ def _load_key_file(credential: PrivateKeyFile) -> LoadedKey:
         data = path.read_bytes()
     except OSError as e:
         raise CredentialError(f"Identity file {path} not accessible: {e.strerror or e}.") from None
-    return _load_key(data, path, f"Identity file {path}", credential.passphrase, pub_file=True)
+    # An encrypted key decrypted at an earlier logon (a reconnect) is not asked for again
+    # while the file is unchanged (PrivateKeyFile's docstring).
+    digest = hashlib.sha256(data).digest()
+    unlocked = credential._unlocked
+    if digest in unlocked:
+        return LoadedKey(unlocked[digest], str(path))
+
+    def remember(key: keys.Key) -> None:
+        unlocked.clear()
+        unlocked[digest] = key
+
+    return _load_key(
+        data, path, f"Identity file {path}", credential.passphrase, pub_file=True, remember=remember
+    )
 
 
 def _load_key_data(credential: PrivateKey) -> LoadedKey:
@@ -299,8 +323,15 @@ def _public_key_in_clear(data: bytes, path: Path, pub_file: bool) -> keys.Key | 
 
 
 def _load_key(
-    data: bytes, path: Path, what: str, given: Any, *, pub_file: bool = False
+    data: bytes,
+    path: Path,
+    what: str,
+    given: Any,
+    *,
+    pub_file: bool = False,
+    remember: Callable[[keys.Key], None] | None = None,
 ) -> LoadedKey:
+    """``remember`` gets the key when it was read with a passphrase (given or asked)."""
     passphrase = given.encode("utf-8") if isinstance(given, str) and given else None
     try:
         try:
@@ -309,7 +340,8 @@ def _load_key(
             if isinstance(given, AskPassword):
                 # Asked when the key is tried (PendingKey), as ssh asks.
                 public = _public_key_in_clear(data, path, pub_file)
-                return LoadedKey(public, str(path), pending=PendingKey(data, path, what, given))
+                pending = PendingKey(data, path, what, given, remember)
+                return LoadedKey(public, str(path), pending=pending)
             if not callable(given):
                 raise
             answer = given(path)
@@ -325,6 +357,8 @@ def _load_key(
         raise CredentialError(f"{what} is not a private key rtunnel can read: {e}.") from None
     if key.isPublic():
         raise CredentialError(f"{what} holds a public key; give the private key file.")
+    if passphrase is not None and remember is not None:
+        remember(key)
     return LoadedKey(key, str(path))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +60,18 @@ class PrivateKeyFile:
     :ivar certificate: an OpenSSH user certificate for the key (``-o CertificateFile``);
         by default ``<path>-cert.pub`` is used when it exists, as OpenSSH does. The
         certificate is offered first, then the bare key.
+
+    An encrypted key, once decrypted, is kept (in memory, by this object) for as long as
+    the file holds the same bytes: a tunnel that reconnects logs on again without asking
+    for the passphrase again or running the key's KDF again, as a key added to
+    ``ssh-agent`` would. A changed file is read and asked for afresh.
     """
 
     path: Path
     passphrase: str | PassphraseCallback | AskPassword | None = None
     certificate: Path | None = None
+    #: Decrypted keys by the SHA-256 of the file they came from (see above).
+    _unlocked: dict[bytes, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __init__(
         self,
@@ -78,6 +85,7 @@ class PrivateKeyFile:
         object.__setattr__(
             self, "certificate", Path(certificate).expanduser() if certificate else None
         )
+        object.__setattr__(self, "_unlocked", {})
 
 
 @dataclass(frozen=True)
