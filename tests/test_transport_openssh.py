@@ -283,7 +283,7 @@ def warnings_logged() -> Iterator[list[str]]:
     [
         # OpenSSH's rule (kexgexc.c): 64-byte chacha20-poly1305 keys want 8192 bits,
         # AES-128 3072; the seed's PreferredDHGroupBits overrides it.
-        ({}, 8192),
+        ({"ciphers": ["chacha20-poly1305@openssh.com"]}, 8192),
         ({"ciphers": ["aes128-gcm@openssh.com"]}, 3072),
         ({"preferred_dh_group_bits": 4096}, 4096),
     ],
