@@ -34,6 +34,7 @@ from rtunnel.client.credentials import (
     PrivateKeyFile,
     SSHAgent,
 )
+from rtunnel.client.proxy import Proxy
 from rtunnel.client.verify import HostKeyInfo
 from rtunnel.errors import (
     AlreadyConnectedError,
@@ -54,6 +55,8 @@ from rtunnel.errors import (
     NegotiationError,
     NotConnectedError,
     ProtocolError,
+    ProxyAuthenticationError,
+    ProxyError,
     ReconnectLimitError,
     RTunnelError,
     SpecError,
@@ -100,6 +103,9 @@ __all__ = [
     "PrivateKey",
     "PrivateKeyFile",
     "ProtocolError",
+    "Proxy",
+    "ProxyAuthenticationError",
+    "ProxyError",
     "RTunnelError",
     "ReconnectAttempt",
     "ReconnectLimitError",

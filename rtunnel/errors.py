@@ -31,6 +31,8 @@ __all__ = [
     "NegotiationError",
     "NotConnectedError",
     "ProtocolError",
+    "ProxyAuthenticationError",
+    "ProxyError",
     "RTunnelError",
     "ReconnectLimitError",
     "SpecError",
@@ -83,6 +85,23 @@ class TimedOutError(ConnectError):
     """
 
     code = 201  # the reference's "Timeout"
+
+
+class ProxyError(ConnectError):
+    """
+    The proxy (SOCKS4, SOCKS4A, SOCKS5 or an HTTP CONNECT tunnel: the reference's firewall)
+    could not be reached, broke its protocol, or would not connect to the SSH server. The
+    message names the proxy and gives its own reason. Retried like any connect failure.
+    """
+
+    code = 1036  # "SSH connection failed."
+
+
+class ProxyAuthenticationError(ProxyError):
+    """
+    The proxy refused the user name and password (or asked for credentials none were
+    given for). Not retried: the same credentials would be refused again.
+    """
 
 
 class ConnectionLostError(RTunnelError):

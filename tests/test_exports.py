@@ -50,6 +50,7 @@ def test_public_names() -> None:
             "PrivateKey",
             "PrivateKeyFile",
             "ProtocolError",
+            "Proxy",
             "RTunnelError",
             "ReconnectAttempt",
             "ReconnectLimitError",
@@ -58,6 +59,8 @@ def test_public_names() -> None:
             "SSHAgent",
             "SSHCertificate",
             "SpecError",
+            "ProxyAuthenticationError",
+            "ProxyError",
             "TimedOutError",
             "TunnelObserver",
             "VersionError",
@@ -103,6 +106,8 @@ def test_error_codes_are_stable() -> None:
         "ReconnectLimitError": 1037,
         "SpecError": 10022,
         "TimedOutError": 201,
+        "ProxyError": 1036,
+        "ProxyAuthenticationError": 1036,
         "VersionError": 1002,
     }
     assert all(issubclass(getattr(rtunnel, n), rtunnel.RTunnelError) for n in codes)

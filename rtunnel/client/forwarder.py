@@ -37,21 +37,25 @@ TARGET_SOCKET_BUFFER = 128 * 1024
 
 
 def tcp_endpoint(
-    reactor: IReactorTCP, host: str, port: int, timeout: float
+    reactor: IReactorTCP,
+    host: str,
+    port: int,
+    timeout: float,
+    bind_address: tuple[str, int] | None = None,
 ) -> IStreamClientEndpoint:
     """
-    A client endpoint for ``host:port``. An IP literal is connected directly: Twisted's
-    HostnameEndpoint would still resolve it through the reactor's thread pool, so a
-    program whose pool threads are all busy (blocking calls in ``deferToThread``) would
-    see every connect wait behind them.
+    A client endpoint for ``host:port``, connecting from ``bind_address`` (local host and
+    port) when given. An IP literal is connected directly: Twisted's HostnameEndpoint would
+    still resolve it through the reactor's thread pool, so a program whose pool threads are
+    all busy (blocking calls in ``deferToThread``) would see every connect wait behind them.
     """
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+        return HostnameEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
     if address.version == 4:
-        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-    return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
+    return TCP6ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
 
 
 def abort_with_reset(transport: object) -> None:
