@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, NamedTuple
@@ -374,6 +375,62 @@ def parse_destination(text: str) -> Destination:
     return Destination(user, host, None)
 
 
+def proxy_jump_command(spec: str) -> str:
+    """
+    The ProxyCommand that ``-J`` / ``ProxyJump`` stands for: ``ssh -W '[%h]:%p'`` through
+    the last jump host, reaching it through the ones before with ``-J`` (OpenSSH 7.3's
+    ssh.c turned ``-J`` into exactly this command; later versions do the same natively).
+    Each hop is ``[user@]host[:port]`` or ``ssh://[user@]host[:port]``.
+
+    :raises SpecError: for an empty hop, user or host, or a bad port.
+    """
+    hops = [hop.strip() for hop in spec.split(",")]
+    if not spec.strip() or any(not hop for hop in hops):
+        raise SpecError(f"Bad ProxyJump '{spec}': give [user@]host[:port][,...].")
+    *before, last = hops
+    destination = _jump_hop(last, spec)
+    words = ["ssh"]
+    if before:
+        for hop in before:
+            _jump_hop(hop, spec)  # each checked now, not by the ssh it runs
+        words += ["-J", ",".join(before)]
+    if destination.user is not None:
+        words += ["-l", destination.user]
+    if destination.port is not None:
+        words += ["-p", str(destination.port)]
+    words += ["-W", "[%h]:%p", "--", destination.host]
+    # %h and %p stay for expand_proxy_command; everything else is quoted for the shell.
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _jump_hop(hop: str, spec: str) -> Destination:
+    if hop.lower().startswith("ssh://"):
+        return parse_destination(hop)
+    user: str | None = None
+    rest = hop
+    if "@" in hop:
+        user, _, rest = hop.rpartition("@")
+        if not user:
+            raise SpecError(f"Bad ProxyJump '{spec}': empty user name in '{hop}'.")
+    port: int | None = None
+    if rest.startswith("["):
+        host, bracket, after = rest[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise SpecError(f"Bad ProxyJump '{spec}': bad address in '{hop}'.")
+        port_text = after[1:] if after else None
+    elif rest.count(":") == 1:
+        host, _, port_text = rest.partition(":")
+    else:
+        host, port_text = rest, None
+    if port_text is not None:
+        port = _to_port(port_text)
+        if not port:
+            raise SpecError(f"Bad ProxyJump '{spec}': bad port in '{hop}'.")
+    if not host:
+        raise SpecError(f"Bad ProxyJump '{spec}': missing host in '{hop}'.")
+    return Destination(user, host, port)
+
+
 def _parse_ssh_uri(text: str) -> Destination:
     rest = text[len("ssh://") :]
     authority, slash, path = rest.partition("/")
@@ -463,6 +520,7 @@ SUPPORTED_OPTIONS: Final = {
     for name in (
         "AutoReconnect",
         "BatchMode",
+        "BindAddress",
         "CertificateFile",
         "ChannelTimeout",
         "Ciphers",
@@ -470,6 +528,7 @@ SUPPORTED_OPTIONS: Final = {
         "ConnectTimeout",
         "ExitOnForwardFailure",
         "FingerprintHash",
+        "ForwardingLocalHost",
         "GlobalKnownHostsFile",
         "HashKnownHosts",
         "HostKeyAlgorithms",
@@ -487,6 +546,10 @@ SUPPORTED_OPTIONS: Final = {
         "PasswordAuthentication",
         "Port",
         "PreferredAuthentications",
+        "Proxy",
+        "ProxyCommand",
+        "ProxyExceptionsList",
+        "ProxyJump",
         "PubkeyAcceptedAlgorithms",
         "PubkeyAuthentication",
         "RekeyLimit",
@@ -510,7 +573,7 @@ _ALIASES: Final = {"pubkeyacceptedkeytypes": "PubkeyAcceptedAlgorithms"}
 _OPENSSH_ONLY: Final = frozenset(
     # A word list reads better than 110 one-per-line string literals.
     """
-    addkeystoagent addressfamily bindaddress bindinterface canonicaldomains
+    addkeystoagent addressfamily bindinterface canonicaldomains
     canonicalizefallbacklocal canonicalizehostname canonicalizemaxdots
     canonicalizepermittedcnames casignaturealgorithms
     challengeresponseauthentication checkhostip cipher
@@ -525,7 +588,7 @@ _OPENSSH_ONLY: Final = frozenset(
     knownhostscommand localcommand localforward logfacility logverbose
     match nohostauthenticationforlocalhost
     obscurekeystroketiming permitlocalcommand permitremoteopen
-    pkcs11provider protocol proxycommand proxyjump
+    pkcs11provider protocol
     proxyusefdpass
     refuseconnection remotecommand requesttty requiredrsasize revokedhostkeys
     rhostsrsaauthentication rsaauthentication securitykeyprovider sendenv
@@ -733,6 +796,15 @@ def _one(keyword: str, args: list[str]) -> str:
     return args[0]
 
 
+def _hide_password(url: str) -> str:
+    # A proxy URL's password must not reach the terminal or a log in an error message.
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
     if canonical in (
         "BatchMode",
@@ -865,6 +937,41 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
         return seconds
     if canonical == "ChannelTimeout":
         return parse_channel_timeout(args)
+    if canonical in ("BindAddress", "ForwardingLocalHost", "ProxyExceptionsList"):
+        return _one(keyword, args)
+    if canonical == "ProxyCommand":
+        # readconf.c keeps the rest of the line as the command.
+        if not args:
+            raise SpecError(f"{_WHERE}: Missing argument.")
+        command = " ".join(args)
+        if command.lower() != "none":
+            from rtunnel.client._proxycommand import expand_proxy_command
+
+            try:
+                expand_proxy_command(command, host="h", port=22, user="u")
+            except SpecError as error:
+                raise SpecError(f"{_WHERE}: {error.message}") from None
+        return command
+    if canonical == "ProxyJump":
+        value = _one(keyword, args)
+        if value.lower() == "none":
+            return "none"
+        try:
+            return proxy_jump_command(value)
+        except SpecError as error:
+            raise SpecError(f"{_WHERE}: {error.message}") from None
+    if canonical == "Proxy":
+        value = _one(keyword, args)
+        if value.lower() not in ("auto", "none"):
+            from rtunnel.client.proxy import Proxy
+
+            try:
+                Proxy.from_url(value)
+            except SpecError as error:
+                raise SpecError(
+                    f"{_WHERE}: Bad Proxy '{_hide_password(value)}'. {error.message}"
+                ) from None
+        return value
     if canonical == "RemoteForward":
         if len(args) > 2:
             raise SpecError(f"{_WHERE}: keyword {keyword} extra arguments at end of line")
@@ -907,6 +1014,13 @@ _FIRST_WINS: Final = {
     "RetryInterval": "retry_interval",
     "ChannelTimeout": "channel_timeout",
     "TCPKeepAlive": "tcp_keepalive",
+    "BindAddress": "bind_address",
+    "ForwardingLocalHost": "forwarding_local_host",
+    "Proxy": "proxy",
+    "ProxyExceptionsList": "proxy_exceptions",
+    # ssh_config(5): ProxyJump and ProxyCommand compete, the first one given wins.
+    "ProxyCommand": "proxy_command",
+    "ProxyJump": "proxy_command",
 }
 
 
@@ -955,6 +1069,14 @@ class ClientOptions:
     :ivar channel_timeout: ``-o ChannelTimeout`` seconds for forwarded-tcpip channels
         (0: none), or None.
     :ivar tcp_keepalive: ``-o TCPKeepAlive``, or None (yes).
+    :ivar bind_address: ``-b`` or ``-o BindAddress``: the local address to connect from.
+    :ivar forwarding_local_host: ``-o ForwardingLocalHost`` (rtunnel's, the reference's
+        name): the local address connections to targets are made from.
+    :ivar proxy: ``-o Proxy`` (rtunnel's): a proxy URL, ``auto`` or ``none``.
+    :ivar proxy_exceptions: ``-o ProxyExceptionsList`` (the reference's name): hosts
+        reached without the proxy, separated by ``;``.
+    :ivar proxy_command: ``-o ProxyCommand``, or the ``ssh -W`` command ``-J`` /
+        ``-o ProxyJump`` stands for (:func:`proxy_jump_command`), or ``none``.
     """
 
     user: str | None = None
@@ -993,6 +1115,12 @@ class ClientOptions:
     retry_interval: int | None = None
     channel_timeout: int | None = None
     tcp_keepalive: bool | None = None
+    bind_address: str | None = None
+    forwarding_local_host: str | None = None
+    proxy: str | None = None
+    proxy_exceptions: str | None = None
+    proxy_command: str | None = None
+    jump_given: bool = field(default=False, repr=False)
     _debug_flag: int = field(default=0, repr=False)
 
     def apply_option(self, text: str) -> None:

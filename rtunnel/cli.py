@@ -58,8 +58,8 @@ _log = Logger()
 
 #: ssh's usage synopsis (ssh.c, ``usage``), cut down to what rtunnel takes.
 USAGE = """\
-usage: rtunnel [-CNnqTVv] [-c cipher_spec] [-i identity_file] [-l login_name]
-               [-m mac_spec] [-o option] [-p port]
+usage: rtunnel [-CNnqTVv] [-b bind_address] [-c cipher_spec] [-i identity_file]
+               [-J destination] [-l login_name] [-m mac_spec] [-o option] [-p port]
                -R [bind_address:]port:host:hostport ... destination
 """
 
@@ -79,13 +79,18 @@ listens on for us are forwarded to host:hostport from this machine.
                   Private key for public key authentication. Repeatable. Default:
                   ~/.ssh/id_rsa, ~/.ssh/id_ecdsa and ~/.ssh/id_ed25519, those that exist.
   -l login_name   User to log in as (default: the local user).
+  -b bind_address Connect from this local address (a machine with several), as
+                  -o BindAddress.
+  -J destination  Connect through these jump hosts, [user@]host[:port][,...], with
+                  "ssh -W" (as -o ProxyJump; needs OpenSSH's ssh).
   -c cipher_spec  Ciphers to offer, comma-separated, as -o Ciphers (a leading "+"
                   appends to the default, "-" removes, "^" puts first).
   -m mac_spec     MACs to offer, likewise (-o MACs).
   -C              Compress (zlib@openssh.com, then zlib), as -o Compression=yes.
   -p port         Port to connect to on the server (default: 22).
   -o option       An ssh_config option, "Key=Value" or "Key Value". Supported:
-                  BatchMode, CertificateFile, Ciphers, Compression, ConnectTimeout,
+                  BatchMode, BindAddress, CertificateFile, Ciphers, Compression,
+                  ConnectTimeout, ProxyCommand (%h, %p, %r, %n, %% expanded), ProxyJump,
                   ExitOnForwardFailure, FingerprintHash, GlobalKnownHostsFile,
                   HashKnownHosts, HostKeyAlgorithms, IdentitiesOnly, IdentityAgent,
                   IdentityFile, KbdInteractiveAuthentication,
@@ -98,7 +103,12 @@ listens on for us are forwarded to host:hostport from this machine.
                   rtunnel's own: AutoReconnect=no|yes|always (yes: reconnect and
                   re-request the forwards when the connection breaks; always: also
                   retry the first connection), MaxRetryCount=N (0: no limit),
-                  RetryInterval=TIME (the first wait; it doubles up to a minute).
+                  RetryInterval=TIME (the first wait; it doubles up to a minute),
+                  Proxy=URL (socks4://, socks4a://, socks5://[user:pw@]host[:port] or
+                  http://[user:pw@]host[:port] for an HTTP CONNECT proxy; auto: the
+                  one ALL_PROXY or all_proxy names, less NO_PROXY's hosts),
+                  ProxyExceptionsList=HOST;HOST (reached directly),
+                  ForwardingLocalHost=ADDRESS (connect to targets from it).
                   rtunnel reads no ssh_config files.
   -v              Verbose; repeat for more (up to -vvv).
   -q              Quiet: no warnings, no "Allocated port" lines, no error messages
@@ -129,7 +139,7 @@ FAILURE = 255
 LOGOFF_TIMEOUT = 3.0
 
 # Option letters: those taking an argument, and flags.
-_WITH_ARGUMENT = frozenset("cilmopR")
+_WITH_ARGUMENT = frozenset("bciJlmopR")
 _FLAGS = frozenset("ChNnqTVv")
 
 
@@ -268,6 +278,15 @@ def _apply_flag(options: ClientOptions, letter: str, value: str, warnings: list[
             options.port = parse_port(value)
     elif letter == "l":
         options.set_default_user(value)
+    elif letter == "b":
+        # ssh.c, case 'b': set outright, over -o BindAddress.
+        options.bind_address = value
+    elif letter == "J":
+        # ssh.c, case 'J': one -J only; then as -o ProxyJump.
+        if options.jump_given:
+            raise SpecError("Only a single -J option is permitted")
+        options.jump_given = True
+        options.apply_option(f"ProxyJump={value}")
     elif letter in "cm":
         # ssh.c, cases 'c' and 'm': checked at once, and the flag overrides -o.
         kind = "cipher" if letter == "c" else "mac"

@@ -205,6 +205,7 @@ def build_tunnel(
         extra["connect_timeout"] = options.connect_timeout
     extra.update(_auth_settings(options))
     extra.update(_transport_settings(options))
+    extra.update(_network_settings(options))
     from rtunnel.client.askpass import (
         NEVER_ASK,
         keyboard_interactive_source,
@@ -260,6 +261,23 @@ def build_tunnel(
         ),
         **extra,
     )
+
+
+def _network_settings(options: ClientOptions) -> dict[str, Any]:
+    """-b / BindAddress, ForwardingLocalHost, Proxy, ProxyExceptionsList, ProxyCommand
+    and -J / ProxyJump."""
+    settings: dict[str, Any] = {}
+    if options.bind_address:
+        settings["local_host"] = options.bind_address
+    if options.forwarding_local_host:
+        settings["forwarding_local_host"] = options.forwarding_local_host
+    if options.proxy and options.proxy.lower() != "none":
+        settings["proxy"] = "auto" if options.proxy.lower() == "auto" else options.proxy
+    if options.proxy_exceptions:
+        settings["proxy_exceptions"] = options.proxy_exceptions
+    if options.proxy_command and options.proxy_command.lower() != "none":
+        settings["proxy_command"] = options.proxy_command
+    return settings
 
 
 def reconnect_policy(options: ClientOptions) -> ReconnectPolicy:

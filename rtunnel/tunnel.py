@@ -14,7 +14,7 @@ import inspect
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
@@ -22,8 +22,10 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocol,
     IProtocolFactory,
+    IReactorProcess,
     IReactorTCP,
     IReactorTime,
+    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -43,6 +45,7 @@ from rtunnel._policy import ReconnectPolicy
 from rtunnel._text import printable
 from rtunnel.client import _algorithms
 from rtunnel.client._packet import MAX_PACKET_LENGTH
+from rtunnel.client._proxycommand import ProxyCommandEndpoint, expand_proxy_command
 from rtunnel.client._sockopts import TCPOptions, apply_tcp_options
 from rtunnel.client.channel import ForwardedChannel
 from rtunnel.client.connection import (
@@ -79,6 +82,7 @@ from rtunnel.errors import (
     HostKeyError,
     KeepaliveError,
     NotConnectedError,
+    ProxyAuthenticationError,
     ReconnectLimitError,
     RTunnelError,
     SpecError,
@@ -88,6 +92,7 @@ from rtunnel.errors import (
 if TYPE_CHECKING:
     from twisted.conch.ssh.keys import Key
 
+    from rtunnel.client.proxy import Proxy
     from rtunnel.client.transport import ClientTransport
 
 __all__ = ["HostKeyPolicy", "ReverseTunnel"]
@@ -189,6 +194,28 @@ class ReverseTunnel:
     :param log_level: what :meth:`TunnelObserver.log` receives and rtunnel logs through
         ``twisted.logger``: 0 nothing, 1 (default) connection events, 2 also channel and
         request events, 3 also debug detail (the reference's LogLevel).
+    :param local_host: the local address the SSH connection (or the connection to the
+        proxy) is made from, on a machine with more than one (the reference's LocalHost;
+        OpenSSH's ``BindAddress``, ``-b``). Default: the system's choice.
+    :param local_port: the local port to bind it to (the reference's LocalPort; 0, the
+        default: the system's choice). What was used is :attr:`local_address`.
+    :param forwarding_local_host: the local address connections to targets are made from
+        (the reference's ForwardingLocalHost). Default: the system's choice.
+    :param proxy: reach the SSH server through a proxy (the reference's firewall): a
+        :class:`~rtunnel.client.proxy.Proxy` (SOCKS4, SOCKS4A, SOCKS5 or an HTTP CONNECT
+        tunnel, with optional credentials), a URL such as ``"socks5://user:pw@host:1080"``,
+        or ``"auto"`` for the one ``ALL_PROXY`` / ``all_proxy`` names, minus the hosts
+        ``NO_PROXY`` lists, read at every connect (the reference's FirewallAutoDetect).
+        Default None: connect directly.
+    :param proxy_exceptions: hosts reached directly even when ``proxy`` is set (the
+        reference's ProxyExceptionsList): a list, or one string separated by ``;``. Names
+        match the host and its subdomains (``*`` wildcards allowed), addresses and CIDR
+        blocks match addresses.
+    :param proxy_command: run this command and speak SSH over its standard input and
+        output instead of connecting (OpenSSH's ``ProxyCommand``, e.g. ``"ssh -W %h:%p
+        jumphost"``): run as ``$SHELL -c "exec COMMAND"`` with ``%h``, ``%p``, ``%r``,
+        ``%n`` and ``%%`` expanded, its standard error left as this program's, sent SIGHUP
+        when the connection ends. Not with ``proxy`` or ``local_host``/``local_port``.
     :param target_connect_timeout: seconds to wait for a local target to accept (and for an
         accept hook to answer) before the channel is refused.
     :param window_size: the SSH channel window we grant (how much the server may send
@@ -209,7 +236,8 @@ class ReverseTunnel:
         ExitOnForwardFailure).
     :param ciphers: the ciphers to offer, in order: a list of names, or a string in
         OpenSSH's ``Ciphers`` syntax (``+`` appends to the default, ``-`` removes, ``^``
-        puts first). Default: chacha20-poly1305, AES-GCM, AES-CTR. No name in common with
+        puts first). Default: AES-GCM, chacha20-poly1305, AES-CTR (chacha20-poly1305
+        first on a processor without AES instructions). No name in common with
         the server fails the logon with :class:`~rtunnel.errors.NegotiationError`.
     :param macs: the MACs to offer, likewise (default: the SHA-2 encrypt-then-MAC ones
         first).
@@ -269,6 +297,12 @@ class ReverseTunnel:
         logoff_timeout: float = LOGOFF_TIMEOUT,
         kex_timeout: float | None = 60.0,
         log_level: int = 1,
+        local_host: str | None = None,
+        local_port: int = 0,
+        forwarding_local_host: str | None = None,
+        proxy: Proxy | str | None = None,
+        proxy_exceptions: str | Sequence[str] = (),
+        proxy_command: str | None = None,
         target_connect_timeout: float = 10.0,
         window_size: int = DEFAULT_WINDOW_SIZE,
         max_packet: int = DEFAULT_MAX_PACKET,
@@ -369,6 +403,32 @@ class ReverseTunnel:
         #: The server's SSH version string (the reference's ServerSSHVersionString), once
         #: the handshake is done.
         self.server_version: str | None = None
+        if not 0 <= local_port <= 65535:
+            raise SpecError(f"Bad local_port {local_port}: give 0-65535 (0: any).")
+        self.local_host = local_host or None
+        self.local_port = local_port
+        self.forwarding_local_host = forwarding_local_host or None
+        if isinstance(proxy, str) and proxy != "auto":
+            from rtunnel.client.proxy import Proxy
+
+            proxy = Proxy.from_url(proxy)
+        self.proxy: Proxy | Literal["auto"] | None = proxy  # type: ignore[assignment]
+        if isinstance(proxy_exceptions, str):
+            proxy_exceptions = proxy_exceptions.split(";")
+        self.proxy_exceptions = tuple(e.strip() for e in proxy_exceptions if e.strip())
+        if proxy_command is not None and proxy_command.strip().lower() in ("", "none"):
+            proxy_command = None
+        if proxy_command is not None:
+            if self.proxy is not None:
+                raise SpecError("Give proxy or proxy_command, not both.")
+            if self.local_host is not None or self.local_port:
+                raise SpecError(
+                    "local_host and local_port do not apply with proxy_command (the command "
+                    "makes the connection)."
+                )
+            # Unknown tokens are refused now rather than at the first connect.
+            expand_proxy_command(proxy_command, host=host, port=port, user=self.user)
+        self.proxy_command = proxy_command
         self.target_connect_timeout = target_connect_timeout
         self.window_size = window_size
         self.max_packet = max_packet
@@ -523,14 +583,42 @@ class ReverseTunnel:
 
         factory = Factory.forProtocol(build)  # type: ignore[arg-type]
         started = self._clock.seconds()
-        self._status(f"Connecting to {self.host} port {self.port}.")
-        endpoint = tcp_endpoint(self._reactor, self.host, self.port, self.connect_timeout or 30)
+        timeout = self.connect_timeout or 30
+        bind = self._bind_address()
+        proxy = self._proxy_for_connection()
+        endpoint: IStreamClientEndpoint
+        if self.proxy_command is not None:
+            command = expand_proxy_command(
+                self.proxy_command, host=self.host, port=self.port, user=self.user
+            )
+            # ssh's words at debug1 (sshconnect.c).
+            self._status(f"Executing proxy command: exec {command}")
+            endpoint = ProxyCommandEndpoint(cast(IReactorProcess, self._reactor), command)
+        elif proxy is None:
+            self._status(f"Connecting to {self.host} port {self.port}.")
+            endpoint = tcp_endpoint(self._reactor, self.host, self.port, timeout, bind)
+        else:
+            self._status(
+                f"Connecting to {self.host} port {self.port} through {proxy.kind} proxy "
+                f"{proxy.host} port {proxy.port}."
+            )
+            from rtunnel.client.proxy import proxy_endpoint
+
+            endpoint = proxy_endpoint(self._reactor, proxy, self.host, self.port, timeout, bind)
         connecting = endpoint.connect(factory)
         self._abort_logon = connecting.cancel
         try:
             transport = cast(ClientTransport, await connecting)
         except defer.CancelledError:
             raise self._abandoned() from None
+        except error.ConnectBindError as e:
+            where = f"{self.local_host or '*'}" + (
+                f" port {self.local_port}" if self.local_port else ""
+            )
+            raise ConnectError(
+                f"connect to host {self.host} port {self.port}: cannot use local address "
+                f"{where} ({_reason_text(e)}); check local_host / -b (BindAddress)."
+            ) from None
         except (error.ConnectError, error.DNSLookupError, OSError) as e:
             # OpenSSH's words (ssh.c), less its program name.
             raise ConnectError(
@@ -540,6 +628,14 @@ class ReverseTunnel:
             self._abort_logon = None
         self._transport = transport
         self._apply_tcp_options(transport)
+        if proxy is not None:
+            # The reference's "Firewall connection complete".
+            self._connection_status(
+                "proxy-connected",
+                0,
+                f"The {proxy.kind} proxy {proxy.host} port {proxy.port} connected us to "
+                f"{self.host} port {self.port}.",
+            )
         self._connection_status("tcp-connected", 0, f"Connected to {self.host} port {self.port}.")
         timer.transport = transport
         if self.connect_timeout:
@@ -584,6 +680,40 @@ class ReverseTunnel:
             "authenticated", 0, f"Logged on to {self.host} port {self.port} as {self.user!r}."
         )
         self._notify("connected")
+
+    def _bind_address(self) -> tuple[str, int] | None:
+        if self.local_host is None and not self.local_port:
+            return None
+        return (self.local_host or "", self.local_port)
+
+    def _proxy_for_connection(self) -> Proxy | None:
+        if self.proxy is None:
+            return None
+        from rtunnel.client.proxy import Proxy, bypasses
+
+        proxy: Proxy | None
+        if self.proxy == "auto":
+            # FirewallAutoDetect: what the environment says now, as curl reads it.
+            proxy = Proxy.from_environment(os.environ, self.host)
+        else:
+            proxy = self.proxy
+        if proxy is None or bypasses(self.proxy_exceptions, self.host):
+            return None
+        return proxy
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        """
+        The local address and port of the connection to the server (or to the proxy), while
+        connected (the reference's LocalHost and LocalPort once connected); else None.
+        """
+        transport = self._transport
+        tcp = getattr(transport, "transport", None)
+        try:
+            host = tcp.getHost()  # type: ignore[union-attr]
+        except AttributeError:
+            return None
+        return (host.host, host.port) if hasattr(host, "port") else None
 
     def _apply_tcp_options(self, transport: ClientTransport) -> None:
         tcp = transport.transport
@@ -1032,8 +1162,9 @@ class ReverseTunnel:
             return protocol
         assert forward.host is not None and forward.host_port is not None
         target = TargetProtocol()
+        bind = (self.forwarding_local_host, 0) if self.forwarding_local_host else None
         endpoint = tcp_endpoint(
-            self._reactor, forward.host, forward.host_port, self.target_connect_timeout
+            self._reactor, forward.host, forward.host_port, self.target_connect_timeout, bind
         )
         try:
             await endpoint.connect(TargetFactory(target))
@@ -1095,6 +1226,9 @@ class ReverseTunnel:
             return userauth.failure
         if self._logging_off:
             return ConnectionLostError("Logged off.")
+        if isinstance(reason.value, RTunnelError):
+            # Said by the transport underneath (a ProxyCommand that exited).
+            return reason.value
         return ConnectionLostError(f"Connection to {self.host} closed by remote host.")
 
     def _connection_ended(self, transport: ClientTransport, failure: Failure) -> None:
@@ -1298,6 +1432,7 @@ def _retryable(error: BaseException) -> bool:
             _LogonAbandoned,
             HostKeyError,
             AuthenticationError,
+            ProxyAuthenticationError,
             CredentialError,
             SpecError,
             AlreadyConnectedError,
@@ -1322,6 +1457,9 @@ def _reason_text(e: BaseException) -> str:
         return "Connection timed out"
     if isinstance(e, error.DNSLookupError):
         return "Could not resolve hostname"
+    if isinstance(e, error.ConnectBindError) and isinstance(e.osError, tuple):
+        # Twisted's text is "Couldn't bind: 99: Cannot assign requested address."
+        return str(e.osError[-1])
     text = str(e).strip()
     return text or type(e).__name__
 

@@ -822,6 +822,74 @@ async def test_auto_reconnect_prints_the_allocated_port_again(
     assert await child.ended.addTimeout(STOP_WITHIN, reactor) == (0, None), child.stderr
 
 
+class _SayPeer(Protocol):
+    def connectionMade(self) -> None:  # noqa: N802 (Protocol)
+        assert self.transport is not None
+        self.transport.write(f"{self.transport.getPeer().host}\n".encode())  # type: ignore[attr-defined]
+        self.transport.loseConnection()
+
+
+@pytest.mark.parametrize("target", ["openssh"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_bind_address_and_forwarding_local_host(
+    target: Target, spawn: Spawn, tmp_path: Path
+) -> None:
+    """-b 127.0.0.2: sshd logs the connection from there; -o ForwardingLocalHost=127.0.0.3:
+    the target sees its connections come from there."""
+    listening: IListeningPort = reactor.listenTCP(  # type: ignore[attr-defined]
+        0, Factory.forProtocol(_SayPeer), interface="127.0.0.1"
+    )
+    target_port = listening.getHost().port  # type: ignore[attr-defined]
+    try:
+        child = spawn(
+            *["-b", "127.0.0.2", "-o", "ForwardingLocalHost=127.0.0.3"],
+            *["-R", f"0:127.0.0.1:{target_port}"],
+        )
+        port = int((await child.wait_for(ALLOCATED.format(target_port))).group(1))
+        assert "Connection from 127.0.0.2 port" in target.server.log_text()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        collect = _Collect(len(b"127.0.0.3\n"))
+        await connectProtocol(endpoint, collect)
+        assert await collect.done.addTimeout(START_TIMEOUT, reactor) == b"127.0.0.3\n"
+        child.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        assert await child.ended.addTimeout(STOP_WITHIN, reactor) == (0, None), child.stderr
+    finally:
+        await listening.stopListening()
+
+
+@pytest.mark.parametrize("target", ["openssh"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_proxy_command_through_a_jump_host(
+    target: Target,
+    spawn: Spawn,
+    echo_port: int,
+    tmp_path: Path,
+    openssh_sshd: str,
+    openssh_client_key: Path,
+) -> None:
+    """-o ProxyCommand="ssh ... -W [%h]:%p jump": the session runs through a second real
+    sshd, and the forward works."""
+    from test_proxy_command import _jump_command
+
+    from rtunnel.testing._openssh import OpenSSHServer
+
+    pub = openssh_client_key.with_name(openssh_client_key.name + ".pub").read_text().strip()
+    jump = OpenSSHServer(tmp_path / "jump", authorized_keys=[pub], sshd_path=openssh_sshd)
+    jump.start()
+    try:
+        child = spawn(
+            *["-o", f"ProxyCommand={_jump_command(jump, openssh_client_key)}"],
+            *["-R", f"0:127.0.0.1:{echo_port}"],
+        )
+        port = int((await child.wait_for(ALLOCATED.format(echo_port))).group(1))
+        assert await exchange(port, b"via the jump host") == b"via the jump host"
+        child.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        assert await child.ended.addTimeout(STOP_WITHIN, reactor) == (0, None), child.stderr
+        assert f"to {target.host} port {target.port}" in jump.log_text()
+    finally:
+        jump.stop()
+
+
 @pytest.mark.parametrize("target", ["openssh"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_server_alive_notices_a_frozen_server(

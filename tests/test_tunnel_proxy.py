@@ -1,0 +1,231 @@
+"""
+ReverseTunnel and the ``rtunnel`` command through real proxies (the reference's firewall):
+Dante (SOCKS4, SOCKS5), OpenSSH's ``ssh -D`` (SOCKS4A), microsocks (SOCKS5 with a user name
+and password) and tinyproxy (HTTP CONNECT, with and without Basic authentication), to the
+bundled server and a real sshd; then ``proxy="auto"``, the exception list, and what a
+refusing proxy does to the logon and to reconnecting.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from e2e_support import Server
+from twisted.internet.threads import deferToThread
+
+from rtunnel import ProxyAuthenticationError, ProxyError, ReconnectPolicy, TunnelObserver
+from rtunnel.client.proxy import Proxy
+from rtunnel.testing._openssh import OpenSSHServer
+from rtunnel.testing._proxyservers import (
+    DanteServer,
+    MicroSocks,
+    SSHDynamicForward,
+    TinyProxy,
+    find_program,
+)
+
+
+def _need(program: str) -> None:
+    if find_program(program) is None:
+        import os
+
+        if os.environ.get("CI"):
+            pytest.fail(f"{program} not found (scripts/test installs it)", pytrace=False)
+        pytest.skip(f"{program} not found")
+
+
+@pytest.fixture(scope="module")
+def dante(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DanteServer]:
+    _need("danted")
+    with DanteServer(tmp_path_factory.mktemp("dante")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tinyproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyProxy]:
+    _need("tinyproxy")
+    with TinyProxy(tmp_path_factory.mktemp("tinyproxy"), basic_auth=("carol", "pass4carol")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def microsocks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MicroSocks]:
+    _need("microsocks")
+    with MicroSocks(tmp_path_factory.mktemp("microsocks"), user="alice", password="s3cr:t") as s:
+        yield s
+
+
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield int(listener.getsockname()[1])
+    listener.close()
+
+
+def _echo_once(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+        c.sendall(payload)
+        c.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+        return data
+
+
+class _Events(TunnelObserver):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def connection_status(self, event: str, code: int, description: str) -> None:
+        self.events.append((event, description))
+
+
+async def _forward_works(server: Server, proxy: Proxy | str, echo_port: int) -> list[str]:
+    tunnel = server.tunnel(proxy=proxy)
+    events = _Events()
+    tunnel.add_observer(events)
+    await tunnel.logon()
+    try:
+        forward = await tunnel.request_forwarding("127.0.0.1", 0, "127.0.0.1", echo_port)
+        payload = b"through the proxy " * 20000
+        assert await deferToThread(_echo_once, forward.port, payload) == payload
+    finally:
+        await tunnel.logoff()
+    return [name for name, _ in events.events]
+
+
+@pytest.mark.parametrize("kind", ["socks4", "socks5"])
+@pytest_twisted.ensureDeferred
+async def test_through_dante(server: Server, dante: DanteServer, kind: str, echo_port: int) -> None:
+    events = await _forward_works(server, f"{kind}://{dante.host}:{dante.port}", echo_port)
+    # The reference's "Firewall connection complete", then the rest as usual.
+    assert events[:2] == ["proxy-connected", "tcp-connected"]
+    # Dante's own record of the connection it made: "... -> 127.0.0.1.<port> 127.0.0.1.<ssh port>".
+    assert f" {server.host}.{server.port}\n" in dante.log_path.read_text()
+
+
+@pytest.mark.parametrize("server", ["openssh"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_through_ssh_dynamic_forward_socks4a(
+    server: Server, tmp_path: Path, echo_port: int
+) -> None:
+    # SOCKS4A sends the name: "localhost" is resolved by the proxy (ssh -D's sshd).
+    sshd: OpenSSHServer = server.extra["server"]
+    with SSHDynamicForward(tmp_path / "ssh-d", sshd, server.key) as socks:
+        from rtunnel.client.proxy import Proxy
+
+        tunnel = server.tunnel(proxy=Proxy("socks4a", socks.host, socks.port))
+        tunnel.host = "localhost"
+        await tunnel.logon()
+        await tunnel.logoff()
+    assert f"localhost port {server.port}" in sshd.log_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_through_microsocks_with_a_password(
+    server: Server, microsocks: MicroSocks, echo_port: int
+) -> None:
+    proxy = Proxy("socks5", microsocks.host, microsocks.port, user="alice", password="s3cr:t")
+    await _forward_works(server, proxy, echo_port)
+    wrong = Proxy("socks5", microsocks.host, microsocks.port, user="alice", password="nope")
+    tunnel = server.tunnel(proxy=wrong, reconnect=ReconnectPolicy(mode="always"))
+    with pytest.raises(ProxyAuthenticationError, match="socks5 proxy"):
+        # Never retried: the same credentials would be refused again.
+        await tunnel.logon()
+
+
+@pytest_twisted.ensureDeferred
+async def test_through_tinyproxy_http_connect_with_basic_auth(
+    server: Server, tinyproxy: TinyProxy, echo_port: int
+) -> None:
+    url = f"http://carol:pass%34carol@{tinyproxy.host}:{tinyproxy.port}"
+    await _forward_works(server, url, echo_port)
+    tunnel = server.tunnel(proxy=f"http://{tinyproxy.host}:{tinyproxy.port}")
+    with pytest.raises(ProxyAuthenticationError, match="407"):
+        await tunnel.logon()
+
+
+@pytest.mark.parametrize("server", ["bundled"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_auto_reads_all_proxy_and_no_proxy(
+    server: Server, dante: DanteServer, echo_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_before = dante.log_path.read_text()
+    monkeypatch.setenv("ALL_PROXY", f"socks5://{dante.host}:{dante.port}")
+    monkeypatch.delenv("all_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    events = await _forward_works(server, "auto", echo_port)
+    assert "proxy-connected" in events
+    assert len(dante.log_path.read_text()) > len(log_before)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.0/8")
+    events = await _forward_works(server, "auto", echo_port)
+    assert "proxy-connected" not in events
+
+
+@pytest.mark.parametrize("server", ["bundled"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_exceptions_bypass_a_proxy_and_a_dead_proxy_is_a_proxy_error(
+    server: Server, echo_port: int
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    proxy = f"socks5://127.0.0.1:{dead}"
+    tunnel = server.tunnel(proxy=proxy)
+    with pytest.raises(ProxyError, match=f"connect to socks5 proxy 127.0.0.1 port {dead}"):
+        await tunnel.logon()
+    tunnel = server.tunnel(proxy=proxy, proxy_exceptions="example.com;127.0.0.1")
+    await tunnel.logon()
+    await tunnel.logoff()
+
+
+@pytest.mark.parametrize("server", ["openssh"], indirect=True)
+def test_the_command_through_a_socks5_proxy(
+    server: Server, dante: DanteServer, tmp_path: Path
+) -> None:
+    """rtunnel -o Proxy=socks5://... through Dante to sshd: the Allocated port line."""
+    argv = [
+        sys.executable,
+        "-m",
+        "rtunnel.cli",
+        "-N",
+        *["-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={server.known_hosts}"],
+        *["-o", f"Proxy=socks5://{dante.host}:{dante.port}", "-o", "ExitOnForwardFailure=yes"],
+        *["-i", str(server.key), "-p", str(server.port), "-R", "0:127.0.0.1:9"],
+        f"{server.user}@{server.host}",
+    ]
+    child = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert child.stderr is not None
+        line = child.stderr.readline()
+        assert line.startswith("Allocated port "), line
+    finally:
+        child.terminate()
+        child.wait(10)
+    argv[argv.index(f"Proxy=socks5://{dante.host}:{dante.port}")] = "Proxy=socks9://x"
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=30)
+    assert done.returncode == 255
+    assert "Bad Proxy 'socks9://x'" in done.stderr
+    assert "Traceback" not in done.stderr
