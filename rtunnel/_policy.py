@@ -1,5 +1,6 @@
 """
-Reconnect and keepalive arithmetic. Pure: no reactor, no clock; callers pass the time.
+Reconnect, keepalive and rate-limit arithmetic. Pure: no reactor, no clock; callers pass
+the time.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Literal
 __all__ = [
     "KeepaliveDecision",
     "ReconnectPolicy",
+    "TokenBucket",
     "channel_idle_deadline",
     "keepalive_decision",
 ]
@@ -126,3 +128,42 @@ def channel_idle_deadline(
     if timeout <= 0:
         return float("inf")
     return (opened_at if absolute else last_activity) + timeout
+
+
+class TokenBucket:
+    """
+    The reference's MaxTransferRate: at most ``rate`` bytes per second, with bursts of at
+    most ``burst`` bytes (a tenth of a second's worth by default, at least 1 KiB), so a
+    sender is held back within a fraction of a second rather than after a whole buffer.
+
+    :param rate: bytes per second (> 0).
+    :param now: the time the bucket starts (full).
+    """
+
+    __slots__ = ("_stamp", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, now: float, burst: float | None = None) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = float(rate)
+        self.burst = float(burst) if burst is not None else max(1024.0, self.rate / 10)
+        self._tokens = self.burst
+        self._stamp = now
+
+    def allowance(self, now: float) -> int:
+        """Bytes that may be sent at ``now``."""
+        if now > self._stamp:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+        # The epsilon keeps float error (0.05 s x 10,000 B/s = 499.99...) from losing a byte.
+        return int(self._tokens + 1e-6)
+
+    def spend(self, nbytes: int) -> None:
+        """``nbytes`` were sent (at most the last :meth:`allowance`)."""
+        self._tokens -= nbytes
+
+    def wait(self, now: float, nbytes: int) -> float:
+        """Seconds from ``now`` until ``nbytes`` (capped at the burst) may be sent."""
+        want = min(float(nbytes), self.burst)
+        missing = want - (self._tokens if now <= self._stamp else self.allowance(now))
+        return max(0.0, missing / self.rate)

@@ -540,6 +540,7 @@ SUPPORTED_OPTIONS: Final = {
         "LogLevel",
         "MACs",
         "MaxRetryCount",
+        "MaxTransferRate",
         "ServerAliveCountMax",
         "ServerAliveInterval",
         "NumberOfPasswordPrompts",
@@ -937,6 +938,15 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
         return seconds
     if canonical == "ChannelTimeout":
         return parse_channel_timeout(args)
+    if canonical == "MaxTransferRate":
+        value = _one(keyword, args)
+        match = re.fullmatch(r"(\d+)([kKmMgG]?)", value)
+        if match is None:
+            raise SpecError(
+                f"{_WHERE}: Bad MaxTransferRate '{value}': give bytes per second, with an "
+                "optional K, M or G (0: no limit)."
+            )
+        return int(match.group(1)) * _SIZE_SUFFIXES[match.group(2).lower()]
     if canonical in ("BindAddress", "ForwardingLocalHost", "ProxyExceptionsList"):
         return _one(keyword, args)
     if canonical == "ProxyCommand":
@@ -1021,6 +1031,7 @@ _FIRST_WINS: Final = {
     # ssh_config(5): ProxyJump and ProxyCommand compete, the first one given wins.
     "ProxyCommand": "proxy_command",
     "ProxyJump": "proxy_command",
+    "MaxTransferRate": "max_transfer_rate",
 }
 
 
@@ -1075,6 +1086,8 @@ class ClientOptions:
     :ivar proxy: ``-o Proxy`` (rtunnel's): a proxy URL, ``auto`` or ``none``.
     :ivar proxy_exceptions: ``-o ProxyExceptionsList`` (the reference's name): hosts
         reached without the proxy, separated by ``;``.
+    :ivar max_transfer_rate: ``-o MaxTransferRate`` (the reference's name): bytes per
+        second of channel data to the server, or None (no limit).
     :ivar proxy_command: ``-o ProxyCommand``, or the ``ssh -W`` command ``-J`` /
         ``-o ProxyJump`` stands for (:func:`proxy_jump_command`), or ``none``.
     """
@@ -1120,6 +1133,7 @@ class ClientOptions:
     proxy: str | None = None
     proxy_exceptions: str | None = None
     proxy_command: str | None = None
+    max_transfer_rate: int | None = None
     jump_given: bool = field(default=False, repr=False)
     _debug_flag: int = field(default=0, repr=False)
 

@@ -108,7 +108,8 @@ listens on for us are forwarded to host:hostport from this machine.
                   http://[user:pw@]host[:port] for an HTTP CONNECT proxy; auto: the
                   one ALL_PROXY or all_proxy names, less NO_PROXY's hosts),
                   ProxyExceptionsList=HOST;HOST (reached directly),
-                  ForwardingLocalHost=ADDRESS (connect to targets from it).
+                  ForwardingLocalHost=ADDRESS (connect to targets from it),
+                  MaxTransferRate=N[K|M|G] (bytes per second to the server).
                   rtunnel reads no ssh_config files.
   -v              Verbose; repeat for more (up to -vvv).
   -q              Quiet: no warnings, no "Allocated port" lines, no error messages

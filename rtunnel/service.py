@@ -277,6 +277,8 @@ def _network_settings(options: ClientOptions) -> dict[str, Any]:
         settings["proxy_exceptions"] = options.proxy_exceptions
     if options.proxy_command and options.proxy_command.lower() != "none":
         settings["proxy_command"] = options.proxy_command
+    if options.max_transfer_rate:
+        settings["max_transfer_rate"] = options.max_transfer_rate
     return settings
 
 

@@ -41,7 +41,7 @@ from rtunnel._model import (
     ReconnectAttempt,
     TunnelObserver,
 )
-from rtunnel._policy import ReconnectPolicy
+from rtunnel._policy import ReconnectPolicy, TokenBucket
 from rtunnel._text import printable
 from rtunnel.client import _algorithms
 from rtunnel.client._packet import MAX_PACKET_LENGTH
@@ -216,6 +216,9 @@ class ReverseTunnel:
         jumphost"``): run as ``$SHELL -c "exec COMMAND"`` with ``%h``, ``%p``, ``%r``,
         ``%n`` and ``%%`` expanded, its standard error left as this program's, sent SIGHUP
         when the connection ends. Not with ``proxy`` or ``local_host``/``local_port``.
+    :param max_transfer_rate: at most this many bytes of channel data per second sent to
+        the server, all channels together (the reference's MaxTransferRate; 0, the default:
+        no limit). Targets are paused while their data waits, so nothing piles up.
     :param target_connect_timeout: seconds to wait for a local target to accept (and for an
         accept hook to answer) before the channel is refused.
     :param window_size: the SSH channel window we grant (how much the server may send
@@ -303,6 +306,7 @@ class ReverseTunnel:
         proxy: Proxy | str | None = None,
         proxy_exceptions: str | Sequence[str] = (),
         proxy_command: str | None = None,
+        max_transfer_rate: int = 0,
         target_connect_timeout: float = 10.0,
         window_size: int = DEFAULT_WINDOW_SIZE,
         max_packet: int = DEFAULT_MAX_PACKET,
@@ -429,6 +433,11 @@ class ReverseTunnel:
             # Unknown tokens are refused now rather than at the first connect.
             expand_proxy_command(proxy_command, host=host, port=port, user=self.user)
         self.proxy_command = proxy_command
+        if max_transfer_rate < 0:
+            raise SpecError(
+                f"Bad max_transfer_rate {max_transfer_rate}: give bytes per second (0: no limit)."
+            )
+        self.max_transfer_rate = max_transfer_rate
         self.target_connect_timeout = target_connect_timeout
         self.window_size = window_size
         self.max_packet = max_packet
@@ -533,6 +542,8 @@ class ReverseTunnel:
             on_stopped=lambda _conn: None,
             clock=self._clock,
         )
+        if self.max_transfer_rate:
+            conn.rate_limit = TokenBucket(self.max_transfer_rate, self._clock.seconds())
         lost = self._lost
 
         def on_lost(transport: ClientTransport, reason: Failure) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from rtunnel import ChannelOpenRequest, Forward, ForwardState, ReverseTunnel, TunnelObserver, _wire
 from rtunnel._model import ChannelInfo
+from rtunnel._policy import TokenBucket
 from rtunnel.client import connection as c
 from rtunnel.errors import ConnectionLostError, ForwardingError
 
@@ -301,6 +302,57 @@ def test_outgoing_data_is_chunked_and_held_for_window() -> None:
     sizes = [len(p) - 8 for p in h.ssh.of(c.MSG_CHANNEL_DATA)]
     assert sizes == [1000, 1000, 500, 1000, 500]
     assert h.tunnel.channel(0).bytes_sent == 4000 and len(ready) == 1
+
+
+def test_max_transfer_rate_holds_data_and_pauses_the_source() -> None:
+    # MaxTransferRate 10,000 B/s (burst 1 KiB, a tenth of a second's worth at least
+    # 1 KiB): what the bucket does not allow waits in the channel, whose producer is
+    # paused, and goes out as the clock earns it, in order; never more than rate x time +
+    # burst in all.
+    h = Harness()
+    h.conn._clock = h.clock
+    h.conn._seconds = h.clock.seconds
+    h.conn.rate_limit = TokenBucket(10_000, h.clock.seconds())
+    h.forward()
+    h.open()
+    h.open(sender=8)
+    first, second = Recorder.instances
+    paused: list[str] = []
+
+    @implementer(IPushProducer)
+    class Source:
+        def pauseProducing(self) -> None:  # noqa: N802
+            paused.append("pause")
+
+        def resumeProducing(self) -> None:  # noqa: N802
+            paused.append("resume")
+
+        def stopProducing(self) -> None:  # noqa: N802
+            pass
+
+    assert first.transport is not None and second.transport is not None
+    first.transport.registerProducer(Source(), True)  # type: ignore[attr-defined]
+    payload = bytes(range(256)) * 40  # 10,240 bytes
+    first.transport.write(payload)
+    second.transport.write(b"b" * 3000)
+
+    def sent(sender: int) -> bytes:
+        return b"".join(
+            p[8:] for p in h.ssh.of(c.MSG_CHANNEL_DATA) if U32.unpack(p[:4])[0] == sender
+        )
+
+    assert len(sent(7)) == 1024 and sent(8) == b""
+    assert paused == ["pause"]
+    for _ in range(200):
+        h.clock.advance(0.05)
+        total = len(sent(7)) + len(sent(8))
+        assert total <= 10_000 * h.clock.seconds() + 1024 + 1  # +1: float rounding
+    assert sent(7) == payload and sent(8) == b"b" * 3000
+    assert paused == ["pause", "resume"]
+    # Both channels took turns: the second did not wait for all of the first.
+    order = [U32.unpack(p[:4])[0] for p in h.ssh.of(c.MSG_CHANNEL_DATA)]
+    assert order.index(8) < len(order) - 1 - order[::-1].index(7)
+    assert h.clock.seconds() >= (10_240 + 3000 - 1024) / 10_000
 
 
 def test_huge_peer_packet_size_is_capped() -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtunnel._policy import ReconnectPolicy, keepalive_decision
+from rtunnel._policy import ReconnectPolicy, TokenBucket, keepalive_decision
 
 
 def test_exponential_backoff_is_capped() -> None:
@@ -70,3 +70,32 @@ def simulate_silence(interval: float, count_max: int) -> float:
 @given(st.integers(1, 60), st.integers(0, 10))
 def test_dead_server_noticed_within_k_times_n_plus_1(interval: int, count_max: int) -> None:
     assert simulate_silence(interval, count_max) <= interval * (count_max + 1)
+
+
+def test_token_bucket_allows_the_rate_and_a_bounded_burst() -> None:
+    bucket = TokenBucket(10_000, now=100.0)
+    assert bucket.burst == 1024  # a tenth of a second's worth, at least 1 KiB
+    assert bucket.allowance(100.0) == 1024
+    bucket.spend(1024)
+    assert bucket.allowance(100.0) == 0
+    assert bucket.wait(100.0, 500) == pytest.approx(0.05)
+    assert bucket.wait(100.0, 10**6) == pytest.approx(0.1024)  # capped at the burst
+    assert bucket.allowance(100.05) == 500
+    # Idle time does not bank more than the burst.
+    assert bucket.allowance(200.0) == 1024
+    assert TokenBucket(10**7, now=0).burst == 10**6
+    assert TokenBucket(100, now=0, burst=50).allowance(0) == 50
+    with pytest.raises(ValueError):
+        TokenBucket(0, now=0)
+
+
+def test_token_bucket_never_lets_more_through_than_rate_times_time_plus_burst() -> None:
+    bucket = TokenBucket(3000, now=0.0)
+    total = 0
+    for step in range(1, 500):
+        now = step * 0.013
+        n = bucket.allowance(now)
+        bucket.spend(n)
+        total += n
+        assert total <= 3000 * now + bucket.burst
+    assert total >= 3000 * now - 3000 * 0.013

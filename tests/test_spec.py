@@ -377,6 +377,7 @@ def test_parse_option(text: str, expected: tuple[str, object]) -> None:
         ("NoSuchOption yes", "command-line: line 0: Bad configuration option: nosuchoption"),
         # Real OpenSSH options rtunnel does not implement.
         ("ProxyUseFdpass=yes", 'command-line line 0: Unsupported option "proxyusefdpass"'),
+        ("MaxTransferRate=fast", "command-line line 0: Bad MaxTransferRate 'fast'"),
         ("ProxyJump=bastion:0", "command-line line 0: Bad ProxyJump"),
         ("ProxyCommand=nc %h %Z", "command-line line 0: ProxyCommand: unknown token %Z"),
         ("CheckHostIP=yes", 'command-line line 0: Unsupported option "checkhostip"'),
@@ -473,6 +474,7 @@ def test_supported_options() -> None:
         "LogLevel",
         "MACs",
         "MaxRetryCount",
+        "MaxTransferRate",
         "NumberOfPasswordPrompts",
         "PasswordAuthentication",
         "Port",
@@ -542,6 +544,7 @@ def test_option_spelling(name: str, separator: str, swap_case: bool) -> None:
         "ProxyExceptionsList": "localhost;*.internal",
         "ProxyCommand": "ssh -W %h:%p jump",
         "ProxyJump": "alice@jump:2222",
+        "MaxTransferRate": "512K",
         "TCPKeepAlive": "no",
         "PubkeyAcceptedAlgorithms": "+ssh-rsa",
     }

@@ -239,6 +239,12 @@ class ForwardedChannel:
 
     def _send_now(self, data: bytes) -> int:
         n = min(len(data), self.remote_window)
+        limit = self.conn.rate_limit
+        if limit is not None and n > 0:
+            allowed = limit.allowance(self.conn._seconds())
+            if allowed < n:
+                self.conn.rate_held(self, n - max(allowed, 0))
+                n = allowed
         if n <= 0:
             return 0
         view = memoryview(data)
@@ -248,7 +254,13 @@ class ForwardedChannel:
             send(self, view[offset : min(offset + chunk, n)])
         self.remote_window -= n
         self.info.bytes_sent += n
+        if limit is not None:
+            limit.spend(n)
         return n
+
+    def flush_held(self) -> None:
+        """Send what waits here as far as window and rate allow (the rate timer's call)."""
+        self._flush()
 
     def _flush(self) -> None:
         while self._out and self.remote_window > 0:

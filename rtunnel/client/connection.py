@@ -29,7 +29,13 @@ from twisted.conch.ssh.service import SSHService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IConsumer, IProtocol, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IProtocol,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -37,6 +43,7 @@ from zope.interface import implementer
 
 from rtunnel import _wire
 from rtunnel._model import ChannelInfo, ChannelOpenRequest, Forward
+from rtunnel._policy import TokenBucket
 from rtunnel.client.channel import ForwardedChannel
 from rtunnel.errors import ConnectionLostError, ForwardingError, ProtocolError
 
@@ -144,6 +151,9 @@ class ForwardingConnection(SSHService):
         (its send buffer is full); every channel's producer is paused meanwhile.
     :ivar kex_blocked: True while a key exchange holds more than ``kex_queue_limit`` bytes
         of ours; every channel's producer is paused until it finishes (D13).
+    :ivar rate_limit: the reference's MaxTransferRate for channel data sent to the server
+        (None: no limit). Channels hold what it does not allow yet, which pauses their
+        sources, and are resumed by one timer for the connection.
     """
 
     kex_queue_limit = KEX_QUEUE_LIMIT
@@ -179,6 +189,10 @@ class ForwardingConnection(SSHService):
         self.stopped = False
         self.protocol_error: ProtocolError | None = None
         self._seconds = clock.seconds if clock is not None else time.time
+        self._clock = clock
+        self.rate_limit: TokenBucket | None = None
+        self._rate_waiting: deque[ForwardedChannel] = deque()
+        self._rate_timer: IDelayedCall | None = None
         #: When the last connection-layer message arrived (keepalive liveness).
         self.last_received = self._seconds()
         self._dispatch: dict[int, Callable[[bytes], None]] = {
@@ -215,6 +229,9 @@ class ForwardingConnection(SSHService):
         if self.stopped:
             return
         self.stopped = True
+        if self._rate_timer is not None and self._rate_timer.active():
+            self._rate_timer.cancel()
+        self._rate_waiting.clear()
         reason = Failure(ConnectionLost("SSH connection lost"))
         for pending in list(self._pending.values()):
             pending.deferred.cancel()
@@ -264,6 +281,32 @@ class ForwardingConnection(SSHService):
     def stopProducing(self) -> None:  # noqa: N802 (IPushProducer)
         # The TCP connection is going away; serviceStopped does the cleanup.
         pass
+
+    # -- MaxTransferRate
+
+    def rate_held(self, channel: ForwardedChannel, nbytes: int) -> None:
+        """
+        ``channel`` holds ``nbytes`` the rate limit did not allow yet: flush it again when
+        enough has been earned (one timer for all channels, which take turns).
+        """
+        assert self.rate_limit is not None and self._clock is not None
+        if channel not in self._rate_waiting:
+            self._rate_waiting.append(channel)
+        if self._rate_timer is None or not self._rate_timer.active():
+            delay = self.rate_limit.wait(self._seconds(), nbytes)
+            # At least a millisecond: a timer per packet would cost more than it paces.
+            self._rate_timer = self._clock.callLater(max(delay, 0.001), self._rate_resume)
+
+    def _rate_resume(self) -> None:
+        self._rate_timer = None
+        waiting = list(self._rate_waiting)
+        self._rate_waiting.clear()
+        if len(waiting) > 1:
+            # Take turns: whoever went first this time goes last next time.
+            waiting = waiting[1:] + waiting[:1]
+        for channel in waiting:
+            if not channel.finished:
+                channel.flush_held()
 
     # -- D13: output held back by a key exchange
 
