@@ -65,6 +65,7 @@ from rtunnel.client.forwarder import (
     TargetFactory,
     TargetProtocol,
     abort_with_reset,
+    connect_failure_text,
     tcp_endpoint,
 )
 from rtunnel.client.idle import IdleChannelReaper
@@ -628,12 +629,12 @@ class ReverseTunnel:
             )
             raise ConnectError(
                 f"connect to host {self.host} port {self.port}: cannot use local address "
-                f"{where} ({_reason_text(e)}); check local_host / -b (BindAddress)."
+                f"{where} ({connect_failure_text(e)}); check local_host / -b (BindAddress)."
             ) from None
         except (error.ConnectError, error.DNSLookupError, OSError) as e:
             # OpenSSH's words (ssh.c), less its program name.
             raise ConnectError(
-                f"connect to host {self.host} port {self.port}: {_reason_text(e)}"
+                f"connect to host {self.host} port {self.port}: {connect_failure_text(e)}"
             ) from None
         finally:
             self._abort_logon = None
@@ -1181,7 +1182,8 @@ class ReverseTunnel:
             await endpoint.connect(TargetFactory(target))
         except (error.ConnectError, error.DNSLookupError, OSError) as e:
             # OpenSSH's words (channels.c, channel_connect_to_port).
-            text = f"connect to {forward.host} port {forward.host_port} failed: {_reason_text(e)}"
+            why = connect_failure_text(e)
+            text = f"connect to {forward.host} port {forward.host_port} failed: {why}"
             self._error(ChannelError(f"Channel {request.channel_id}: {text}."))
             raise ChannelRefused(OPEN_CONNECT_FAILED, text) from None
         return Splice(target)
@@ -1459,20 +1461,6 @@ def _local_user() -> str:
         return getpass.getuser()
     except Exception:
         return os.environ.get("USER", "root")
-
-
-def _reason_text(e: BaseException) -> str:
-    if isinstance(e, error.ConnectionRefusedError):
-        return "Connection refused"
-    if isinstance(e, error.TimeoutError):
-        return "Connection timed out"
-    if isinstance(e, error.DNSLookupError):
-        return "Could not resolve hostname"
-    if isinstance(e, error.ConnectBindError) and isinstance(e.osError, tuple):
-        # Twisted's text is "Couldn't bind: 99: Cannot assign requested address."
-        return str(e.osError[-1])
-    text = str(e).strip()
-    return text or type(e).__name__
 
 
 def _abort_if_open(tcp: Any) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -254,3 +256,25 @@ def server(request: pytest.FixtureRequest) -> Server:
         kill_sessions,
         {"server": sshd, "rsa_key": request.getfixturevalue("openssh_rsa_key")},
     )
+
+
+@pytest.fixture
+def threaded_echo_port() -> Iterator[int]:
+    """A plain echo server on 127.0.0.1 in a thread (nothing shared with the reactor)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield int(listener.getsockname()[1])
+    listener.close()

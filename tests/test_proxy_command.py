@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shlex
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -133,26 +132,6 @@ def _echo_once(port: int, payload: bytes) -> bytes:
         return data
 
 
-@pytest.fixture
-def echo_port() -> int:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-
-    threading.Thread(target=serve, daemon=True).start()
-    return int(listener.getsockname()[1])
-
-
 @pytest.mark.openssh
 @pytest_twisted.ensureDeferred
 async def test_the_connection_runs_over_ssh_w_through_a_real_jump_host(
@@ -160,7 +139,7 @@ async def test_the_connection_runs_over_ssh_w_through_a_real_jump_host(
     tmp_path: Path,
     openssh_sshd: str,
     openssh_client_key: Path,
-    echo_port: int,
+    threaded_echo_port: int,
 ) -> None:
     pub = openssh_client_key.with_name(openssh_client_key.name + ".pub").read_text().strip()
     jump = OpenSSHServer(tmp_path / "jump", authorized_keys=[pub], sshd_path=openssh_sshd)
@@ -170,7 +149,9 @@ async def test_the_connection_runs_over_ssh_w_through_a_real_jump_host(
         await tunnel.logon()
         try:
             assert tunnel.local_address is None  # no socket of ours
-            forward = await tunnel.request_forwarding("127.0.0.1", 0, "127.0.0.1", echo_port)
+            forward = await tunnel.request_forwarding(
+                "127.0.0.1", 0, "127.0.0.1", threaded_echo_port
+            )
             payload = b"through the jump host " * 5000
             assert await deferToThread(_echo_once, forward.port, payload) == payload
         finally:

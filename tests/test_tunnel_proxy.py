@@ -11,13 +11,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from e2e_support import Server
+from test_proxy_command import _echo_once
 from twisted.internet.threads import deferToThread
 
 from rtunnel import ProxyAuthenticationError, ProxyError, ReconnectPolicy, TunnelObserver
@@ -62,37 +62,6 @@ def microsocks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MicroSocks]
         yield s
 
 
-@pytest.fixture
-def echo_port() -> Iterator[int]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield int(listener.getsockname()[1])
-    listener.close()
-
-
-def _echo_once(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
-        c.sendall(payload)
-        c.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := c.recv(65536):
-            data += chunk
-        return data
-
-
 class _Events(TunnelObserver):
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
@@ -101,13 +70,13 @@ class _Events(TunnelObserver):
         self.events.append((event, description))
 
 
-async def _forward_works(server: Server, proxy: Proxy | str, echo_port: int) -> list[str]:
+async def _forward_works(server: Server, proxy: Proxy | str, threaded_echo_port: int) -> list[str]:
     tunnel = server.tunnel(proxy=proxy)
     events = _Events()
     tunnel.add_observer(events)
     await tunnel.logon()
     try:
-        forward = await tunnel.request_forwarding("127.0.0.1", 0, "127.0.0.1", echo_port)
+        forward = await tunnel.request_forwarding("127.0.0.1", 0, "127.0.0.1", threaded_echo_port)
         payload = b"through the proxy " * 20000
         assert await deferToThread(_echo_once, forward.port, payload) == payload
     finally:
@@ -117,8 +86,10 @@ async def _forward_works(server: Server, proxy: Proxy | str, echo_port: int) -> 
 
 @pytest.mark.parametrize("kind", ["socks4", "socks5"])
 @pytest_twisted.ensureDeferred
-async def test_through_dante(server: Server, dante: DanteServer, kind: str, echo_port: int) -> None:
-    events = await _forward_works(server, f"{kind}://{dante.host}:{dante.port}", echo_port)
+async def test_through_dante(
+    server: Server, dante: DanteServer, kind: str, threaded_echo_port: int
+) -> None:
+    events = await _forward_works(server, f"{kind}://{dante.host}:{dante.port}", threaded_echo_port)
     # The reference's "Firewall connection complete", then the rest as usual.
     assert events[:2] == ["proxy-connected", "tcp-connected"]
     # Dante's own record of the connection it made: "... -> 127.0.0.1.<port> 127.0.0.1.<ssh port>".
@@ -128,7 +99,7 @@ async def test_through_dante(server: Server, dante: DanteServer, kind: str, echo
 @pytest.mark.parametrize("server", ["openssh"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_through_ssh_dynamic_forward_socks4a(
-    server: Server, tmp_path: Path, echo_port: int
+    server: Server, tmp_path: Path, threaded_echo_port: int
 ) -> None:
     # SOCKS4A sends the name: "localhost" is resolved by the proxy (ssh -D's sshd).
     sshd: OpenSSHServer = server.extra["server"]
@@ -144,10 +115,10 @@ async def test_through_ssh_dynamic_forward_socks4a(
 
 @pytest_twisted.ensureDeferred
 async def test_through_microsocks_with_a_password(
-    server: Server, microsocks: MicroSocks, echo_port: int
+    server: Server, microsocks: MicroSocks, threaded_echo_port: int
 ) -> None:
     proxy = Proxy("socks5", microsocks.host, microsocks.port, user="alice", password="s3cr:t")
-    await _forward_works(server, proxy, echo_port)
+    await _forward_works(server, proxy, threaded_echo_port)
     wrong = Proxy("socks5", microsocks.host, microsocks.port, user="alice", password="nope")
     tunnel = server.tunnel(proxy=wrong, reconnect=ReconnectPolicy(mode="always"))
     with pytest.raises(ProxyAuthenticationError, match="socks5 proxy"):
@@ -157,10 +128,10 @@ async def test_through_microsocks_with_a_password(
 
 @pytest_twisted.ensureDeferred
 async def test_through_tinyproxy_http_connect_with_basic_auth(
-    server: Server, tinyproxy: TinyProxy, echo_port: int
+    server: Server, tinyproxy: TinyProxy, threaded_echo_port: int
 ) -> None:
     url = f"http://carol:pass%34carol@{tinyproxy.host}:{tinyproxy.port}"
-    await _forward_works(server, url, echo_port)
+    await _forward_works(server, url, threaded_echo_port)
     tunnel = server.tunnel(proxy=f"http://{tinyproxy.host}:{tinyproxy.port}")
     with pytest.raises(ProxyAuthenticationError, match="407"):
         await tunnel.logon()
@@ -169,25 +140,25 @@ async def test_through_tinyproxy_http_connect_with_basic_auth(
 @pytest.mark.parametrize("server", ["bundled"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_auto_reads_all_proxy_and_no_proxy(
-    server: Server, dante: DanteServer, echo_port: int, monkeypatch: pytest.MonkeyPatch
+    server: Server, dante: DanteServer, threaded_echo_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log_before = dante.log_path.read_text()
     monkeypatch.setenv("ALL_PROXY", f"socks5://{dante.host}:{dante.port}")
     monkeypatch.delenv("all_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    events = await _forward_works(server, "auto", echo_port)
+    events = await _forward_works(server, "auto", threaded_echo_port)
     assert "proxy-connected" in events
     assert len(dante.log_path.read_text()) > len(log_before)
     monkeypatch.setenv("NO_PROXY", "127.0.0.0/8")
-    events = await _forward_works(server, "auto", echo_port)
+    events = await _forward_works(server, "auto", threaded_echo_port)
     assert "proxy-connected" not in events
 
 
 @pytest.mark.parametrize("server", ["bundled"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_exceptions_bypass_a_proxy_and_a_dead_proxy_is_a_proxy_error(
-    server: Server, echo_port: int
+    server: Server, threaded_echo_port: int
 ) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

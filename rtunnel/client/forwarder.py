@@ -13,6 +13,7 @@ import ipaddress
 import socket
 import struct
 
+from twisted.internet import error
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -26,10 +27,17 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
+from rtunnel._text import printable
 from rtunnel.client._writes import write_now
 from rtunnel.client.channel import ForwardedChannel
 
-__all__ = ["Splice", "TargetProtocol", "abort_with_reset", "tcp_endpoint"]
+__all__ = [
+    "Splice",
+    "TargetProtocol",
+    "abort_with_reset",
+    "connect_failure_text",
+    "tcp_endpoint",
+]
 
 #: Bytes read from a target at a time (Twisted's default: 64 KiB), which is also how much
 #: may wait to be written to it before the channel stops granting window.
@@ -56,6 +64,25 @@ def tcp_endpoint(
     if address.version == 4:
         return TCP4ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
     return TCP6ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
+
+
+def connect_failure_text(e: BaseException) -> str:
+    """
+    Why a connect failed, in OpenSSH's words where it has some (ssh.c, sshconnect.c):
+    "Connection refused", "Connection timed out", "Could not resolve hostname"; else the
+    system's reason, made printable.
+    """
+    if isinstance(e, error.ConnectionRefusedError):
+        return "Connection refused"
+    if isinstance(e, error.TimeoutError):
+        return "Connection timed out"
+    if isinstance(e, error.DNSLookupError):
+        return "Could not resolve hostname"
+    if isinstance(e, error.ConnectBindError) and isinstance(e.osError, tuple):
+        # Twisted's text is "Couldn't bind: 99: Cannot assign requested address."
+        return printable(str(e.osError[-1]), 200)
+    text = printable(str(e).strip(), 200)
+    return text or type(e).__name__
 
 
 def abort_with_reset(transport: object) -> None:

@@ -46,7 +46,7 @@ from rtunnel.client._proxywire import (
     encode_destination_name,
     encode_http_connect,
 )
-from rtunnel.client.forwarder import tcp_endpoint
+from rtunnel.client.forwarder import connect_failure_text, tcp_endpoint
 from rtunnel.errors import ProxyAuthenticationError, ProxyError, SpecError
 
 __all__ = ["DEFAULT_PORTS", "KINDS", "Proxy", "ProxyEndpoint", "bypasses", "proxy_endpoint"]
@@ -569,8 +569,9 @@ class _Attempt:
         except (CancelledError, error.ConnectingCancelledError):
             raise CancelledError() from None
         except (error.ConnectError, error.DNSLookupError, OSError) as e:
+            why = connect_failure_text(e)
             raise ProxyError(
-                f"connect to {proxy.kind} proxy {proxy.host} port {proxy.port}: {_reason_text(e)}"
+                f"connect to {proxy.kind} proxy {proxy.host} port {proxy.port}: {why}"
             ) from None
         protocol = cast(_HandshakeProtocol, connected)
         self.phase = "HANDSHAKE"
@@ -612,9 +613,10 @@ class _Attempt:
         except CancelledError:
             raise
         except Exception as e:  # any resolver failure is reported the same
+            why = connect_failure_text(e)
             raise ProxyError(
                 f"{proxy.label}: could not resolve {ep.host} to an IPv4 address, which "
-                f"SOCKS4 needs ({_reason_text(e)}); socks4a and socks5 let the proxy resolve it"
+                f"SOCKS4 needs ({why}); socks4a and socks5 let the proxy resolve it"
             ) from None
         try:
             if ipaddress.ip_address(address).version == 4:
@@ -701,15 +703,3 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _reason_text(e: BaseException) -> str:
-    # OpenSSH's words where it has some (ssh.c), as rtunnel.tunnel says them.
-    if isinstance(e, error.ConnectionRefusedError):
-        return "Connection refused"
-    if isinstance(e, error.TimeoutError):
-        return "Connection timed out"
-    if isinstance(e, error.DNSLookupError):
-        return "Could not resolve hostname"
-    text = printable(str(e).strip(), 200)
-    return text or type(e).__name__
