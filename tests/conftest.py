@@ -25,7 +25,7 @@ import pytest
 from rtunnel.testing._openssh import OpenSSHServer, find_sshd
 
 if TYPE_CHECKING:
-    from e2e_support import Server
+    from e2e_support import Agent, LocalUser, Server
 
 #: How many lines of ``sshd``'s log a failed test's report shows.
 _LOG_TAIL_LINES = 150
@@ -278,3 +278,73 @@ def threaded_echo_port() -> Iterator[int]:
     threading.Thread(target=serve, daemon=True).start()
     yield int(listener.getsockname()[1])
     listener.close()
+
+
+@pytest.fixture
+def ssh_agent(tmp_path: Path) -> Iterator[Agent]:
+    """A real ``ssh-agent`` on its own socket, killed after the test."""
+    import re
+
+    from e2e_support import Agent
+
+    if shutil.which("ssh-agent") is None or shutil.which("ssh-add") is None:
+        pytest.skip("ssh-agent not installed")
+    socket_path = tmp_path / "agent.sock"
+    out = subprocess.run(
+        ["ssh-agent", "-s", "-a", str(socket_path)], check=True, capture_output=True, text=True
+    ).stdout
+    match = re.search(r"SSH_AGENT_PID=(\d+)", out)
+    assert match is not None
+    pid = int(match.group(1))
+    env = {**os.environ, "SSH_AUTH_SOCK": str(socket_path)}
+    try:
+        yield Agent(socket_path, env)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture
+def local_user() -> Iterator[LocalUser]:
+    """
+    A uniquely named local account with a password (as root only; skipped otherwise), and
+    a directory sshd can read its authorized_keys from; removed after the test.
+    """
+    from e2e_support import LocalUser
+
+    from rtunnel.testing._proxyservers import ProxyServerError, throwaway_account
+
+    try:
+        with throwaway_account(prefix="rtt", shell="/bin/sh") as account:
+            keys_dir = Path(f"/tmp/{account.name}-keys")
+            keys_dir.mkdir(mode=0o755)
+            try:
+                yield LocalUser(account.name, account.password, keys_dir)
+            finally:
+                shutil.rmtree(keys_dir, ignore_errors=True)
+    except ProxyServerError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture
+def pam_sshd(
+    request: pytest.FixtureRequest, tmp_path: Path, openssh_sshd: str, local_user: LocalUser
+) -> Iterator[OpenSSHServer]:
+    """An sshd with ``UsePAM yes``, password and keyboard-interactive on, reading
+    ``local_user``'s keys; extra sshd_config lines by indirect parametrization."""
+    extra = getattr(request, "param", [])
+    server = OpenSSHServer(
+        tmp_path / "sshd",
+        sshd_path=openssh_sshd,
+        extra_config=[
+            "UsePAM yes",
+            "PasswordAuthentication yes",
+            "KbdInteractiveAuthentication yes",
+            f"AuthorizedKeysFile {local_user.keys_dir}/authorized_keys",
+            *extra,
+        ],
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -5,6 +5,7 @@ one interface (the ``server`` fixture in conftest.py builds it).
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,3 +36,23 @@ class Server:
         kw.setdefault("user", self.user)
         kw.setdefault("reconnect", ReconnectPolicy.off())  # test_reconnect.py covers it
         return ReverseTunnel(reactor, self.host, self.port, **kw)
+
+
+class Agent:
+    """A running ``ssh-agent`` (the ``ssh_agent`` fixture): its socket and environment."""
+
+    def __init__(self, socket: Path, env: dict[str, str]) -> None:
+        self.socket = socket
+        self.env = env
+
+    def add(self, key: Path) -> None:
+        subprocess.run(["ssh-add", str(key)], env=self.env, check=True, capture_output=True)
+
+
+@dataclass
+class LocalUser:
+    """A throwaway local account (the ``local_user`` fixture) and a directory for its keys."""
+
+    name: str
+    password: str
+    keys_dir: Path

@@ -6,50 +6,18 @@ socket from ``SSH_AUTH_SOCK`` or given.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import pytest_twisted
-from e2e_support import Server
+from e2e_support import Agent, Server
 from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
 from rtunnel import AuthenticationError, PrivateKeyFile, ReverseTunnel
 from rtunnel.client.credentials import AskPassword, CertificateFile, SSHAgent
 from rtunnel.testing._openssh import OpenSSHServer
-
-
-class Agent:
-    def __init__(self, socket: Path, env: dict[str, str]) -> None:
-        self.socket = socket
-        self.env = env
-
-    def add(self, key: Path) -> None:
-        subprocess.run(["ssh-add", str(key)], env=self.env, check=True, capture_output=True)
-
-
-@pytest.fixture
-def ssh_agent(tmp_path: Path) -> Iterator[Agent]:
-    if shutil.which("ssh-agent") is None or shutil.which("ssh-add") is None:
-        pytest.skip("ssh-agent not installed")
-    socket = tmp_path / "agent.sock"
-    out = subprocess.run(
-        ["ssh-agent", "-s", "-a", str(socket)], check=True, capture_output=True, text=True
-    ).stdout
-    match = re.search(r"SSH_AGENT_PID=(\d+)", out)
-    assert match is not None
-    pid = int(match.group(1))
-    env = {**os.environ, "SSH_AUTH_SOCK": str(socket)}
-    try:
-        yield Agent(socket, env)
-    finally:
-        os.kill(pid, signal.SIGTERM)
 
 
 def keygen(path: Path, kind: str) -> Path:

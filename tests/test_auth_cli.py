@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from e2e_support import Agent
 from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 from twisted.internet.defer import TimeoutError
@@ -21,7 +22,6 @@ from twisted.internet.task import deferLater
 
 from rtunnel.client.askpass import DEFAULT_ASKPASS, password_source
 from rtunnel.testing._server import SSHTestServer
-from tests.test_auth_agent import Agent, ssh_agent  # noqa: F401 (the fixture)
 from tests.test_cli import PYTHON_CLI, RTunnelProcess, _clean_env
 
 
@@ -218,7 +218,7 @@ async def test_identity_agent_and_identities_only(
     ssh_user: str,
     ssh_known_hosts: Path,
     tmp_path: Path,
-    ssh_agent: Agent,  # noqa: F811
+    ssh_agent: Agent,
 ) -> None:
     key = tmp_path / "agent-only" / "id_ed25519"
     key.parent.mkdir()
@@ -322,7 +322,7 @@ async def test_identities_only_with_an_encrypted_key_in_the_agent(
     ssh_user: str,
     ssh_known_hosts: Path,
     tmp_path: Path,
-    ssh_agent: Agent,  # noqa: F811
+    ssh_agent: Agent,
 ) -> None:
     key = encrypted_key(tmp_path, "")
     other = tmp_path / "keys" / "other"

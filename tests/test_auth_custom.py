@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from e2e_support import LocalUser
 from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -32,7 +33,7 @@ from rtunnel import (
 )
 from rtunnel.testing._openssh import OpenSSHServer
 from rtunnel.testing._server import SSHTestServer
-from tests.test_auth_openssh import LocalUser, local_user, pam_sshd, wait_for_log  # noqa: F401
+from tests.test_auth_openssh import wait_for_log
 
 USERAUTH_REQUEST = 50
 USERAUTH_FAILURE = 51
@@ -231,8 +232,8 @@ async def test_the_hook_signs_a_publickey_request_for_openssh(
 @pytest.mark.openssh
 @pytest_twisted.ensureDeferred
 async def test_the_hook_sends_a_password_to_openssh_with_pam(
-    pam_sshd: OpenSSHServer,  # noqa: F811
-    local_user: LocalUser,  # noqa: F811
+    pam_sshd: OpenSSHServer,
+    local_user: LocalUser,
 ) -> None:
     def respond(step: CustomAuthStep) -> bytes | None:
         methods, _partial = failure_methods(step)

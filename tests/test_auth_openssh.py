@@ -11,70 +11,17 @@ named account for the test (``useradd``; removed afterwards); otherwise they are
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import pytest_twisted
+from e2e_support import LocalUser
 from twisted.internet import reactor
 
 from rtunnel import AuthenticationError, Password, PrivateKeyFile, ReverseTunnel
 from rtunnel.client.credentials import KeyboardInteractive, KeyboardInteractiveChallenge
 from rtunnel.testing._openssh import OpenSSHServer
-
-
-class LocalUser:
-    def __init__(self, name: str, password: str, keys_dir: Path) -> None:
-        self.name = name
-        self.password = password
-        self.keys_dir = keys_dir
-
-
-@pytest.fixture
-def local_user() -> Iterator[LocalUser]:
-    if os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("chpasswd"):
-        pytest.skip("needs root and useradd/chpasswd to create a test account")
-    name = "rtt" + secrets.token_hex(4)
-    password = "Pw-" + secrets.token_hex(8)
-    subprocess.run(["useradd", "-M", "-s", "/bin/sh", name], check=True, capture_output=True)
-    # A directory the user can read: sshd reads authorized_keys as the user.
-    keys_dir = Path(f"/tmp/{name}-keys")
-    try:
-        subprocess.run(
-            ["chpasswd"], input=f"{name}:{password}\n", text=True, check=True, capture_output=True
-        )
-        keys_dir.mkdir(mode=0o755)
-        yield LocalUser(name, password, keys_dir)
-    finally:
-        shutil.rmtree(keys_dir, ignore_errors=True)
-        subprocess.run(["userdel", name], check=False, capture_output=True)
-
-
-@pytest.fixture
-def pam_sshd(
-    request: pytest.FixtureRequest, tmp_path: Path, openssh_sshd: str, local_user: LocalUser
-) -> Iterator[OpenSSHServer]:
-    extra = getattr(request, "param", [])
-    server = OpenSSHServer(
-        tmp_path / "sshd",
-        sshd_path=openssh_sshd,
-        extra_config=[
-            "UsePAM yes",
-            "PasswordAuthentication yes",
-            "KbdInteractiveAuthentication yes",
-            f"AuthorizedKeysFile {local_user.keys_dir}/authorized_keys",
-            *extra,
-        ],
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def wait_for_log(server: OpenSSHServer, text: str, timeout: float = 5.0) -> str:

@@ -398,20 +398,20 @@ class LocalAccount:
 
 
 @contextlib.contextmanager
-def throwaway_account() -> Iterator[LocalAccount]:
+def throwaway_account(
+    prefix: str = "rtp", shell: str = "/usr/sbin/nologin"
+) -> Iterator[LocalAccount]:
     """
-    A new local account with a random password (``useradd``, ``chpasswd``), deleted on exit
-    (as ``tests/test_auth_openssh.py``'s ``local_user`` does).
+    A new local account (``prefix`` and random hex) with a random password (``useradd``,
+    ``chpasswd``) and the login shell ``shell``, deleted on exit.
 
     :raises ProxyServerError: when not root or ``useradd``/``chpasswd`` are missing.
     """
     if os.geteuid() != 0 or not find_program("useradd") or not find_program("chpasswd"):
         raise ProxyServerError("a throwaway account needs root and useradd/chpasswd")
-    name = "rtp" + secrets.token_hex(4)
+    name = prefix + secrets.token_hex(4)
     password = "Pw-" + secrets.token_hex(8)
-    subprocess.run(
-        ["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True
-    )
+    subprocess.run(["useradd", "-M", "-s", shell, name], check=True, capture_output=True)
     try:
         subprocess.run(
             ["chpasswd"], input=f"{name}:{password}\n", text=True, check=True, capture_output=True
