@@ -74,6 +74,8 @@ class Forward:
     :ivar factory: in event mode, the factory that builds a protocol for each connection.
     :ivar accept: an optional hook that sees each open request first.
     :ivar state: pending, active, failed or cancelled.
+    :ivar dynamic: a remote dynamic forward (``ssh -R [bind_address:]port``): each
+        connection speaks SOCKS4/4A/5 and says where to connect from this machine.
     """
 
     bind_address: str
@@ -84,6 +86,7 @@ class Forward:
     accept: AcceptHook | None = None
     port: int = 0
     state: ForwardState = ForwardState.PENDING
+    dynamic: bool = False
 
     @property
     def is_event_mode(self) -> bool:
@@ -91,7 +94,12 @@ class Forward:
         return self.factory is not None
 
     def describe_target(self) -> str:
-        """The target as OpenSSH prints it: ``host:port``, or the factory for event mode."""
+        """
+        The target as OpenSSH prints it: ``host:port``, ``socks:0`` for a dynamic forward
+        (ssh's own words), or the factory for event mode.
+        """
+        if self.dynamic:
+            return "socks:0"
         if self.host is not None:
             host = f"[{self.host}]" if ":" in self.host else self.host
             return f"{host}:{self.host_port}"

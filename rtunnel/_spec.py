@@ -155,14 +155,22 @@ class RemoteForwardSpec:
         only, as OpenSSH asks); ``""`` for all interfaces (written ``*`` or left empty in
         the spec).
     :ivar port: the port the server should listen on; 0 lets the server choose.
-    :ivar host: the local host each inbound connection is forwarded to.
-    :ivar host_port: the local port (1-65535).
+    :ivar host: the local host each inbound connection is forwarded to (``"socks"`` for a
+        dynamic forward, as ssh names it).
+    :ivar host_port: the local port (1-65535; 0 for a dynamic forward).
+    :ivar dynamic: ``-R [bind_address:]port`` alone: a remote dynamic (SOCKS) forward.
     """
 
     bind_address: str
     port: int
     host: str
     host_port: int
+    dynamic: bool = False
+
+    @classmethod
+    def socks(cls, bind_address: str, port: int) -> RemoteForwardSpec:
+        """A remote dynamic forward; ssh calls its target ``socks:0``."""
+        return cls(bind_address, port, "socks", 0, dynamic=True)
 
     def __post_init__(self) -> None:
         if self.bind_address == "*":
@@ -171,6 +179,8 @@ class RemoteForwardSpec:
             object.__setattr__(self, "bind_address", "")
         if not 0 <= self.port <= 65535:
             raise SpecError(f"Bad remote forwarding port {self.port} (must be 0-65535)")
+        if self.dynamic:
+            return
         if not 1 <= self.host_port <= 65535:
             raise SpecError(f"Bad target port {self.host_port} (must be 1-65535)")
         if not self.host:
@@ -182,6 +192,8 @@ class RemoteForwardSpec:
         interfaces); :func:`parse_remote_forward` reads it back to an equal object.
         """
         bind = "*" if self.bind_address == "" else _quote_field(self.bind_address)
+        if self.dynamic:
+            return f"{bind}:{self.port}"
         return f"{bind}:{self.port}:{_quote_field(self.host)}:{self.host_port}"
 
     @override
@@ -268,9 +280,16 @@ def _forward_from_fields(fields: list[_Field]) -> RemoteForwardSpec | str:
     if any(f.is_path for f in fields):
         return "Unix-domain socket forwarding is not supported"
     if len(fields) in (1, 2):
-        # ssh -R [bind_address:]port alone is a dynamic (SOCKS) remote forward
-        # (ssh.c tries parse_forward with dynamicfwd=1 after dynamicfwd=0 fails).
-        return "missing host:hostport (dynamic SOCKS forwarding is not supported)"
+        # ssh -R [bind_address:]port alone is a remote dynamic (SOCKS) forward (OpenSSH
+        # 7.6; ssh.c tries parse_forward with dynamicfwd=1 after dynamicfwd=0 fails).
+        listen_field = fields[-1]
+        dyn_port = _to_port(listen_field.text)
+        if dyn_port is None:
+            return f"bad listen port '{listen_field.text}'"
+        dyn_bind = fields[0].text if len(fields) == 2 else None
+        if dyn_bind is not None and len(dyn_bind) >= _NI_MAXHOST:
+            return "host name too long"
+        return RemoteForwardSpec.socks(_bind_host(dyn_bind), dyn_port)
     if len(fields) == 3:
         bind: str | None = None
         listen, host, host_port = fields
@@ -308,7 +327,8 @@ def _bind_host(listen_host: str | None) -> str:
 
 def parse_remote_forward(spec: str) -> RemoteForwardSpec:
     """
-    Parse an ``ssh -R`` spec: ``[bind_address:]port:host:hostport``.
+    Parse an ``ssh -R`` spec: ``[bind_address:]port:host:hostport``, or
+    ``[bind_address:]port`` alone for a remote dynamic (SOCKS) forward.
 
     IPv6 addresses go in square brackets (``[::1]:8080:[::1]:80``); a backslash escapes
     the next character. Port 0 asks the server to choose. OpenSSH's older slash syntax
@@ -545,6 +565,7 @@ SUPPORTED_OPTIONS: Final = {
         "ServerAliveInterval",
         "NumberOfPasswordPrompts",
         "PasswordAuthentication",
+        "PermitRemoteOpen",
         "Port",
         "PreferredAuthentications",
         "Proxy",
@@ -588,7 +609,7 @@ _OPENSSH_ONLY: Final = frozenset(
     include ipqos kbdinteractivedevices keepalive
     knownhostscommand localcommand localforward logfacility logverbose
     match nohostauthenticationforlocalhost
-    obscurekeystroketiming permitlocalcommand permitremoteopen
+    obscurekeystroketiming permitlocalcommand
     pkcs11provider protocol
     proxyusefdpass
     refuseconnection remotecommand requesttty requiredrsasize revokedhostkeys
@@ -938,6 +959,16 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
         return seconds
     if canonical == "ChannelTimeout":
         return parse_channel_timeout(args)
+    if canonical == "PermitRemoteOpen":
+        if not args:
+            raise SpecError(f"{_WHERE}: Missing argument.")
+        from rtunnel.client._socksserver import parse_permit_remote_open
+
+        try:
+            parse_permit_remote_open(args)
+        except SpecError as error:
+            raise SpecError(f"{_WHERE}: {error.message}") from None
+        return " ".join(args)
     if canonical == "MaxTransferRate":
         value = _one(keyword, args)
         match = re.fullmatch(r"(\d+)([kKmMgG]?)", value)
@@ -1032,6 +1063,7 @@ _FIRST_WINS: Final = {
     "ProxyCommand": "proxy_command",
     "ProxyJump": "proxy_command",
     "MaxTransferRate": "max_transfer_rate",
+    "PermitRemoteOpen": "permit_remote_open",
 }
 
 
@@ -1088,6 +1120,7 @@ class ClientOptions:
         reached without the proxy, separated by ``;``.
     :ivar max_transfer_rate: ``-o MaxTransferRate`` (the reference's name): bytes per
         second of channel data to the server, or None (no limit).
+    :ivar permit_remote_open: ``-o PermitRemoteOpen``: where dynamic forwards may connect.
     :ivar proxy_command: ``-o ProxyCommand``, or the ``ssh -W`` command ``-J`` /
         ``-o ProxyJump`` stands for (:func:`proxy_jump_command`), or ``none``.
     """
@@ -1134,6 +1167,7 @@ class ClientOptions:
     proxy_exceptions: str | None = None
     proxy_command: str | None = None
     max_transfer_rate: int | None = None
+    permit_remote_open: str | None = None
     jump_given: bool = field(default=False, repr=False)
     _debug_flag: int = field(default=0, repr=False)
 

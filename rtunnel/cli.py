@@ -60,7 +60,7 @@ _log = Logger()
 USAGE = """\
 usage: rtunnel [-CNnqTVv] [-b bind_address] [-c cipher_spec] [-i identity_file]
                [-J destination] [-l login_name] [-m mac_spec] [-o option] [-p port]
-               -R [bind_address:]port:host:hostport ... destination
+               -R [bind_address:]port[:host:hostport] ... destination
 """
 
 HELP = (
@@ -74,7 +74,9 @@ listens on for us are forwarded to host:hostport from this machine.
                   "Allocated port N for remote forward to host:hostport") and forward
                   each connection to host:hostport. Without bind_address the server
                   listens on loopback only; "*" means all interfaces. IPv6 addresses
-                  go in square brackets. Repeatable.
+                  go in square brackets. Repeatable. Without host:hostport, a
+                  dynamic forward: each connection is a SOCKS4/4A/5 client, connected
+                  from this machine where it asks (see -o PermitRemoteOpen).
   -i identity_file
                   Private key for public key authentication. Repeatable. Default:
                   ~/.ssh/id_rsa, ~/.ssh/id_ecdsa and ~/.ssh/id_ed25519, those that exist.
@@ -95,7 +97,8 @@ listens on for us are forwarded to host:hostport from this machine.
                   HashKnownHosts, HostKeyAlgorithms, IdentitiesOnly, IdentityAgent,
                   IdentityFile, KbdInteractiveAuthentication,
                   KexAlgorithms, LogLevel, MACs, NumberOfPasswordPrompts,
-                  PasswordAuthentication, Port, PreferredAuthentications,
+                  PasswordAuthentication, PermitRemoteOpen, Port,
+                  PreferredAuthentications,
                   PubkeyAcceptedAlgorithms, PubkeyAuthentication, RekeyLimit,
                   RemoteForward,
                   StrictHostKeyChecking, TCPKeepAlive, User, UserKnownHostsFile,

@@ -279,6 +279,8 @@ def _network_settings(options: ClientOptions) -> dict[str, Any]:
         settings["proxy_command"] = options.proxy_command
     if options.max_transfer_rate:
         settings["max_transfer_rate"] = options.max_transfer_rate
+    if options.permit_remote_open is not None:
+        settings["permit_remote_open"] = options.permit_remote_open
     return settings
 
 
@@ -344,7 +346,9 @@ class ReconnectReporter(TunnelObserver):
         if id(forward) not in self._active:
             self._active.add(id(forward))  # the first time: establish_forwards reports it
             return
-        if (
+        if forward.requested_port == 0 and forward.dynamic:
+            self._report("INFO", format_allocated(forward.port, "socks", 0))
+        elif (
             forward.requested_port == 0
             and forward.host is not None
             and forward.host_port is not None
@@ -380,9 +384,14 @@ async def establish_forwards(
             f"local address {spec.host}:{spec.host_port}",
         )
         try:
-            forward = await tunnel.request_forwarding(
-                spec.bind_address, spec.port, spec.host, spec.host_port
-            )
+            if spec.dynamic:
+                forward = await tunnel.request_forwarding(
+                    spec.bind_address, spec.port, dynamic=True
+                )
+            else:
+                forward = await tunnel.request_forwarding(
+                    spec.bind_address, spec.port, spec.host, spec.host_port
+                )
         except ForwardingError:
             # The server said no. (A connection lost meanwhile is a ConnectionLostError
             # and propagates.)

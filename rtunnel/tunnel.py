@@ -47,6 +47,7 @@ from rtunnel.client import _algorithms
 from rtunnel.client._packet import MAX_PACKET_LENGTH
 from rtunnel.client._proxycommand import ProxyCommandEndpoint, expand_proxy_command
 from rtunnel.client._sockopts import TCPOptions, apply_tcp_options
+from rtunnel.client._socksserver import parse_permit_remote_open
 from rtunnel.client.channel import ForwardedChannel
 from rtunnel.client.connection import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -60,6 +61,7 @@ from rtunnel.client.credentials import (
     Credential,
     PasswordCallback,
 )
+from rtunnel.client.dynamic import SocksChannel
 from rtunnel.client.forwarder import (
     Splice,
     TargetFactory,
@@ -217,6 +219,10 @@ class ReverseTunnel:
         jumphost"``): run as ``$SHELL -c "exec COMMAND"`` with ``%h``, ``%p``, ``%r``,
         ``%n`` and ``%%`` expanded, its standard error left as this program's, sent SIGHUP
         when the connection ends. Not with ``proxy`` or ``local_host``/``local_port``.
+    :param permit_remote_open: where a dynamic forward's SOCKS clients may connect
+        (OpenSSH's PermitRemoteOpen): ``host:port`` entries (``*`` for any host or port), a
+        list or one string separated by spaces; ``"none"``: nowhere; None or ``"any"`` (the
+        default): anywhere this machine can reach.
     :param max_transfer_rate: at most this many bytes of channel data per second sent to
         the server, all channels together (the reference's MaxTransferRate; 0, the default:
         no limit). Targets are paused while their data waits, so nothing piles up.
@@ -308,6 +314,7 @@ class ReverseTunnel:
         proxy_exceptions: str | Sequence[str] = (),
         proxy_command: str | None = None,
         max_transfer_rate: int = 0,
+        permit_remote_open: str | Sequence[str] | None = None,
         target_connect_timeout: float = 10.0,
         window_size: int = DEFAULT_WINDOW_SIZE,
         max_packet: int = DEFAULT_MAX_PACKET,
@@ -439,6 +446,7 @@ class ReverseTunnel:
                 f"Bad max_transfer_rate {max_transfer_rate}: give bytes per second (0: no limit)."
             )
         self.max_transfer_rate = max_transfer_rate
+        self.permit_remote_open = parse_permit_remote_open(permit_remote_open)
         self.target_connect_timeout = target_connect_timeout
         self.window_size = window_size
         self.max_packet = max_packet
@@ -963,6 +971,7 @@ class ReverseTunnel:
         *,
         factory: IProtocolFactory | None = None,
         accept: AcceptHook | None = None,
+        dynamic: bool = False,
     ) -> Deferred[Forward]:
         """
         Ask the server to listen on ``bind_address:port`` (``port`` 0: server's choice).
@@ -972,12 +981,15 @@ class ReverseTunnel:
         loopback addresses, a literal address only that one (the server may restrict this;
         OpenSSH needs ``GatewayPorts clientspecified`` for non-loopback binds).
 
-        Give ``host`` and ``host_port`` for forwarding mode, or ``factory`` for event mode.
+        Give ``host`` and ``host_port`` for forwarding mode, ``factory`` for event mode, or
+        ``dynamic=True`` for a remote dynamic forward (``ssh -R [bind_address:]port``): each
+        connection speaks SOCKS4, SOCKS4A or SOCKS5 (CONNECT, no authentication) and is
+        connected from this machine to where it asks, within ``permit_remote_open``.
         Fires with the :class:`Forward` (whose ``port`` is the listening port) once the
         server agreed; fails with :class:`~rtunnel.errors.ForwardingError` if it refused.
         """
         return Deferred.fromCoroutine(
-            self._request_forwarding(bind_address, port, host, host_port, factory, accept)
+            self._request_forwarding(bind_address, port, host, host_port, factory, accept, dynamic)
         )
 
     async def _request_forwarding(
@@ -988,12 +1000,15 @@ class ReverseTunnel:
         host_port: int | None,
         factory: IProtocolFactory | None,
         accept: AcceptHook | None,
+        dynamic: bool = False,
     ) -> Forward:
         if not 0 <= port <= 65535:
             raise SpecError(f"Bad listen port {port}: give 0-65535 (0: the server chooses).")
         if factory is not None and host is not None:
             raise SpecError("Give either a local host:port (forwarding) or a factory (event).")
-        if factory is None:
+        if dynamic and (factory is not None or host is not None or host_port is not None):
+            raise SpecError("A dynamic forward takes no local host:port or factory.")
+        if factory is None and not dynamic:
             if not host or host_port is None:
                 raise SpecError(
                     "Forwarding mode needs a local host and port; event mode needs a factory."
@@ -1001,7 +1016,7 @@ class ReverseTunnel:
             if not 0 < host_port <= 65535:
                 raise SpecError(f"Bad local port {host_port}: give 1-65535.")
         conn = self._require_conn()
-        forward = Forward(bind_address, port, host, host_port, factory, accept)
+        forward = Forward(bind_address, port, host, host_port, factory, accept, dynamic=dynamic)
         self._forwards.append(forward)
         try:
             await self._establish(forward, conn)
@@ -1172,6 +1187,16 @@ class ReverseTunnel:
             if protocol is None:
                 raise ChannelRefused(OPEN_ADMINISTRATIVELY_PROHIBITED, "refused by the factory")
             return protocol
+        if forward.dynamic:
+            # The channel is confirmed now; the client's SOCKS request on it says where to.
+            bind = (self.forwarding_local_host, 0) if self.forwarding_local_host else None
+            return SocksChannel(
+                self._reactor,
+                self.target_connect_timeout,
+                bind,
+                self.permit_remote_open,
+                self._emit_log,
+            )
         assert forward.host is not None and forward.host_port is not None
         target = TargetProtocol()
         bind = (self.forwarding_local_host, 0) if self.forwarding_local_host else None

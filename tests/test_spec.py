@@ -38,6 +38,10 @@ from rtunnel.errors import SpecError
     [
         # No bind address: loopback only, sent as "localhost" (channels.c).
         ("8080:localhost:80", RemoteForwardSpec("localhost", 8080, "localhost", 80)),
+        # ssh -R [bind_address:]port alone: a remote dynamic (SOCKS) forward, OpenSSH 7.6.
+        ("0", RemoteForwardSpec.socks("localhost", 0)),
+        ("*:1080", RemoteForwardSpec.socks("", 1080)),
+        ("[::1]:1080", RemoteForwardSpec.socks("::1", 1080)),
         ("0:127.0.0.1:22", RemoteForwardSpec("localhost", 0, "127.0.0.1", 22)),
         # "*" and an empty bind address mean all interfaces, sent as "".
         ("*:8080:localhost:80", RemoteForwardSpec("", 8080, "localhost", 80)),
@@ -70,8 +74,9 @@ def test_parse_remote_forward(spec: str, expected: RemoteForwardSpec) -> None:
 @pytest.mark.parametrize(
     ("spec", "reason"),
     [
-        ("8080:localhost", "missing host:hostport"),
-        ("8080", "missing host:hostport"),
+        ("8080:localhost", "bad listen port 'localhost'"),
+        ("x", "bad listen port 'x'"),
+        ("/tmp/sock:0", "Unix-domain socket forwarding is not supported"),
         ("", "expected [bind_address:]port:host:hostport"),
         ("1:2:3:4:5", "expected [bind_address:]port:host:hostport"),
         ("[::1:8080:h:80", "expected [bind_address:]port:host:hostport"),
@@ -161,7 +166,7 @@ def test_parse_remote_forward_never_crashes(spec: str) -> None:
         assert str(error).startswith("Bad remote forwarding specification ")
     else:
         assert 0 <= forward.port <= 65535
-        assert 1 <= forward.host_port <= 65535
+        assert (forward.dynamic and forward.host_port == 0) or 1 <= forward.host_port <= 65535
 
 
 # --------------------------------------------------------------------------------------
@@ -410,8 +415,8 @@ def test_parse_option(text: str, expected: tuple[str, object]) -> None:
             "command-line line 0: keyword userknownhostsfile empty argument",
         ),
         (
-            "RemoteForward 8080",
-            "command-line line 0: Bad forwarding specification '8080': missing host:hostport",
+            "RemoteForward x",
+            "command-line line 0: Bad forwarding specification 'x': bad listen port 'x'",
         ),
         (
             "RemoteForward 8080 localhost:http",
@@ -477,6 +482,7 @@ def test_supported_options() -> None:
         "MaxTransferRate",
         "NumberOfPasswordPrompts",
         "PasswordAuthentication",
+        "PermitRemoteOpen",
         "Port",
         "PreferredAuthentications",
         "Proxy",
@@ -545,6 +551,7 @@ def test_option_spelling(name: str, separator: str, swap_case: bool) -> None:
         "ProxyCommand": "ssh -W %h:%p jump",
         "ProxyJump": "alice@jump:2222",
         "MaxTransferRate": "512K",
+        "PermitRemoteOpen": "localhost:80 [::1]:*",
         "TCPKeepAlive": "no",
         "PubkeyAcceptedAlgorithms": "+ssh-rsa",
     }
