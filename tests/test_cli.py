@@ -280,8 +280,7 @@ def run(command: Sequence[str], *args: str, env: dict[str, str] | None = None) -
         (["-Q", "host"], "unknown option -- Q"),
         (
             ["-R", "8080:localhost", "host"],
-            "Bad remote forwarding specification '8080:localhost': bad listen port "
-            "'localhost'",
+            "Bad remote forwarding specification '8080:localhost': bad listen port 'localhost'",
         ),
         (
             ["-R", "0:localhost:0", "host"],
