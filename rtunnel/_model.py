@@ -76,6 +76,8 @@ class Forward:
     :ivar state: pending, active, failed or cancelled.
     :ivar dynamic: a remote dynamic forward (``ssh -R [bind_address:]port``): each
         connection speaks SOCKS4/4A/5 and says where to connect from this machine.
+    :ivar target_path: in forwarding mode, a local Unix-domain socket each connection is
+        spliced to instead of ``host:host_port`` (``ssh -R port:/path/to/socket``).
     """
 
     bind_address: str
@@ -87,6 +89,7 @@ class Forward:
     port: int = 0
     state: ForwardState = ForwardState.PENDING
     dynamic: bool = False
+    target_path: str | None = None
 
     @property
     def is_event_mode(self) -> bool:
@@ -100,6 +103,8 @@ class Forward:
         """
         if self.dynamic:
             return "socks:0"
+        if self.target_path is not None:
+            return self.target_path
         if self.host is not None:
             host = f"[{self.host}]" if ":" in self.host else self.host
             return f"{host}:{self.host_port}"

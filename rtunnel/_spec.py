@@ -159,6 +159,8 @@ class RemoteForwardSpec:
         dynamic forward, as ssh names it).
     :ivar host_port: the local port (1-65535; 0 for a dynamic forward).
     :ivar dynamic: ``-R [bind_address:]port`` alone: a remote dynamic (SOCKS) forward.
+    :ivar target_path: ``-R [bind_address:]port:/path/to/socket``: a local Unix-domain
+        socket as the target (``host`` is then ``""`` and ``host_port`` 0).
     """
 
     bind_address: str
@@ -166,6 +168,12 @@ class RemoteForwardSpec:
     host: str
     host_port: int
     dynamic: bool = False
+    target_path: str | None = None
+
+    @classmethod
+    def unix_target(cls, bind_address: str, port: int, path: str) -> RemoteForwardSpec:
+        """A forward to the local Unix-domain socket ``path``."""
+        return cls(bind_address, port, "", 0, target_path=path)
 
     @classmethod
     def socks(cls, bind_address: str, port: int) -> RemoteForwardSpec:
@@ -181,6 +189,10 @@ class RemoteForwardSpec:
             raise SpecError(f"Bad remote forwarding port {self.port} (must be 0-65535)")
         if self.dynamic:
             return
+        if self.target_path is not None:
+            if not self.target_path:
+                raise SpecError("Bad remote forward: the target socket path is empty")
+            return
         if not 1 <= self.host_port <= 65535:
             raise SpecError(f"Bad target port {self.host_port} (must be 1-65535)")
         if not self.host:
@@ -194,6 +206,10 @@ class RemoteForwardSpec:
         bind = "*" if self.bind_address == "" else _quote_field(self.bind_address)
         if self.dynamic:
             return f"{bind}:{self.port}"
+        if self.target_path is not None:
+            # A path keeps its "/" unescaped: that is what marks it as one (readconf.c).
+            path = "".join("\\" + c if c in "\\:" else c for c in self.target_path)
+            return f"{bind}:{self.port}:{path}"
         return f"{bind}:{self.port}:{_quote_field(self.host)}:{self.host_port}"
 
     @override
@@ -277,8 +293,15 @@ _REMOTE_SYNTAX: Final = "expected [bind_address:]port:host:hostport"
 
 def _forward_from_fields(fields: list[_Field]) -> RemoteForwardSpec | str:
     """A spec from split fields, or the reason it is not one."""
+    if len(fields) in (2, 3) and fields[-1].is_path and not any(f.is_path for f in fields[:-1]):
+        # [bind_address:]port:/local/socket (readconf.c, parse_forward, cases 2 and 3).
+        path_port = _to_port(fields[-2].text)
+        if path_port is None:
+            return f"bad listen port '{fields[-2].text}'"
+        path_bind = fields[0].text if len(fields) == 3 else None
+        return RemoteForwardSpec.unix_target(_bind_host(path_bind), path_port, fields[-1].text)
     if any(f.is_path for f in fields):
-        return "Unix-domain socket forwarding is not supported"
+        return "a Unix-domain socket on the server's side is not supported"
     if len(fields) in (1, 2):
         # ssh -R [bind_address:]port alone is a remote dynamic (SOCKS) forward (OpenSSH
         # 7.6; ssh.c tries parse_forward with dynamicfwd=1 after dynamicfwd=0 fails).
@@ -1304,12 +1327,17 @@ class ClientOptions:
 # What OpenSSH prints
 
 
-def format_allocated(port: int, host: str, host_port: int) -> str:
+def format_allocated(port: int, host: str, host_port: int, path: str | None = None) -> str:
     """
     ``ssh``'s line for a forward the server allocated a port for (ssh.c,
     ``ssh_confirm_remote_forward``: ``"Allocated port %u for remote forward to %s:%d"``;
-    the host is printed as given, IPv6 without brackets).
+    the host is printed as given, IPv6 without brackets; a Unix-socket target's path
+    followed by ``:-2``, as ssh 9.2 prints it).
     """
+    if path is not None:
+        # OpenSSH 9.2 prints the path with its internal port for sockets, PORT_STREAMLOCAL
+        # (-2): "... to /run/app.sock:-2". Scripts read the line, so it is kept as is.
+        return f"Allocated port {port} for remote forward to {path}:-2"
     return f"Allocated port {port} for remote forward to {host}:{host_port}"
 
 

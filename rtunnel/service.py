@@ -348,6 +348,8 @@ class ReconnectReporter(TunnelObserver):
             return
         if forward.requested_port == 0 and forward.dynamic:
             self._report("INFO", format_allocated(forward.port, "socks", 0))
+        elif forward.requested_port == 0 and forward.target_path is not None:
+            self._report("INFO", format_allocated(forward.port, "", 0, forward.target_path))
         elif (
             forward.requested_port == 0
             and forward.host is not None
@@ -378,15 +380,20 @@ async def establish_forwards(
     """
     established: list[Forward] = []
     for spec in forwards:
+        target = spec.target_path or f"{spec.host}:{spec.host_port}"
         report(
             "DEBUG1",
             f"Remote connections from {spec.bind_address or '*'}:{spec.port} forwarded to "
-            f"local address {spec.host}:{spec.host_port}",
+            f"local address {target}",
         )
         try:
             if spec.dynamic:
                 forward = await tunnel.request_forwarding(
                     spec.bind_address, spec.port, dynamic=True
+                )
+            elif spec.target_path is not None:
+                forward = await tunnel.request_forwarding(
+                    spec.bind_address, spec.port, target_path=spec.target_path
                 )
             else:
                 forward = await tunnel.request_forwarding(
@@ -401,11 +408,12 @@ async def establish_forwards(
             continue
         report(
             "DEBUG1",
-            f"remote forward success for: listen {spec.bind_address}:{spec.port}, "
-            f"connect {spec.host}:{spec.host_port}",
+            f"remote forward success for: listen {spec.bind_address}:{spec.port}, connect {target}",
         )
         if spec.port == 0:
-            report("INFO", format_allocated(forward.port, spec.host, spec.host_port))
+            report(
+                "INFO", format_allocated(forward.port, spec.host, spec.host_port, spec.target_path)
+            )
         established.append(forward)
     return established
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocol,
@@ -25,6 +26,7 @@ from twisted.internet.interfaces import (
     IReactorProcess,
     IReactorTCP,
     IReactorTime,
+    IReactorUNIX,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
@@ -701,6 +703,19 @@ class ReverseTunnel:
         )
         self._notify("connected")
 
+    async def _connect_unix_target(self, path: str, request: ChannelOpenRequest) -> IProtocol:
+        target = TargetProtocol()
+        endpoint = UNIXClientEndpoint(
+            cast(IReactorUNIX, self._reactor), path, timeout=self.target_connect_timeout
+        )
+        try:
+            await endpoint.connect(TargetFactory(target))
+        except (error.ConnectError, OSError) as e:
+            text = f"connect to {path} failed: {connect_failure_text(e)}"
+            self._error(ChannelError(f"Channel {request.channel_id}: {text}."))
+            raise ChannelRefused(OPEN_CONNECT_FAILED, text) from None
+        return Splice(target)
+
     def _bind_address(self) -> tuple[str, int] | None:
         if self.local_host is None and not self.local_port:
             return None
@@ -972,6 +987,7 @@ class ReverseTunnel:
         factory: IProtocolFactory | None = None,
         accept: AcceptHook | None = None,
         dynamic: bool = False,
+        target_path: str | None = None,
     ) -> Deferred[Forward]:
         """
         Ask the server to listen on ``bind_address:port`` (``port`` 0: server's choice).
@@ -984,12 +1000,16 @@ class ReverseTunnel:
         Give ``host`` and ``host_port`` for forwarding mode, ``factory`` for event mode, or
         ``dynamic=True`` for a remote dynamic forward (``ssh -R [bind_address:]port``): each
         connection speaks SOCKS4, SOCKS4A or SOCKS5 (CONNECT, no authentication) and is
-        connected from this machine to where it asks, within ``permit_remote_open``.
+        connected from this machine to where it asks, within ``permit_remote_open``; or
+        ``target_path`` to splice each connection to a local Unix-domain socket
+        (``ssh -R port:/path/to/socket``).
         Fires with the :class:`Forward` (whose ``port`` is the listening port) once the
         server agreed; fails with :class:`~rtunnel.errors.ForwardingError` if it refused.
         """
         return Deferred.fromCoroutine(
-            self._request_forwarding(bind_address, port, host, host_port, factory, accept, dynamic)
+            self._request_forwarding(
+                bind_address, port, host, host_port, factory, accept, dynamic, target_path
+            )
         )
 
     async def _request_forwarding(
@@ -1001,6 +1021,7 @@ class ReverseTunnel:
         factory: IProtocolFactory | None,
         accept: AcceptHook | None,
         dynamic: bool = False,
+        target_path: str | None = None,
     ) -> Forward:
         if not 0 <= port <= 65535:
             raise SpecError(f"Bad listen port {port}: give 0-65535 (0: the server chooses).")
@@ -1008,7 +1029,12 @@ class ReverseTunnel:
             raise SpecError("Give either a local host:port (forwarding) or a factory (event).")
         if dynamic and (factory is not None or host is not None or host_port is not None):
             raise SpecError("A dynamic forward takes no local host:port or factory.")
-        if factory is None and not dynamic:
+        if target_path is not None:
+            if dynamic or factory is not None or host is not None or host_port is not None:
+                raise SpecError("A Unix-socket target takes no local host:port or factory.")
+            if not target_path:
+                raise SpecError("The target socket path is empty.")
+        elif factory is None and not dynamic:
             if not host or host_port is None:
                 raise SpecError(
                     "Forwarding mode needs a local host and port; event mode needs a factory."
@@ -1016,7 +1042,16 @@ class ReverseTunnel:
             if not 0 < host_port <= 65535:
                 raise SpecError(f"Bad local port {host_port}: give 1-65535.")
         conn = self._require_conn()
-        forward = Forward(bind_address, port, host, host_port, factory, accept, dynamic=dynamic)
+        forward = Forward(
+            bind_address,
+            port,
+            host,
+            host_port,
+            factory,
+            accept,
+            dynamic=dynamic,
+            target_path=target_path,
+        )
         self._forwards.append(forward)
         try:
             await self._establish(forward, conn)
@@ -1197,6 +1232,8 @@ class ReverseTunnel:
                 self.permit_remote_open,
                 self._emit_log,
             )
+        if forward.target_path is not None:
+            return await self._connect_unix_target(forward.target_path, request)
         assert forward.host is not None and forward.host_port is not None
         target = TargetProtocol()
         bind = (self.forwarding_local_host, 0) if self.forwarding_local_host else None

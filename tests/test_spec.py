@@ -42,6 +42,9 @@ from rtunnel.errors import SpecError
         ("0", RemoteForwardSpec.socks("localhost", 0)),
         ("*:1080", RemoteForwardSpec.socks("", 1080)),
         ("[::1]:1080", RemoteForwardSpec.socks("::1", 1080)),
+        # A local Unix-domain socket as the target: a "/" marks the path (readconf.c).
+        ("0:/run/app.sock", RemoteForwardSpec.unix_target("localhost", 0, "/run/app.sock")),
+        ("*:8080:/tmp/a\\:b.sock", RemoteForwardSpec.unix_target("", 8080, "/tmp/a:b.sock")),
         ("0:127.0.0.1:22", RemoteForwardSpec("localhost", 0, "127.0.0.1", 22)),
         # "*" and an empty bind address mean all interfaces, sent as "".
         ("*:8080:localhost:80", RemoteForwardSpec("", 8080, "localhost", 80)),
@@ -76,7 +79,9 @@ def test_parse_remote_forward(spec: str, expected: RemoteForwardSpec) -> None:
     [
         ("8080:localhost", "bad listen port 'localhost'"),
         ("x", "bad listen port 'x'"),
-        ("/tmp/sock:0", "Unix-domain socket forwarding is not supported"),
+        ("/tmp/sock:0", "a Unix-domain socket on the server's side is not supported"),
+        ("/tmp/r.sock:localhost:80", "a Unix-domain socket on the server's side is not supported"),
+        ("x:/tmp/a.sock", "bad listen port 'x'"),
         ("", "expected [bind_address:]port:host:hostport"),
         ("1:2:3:4:5", "expected [bind_address:]port:host:hostport"),
         ("[::1:8080:h:80", "expected [bind_address:]port:host:hostport"),
@@ -92,10 +97,8 @@ def test_parse_remote_forward(spec: str, expected: RemoteForwardSpec) -> None:
         ("8080:h:http", "bad target port 'http'"),
         ("8080::80", "missing target host"),
         ("8080:" + "h" * 1025 + ":80", "host name too long"),
-        ("/tmp/sock:h:80", "Unix-domain socket forwarding is not supported"),
-        ("8080:/tmp/sock", "Unix-domain socket forwarding is not supported"),
         # OpenSSH's old slash syntax: a path to OpenSSH since 6.7.
-        ("8080/localhost/80", "Unix-domain socket forwarding is not supported"),
+        ("8080/localhost/80", "a Unix-domain socket on the server's side is not supported"),
     ],
 )
 def test_parse_remote_forward_errors(spec: str, reason: str) -> None:
