@@ -78,6 +78,9 @@ class Forward:
         connection speaks SOCKS4/4A/5 and says where to connect from this machine.
     :ivar target_path: in forwarding mode, a local Unix-domain socket each connection is
         spliced to instead of ``host:host_port`` (``ssh -R port:/path/to/socket``).
+    :ivar listen_path: a Unix-domain socket the server listens on instead of a port
+        (``ssh -R /path/on/server:...``, OpenSSH's ``streamlocal-forward@openssh.com``);
+        ``bind_address`` then holds it too, and the ports are 0.
     """
 
     bind_address: str
@@ -90,6 +93,7 @@ class Forward:
     state: ForwardState = ForwardState.PENDING
     dynamic: bool = False
     target_path: str | None = None
+    listen_path: str | None = None
 
     @property
     def is_event_mode(self) -> bool:

@@ -169,11 +169,25 @@ class RemoteForwardSpec:
     host_port: int
     dynamic: bool = False
     target_path: str | None = None
+    listen_path: str | None = None
 
     @classmethod
     def unix_target(cls, bind_address: str, port: int, path: str) -> RemoteForwardSpec:
         """A forward to the local Unix-domain socket ``path``."""
         return cls(bind_address, port, "", 0, target_path=path)
+
+    @classmethod
+    def unix_listener(
+        cls,
+        listen_path: str,
+        host: str = "",
+        host_port: int = 0,
+        target_path: str | None = None,
+    ) -> RemoteForwardSpec:
+        """A forward from the socket ``listen_path`` on the server's side."""
+        return cls(
+            listen_path, 0, host, host_port, target_path=target_path, listen_path=listen_path
+        )
 
     @classmethod
     def socks(cls, bind_address: str, port: int) -> RemoteForwardSpec:
@@ -189,6 +203,8 @@ class RemoteForwardSpec:
             raise SpecError(f"Bad remote forwarding port {self.port} (must be 0-65535)")
         if self.dynamic:
             return
+        if self.listen_path is not None and not self.listen_path:
+            raise SpecError("Bad remote forward: the listen socket path is empty")
         if self.target_path is not None:
             if not self.target_path:
                 raise SpecError("Bad remote forward: the target socket path is empty")
@@ -203,18 +219,26 @@ class RemoteForwardSpec:
         The spec in ``-R`` syntax, always with the bind address (``*`` for all
         interfaces); :func:`parse_remote_forward` reads it back to an equal object.
         """
+        if self.listen_path is not None:
+            listen = _quote_path(self.listen_path)
+            if self.target_path is not None:
+                return f"{listen}:{_quote_path(self.target_path)}"
+            return f"{listen}:{_quote_field(self.host)}:{self.host_port}"
         bind = "*" if self.bind_address == "" else _quote_field(self.bind_address)
         if self.dynamic:
             return f"{bind}:{self.port}"
         if self.target_path is not None:
-            # A path keeps its "/" unescaped: that is what marks it as one (readconf.c).
-            path = "".join("\\" + c if c in "\\:" else c for c in self.target_path)
-            return f"{bind}:{self.port}:{path}"
+            return f"{bind}:{self.port}:{_quote_path(self.target_path)}"
         return f"{bind}:{self.port}:{_quote_field(self.host)}:{self.host_port}"
 
     @override
     def __str__(self) -> str:
         return self.to_spec()
+
+
+def _quote_path(path: str) -> str:
+    # A path keeps its "/" unescaped: that is what marks it as one (readconf.c).
+    return "".join("\\" + c if c in "\\:" else c for c in path)
 
 
 def _quote_field(value: str) -> str:
@@ -300,8 +324,21 @@ def _forward_from_fields(fields: list[_Field]) -> RemoteForwardSpec | str:
             return f"bad listen port '{fields[-2].text}'"
         path_bind = fields[0].text if len(fields) == 3 else None
         return RemoteForwardSpec.unix_target(_bind_host(path_bind), path_port, fields[-1].text)
+    if fields and fields[0].is_path:
+        # /path/on/server:host:hostport or /path/on/server:/local/socket (readconf.c,
+        # parse_forward, cases 3 and 2).
+        if len(fields) == 2 and fields[1].is_path:
+            return RemoteForwardSpec.unix_listener(fields[0].text, target_path=fields[1].text)
+        if len(fields) == 3 and not fields[1].is_path and not fields[2].is_path:
+            socket_port = _to_port(fields[2].text)
+            if socket_port is None or socket_port == 0:
+                return f"bad target port '{fields[2].text}'"
+            if not fields[1].text:
+                return "missing target host"
+            return RemoteForwardSpec.unix_listener(fields[0].text, fields[1].text, socket_port)
+        return "expected /path/on/server:host:hostport or /path/on/server:/local/socket"
     if any(f.is_path for f in fields):
-        return "a Unix-domain socket on the server's side is not supported"
+        return _REMOTE_SYNTAX
     if len(fields) in (1, 2):
         # ssh -R [bind_address:]port alone is a remote dynamic (SOCKS) forward (OpenSSH
         # 7.6; ssh.c tries parse_forward with dynamicfwd=1 after dynamicfwd=0 fails).
@@ -1341,13 +1378,16 @@ def format_allocated(port: int, host: str, host_port: int, path: str | None = No
     return f"Allocated port {port} for remote forward to {host}:{host_port}"
 
 
-def format_forward_failure(listen_port: int, *, fatal: bool) -> str:
+def format_forward_failure(listen_port: int, *, fatal: bool, listen_path: str | None = None) -> str:
     """
     ``ssh``'s line for a refused remote forward (ssh.c, ``ssh_confirm_remote_forward``):
     ``Error: ...`` when ``ExitOnForwardFailure`` makes it fatal, ``Warning: ...``
-    otherwise. ``listen_port`` is the port asked for (0 when the server was to choose).
+    otherwise. ``listen_port`` is the port asked for (0 when the server was to choose);
+    a socket on the server's side is named by its ``listen_path``.
     """
     prefix = "Error" if fatal else "Warning"
+    if listen_path is not None:
+        return f"{prefix}: remote port forwarding failed for listen path {listen_path}"
     return f"{prefix}: remote port forwarding failed for listen port {listen_port}"
 
 

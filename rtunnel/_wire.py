@@ -12,6 +12,7 @@ from dataclasses import dataclass
 __all__ = [
     "ForwardedTcpip",
     "WireError",
+    "decode_forwarded_streamlocal",
     "decode_forwarded_tcpip",
     "decode_string",
     "decode_tcpip_forward_reply",
@@ -111,3 +112,13 @@ def encode_forwarded_tcpip(info: ForwardedTcpip) -> bytes:
         + encode_string(info.origin_address.encode("utf-8"))
         + _U32.pack(info.origin_port)
     )
+
+
+def decode_forwarded_streamlocal(data: bytes) -> str:
+    """
+    The socket path of a ``forwarded-streamlocal@openssh.com`` open (OpenSSH's
+    PROTOCOL §2.4: string socket path, string reserved).
+    """
+    path, offset = decode_string(data)
+    decode_string(data, offset)  # reserved
+    return _decode_text(path)

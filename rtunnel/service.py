@@ -381,13 +381,20 @@ async def establish_forwards(
     established: list[Forward] = []
     for spec in forwards:
         target = spec.target_path or f"{spec.host}:{spec.host_port}"
+        listen = spec.listen_path or f"{spec.bind_address or '*'}:{spec.port}"
         report(
             "DEBUG1",
-            f"Remote connections from {spec.bind_address or '*'}:{spec.port} forwarded to "
-            f"local address {target}",
+            f"Remote connections from {listen} forwarded to local address {target}",
         )
         try:
-            if spec.dynamic:
+            if spec.listen_path is not None:
+                forward = await tunnel.request_socket_forwarding(
+                    spec.listen_path,
+                    spec.host or None,
+                    spec.host_port or None,
+                    target_path=spec.target_path,
+                )
+            elif spec.dynamic:
                 forward = await tunnel.request_forwarding(
                     spec.bind_address, spec.port, dynamic=True
                 )
@@ -403,14 +410,18 @@ async def establish_forwards(
             # The server said no. (A connection lost meanwhile is a ConnectionLostError
             # and propagates.)
             if exit_on_failure:
-                raise ForwardingError(format_forward_failure(spec.port, fatal=True)) from None
-            report("INFO", format_forward_failure(spec.port, fatal=False))
+                raise ForwardingError(
+                    format_forward_failure(spec.port, fatal=True, listen_path=spec.listen_path)
+                ) from None
+            report(
+                "INFO", format_forward_failure(spec.port, fatal=False, listen_path=spec.listen_path)
+            )
             continue
         report(
             "DEBUG1",
             f"remote forward success for: listen {spec.bind_address}:{spec.port}, connect {target}",
         )
-        if spec.port == 0:
+        if spec.port == 0 and spec.listen_path is None:
             report(
                 "INFO", format_allocated(forward.port, spec.host, spec.host_port, spec.target_path)
             )

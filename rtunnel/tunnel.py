@@ -1022,6 +1022,7 @@ class ReverseTunnel:
         accept: AcceptHook | None,
         dynamic: bool = False,
         target_path: str | None = None,
+        listen_path: str | None = None,
     ) -> Forward:
         if not 0 <= port <= 65535:
             raise SpecError(f"Bad listen port {port}: give 0-65535 (0: the server chooses).")
@@ -1051,6 +1052,7 @@ class ReverseTunnel:
             accept,
             dynamic=dynamic,
             target_path=target_path,
+            listen_path=listen_path,
         )
         self._forwards.append(forward)
         try:
@@ -1070,14 +1072,25 @@ class ReverseTunnel:
         forward.state = ForwardState.PENDING
         requested = forward.requested_port
         try:
-            reply = await conn.send_global_request(
-                b"tcpip-forward", _wire.encode_tcpip_forward(forward.bind_address, requested)
-            )
-            forward.port = _wire.decode_tcpip_forward_reply(requested, reply)
+            if forward.listen_path is not None:
+                await conn.send_global_request(
+                    b"streamlocal-forward@openssh.com",
+                    _wire.encode_string(forward.listen_path.encode("utf-8")),
+                )
+            else:
+                reply = await conn.send_global_request(
+                    b"tcpip-forward", _wire.encode_tcpip_forward(forward.bind_address, requested)
+                )
+                forward.port = _wire.decode_tcpip_forward_reply(requested, reply)
         except (ForwardingError, _wire.WireError) as e:
             # OpenSSH's words (ssh.c), so operators recognise it.
+            what = (
+                f"path {forward.listen_path}"
+                if forward.listen_path is not None
+                else f"port {requested}"
+            )
             raise ForwardingError(
-                f"remote port forwarding failed for listen port {requested}"
+                f"remote port forwarding failed for listen {what}"
                 + ("" if isinstance(e, ForwardingError) else f": {e}")
             ) from None
         forward.state = ForwardState.ACTIVE
@@ -1088,6 +1101,46 @@ class ReverseTunnel:
         )
         self._notify_forward(forward)
 
+    def request_socket_forwarding(
+        self,
+        listen_path: str,
+        host: str | None = None,
+        host_port: int | None = None,
+        *,
+        factory: IProtocolFactory | None = None,
+        accept: AcceptHook | None = None,
+        target_path: str | None = None,
+    ) -> Deferred[Forward]:
+        """
+        Ask the server to listen on the Unix-domain socket ``listen_path`` on its side
+        (``ssh -R /path/on/server:host:hostport``; OpenSSH's
+        ``streamlocal-forward@openssh.com``, which sshd allows unless
+        ``AllowStreamLocalForwarding no``; the socket must not exist yet unless sshd has
+        ``StreamLocalBindUnlink yes``). Connections go to ``host:host_port``, the local
+        socket ``target_path``, or ``factory``'s protocols, as for
+        :meth:`request_forwarding`. Fails with :class:`~rtunnel.errors.ForwardingError`
+        if the server refuses.
+        """
+        if not listen_path:
+            return defer.fail(SpecError("The socket path to listen on is empty."))
+        return Deferred.fromCoroutine(
+            self._request_forwarding(
+                listen_path,
+                0,
+                host,
+                host_port,
+                factory,
+                accept,
+                False,
+                target_path,
+                listen_path=listen_path,
+            )
+        )
+
+    def cancel_socket_forwarding(self, listen_path: str) -> Deferred[None]:
+        """Ask the server to stop listening on the socket ``listen_path``."""
+        return Deferred.fromCoroutine(self._cancel_forwarding(listen_path, 0, listen_path))
+
     def cancel_forwarding(self, bind_address: str, port: int) -> Deferred[None]:
         """
         Ask the server to stop listening. ``port`` is the listening port (the allocated one
@@ -1095,29 +1148,46 @@ class ReverseTunnel:
         """
         return Deferred.fromCoroutine(self._cancel_forwarding(bind_address, port))
 
-    async def _cancel_forwarding(self, bind_address: str, port: int) -> None:
+    async def _cancel_forwarding(
+        self, bind_address: str, port: int, listen_path: str | None = None
+    ) -> None:
         conn = self._require_conn()
+        where = (
+            f"socket {listen_path}" if listen_path is not None else f"{bind_address!r} port {port}"
+        )
         forward = next(
             (
                 f
                 for f in self._forwards
-                if f.bind_address == bind_address and f.port == port and f.port
+                if (
+                    f.listen_path == listen_path
+                    if listen_path is not None
+                    else f.listen_path is None
+                    and f.bind_address == bind_address
+                    and f.port == port
+                    and f.port
+                )
+                and f.state is not ForwardState.CANCELLED
             ),
             None,
         )
         if forward is None:
-            raise ForwardingError(f"No active forward on {bind_address!r} port {port}.")
+            raise ForwardingError(f"No active forward on {where}.")
         # Refuse new opens at once: opens that race the cancel are refused (B4).
         forward.state = ForwardState.CANCELLED
         self._forwards.remove(forward)
         try:
-            await conn.send_global_request(
-                b"cancel-tcpip-forward", _wire.encode_tcpip_forward(bind_address, port)
-            )
+            if listen_path is not None:
+                await conn.send_global_request(
+                    b"cancel-streamlocal-forward@openssh.com",
+                    _wire.encode_string(listen_path.encode("utf-8")),
+                )
+            else:
+                await conn.send_global_request(
+                    b"cancel-tcpip-forward", _wire.encode_tcpip_forward(bind_address, port)
+                )
         except ForwardingError:
-            raise ForwardingError(
-                f"The server refused to cancel the forward on {bind_address!r} port {port}."
-            ) from None
+            raise ForwardingError(f"The server refused to cancel the forward on {where}.") from None
         finally:
             self._notify_forward(forward)
 
@@ -1171,10 +1241,19 @@ class ReverseTunnel:
 
     # -- ChannelHost, for the connection
 
+    def find_socket_forward(self, path: str) -> Forward | None:
+        """The active socket forward a ``forwarded-streamlocal@openssh.com`` open names."""
+        return next(
+            (f for f in self._forwards if f.state is ForwardState.ACTIVE and f.listen_path == path),
+            None,
+        )
+
     def find_forward(self, address: str, port: int) -> Forward | None:
         """The active forward an inbound open names (see ARCHITECTURE.md step 2)."""
         candidates = [
-            f for f in self._forwards if f.state is ForwardState.ACTIVE and f.port == port
+            f
+            for f in self._forwards
+            if f.state is ForwardState.ACTIVE and f.port == port and f.listen_path is None
         ]
         for forward in candidates:
             if forward.bind_address == address:

@@ -45,6 +45,15 @@ from rtunnel.errors import SpecError
         # A local Unix-domain socket as the target: a "/" marks the path (readconf.c).
         ("0:/run/app.sock", RemoteForwardSpec.unix_target("localhost", 0, "/run/app.sock")),
         ("*:8080:/tmp/a\\:b.sock", RemoteForwardSpec.unix_target("", 8080, "/tmp/a:b.sock")),
+        # A socket on the server's side (streamlocal-forward@openssh.com).
+        (
+            "/run/r.sock:localhost:80",
+            RemoteForwardSpec.unix_listener("/run/r.sock", "localhost", 80),
+        ),
+        (
+            "/run/r.sock:/run/l.sock",
+            RemoteForwardSpec.unix_listener("/run/r.sock", target_path="/run/l.sock"),
+        ),
         ("0:127.0.0.1:22", RemoteForwardSpec("localhost", 0, "127.0.0.1", 22)),
         # "*" and an empty bind address mean all interfaces, sent as "".
         ("*:8080:localhost:80", RemoteForwardSpec("", 8080, "localhost", 80)),
@@ -79,8 +88,9 @@ def test_parse_remote_forward(spec: str, expected: RemoteForwardSpec) -> None:
     [
         ("8080:localhost", "bad listen port 'localhost'"),
         ("x", "bad listen port 'x'"),
-        ("/tmp/sock:0", "a Unix-domain socket on the server's side is not supported"),
-        ("/tmp/r.sock:localhost:80", "a Unix-domain socket on the server's side is not supported"),
+        ("/tmp/sock:0", "expected /path/on/server:host:hostport"),
+        ("/tmp/r.sock:localhost:0", "bad target port '0'"),
+        ("1:/a:/b", "expected [bind_address:]port:host:hostport"),
         ("x:/tmp/a.sock", "bad listen port 'x'"),
         ("", "expected [bind_address:]port:host:hostport"),
         ("1:2:3:4:5", "expected [bind_address:]port:host:hostport"),
@@ -98,7 +108,7 @@ def test_parse_remote_forward(spec: str, expected: RemoteForwardSpec) -> None:
         ("8080::80", "missing target host"),
         ("8080:" + "h" * 1025 + ":80", "host name too long"),
         # OpenSSH's old slash syntax: a path to OpenSSH since 6.7.
-        ("8080/localhost/80", "a Unix-domain socket on the server's side is not supported"),
+        ("8080/localhost/80", "expected /path/on/server:host:hostport"),
     ],
 )
 def test_parse_remote_forward_errors(spec: str, reason: str) -> None:

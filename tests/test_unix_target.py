@@ -1,8 +1,9 @@
 """
-``ssh -R [bind_address:]port:/path/to/socket``: connections to the server's port spliced to
-a local Unix-domain socket, against the bundled server and a real sshd; a socket that is
-not there refuses the channel (not the tunnel); the command prints the ``Allocated port``
-line as ssh 9.2 does.
+Unix-domain sockets in remote forwards, against the bundled server and a real sshd:
+``ssh -R [bind_address:]port:/path/to/socket`` (a local socket as the target; one nobody
+listens on refuses the channel, not the tunnel; the ``Allocated port`` line as ssh 9.2
+prints it) and ``ssh -R /path/on/server:...`` (the server listens on a socket:
+OpenSSH's ``streamlocal-forward@openssh.com`` and ``forwarded-streamlocal`` channels).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import pytest
 import pytest_twisted
 from e2e_support import Server
 from test_proxy_command import _echo_once
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from rtunnel import SpecError, TunnelObserver
+from rtunnel import ChannelInfo, ForwardingError, SpecError, TunnelObserver
 
 
 @pytest.fixture
@@ -116,3 +119,85 @@ def test_the_command_prints_what_ssh_prints(
             child.wait(10)
     # ssh 9.2's own quirk: the path, then its internal port for sockets (-2).
     assert lines == [f"remote forward to {unix_echo}:-2"] * 2
+
+
+def _unix_echo_once(path: Path, payload: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(30)
+        c.connect(str(path))
+        c.sendall(payload)
+        c.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+        return data
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_server_listens_on_a_unix_socket(
+    server: Server, unix_echo: Path, threaded_echo_port: int, tmp_path: Path
+) -> None:
+    tunnel = server.tunnel()
+    services: list[str] = []
+
+    class Opened(TunnelObserver):
+        def channel_opened(self, info: ChannelInfo) -> None:
+            services.append(info.service)
+
+    tunnel.add_observer(Opened())
+    await tunnel.logon()
+    remote = tmp_path / "remote.sock"
+    remote2 = tmp_path / "remote2.sock"
+    try:
+        to_tcp = await tunnel.request_socket_forwarding(
+            str(remote), "127.0.0.1", threaded_echo_port
+        )
+        assert (to_tcp.listen_path, to_tcp.port) == (str(remote), 0)
+        await tunnel.request_socket_forwarding(str(remote2), target_path=str(unix_echo))
+        payload = b"from a socket on the server " * 5000
+        assert await deferToThread(_unix_echo_once, remote, payload) == payload
+        assert await deferToThread(_unix_echo_once, remote2, b"socket to socket") == (
+            b"socket to socket"
+        )
+        assert services == ["forwarded-streamlocal@openssh.com"] * 2
+        # Taken already: refused, in ssh's words.
+        with pytest.raises(ForwardingError, match=f"listen path {remote}"):
+            await tunnel.request_socket_forwarding(str(remote), "127.0.0.1", threaded_echo_port)
+        await tunnel.cancel_socket_forwarding(str(remote2))
+        with pytest.raises(ForwardingError, match="No active forward on socket"):
+            await tunnel.cancel_socket_forwarding(str(remote2))
+        await deferLater(reactor, 0.2, lambda: None)
+        with pytest.raises(OSError):
+            await deferToThread(_unix_echo_once, remote2, b"gone")
+        assert await deferToThread(_unix_echo_once, remote, b"still") == b"still"
+    finally:
+        await tunnel.logoff()
+
+
+@pytest.mark.parametrize("server", ["openssh"], indirect=True)
+def test_the_command_forwards_a_socket_on_the_server(
+    server: Server, threaded_echo_port: int, tmp_path: Path
+) -> None:
+    remote = tmp_path / "cli.sock"
+    argv = [
+        sys.executable,
+        "-m",
+        "rtunnel.cli",
+        "-N",
+        *["-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={server.known_hosts}"],
+        *["-i", str(server.key), "-p", str(server.port)],
+        *["-R", f"{remote}:127.0.0.1:{threaded_echo_port}"],
+        f"{server.user}@{server.host}",
+    ]
+    child = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        import time
+
+        deadline = time.monotonic() + 30
+        while not remote.exists():
+            assert child.poll() is None and time.monotonic() < deadline, "no socket"
+            time.sleep(0.05)
+        assert _unix_echo_once(remote, b"via the command") == b"via the command"
+    finally:
+        child.terminate()
+        child.wait(10)

@@ -104,9 +104,9 @@ _KNOWN_REFUSED_TYPES = frozenset(
         b"auth-agent@openssh.com",
         b"direct-tcpip",
         b"direct-streamlocal@openssh.com",
-        b"forwarded-streamlocal@openssh.com",
     }
 )
+_FORWARDED_STREAMLOCAL = b"forwarded-streamlocal@openssh.com"
 
 
 class ChannelRefused(Exception):
@@ -123,6 +123,9 @@ class ChannelHost(Protocol):
 
     def find_forward(self, address: str, port: int) -> Forward | None:
         """The forward a ``forwarded-tcpip`` open names, if we requested it."""
+
+    def find_socket_forward(self, path: str) -> Forward | None:
+        """The forward a ``forwarded-streamlocal@openssh.com`` open names, if ours."""
 
     def open_target(
         self, forward: Forward, request: ChannelOpenRequest, channel: ForwardedChannel
@@ -466,7 +469,7 @@ class ForwardingConnection(SSHService):
         if offset + 12 > len(packet):
             raise _wire.WireError("truncated CHANNEL_OPEN")
         sender, window, max_packet = _U32X3.unpack_from(packet, offset)
-        if channel_type != b"forwarded-tcpip":
+        if channel_type != b"forwarded-tcpip" and channel_type != _FORWARDED_STREAMLOCAL:
             if channel_type in _KNOWN_REFUSED_TYPES:
                 self._refuse(
                     sender,
@@ -477,11 +480,20 @@ class ForwardingConnection(SSHService):
                 self._refuse(sender, OPEN_UNKNOWN_CHANNEL_TYPE, "unknown channel type")
             return
         try:
-            fields = _wire.decode_forwarded_tcpip(packet[offset + 12 :])
+            if channel_type == _FORWARDED_STREAMLOCAL:
+                # OpenSSH's PROTOCOL §2.4: the socket path the server listens on; no
+                # originator is given.
+                path = _wire.decode_forwarded_streamlocal(packet[offset + 12 :])
+                fields = _wire.ForwardedTcpip(path, 0, "", 0)
+            else:
+                fields = _wire.decode_forwarded_tcpip(packet[offset + 12 :])
         except _wire.WireError as e:
             self._refuse(sender, OPEN_ADMINISTRATIVELY_PROHIBITED, f"malformed open: {e}")
             return
-        forward = self.host.find_forward(fields.connected_address, fields.connected_port)
+        if channel_type == _FORWARDED_STREAMLOCAL:
+            forward = self.host.find_socket_forward(fields.connected_address)
+        else:
+            forward = self.host.find_forward(fields.connected_address, fields.connected_port)
         if forward is None:
             # D1/D2/D3: never ours, or cancelled; no local connect is attempted.
             _log.warn(
@@ -501,7 +513,7 @@ class ForwardingConnection(SSHService):
         self._next_id += 1
         request = ChannelOpenRequest(
             channel_id=local_id,
-            service="forwarded-tcpip",
+            service=channel_type.decode("ascii"),
             connected_address=fields.connected_address,
             connected_port=fields.connected_port,
             origin_address=fields.origin_address,

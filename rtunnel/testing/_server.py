@@ -608,8 +608,13 @@ class _UserAuthServer(userauth.SSHUserAuthServer):
         self._avatar().chainDeferred(pending)
 
 
+_STREAMLOCAL_FORWARD = b"streamlocal-forward@openssh.com"
+_CANCEL_STREAMLOCAL_FORWARD = b"cancel-streamlocal-forward@openssh.com"
+_FORWARDED_STREAMLOCAL = b"forwarded-streamlocal@openssh.com"
+
+
 class _Forward:
-    """One ``tcpip-forward`` on one connection: its listening ports."""
+    """One ``tcpip-forward`` (or streamlocal forward) on one connection: its listeners."""
 
     def __init__(
         self,
@@ -640,6 +645,7 @@ class _ForwardingConnection(connection.SSHConnection):
         super().serviceStarted()
         self.server = _server_of(self.transport)
         self.forwards: dict[tuple[str, int], _Forward] = {}
+        self.socket_forwards: dict[str, _Forward] = {}
         # SSHTestServer.delay_replies(): global requests waiting, as (due, packet), and
         # the timers of delayed replies.
         self._delayed_requests: list[tuple[float, bytes]] = []
@@ -658,6 +664,9 @@ class _ForwardingConnection(connection.SSHConnection):
         for forward in self.forwards.values():
             self.server._forward_gone(forward)
         self.forwards.clear()
+        for forward in self.socket_forwards.values():
+            self.server._track(forward.stop())
+        self.socket_forwards.clear()
         self.server._changed()
 
     @override
@@ -691,6 +700,16 @@ class _ForwardingConnection(connection.SSHConnection):
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int | tuple[int, bytes]:
         # Anything else (keepalive@openssh.com, no-more-sessions@openssh.com, ...) gets
         # REQUEST_FAILURE when the client wants a reply (RFC 4254 section 4).
+        if requestType in (_STREAMLOCAL_FORWARD, _CANCEL_STREAMLOCAL_FORWARD):
+            # OpenSSH's PROTOCOL §2.4: a Unix-domain socket path instead of address and port.
+            try:
+                raw, _ = common.getNS(data)
+                path = raw.decode("utf-8")
+            except (struct.error, UnicodeDecodeError):
+                return 0
+            if requestType == _STREAMLOCAL_FORWARD:
+                return self._socket_forward(path)
+            return self._socket_cancel(path)
         try:
             address, rest = common.getNS(data)
             (port,) = struct.unpack(">L", rest)
@@ -731,6 +750,28 @@ class _ForwardingConnection(connection.SSHConnection):
             # RFC 4254 section 7.1: the allocated port, as uint32, only when 0 was asked
             # for (sshd sends no payload for a fixed port).
             return 1, struct.pack(">L", inbound.port)
+        return 1
+
+    def _socket_forward(self, path: str) -> int:
+        cert = cast(_ServerTransport, self.transport).user_certificate
+        if not path or (cert is not None and "permit-port-forwarding" not in dict(cert.extensions)):
+            return 0
+        inbound = _InboundFactory(self, path, unix=True)
+        try:
+            # As sshd without StreamLocalBindUnlink: an existing socket file is refused.
+            listening = self.server._reactor.listenUNIX(path, inbound)  # type: ignore[attr-defined]
+        except CannotListenError:
+            return 0
+        self.socket_forwards[path] = _Forward(path, 0, [listening], inbound)
+        self.server._changed()
+        return 1
+
+    def _socket_cancel(self, path: str) -> int:
+        forward = self.socket_forwards.pop(path, None)
+        if forward is None:
+            return 0
+        self.server._track(forward.stop())
+        self.server._changed()
         return 1
 
     def _cancel(self, bind_address: str, port: int) -> int:
@@ -784,9 +825,11 @@ class _ForwardingConnection(connection.SSHConnection):
 class _InboundFactory(ServerFactory):
     """Builds the protocol for each connection accepted on one forward's listeners."""
 
-    def __init__(self, conn: _ForwardingConnection, bind_address: str) -> None:
+    def __init__(self, conn: _ForwardingConnection, bind_address: str, unix: bool = False) -> None:
         self.conn = conn
+        #: The address string of the tcpip-forward, or the socket path of a streamlocal one.
         self.bind_address = bind_address
+        self.unix = unix
         self.port = 0
         #: Set once the listener outlived its connection (SSHTestServer.hold_port).
         self.stale: _Hold | None = None
@@ -795,7 +838,7 @@ class _InboundFactory(ServerFactory):
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
         if self.stale is not None:
             return _StaleProtocol(self.stale)
-        return _InboundProtocol(self.conn, self.bind_address, self.port)
+        return _InboundProtocol(self.conn, self.bind_address, self.port, unix=self.unix)
 
 
 class _Hold:
@@ -856,10 +899,13 @@ class _InboundProtocol(Protocol):
 
     transport: ITCPTransport
 
-    def __init__(self, conn: _ForwardingConnection, bind_address: str, port: int) -> None:
+    def __init__(
+        self, conn: _ForwardingConnection, bind_address: str, port: int, unix: bool = False
+    ) -> None:
         self.conn = conn
         self.bind_address = bind_address
         self.port = port
+        self.unix = unix
         self._pauses: set[str] = set()
         self.write_closed = False
         self.lost = False
@@ -881,6 +927,11 @@ class _InboundProtocol(Protocol):
         self.conn.server._inbound.add(self)
         self.pause("opening")
         IConsumer(self.transport).registerProducer(self.channel, True)
+        if self.unix:
+            # OpenSSH's PROTOCOL §2.4: the socket path, then a reserved string.
+            self.channel.name = _FORWARDED_STREAMLOCAL
+            self.conn.openChannel(self.channel, _pack_string(self.bind_address) + _pack_string(""))
+            return
         peer = self.transport.getPeer()
         assert isinstance(peer, IPv4Address | IPv6Address)
         # RFC 4254 section 7.2: address that was connected (as requested), port that was
@@ -1471,6 +1522,11 @@ class SSHTestServer(ListeningAddress):
             for conn in self._ssh_connections()
             for forward in conn.forwards.values()
         ]
+
+    @property
+    def socket_forwards(self) -> list[str]:
+        """The Unix-domain socket paths clients asked this server to listen on."""
+        return [path for conn in self._ssh_connections() for path in conn.socket_forwards]
 
     @property
     def auth_attempts(self) -> list[tuple[str, str]]:
