@@ -22,6 +22,7 @@ from rtunnel._sshparam import (
 )
 from rtunnel.client.certificates import SSHCertificate
 from rtunnel.client.credentials import (
+    GSSAPI,
     AskPassword,
     CertificateFile,
     CustomAuth,
@@ -68,6 +69,7 @@ from rtunnel.tunnel import HostKeyPolicy, ReverseTunnel
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "GSSAPI",
     "AcceptHook",
     "AlreadyConnectedError",
     "AskPassword",

@@ -609,6 +609,8 @@ SUPPORTED_OPTIONS: Final = {
         "ExitOnForwardFailure",
         "FingerprintHash",
         "ForwardingLocalHost",
+        "GSSAPIAuthentication",
+        "GSSAPIDelegateCredentials",
         "GlobalKnownHostsFile",
         "HashKnownHosts",
         "HostKeyAlgorithms",
@@ -663,7 +665,6 @@ _OPENSSH_ONLY: Final = frozenset(
     controlpath controlpersist dsaauthentication dynamicforward enableescapecommandline
     enablesshkeysign escapechar fallbacktorsh forkafterauthentication
     forwardagent forwardx11 forwardx11timeout forwardx11trusted gatewayports
-    gssapiauthentication gssapidelegatecredentials
     host hostbasedacceptedalgorithms hostbasedauthentication hostbasedkeytypes
     hostkeyalias hostname ignoreunknown
     include ipqos kbdinteractivedevices keepalive
@@ -892,6 +893,8 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
         "BatchMode",
         "Compression",
         "ExitOnForwardFailure",
+        "GSSAPIAuthentication",
+        "GSSAPIDelegateCredentials",
         "HashKnownHosts",
         "IdentitiesOnly",
         "KbdInteractiveAuthentication",
@@ -1107,6 +1110,8 @@ _FIRST_WINS: Final = {
     "PasswordAuthentication": "password_authentication",
     "KbdInteractiveAuthentication": "kbd_interactive_authentication",
     "PubkeyAuthentication": "pubkey_authentication",
+    "GSSAPIAuthentication": "gssapi_authentication",
+    "GSSAPIDelegateCredentials": "gssapi_delegate_credentials",
     "IdentityAgent": "identity_agent",
     "IdentitiesOnly": "identities_only",
     "PubkeyAcceptedAlgorithms": "pubkey_accepted_algorithms",
@@ -1156,6 +1161,9 @@ class ClientOptions:
     :ivar password_authentication: ``-o PasswordAuthentication``, or None (yes).
     :ivar kbd_interactive_authentication: ``-o KbdInteractiveAuthentication``, or None.
     :ivar pubkey_authentication: ``-o PubkeyAuthentication``, or None (yes).
+    :ivar gssapi_authentication: ``-K`` or ``-o GSSAPIAuthentication``, or None (no).
+    :ivar gssapi_delegate_credentials: ``-K`` or ``-o GSSAPIDelegateCredentials``, or
+        None (no).
     :ivar certificate_files: ``-o CertificateFile``, in order.
     :ivar identity_agent: ``-o IdentityAgent`` (a path, ``none`` or ``SSH_AUTH_SOCK``).
     :ivar identities_only: ``-o IdentitiesOnly``, or None (no).
@@ -1206,6 +1214,8 @@ class ClientOptions:
     password_authentication: bool | None = None
     kbd_interactive_authentication: bool | None = None
     pubkey_authentication: bool | None = None
+    gssapi_authentication: bool | None = None
+    gssapi_delegate_credentials: bool | None = None
     certificate_files: list[str] = field(default_factory=list)
     identity_agent: str | None = None
     identities_only: bool | None = None

@@ -58,7 +58,7 @@ _log = Logger()
 
 #: ssh's usage synopsis (ssh.c, ``usage``), cut down to what rtunnel takes.
 USAGE = """\
-usage: rtunnel [-CNnqTVv] [-b bind_address] [-c cipher_spec] [-i identity_file]
+usage: rtunnel [-CKNnqTVv] [-b bind_address] [-c cipher_spec] [-i identity_file]
                [-J destination] [-l login_name] [-m mac_spec] [-o option] [-p port]
                -R [bind_address:]port[:host:hostport] ... destination
 """
@@ -89,11 +89,14 @@ listens on for us are forwarded to host:hostport from this machine.
                   appends to the default, "-" removes, "^" puts first).
   -m mac_spec     MACs to offer, likewise (-o MACs).
   -C              Compress (zlib@openssh.com, then zlib), as -o Compression=yes.
+  -K              GSSAPI (Kerberos) authentication with credential delegation, as
+                  -o GSSAPIAuthentication=yes -o GSSAPIDelegateCredentials=yes.
   -p port         Port to connect to on the server (default: 22).
   -o option       An ssh_config option, "Key=Value" or "Key Value". Supported:
                   BatchMode, BindAddress, CertificateFile, Ciphers, Compression,
                   ConnectTimeout, ProxyCommand (%h, %p, %r, %n, %% expanded), ProxyJump,
                   ExitOnForwardFailure, FingerprintHash, GlobalKnownHostsFile,
+                  GSSAPIAuthentication, GSSAPIDelegateCredentials,
                   HashKnownHosts, HostKeyAlgorithms, IdentitiesOnly, IdentityAgent,
                   IdentityFile, KbdInteractiveAuthentication,
                   KexAlgorithms, LogLevel, MACs, NumberOfPasswordPrompts,
@@ -144,7 +147,7 @@ LOGOFF_TIMEOUT = 3.0
 
 # Option letters: those taking an argument, and flags.
 _WITH_ARGUMENT = frozenset("bciJlmopR")
-_FLAGS = frozenset("ChNnqTVv")
+_FLAGS = frozenset("ChKNnqTVv")
 
 
 class CommandLineExit(Exception):
@@ -237,6 +240,10 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
                 elif letter == "C":
                     # ssh.c, case 'C': sets it outright, over -o Compression.
                     options.compression = True
+                elif letter == "K":
+                    # ssh.c, case 'K': both set outright, over -o.
+                    options.gssapi_authentication = True
+                    options.gssapi_delegate_credentials = True
                 # -N, -n and -T describe what rtunnel always does.
                 continue
             if letter not in _WITH_ARGUMENT:

@@ -122,6 +122,8 @@ def _auth_settings(options: ClientOptions) -> dict[str, Any]:
     """
     settings: dict[str, Any] = {}
     methods = list(options.preferred_authentications or SUPPORTED_METHODS)
+    # gssapi-with-mic needs the GSSAPI credential build_tunnel adds for -o
+    # GSSAPIAuthentication=yes (ssh's default is no).
     off = {
         "publickey": options.pubkey_authentication,
         "password": options.password_authentication,
@@ -184,6 +186,7 @@ def build_tunnel(
     :raises SpecError: if the tunnel refuses the settings.
     """
     from rtunnel.client.credentials import (
+        GSSAPI,
         CertificateFile,
         Credential,
         PrivateKeyFile,
@@ -214,6 +217,9 @@ def build_tunnel(
 
     asker = password_source(batch_mode=bool(options.batch_mode))
     auth: list[Credential] = []
+    if options.gssapi_authentication:
+        # First, as in ssh's default PreferredAuthentications.
+        auth.append(GSSAPI(delegate=bool(options.gssapi_delegate_credentials)))
     if options.pubkey_authentication is not False:
         # A passphrase is asked when its key is tried, as ssh asks (an encrypted key is
         # skipped when nothing can ask: BatchMode, no terminal, no askpass).
@@ -476,8 +482,10 @@ class Options(usage.Options):
         "PubkeyAcceptedAlgorithms, PubkeyAuthentication, "
         "RemoteForward, StrictHostKeyChecking, User, UserKnownHostsFile), -p port, "
         "-l login_name. "
-        "AutoReconnect=no|yes|always, MaxRetryCount, RetryInterval, ChannelTimeout and "
-        "TCPKeepAlive are also understood. "
+        "AutoReconnect=no|yes|always, MaxRetryCount, RetryInterval, ChannelTimeout, "
+        "TCPKeepAlive, BindAddress, ForwardingLocalHost, GSSAPIAuthentication, "
+        "GSSAPIDelegateCredentials, MaxTransferRate, PermitRemoteOpen, Proxy, "
+        "ProxyCommand, ProxyExceptionsList and ProxyJump are also understood. "
         "If the connection fails or drops, the error is logged and twistd exits, unless "
         "AutoReconnect says to reconnect."
     )

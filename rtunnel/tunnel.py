@@ -126,7 +126,8 @@ class ReverseTunnel:
         (:class:`~rtunnel.AskPassword`, :class:`~rtunnel.KeyboardInteractive`), and
         :class:`~rtunnel.client.credentials.SSHAgent` for an agent's keys.
     :param preferred_authentications: the methods to try, in order (OpenSSH
-        ``PreferredAuthentications``; default publickey, keyboard-interactive, password).
+        ``PreferredAuthentications``; default gssapi-with-mic, publickey,
+        keyboard-interactive, password, OpenSSH's order).
     :param try_all_auth_methods: after those, also try any other method the server offers
         that there are credentials for (the reference's TryAllAvailableAuthMethods).
     :param password_prompt: keyboard-interactive prompts that match this pattern (``?``,

@@ -35,6 +35,7 @@ def test_public_names() -> None:
             "ForwardState",
             "ForwardRetryLimitError",
             "ForwardingError",
+            "GSSAPI",
             "HostKeyError",
             "HostKeyInfo",
             "HostKeySignatureError",

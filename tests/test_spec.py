@@ -481,6 +481,8 @@ def test_supported_options() -> None:
         "ExitOnForwardFailure",
         "FingerprintHash",
         "ForwardingLocalHost",
+        "GSSAPIAuthentication",
+        "GSSAPIDelegateCredentials",
         "GlobalKnownHostsFile",
         "HashKnownHosts",
         "HostKeyAlgorithms",
@@ -567,6 +569,8 @@ def test_option_spelling(name: str, separator: str, swap_case: bool) -> None:
         "PermitRemoteOpen": "localhost:80 [::1]:*",
         "TCPKeepAlive": "no",
         "PubkeyAcceptedAlgorithms": "+ssh-rsa",
+        "GSSAPIAuthentication": "yes",
+        "GSSAPIDelegateCredentials": "no",
     }
     key = name.swapcase() if swap_case else name
     assert parse_option(f"{key}{separator}{values[name]}") == parse_option(f"{name}={values[name]}")

@@ -27,10 +27,11 @@ from twisted.logger import Logger
 from typing_extensions import override
 
 from rtunnel._sshparam import decode_packet, read_ssh_params
-from rtunnel.client import _keyformats
+from rtunnel.client import _gssapi, _keyformats
 from rtunnel.client._pubkey import CERT_SUFFIX, choose_signature_algorithm, request_algorithm
 from rtunnel.client.certificates import CertificateError, parse_certificate
 from rtunnel.client.credentials import (
+    GSSAPI,
     SUPPORTED_METHODS,
     AskPassword,
     AuthOptions,
@@ -195,6 +196,9 @@ def load_credentials(
                 loaded.append(key)
                 key = LoadedKey(key.key, key.source, pending=key.pending)
             loaded.append(key)
+        elif isinstance(credential, GSSAPI):
+            # Up front, like a missing key file: python-gssapi is an optional dependency.
+            _gssapi.load_gssapi()
         # AskPassword, KeyboardInteractive and CustomAuth are callbacks, used during logon.
     # Certificates for no key file: the agent may hold their key (sshconnect2.c signs a
     # certificate with the agent's plain key).
@@ -439,6 +443,34 @@ class _Candidate:
         return self.loaded.offered_blob
 
 
+@dataclass
+class _GSSAttempt:
+    """
+    One gssapi-with-mic exchange in progress.
+
+    :ivar first: the first token, held until the server has chosen the mechanism.
+    :ivar rounds: the messages taken from the server (bounded by ``MAX_ROUNDS``).
+    :ivar finished: the MIC (or the server's error token) is done; SUCCESS or FAILURE next.
+    """
+
+    exchange: _gssapi.GSSExchange
+    first: bytes | None
+    rounds: int = 0
+    finished: bool = False
+
+
+def _one_string(packet: bytes) -> bytes:
+    """
+    The packet's ``string`` (RFC 4251 section 5).
+
+    :raises ValueError: when it is cut short.
+    """
+    if len(packet) < 4 or len(packet) - 4 < struct.unpack(">L", packet[:4])[0]:
+        raise ValueError("truncated string")
+    value, _rest = getNS(packet)
+    return bytes(value)
+
+
 class UserAuthClient(userauth.SSHUserAuthClient):
     """
     The client side of ``ssh-userauth`` (RFC 4252): after the ``none`` probe, each
@@ -452,7 +484,8 @@ class UserAuthClient(userauth.SSHUserAuthClient):
 
     A :class:`~rtunnel.CustomAuth` hook sees each ``USERAUTH_FAILURE`` first and may answer
     with its own packet; while its exchange goes on, the server's method-specific
-    messages (60-79) go to it too.
+    messages (60-79) go to it too. Likewise, while a ``gssapi-with-mic`` exchange
+    (:class:`~rtunnel.GSSAPI`) goes on, they are its messages (RFC 4462 section 3).
 
     Conch's own loop is not used: it restarts the method list after every failure, and
     its keyboard-interactive method always "has something to try", so a refused
@@ -481,6 +514,8 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         self._custom = [c for c in self._options.credentials if isinstance(c, CustomAuth)]
         self._custom_declined = False
         self._custom_active = False
+        self._gss_queue = [c for c in self._options.credentials if isinstance(c, GSSAPI)]
+        self._gss: _GSSAttempt | None = None
         self._agent: Any = None
         self._candidates: list[_Candidate] | None = None
         self._asked = 0
@@ -522,10 +557,15 @@ class UserAuthClient(userauth.SSHUserAuthClient):
             d = Deferred.fromCoroutine(self._custom_step(bytes((messageNum,)) + packet))
             d.addErrback(self._hook_failed, "custom authentication hook")
             return None
+        # RFC 4462 section 3: the same numbers are gssapi-with-mic's while it is in progress.
+        if self._gss is not None and self.lastAuth == b"gssapi-with-mic" and 60 <= messageNum <= 79:
+            self._gssapi_message(messageNum, packet)
+            return None
         return super().packetReceived(messageNum, packet)
 
     @override
     def ssh_USERAUTH_FAILURE(self, packet: bytes) -> Deferred[None]:  # type: ignore[override]
+        self._gss = None
         methods, rest = getNS(packet)
         partial = rest[:1] not in (b"", b"\x00")
         self._methods_left = tuple(m for m in methods.decode("ascii", "replace").split(",") if m)
@@ -561,6 +601,15 @@ class UserAuthClient(userauth.SSHUserAuthClient):
             if custom and await self._custom_step(failure_packet):
                 return
             self._custom_active = False
+        except CredentialError as e:
+            self.failure = e
+            self._give_up()
+            return
+        await self._try_methods()
+
+    async def _try_methods(self) -> None:
+        """Try the next method that has something to try; give up when none has."""
+        try:
             for method in self._order():
                 if await self._attempt(method):
                     return
@@ -570,6 +619,8 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         self._give_up()
 
     async def _attempt(self, method: str) -> bool:
+        if method == "gssapi-with-mic":
+            return await self._try_gssapi()
         if method == "publickey":
             return await self._try_publickey()
         if method == "password":
@@ -654,6 +705,119 @@ class UserAuthClient(userauth.SSHUserAuthClient):
             error = AuthenticationError(f"The {what} failed: {error!r}.", self._methods_left)
         self.failure = error
         self._give_up()
+
+    # -- gssapi-with-mic (RFC 4462 section 3; the exchange itself is in _gssapi)
+
+    async def _try_gssapi(self) -> bool:
+        while self._gss_queue:
+            credential = self._gss_queue.pop(0)
+            target = _gssapi.target_name(self._options.host, credential.spn, credential.realm)
+            exchange = _gssapi.GSSExchange(target, credential.delegate)
+            try:
+                # Fetches the service ticket from the KDC: off the reactor thread.
+                first = await self._in_thread(exchange.start)
+            except _gssapi.GSSAPIFailure as e:
+                # As OpenSSH (ssh_gssapi_check_mechanism): not offered when it cannot work.
+                _log.info(
+                    "gssapi-with-mic: no Kerberos ticket for {name}: {reason}; trying the "
+                    "next method.",
+                    name=target.text,
+                    reason=str(e),
+                )
+                continue
+            self._gss = _GSSAttempt(exchange, first)
+            self.askForAuth(b"gssapi-with-mic", _gssapi.request_data())
+            return True
+        return False
+
+    async def _in_thread(self, work: Callable[[], bytes]) -> bytes:
+        from twisted.internet.interfaces import IReactorThreads
+        from twisted.internet.threads import deferToThreadPool
+
+        reactor = self._options.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        if IReactorThreads.providedBy(reactor):
+            result: bytes = await deferToThreadPool(reactor, reactor.getThreadPool(), work)
+            return result
+        return work()
+
+    def _gssapi_message(self, number: int, packet: bytes) -> None:
+        attempt = self._gss
+        assert attempt is not None
+        if attempt.finished:
+            # MIC or error token exchanged: the server owes SUCCESS or FAILURE.
+            _log.debug("ignoring gssapi-with-mic message {number} after the MIC", number=number)
+            return
+        attempt.rounds += 1
+        try:
+            if attempt.rounds > _gssapi.MAX_ROUNDS:
+                raise _gssapi.GSSAPIFailure(
+                    f"the server sent more than {_gssapi.MAX_ROUNDS} messages"
+                )
+            if number == _gssapi.MSG_USERAUTH_GSSAPI_RESPONSE:
+                self._gssapi_response(attempt, packet)
+            elif number == _gssapi.MSG_USERAUTH_GSSAPI_TOKEN:
+                if attempt.first is not None:
+                    raise _gssapi.GSSAPIFailure("the server sent a token before choosing")
+                self._gssapi_send(attempt, attempt.exchange.step(_one_string(packet)))
+            elif number == _gssapi.MSG_USERAUTH_GSSAPI_ERROR:
+                major, minor, message = _gssapi.parse_error(packet)
+                _log.info(
+                    "gssapi-with-mic: the server says: {message} (major {major:#x}, minor "
+                    "{minor:#x})",
+                    message=message.strip(),
+                    major=major,
+                    minor=minor,
+                )
+            elif number == _gssapi.MSG_USERAUTH_GSSAPI_ERRTOK:
+                # RFC 4462 section 3.9: let GSSAPI read it; the server's FAILURE follows.
+                attempt.finished = True
+                try:
+                    attempt.exchange.step(_one_string(packet))
+                except _gssapi.GSSAPIFailure as e:
+                    _log.info("gssapi-with-mic: the server's error token: {reason}", reason=e)
+            else:
+                raise _gssapi.GSSAPIFailure(f"the server sent message {number}")
+        except _gssapi.GSSAPIFailure as e:
+            self._abandon_gssapi(str(e))
+        except (ValueError, struct.error) as e:
+            self._abandon_gssapi(f"malformed message {number} from the server ({e})")
+
+    def _gssapi_response(self, attempt: _GSSAttempt, packet: bytes) -> None:
+        first, attempt.first = attempt.first, None
+        if first is None:
+            raise _gssapi.GSSAPIFailure("the server chose a mechanism twice")
+        chosen = _gssapi.parse_der_oid(_one_string(packet))
+        if chosen != _gssapi.KRB5_MECH:
+            raise _gssapi.GSSAPIFailure(
+                f"the server chose mechanism {chosen}, not the Kerberos 5 one offered"
+            )
+        self._gssapi_send(attempt, first)
+
+    def _gssapi_send(self, attempt: _GSSAttempt, token: bytes) -> None:
+        """Send the next token; once the context is established, the MIC (section 3.5)."""
+        assert self.transport is not None
+        exchange = attempt.exchange
+        if token:
+            self.transport.sendPacket(_gssapi.MSG_USERAUTH_GSSAPI_TOKEN, NS(token))
+        elif not exchange.complete:
+            raise _gssapi.GSSAPIFailure("GSSAPI has no token to send")
+        if exchange.complete:
+            data = _gssapi.mic_data(self._session_id(), self.user, self.instance.name)
+            mic = exchange.mic(data)
+            attempt.finished = True
+            if exchange.delegate and not exchange.delegated:
+                _log.info("gssapi-with-mic: credentials not delegated (ticket not forwardable?)")
+            self.transport.sendPacket(_gssapi.MSG_USERAUTH_GSSAPI_MIC, NS(mic))
+
+    def _abandon_gssapi(self, reason: str) -> None:
+        _log.info("gssapi-with-mic failed: {reason}; trying the next method.", reason=reason)
+        self._gss = None
+        # A new USERAUTH_REQUEST ends the exchange (RFC 4252 section 5; OpenSSH's
+        # input_gssapi_token does the same).
+        d = Deferred.fromCoroutine(self._try_methods())
+        d.addErrback(self._hook_failed, "authentication")
 
     # -- publickey
 

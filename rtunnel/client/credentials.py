@@ -18,6 +18,7 @@ from typing_extensions import override
 from rtunnel.errors import SpecError
 
 __all__ = [
+    "GSSAPI",
     "AskPassword",
     "AuthOptions",
     "CertificateFile",
@@ -35,8 +36,9 @@ __all__ = [
 ]
 
 #: The methods rtunnel speaks, in OpenSSH's default PreferredAuthentications order (less
-#: gssapi-with-mic and hostbased, which it does not).
-SUPPORTED_METHODS = ("publickey", "keyboard-interactive", "password")
+#: hostbased, which it does not). gssapi-with-mic is tried only with a :class:`GSSAPI`
+#: credential.
+SUPPORTED_METHODS = ("gssapi-with-mic", "publickey", "keyboard-interactive", "password")
 
 #: A passphrase callback: gets the key file's path, returns the passphrase (or None).
 PassphraseCallback = Callable[[Path], "str | None"]
@@ -297,6 +299,41 @@ class SSHAgent:
     identities_only: bool = False
 
 
+@dataclass(frozen=True)
+class GSSAPI:
+    """
+    GSSAPI authentication with Kerberos 5, ``gssapi-with-mic`` (RFC 4462; the reference's
+    amGSSAPIWithMic, OpenSSH ``GSSAPIAuthentication``), with the Kerberos ticket of the
+    credentials cache (``KRB5CCNAME``, else the default one: get it with ``kinit``). Tried
+    first when the server offers it, as in OpenSSH; without a usable ticket, or when the
+    KDC does not know the server, the method is skipped (the reason is logged) and the
+    other credentials are tried. Needs python-gssapi: ``pip install 'rtunnel[gssapi]'``.
+
+    :ivar delegate: ask for credential delegation, so the session on the server has a
+        ticket too (the reference's KerberosDelegation, OpenSSH
+        ``GSSAPIDelegateCredentials``).
+    :ivar realm: the server's Kerberos realm, when it is not the one its host name maps
+        to (the reference's KerberosRealm): the service principal becomes
+        ``host/HOST@REALM``.
+    :ivar spn: the server's service principal name (the reference's KerberosSPN): a
+        host-based service name ``host@gw.example.com``, or a principal name
+        ``host/gw.example.com@EXAMPLE.COM``. Default: ``host@HOST`` with the host name
+        given to the tunnel, as OpenSSH.
+    """
+
+    delegate: bool = False
+    realm: str | None = None
+    spn: str | None = None
+
+    def __post_init__(self) -> None:
+        from rtunnel.client._gssapi import check_spn
+
+        if self.spn is not None:
+            check_spn(self.spn)
+        if self.realm is not None and (not self.realm or any(c in self.realm for c in "@/ ")):
+            raise SpecError(f"Kerberos realm {self.realm!r} is not a realm name.")
+
+
 Credential = (
     PrivateKeyFile
     | PrivateKey
@@ -306,6 +343,7 @@ Credential = (
     | SSHAgent
     | CertificateFile
     | CustomAuth
+    | GSSAPI
 )
 
 

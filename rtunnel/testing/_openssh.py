@@ -40,7 +40,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
@@ -256,6 +256,7 @@ class OpenSSHServer:
         extra_config: Sequence[str] = (),
         sshd_path: str | None = None,
         host_key_types: Sequence[str] = ("ed25519",),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         """
         :param directory: where to put the server's files; created if missing.
@@ -268,6 +269,8 @@ class OpenSSHServer:
         :param sshd_path: the ``sshd`` binary; default :func:`find_sshd`.
         :param host_key_types: ``ssh-keygen -t`` types of the host keys to generate
             (``"ed25519"``, ``"rsa"``, ``"ecdsa"``).
+        :param env: environment variables for ``sshd``, over the test process's own
+            (``KRB5_CONFIG``, ``KRB5_KTNAME`` for GSSAPI tests).
         """
         for name, value in [
             ("authorized_keys", authorized_keys),
@@ -284,6 +287,7 @@ class OpenSSHServer:
         self._extra_config = list(extra_config)
         self._host_key_types = list(host_key_types)
         self._sshd_path = sshd_path
+        self._env = dict(env) if env is not None else None
         self.config_path = self.directory / "sshd_config"
         self.known_hosts_path = self.directory / "known_hosts"
         self.authorized_keys_path = self.directory / "authorized_keys"
@@ -778,6 +782,7 @@ class OpenSSHServer:
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=log_file,
+            env=None if self._env is None else {**os.environ, **self._env},
         )
         self._process = process
         self._log_file = log_file
