@@ -8,9 +8,11 @@ refusing proxy does to the logon and to reconnecting.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,13 @@ from e2e_support import Server
 from test_proxy_command import _echo_once
 from twisted.internet.threads import deferToThread
 
-from rtunnel import ProxyAuthenticationError, ProxyError, ReconnectPolicy, TunnelObserver
+from rtunnel import (
+    ProxyAuthenticationError,
+    ProxyError,
+    ReconnectAttempt,
+    ReconnectPolicy,
+    TunnelObserver,
+)
 from rtunnel.client.proxy import Proxy
 from rtunnel.testing._openssh import OpenSSHServer
 from rtunnel.testing._proxyservers import (
@@ -200,3 +208,119 @@ def test_the_command_through_a_socks5_proxy(
     assert done.returncode == 255
     assert "Bad Proxy 'socks9://x'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+class _ScriptedProxy:
+    """
+    An HTTP CONNECT proxy that misbehaves on cue (RELIABILITY.md A19), in a thread with
+    blocking sockets: each connection takes the next behaviour, the last one repeats.
+    "502": refuses; "close": answers 200 and closes at once; "flood": sends header lines
+    without end; "pass": connects to the destination and relays.
+    """
+
+    def __init__(self, behaviours: list[str]) -> None:
+        self.behaviours = behaviours
+        self.seen: list[str] = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            behaviour = self.behaviours[min(len(self.seen), len(self.behaviours) - 1)]
+            self.seen.append(behaviour)
+            threading.Thread(target=self._serve, args=(conn, behaviour), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, behaviour: str) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            target = head.split(b" ")[1].decode()
+            if behaviour == "502":
+                conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            elif behaviour == "close":
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            elif behaviour == "flood":
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                with contextlib.suppress(OSError):
+                    for _ in range(10_000):
+                        conn.sendall(b"X-Flood: " + b"a" * 100 + b"\r\n")
+            else:
+                host, _, port = target.rpartition(":")
+                with socket.create_connection((host, int(port))) as upstream:
+                    conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    _relay(conn, upstream)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _relay(a: socket.socket, b: socket.socket) -> None:
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    other = threading.Thread(target=pump, args=(b, a), daemon=True)
+    other.start()
+    pump(a, b)
+    other.join(30)
+
+
+class _Attempts(TunnelObserver):
+    def __init__(self) -> None:
+        self.attempts: list[tuple[float, str]] = []
+        self.messages: list[str] = []
+
+    def reconnect_attempt(self, attempt: ReconnectAttempt) -> None:
+        self.attempts.append((attempt.retry_interval, type(attempt.error).__name__))
+        self.messages.append(str(attempt.error))
+
+
+@pytest.mark.parametrize("server", ["bundled"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_proxy_faults_are_typed_bounded_and_retried_with_backoff(
+    server: Server, threaded_echo_port: int
+) -> None:
+    """RELIABILITY.md A19: 502, a close right after CONNECT and a header flood each fail
+    the attempt with a typed error, nothing grows without bound, and the "always" policy
+    backs off and gets through once the proxy behaves."""
+    proxy = _ScriptedProxy(["502", "close", "flood", "pass"])
+    attempts = _Attempts()
+    tunnel = server.tunnel(
+        proxy=f"http://127.0.0.1:{proxy.port}",
+        reconnect=ReconnectPolicy(mode="always", initial_delay=0.1, factor=2.0, jitter=0.0),
+    )
+    tunnel.add_observer(attempts)
+    try:
+        await tunnel.logon()
+        forward = await tunnel.request_forwarding("127.0.0.1", 0, "127.0.0.1", threaded_echo_port)
+        assert await deferToThread(_echo_once, forward.port, b"past the faults") == (
+            b"past the faults"
+        )
+    finally:
+        await tunnel.logoff()
+        proxy.close()
+    assert proxy.seen == ["502", "close", "flood", "pass"]
+    assert [name for _, name in attempts.attempts] == [
+        "ProxyError",  # 502
+        "ConnectionLostError",  # 200, then closed before any SSH byte
+        "ProxyError",  # an HTTP head longer than 16 KiB
+    ]
+    assert "502 Bad Gateway" in attempts.messages[0]
+    # Cut off at the bound, not read to the end or waited out.
+    assert "longer than 16384 bytes" in attempts.messages[2], attempts.messages[2]
+    delays = [delay for delay, _ in attempts.attempts]
+    assert delays == sorted(delays) and delays[-1] > delays[0]  # backing off
