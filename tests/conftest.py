@@ -258,12 +258,8 @@ def server(request: pytest.FixtureRequest) -> Server:
     )
 
 
-@pytest.fixture
-def threaded_echo_port() -> Iterator[int]:
-    """A plain echo server on 127.0.0.1 in a thread (nothing shared with the reactor)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
+def _serve_echo(listener: socket.socket) -> None:
+    """Echo every connection ``listener`` accepts, each in turn, until it is closed."""
 
     def serve() -> None:
         while True:
@@ -276,7 +272,28 @@ def threaded_echo_port() -> Iterator[int]:
                     conn.sendall(data)
 
     threading.Thread(target=serve, daemon=True).start()
+
+
+@pytest.fixture
+def threaded_echo_port() -> Iterator[int]:
+    """A plain echo server on 127.0.0.1 in a thread (nothing shared with the reactor)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    _serve_echo(listener)
     yield int(listener.getsockname()[1])
+    listener.close()
+
+
+@pytest.fixture
+def unix_echo(tmp_path: Path) -> Iterator[Path]:
+    """The same on a Unix-domain socket in ``tmp_path``."""
+    path = tmp_path / "echo.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(8)
+    _serve_echo(listener)
+    yield path
     listener.close()
 
 

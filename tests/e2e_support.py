@@ -6,7 +6,8 @@ one interface (the ``server`` fixture in conftest.py builds it).
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,3 +57,42 @@ class LocalUser:
     name: str
     password: str
     keys_dir: Path
+
+
+def command_argv(server: Server, *args: str) -> list[str]:
+    """``ssh``'s options for ``server`` (its key and known_hosts, never asking), then
+    ``args`` and the destination: what both ``ssh -F none`` and ``rtunnel`` take."""
+    return [
+        "-N",
+        *["-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={server.known_hosts}"],
+        *["-i", str(server.key), "-p", str(server.port)],
+        *args,
+        f"{server.user}@{server.host}",
+    ]
+
+
+def first_lines_side_by_side(
+    server: Server, ssh: str, args: Sequence[str], cwd: Path, check: Callable[[int], None]
+) -> list[str]:
+    """
+    Run OpenSSH's ``ssh -F none`` and then ``rtunnel`` with the same ``args`` against
+    ``server``; from each, the first stderr line (the ``Allocated port N ...`` one) with
+    its port number removed, after ``check(port)`` has used the forward.
+    """
+    lines = []
+    for argv in (
+        [ssh, "-F", "none", *command_argv(server, *args)],
+        [sys.executable, "-m", "rtunnel.cli", *command_argv(server, *args)],
+    ):
+        child = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=cwd)
+        try:
+            assert child.stderr is not None
+            line = child.stderr.readline().strip()
+            words = line.split()
+            assert words[:2] == ["Allocated", "port"], (argv[0], line)
+            check(int(words[2]))
+            lines.append(" ".join(words[:2] + words[3:]))
+        finally:
+            child.terminate()
+            child.wait(10)
+    return lines

@@ -11,14 +11,13 @@ import http.server
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import pytest_twisted
-from e2e_support import Server
+from e2e_support import Server, first_lines_side_by_side
 from twisted.internet.threads import deferToThread
 
 from rtunnel import SpecError
@@ -249,29 +248,13 @@ def test_the_command_prints_what_ssh_prints(
 ) -> None:
     """-R 0: "Allocated port N for remote forward to socks:0", as ssh 9.2 prints it, and
     the port is a working SOCKS proxy."""
-    common = [
-        "-N",
-        *["-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={server.known_hosts}"],
-        *["-i", str(server.key), "-p", str(server.port), "-R", "0"],
-        f"{server.user}@{server.host}",
-    ]
-    lines = []
-    for argv in (
-        [openssh_ssh, "-F", "none", *common],
-        [sys.executable, "-m", "rtunnel.cli", *common],
-    ):
-        child = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-        try:
-            assert child.stderr is not None
-            line = child.stderr.readline().strip()
-            lines.append(line.rsplit(" for ", 1)[1])
-            port = int(line.split()[2])
-            done = _curl(curl, f"socks5h://127.0.0.1:{port}", f"http://localhost:{web}/cli")
-            assert done.stdout.startswith("hello from /cli"), (argv[0], done.stderr)
-        finally:
-            child.terminate()
-            child.wait(10)
-    assert lines == ["remote forward to socks:0"] * 2
+
+    def check(port: int) -> None:
+        done = _curl(curl, f"socks5h://127.0.0.1:{port}", f"http://localhost:{web}/cli")
+        assert done.stdout.startswith("hello from /cli"), done.stderr
+
+    lines = first_lines_side_by_side(server, openssh_ssh, ["-R", "0"], tmp_path, check)
+    assert lines == ["Allocated port for remote forward to socks:0"] * 2
 
 
 def test_a_silent_client_or_a_slow_destination_is_given_up_on_time() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from e2e_support import Server
+from e2e_support import Server, command_argv
 from test_proxy_command import _echo_once
 from twisted.internet.threads import deferToThread
 
@@ -189,11 +189,11 @@ def test_the_command_through_a_socks5_proxy(
         sys.executable,
         "-m",
         "rtunnel.cli",
-        "-N",
-        *["-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={server.known_hosts}"],
-        *["-o", f"Proxy=socks5://{dante.host}:{dante.port}", "-o", "ExitOnForwardFailure=yes"],
-        *["-i", str(server.key), "-p", str(server.port), "-R", "0:127.0.0.1:9"],
-        f"{server.user}@{server.host}",
+        *command_argv(
+            server,
+            *["-o", f"Proxy=socks5://{dante.host}:{dante.port}", "-o", "ExitOnForwardFailure=yes"],
+            *["-R", "0:127.0.0.1:9"],
+        ),
     ]
     child = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:

@@ -11,41 +11,17 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import pytest_twisted
-from e2e_support import Server
+from e2e_support import Server, command_argv, first_lines_side_by_side
 from test_proxy_command import _echo_once
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from rtunnel import ChannelInfo, ForwardingError, SpecError, TunnelObserver
-
-
-@pytest.fixture
-def unix_echo(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "echo.sock"
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(path))
-    listener.listen(8)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield path
-    listener.close()
 
 
 def _refused(port: int) -> bool:
@@ -96,29 +72,12 @@ async def test_connections_reach_a_local_unix_socket(
 def test_the_command_prints_what_ssh_prints(
     server: Server, openssh_ssh: str, unix_echo: Path, tmp_path: Path
 ) -> None:
-    common = [
-        "-N",
-        *["-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={server.known_hosts}"],
-        *["-i", str(server.key), "-p", str(server.port), "-R", f"0:{unix_echo}"],
-        f"{server.user}@{server.host}",
-    ]
-    lines = []
-    for argv in (
-        [openssh_ssh, "-F", "none", *common],
-        [sys.executable, "-m", "rtunnel.cli", *common],
-    ):
-        child = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-        try:
-            assert child.stderr is not None
-            line = child.stderr.readline().strip()
-            lines.append(line.split(" for ", 1)[1])
-            port = int(line.split()[2])
-            assert _echo_once(port, b"via the command") == b"via the command", argv[0]
-        finally:
-            child.terminate()
-            child.wait(10)
+    def check(port: int) -> None:
+        assert _echo_once(port, b"via the command") == b"via the command"
+
+    lines = first_lines_side_by_side(server, openssh_ssh, ["-R", f"0:{unix_echo}"], tmp_path, check)
     # ssh 9.2's own quirk: the path, then its internal port for sockets (-2).
-    assert lines == [f"remote forward to {unix_echo}:-2"] * 2
+    assert lines == [f"Allocated port for remote forward to {unix_echo}:-2"] * 2
 
 
 def _unix_echo_once(path: Path, payload: bytes) -> bytes:
@@ -183,11 +142,7 @@ def test_the_command_forwards_a_socket_on_the_server(
         sys.executable,
         "-m",
         "rtunnel.cli",
-        "-N",
-        *["-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={server.known_hosts}"],
-        *["-i", str(server.key), "-p", str(server.port)],
-        *["-R", f"{remote}:127.0.0.1:{threaded_echo_port}"],
-        f"{server.user}@{server.host}",
+        *command_argv(server, "-R", f"{remote}:127.0.0.1:{threaded_echo_port}"),
     ]
     child = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:

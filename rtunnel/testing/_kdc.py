@@ -27,7 +27,10 @@ import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
+
+from typing_extensions import override
+
+from rtunnel.testing._listening import StartedInWith
 
 __all__ = ["KerberosKDC", "KerberosKDCError", "find_kdc"]
 
@@ -83,7 +86,7 @@ def _free_port() -> int:
     raise KerberosKDCError("no port free for both TCP and UDP on 127.0.0.1")
 
 
-class KerberosKDC:
+class KerberosKDC(StartedInWith):
     """
     An MIT ``krb5kdc`` on ``127.0.0.1`` serving :attr:`realm`, with its database in
     ``directory``. Usable as a context manager (started on entry, stopped on exit).
@@ -119,6 +122,7 @@ class KerberosKDC:
         """The environment a krb5 client or server needs to use this KDC's realm."""
         return {"KRB5_CONFIG": str(self.config_path), "KRB5_KDC_PROFILE": str(self.kdc_config_path)}
 
+    @override
     def start(self) -> None:
         """
         Write the configuration, create the database (``kdb5_util create -s``) and start
@@ -167,6 +171,7 @@ class KerberosKDC:
                 )
             time.sleep(0.02)
 
+    @override
     def stop(self) -> None:
         """Stop the KDC (``SIGTERM``, then ``SIGKILL``); nothing when it is not running."""
         process, self._process = self._process, None
@@ -218,18 +223,6 @@ class KerberosKDC:
         except FileNotFoundError:
             return "    (nothing)"
         return "\n".join(f"    {line}" for line in text.splitlines()[-lines:]) or "    (nothing)"
-
-    def __enter__(self) -> KerberosKDC:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals
 

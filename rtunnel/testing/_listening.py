@@ -1,11 +1,17 @@
-"""The address a test server or proxy listens on, for classes that keep ``_listening``."""
+"""
+Small mixins for the test servers: the address one listens on (for classes that keep
+``_listening``), and ``with`` support for the ones started as child processes.
+"""
 
 from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort
 
-__all__ = ["ListeningAddress"]
+__all__ = ["ListeningAddress", "StartedInWith"]
 
 
 class ListeningAddress:
@@ -29,3 +35,25 @@ class ListeningAddress:
         address = self._listening.getHost()
         assert isinstance(address, IPv4Address | IPv6Address)
         return address
+
+
+class StartedInWith:
+    """Mixin: ``with server:`` calls ``start()`` on entry and ``stop()`` on exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

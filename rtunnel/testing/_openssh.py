@@ -42,10 +42,11 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import ClassVar
 
 from typing_extensions import override
+
+from rtunnel.testing._listening import StartedInWith
 
 __all__ = ["OpenSSHServer", "OpenSSHServerError", "find_sshd"]
 
@@ -216,7 +217,7 @@ def _account_lock_problem(user: str) -> str | None:
     )
 
 
-class OpenSSHServer:
+class OpenSSHServer(StartedInWith):
     """
     A real OpenSSH ``sshd`` on ``127.0.0.1``, configured for tunnel tests: public-key
     authentication as the local user, TCP forwarding allowed with ``GatewayPorts
@@ -346,6 +347,7 @@ class OpenSSHServer:
         # sshd re-executes itself for every connection and insists on an absolute path.
         return os.path.abspath(path)
 
+    @override
     def start(self) -> None:
         """
         Write the configuration, host keys, ``authorized_keys`` and ``known_hosts``, start
@@ -391,6 +393,7 @@ class OpenSSHServer:
             _running.add(self)
             return
 
+    @override
     def stop(self, *, kill_sessions: bool = True) -> None:
         """
         Stop ``sshd``: ``SIGTERM``, then ``SIGKILL`` after :attr:`stop_timeout` seconds.
@@ -585,18 +588,6 @@ class OpenSSHServer:
             if keyword:
                 config.setdefault(keyword.lower(), []).append(value)
         return config
-
-    def __enter__(self) -> OpenSSHServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -31,11 +31,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar
 
 from typing_extensions import override
 
+from rtunnel.testing._listening import StartedInWith
 from rtunnel.testing._openssh import OpenSSHServer
 
 __all__ = [
@@ -86,7 +86,7 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
-class _Daemon:
+class _Daemon(StartedInWith):
     """
     A proxy daemon run in the foreground as our child, in its own process group (so that
     :meth:`stop` ends the processes it forked too).
@@ -138,6 +138,7 @@ class _Daemon:
         except FileNotFoundError:
             return ""
 
+    @override
     def start(self) -> None:
         """
         Write the configuration and start the daemon on a free port; wait until the port
@@ -179,6 +180,7 @@ class _Daemon:
                 f"{self.log_text()[-4000:]}"
             )
 
+    @override
     def stop(self) -> None:
         """``SIGTERM`` to its process group, ``SIGKILL`` after :attr:`stop_timeout`."""
         process, self._process = self._process, None
@@ -196,18 +198,6 @@ class _Daemon:
     def _prepare(self, program: str, port: int) -> list[str]:
         """Write the configuration for ``port``; :return: the command line."""
         raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class DanteServer(_Daemon):
