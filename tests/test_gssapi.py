@@ -496,6 +496,45 @@ async def test_no_ticket_falls_back_to_publickey(
 
 @pytest.mark.openssh
 @pytest_twisted.ensureDeferred
+async def test_alternate_credentials_with_a_password(
+    sshd: Sshd,
+    kerberos: Kerberos,
+    logged: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The reference's amGSSAPIWithMic with SSHPassword: no ticket in any cache, the
+    password gets one for the SSH user (or ``principal``), and nothing is written."""
+    ccache = tmp_path / "never-written"
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{ccache}")
+    offset = sshd.log_offset()
+    await _logon_forward_logoff(_tunnel(sshd, kerberos, [GSSAPI(password=PASSWORD)]))
+    sshd.wait_for_log(offset, f"Accepted gssapi-with-mic for {kerberos.user} from 127.0.0.1")
+    principal = f"{kerberos.user}@{REALM}"
+    offset = sshd.log_offset()
+    await _logon_forward_logoff(
+        _tunnel(sshd, kerberos, [GSSAPI(password=PASSWORD, principal=principal)])
+    )
+    sshd.wait_for_log(offset, f"Accepted gssapi-with-mic for {kerberos.user} from 127.0.0.1")
+    assert not ccache.exists()
+    # A wrong password: skipped with the KDC's reason, never sent to the server.
+    offset = sshd.log_offset()
+    with pytest.raises(AuthenticationError, match="Permission denied"):
+        await _tunnel(sshd, kerberos, [GSSAPI(password="wrong")]).logon()
+    # MIT krb5 1.20 says "Decrypt integrity check failed" without preauthentication.
+    assert any(
+        f"with the password given for {kerberos.user}" in line
+        and line.endswith(": Decrypt integrity check failed; trying the next method.")
+        for line in logged
+    ), [line for line in logged if "gssapi" in line.lower()]
+    assert "method gssapi-with-mic" not in sshd.log_since(offset)
+    assert "wrong" not in repr(GSSAPI(password="wrong"))
+    with pytest.raises(SpecError, match="password"):
+        GSSAPI(principal=principal)
+
+
+@pytest.mark.openssh
+@pytest_twisted.ensureDeferred
 async def test_order(sshd: Sshd, kerberos: Kerberos) -> None:
     auth = [PrivateKey(sshd.key), GSSAPI()]
     # OpenSSH's default order: gssapi-with-mic before publickey, whatever auth= says.

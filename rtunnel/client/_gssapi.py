@@ -261,9 +261,22 @@ class GSSExchange:
     :ivar rounds: the gssapi-with-mic messages taken from the server so far.
     """
 
-    def __init__(self, target: TargetName, delegate: bool) -> None:
+    def __init__(
+        self,
+        target: TargetName,
+        delegate: bool,
+        principal: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        """
+        :param principal: with ``password``: the client principal to get a ticket for,
+            instead of using the credentials cache's.
+        :param password: that principal's password.
+        """
         self.target = target
         self.delegate = delegate
+        self.principal = principal
+        self._password = password
         self.rounds = 0
         self._gssapi = load_gssapi()
         self._context: Any = None
@@ -301,11 +314,26 @@ class GSSExchange:
         )
         try:
             name = gssapi.Name(self.target.text, name_type=kind)
+            creds = None
+            if self._password is not None:
+                # The reference's "alternate credentials": a TGT for the principal from its
+                # password (MIT's gss_acquire_cred_with_password), in memory only.
+                client = gssapi.Name(
+                    self.principal or "", name_type=gssapi.NameType.kerberos_principal
+                )
+                acquired = gssapi.raw.acquire_cred_with_password(
+                    client,
+                    self._password.encode("utf-8"),
+                    usage="initiate",
+                    mechs=[gssapi.OID.from_int_seq(KRB5_MECH)],
+                )
+                creds = gssapi.Credentials(acquired.creds)
             self._context = gssapi.SecurityContext(
                 name=name,
                 usage="initiate",
                 flags=wanted,
                 mech=gssapi.OID.from_int_seq(KRB5_MECH),
+                creds=creds,
             )
             token = self._context.step()
         except gssapi.exceptions.GSSError as e:

@@ -712,18 +712,36 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         while self._gss_queue:
             credential = self._gss_queue.pop(0)
             target = _gssapi.target_name(self._options.host, credential.spn, credential.realm)
-            exchange = _gssapi.GSSExchange(target, credential.delegate)
+            principal = None
+            if credential.password is not None:
+                principal = credential.principal or self.user.decode("utf-8", "replace")
+                if "@" not in principal and credential.realm is not None:
+                    principal = f"{principal}@{credential.realm}"
+            exchange = _gssapi.GSSExchange(
+                target, credential.delegate, principal, credential.password
+            )
             try:
                 # Fetches the service ticket from the KDC: off the reactor thread.
                 first = await self._in_thread(exchange.start)
             except _gssapi.GSSAPIFailure as e:
                 # As OpenSSH (ssh_gssapi_check_mechanism): not offered when it cannot work.
-                _log.info(
-                    "gssapi-with-mic: no Kerberos ticket for {name}: {reason}; trying the "
-                    "next method.",
-                    name=target.text,
-                    reason=str(e),
-                )
+                if principal is not None:
+                    _log.info(
+                        "gssapi-with-mic: no Kerberos ticket for {name} with the password "
+                        'given for {principal} (a wrong password reads "Decrypt integrity '
+                        'check failed" or "Preauthentication failed"): {reason}; trying '
+                        "the next method.",
+                        name=target.text,
+                        principal=principal,
+                        reason=str(e),
+                    )
+                else:
+                    _log.info(
+                        "gssapi-with-mic: no Kerberos ticket for {name}: {reason}; trying the "
+                        "next method.",
+                        name=target.text,
+                        reason=str(e),
+                    )
                 continue
             self._gss = _GSSAttempt(exchange, first)
             self.askForAuth(b"gssapi-with-mic", _gssapi.request_data())

@@ -319,11 +319,20 @@ class GSSAPI:
         host-based service name ``host@gw.example.com``, or a principal name
         ``host/gw.example.com@EXAMPLE.COM``. Default: ``host@HOST`` with the host name
         given to the tunnel, as OpenSSH.
+    :ivar password: log on with these "alternate credentials" instead of the credentials
+        cache's ticket (the reference's amGSSAPIWithMic with SSHPassword): a ticket is
+        got from the KDC for ``principal`` with this password, kept in memory for this
+        logon only (no credentials cache is written). A wrong password skips the method,
+        with the KDC's reason logged.
+    :ivar principal: the Kerberos principal for ``password`` (default: the SSH user name,
+        in ``realm`` when given, else the default realm of ``krb5.conf``).
     """
 
     delegate: bool = False
     realm: str | None = None
     spn: str | None = None
+    password: str | None = field(default=None, repr=False)
+    principal: str | None = None
 
     def __post_init__(self) -> None:
         from rtunnel.client._gssapi import check_spn
@@ -332,6 +341,10 @@ class GSSAPI:
             check_spn(self.spn)
         if self.realm is not None and (not self.realm or any(c in self.realm for c in "@/ ")):
             raise SpecError(f"Kerberos realm {self.realm!r} is not a realm name.")
+        if self.principal is not None and self.password is None:
+            raise SpecError("A Kerberos principal is used with a password: give password= too.")
+        if self.principal is not None and (not self.principal or " " in self.principal):
+            raise SpecError(f"Kerberos principal {self.principal!r} is not a principal name.")
 
 
 Credential = (
