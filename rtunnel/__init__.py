@@ -35,6 +35,7 @@ from rtunnel.client.credentials import (
     PrivateKeyFile,
     SSHAgent,
 )
+from rtunnel.client.jump import JumpHost
 from rtunnel.client.proxy import Proxy
 from rtunnel.client.verify import HostKeyInfo
 from rtunnel.errors import (
@@ -94,6 +95,7 @@ __all__ = [
     "HostKeyInfo",
     "HostKeyPolicy",
     "HostKeySignatureError",
+    "JumpHost",
     "KeepaliveError",
     "KeyExchangeError",
     "KeyboardInteractive",

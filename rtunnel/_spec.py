@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, NamedTuple
@@ -455,32 +454,17 @@ def parse_destination(text: str) -> Destination:
     return Destination(user, host, None)
 
 
-def proxy_jump_command(spec: str) -> str:
+def parse_proxy_jump(spec: str) -> list[Destination]:
     """
-    The ProxyCommand that ``-J`` / ``ProxyJump`` stands for: ``ssh -W '[%h]:%p'`` through
-    the last jump host, reaching it through the ones before with ``-J`` (OpenSSH 7.3's
-    ssh.c turned ``-J`` into exactly this command; later versions do the same natively).
-    Each hop is ``[user@]host[:port]`` or ``ssh://[user@]host[:port]``.
+    The hops of a ``-J`` / ``ProxyJump`` value, first hop first: each ``[user@]host[:port]``
+    or ``ssh://[user@]host[:port]``, separated by commas (ssh_config(5)).
 
     :raises SpecError: for an empty hop, user or host, or a bad port.
     """
     hops = [hop.strip() for hop in spec.split(",")]
     if not spec.strip() or any(not hop for hop in hops):
         raise SpecError(f"Bad ProxyJump '{spec}': give [user@]host[:port][,...].")
-    *before, last = hops
-    destination = _jump_hop(last, spec)
-    words = ["ssh"]
-    if before:
-        for hop in before:
-            _jump_hop(hop, spec)  # each checked now, not by the ssh it runs
-        words += ["-J", ",".join(before)]
-    if destination.user is not None:
-        words += ["-l", destination.user]
-    if destination.port is not None:
-        words += ["-p", str(destination.port)]
-    words += ["-W", "[%h]:%p", "--", destination.host]
-    # %h and %p stay for expand_proxy_command; everything else is quoted for the shell.
-    return " ".join(shlex.quote(w) for w in words)
+    return [_jump_hop(hop, spec) for hop in hops]
 
 
 def _jump_hop(hop: str, spec: str) -> Destination:
@@ -1061,9 +1045,10 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
         if value.lower() == "none":
             return "none"
         try:
-            return proxy_jump_command(value)
+            parse_proxy_jump(value)
         except SpecError as error:
             raise SpecError(f"{_WHERE}: {error.message}") from None
+        return value
     if canonical == "Proxy":
         value = _one(keyword, args)
         if value.lower() not in ("auto", "none"):
@@ -1124,9 +1109,6 @@ _FIRST_WINS: Final = {
     "ForwardingLocalHost": "forwarding_local_host",
     "Proxy": "proxy",
     "ProxyExceptionsList": "proxy_exceptions",
-    # ssh_config(5): ProxyJump and ProxyCommand compete, the first one given wins.
-    "ProxyCommand": "proxy_command",
-    "ProxyJump": "proxy_command",
     "MaxTransferRate": "max_transfer_rate",
     "PermitRemoteOpen": "permit_remote_open",
 }
@@ -1189,8 +1171,10 @@ class ClientOptions:
     :ivar max_transfer_rate: ``-o MaxTransferRate`` (the reference's name): bytes per
         second of channel data to the server, or None (no limit).
     :ivar permit_remote_open: ``-o PermitRemoteOpen``: where dynamic forwards may connect.
-    :ivar proxy_command: ``-o ProxyCommand``, or the ``ssh -W`` command ``-J`` /
-        ``-o ProxyJump`` stands for (:func:`proxy_jump_command`), or ``none``.
+    :ivar proxy_command: ``-o ProxyCommand``, or ``none``.
+    :ivar proxy_jump: ``-J`` / ``-o ProxyJump``: ``[user@]host[:port][,...]``
+        (:func:`parse_proxy_jump`), or ``none``. At most one of ``proxy_command`` and
+        ``proxy_jump`` is set.
     """
 
     user: str | None = None
@@ -1236,6 +1220,7 @@ class ClientOptions:
     proxy: str | None = None
     proxy_exceptions: str | None = None
     proxy_command: str | None = None
+    proxy_jump: str | None = None
     max_transfer_rate: int | None = None
     permit_remote_open: str | None = None
     jump_given: bool = field(default=False, repr=False)
@@ -1302,6 +1287,14 @@ class ClientOptions:
             assert isinstance(value, str)
             if self.log_level is None:
                 self.log_level = value
+        elif name in ("ProxyCommand", "ProxyJump"):
+            # ssh_config(5): ProxyJump and ProxyCommand compete, the first one given wins.
+            assert isinstance(value, str)
+            if self.proxy_command is None and self.proxy_jump is None:
+                if name == "ProxyJump":
+                    self.proxy_jump = value
+                else:
+                    self.proxy_command = value
         elif name in _FIRST_WINS:
             # The first value wins (readconf.c), as for the options above.
             attribute = _FIRST_WINS[name]

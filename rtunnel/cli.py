@@ -83,8 +83,8 @@ listens on for us are forwarded to host:hostport from this machine.
   -l login_name   User to log in as (default: the local user).
   -b bind_address Connect from this local address (a machine with several), as
                   -o BindAddress.
-  -J destination  Connect through these jump hosts, [user@]host[:port][,...], with
-                  "ssh -W" (as -o ProxyJump; needs OpenSSH's ssh).
+  -J destination  Connect through these jump hosts, [user@]host[:port][,...], with the
+                  same keys and known_hosts (as -o ProxyJump; no ssh binary needed).
   -c cipher_spec  Ciphers to offer, comma-separated, as -o Ciphers (a leading "+"
                   appends to the default, "-" removes, "^" puts first).
   -m mac_spec     MACs to offer, likewise (-o MACs).

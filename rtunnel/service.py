@@ -283,6 +283,8 @@ def _network_settings(options: ClientOptions) -> dict[str, Any]:
         settings["proxy_exceptions"] = options.proxy_exceptions
     if options.proxy_command and options.proxy_command.lower() != "none":
         settings["proxy_command"] = options.proxy_command
+    if options.proxy_jump and options.proxy_jump.lower() != "none":
+        settings["proxy_jump"] = options.proxy_jump
     if options.max_transfer_rate:
         settings["max_transfer_rate"] = options.max_transfer_rate
     if options.permit_remote_open is not None:

@@ -73,6 +73,7 @@ from rtunnel.client.forwarder import (
     tcp_endpoint,
 )
 from rtunnel.client.idle import IdleChannelReaper
+from rtunnel.client.jump import JumpHosts, jump_endpoint, jump_hosts
 from rtunnel.client.keepalive import Keepalive
 from rtunnel.client.verify import HostKeyCallback, HostKeyPolicy, HostKeyVerifier
 from rtunnel.errors import (
@@ -222,6 +223,13 @@ class ReverseTunnel:
         jumphost"``): run as ``$SHELL -c "exec COMMAND"`` with ``%h``, ``%p``, ``%r``,
         ``%n`` and ``%%`` expanded, its standard error left as this program's, sent SIGHUP
         when the connection ends. Not with ``proxy`` or ``local_host``/``local_port``.
+    :param proxy_jump: reach the server through jump hosts, natively (OpenSSH's
+        ``ProxyJump``, ``-J``): a :class:`~rtunnel.client.jump.JumpHost`, a string
+        ``"[user@]host[:port][,...]"`` or a list of either, first hop first. rtunnel logs on
+        to each with this tunnel's credentials and host-key settings (unless the
+        ``JumpHost`` overrides them) and opens a ``direct-tcpip`` channel to the next; no
+        ``ssh`` binary is run. Not with ``proxy``, ``proxy_command`` or
+        ``local_host``/``local_port``.
     :param permit_remote_open: where a dynamic forward's SOCKS clients may connect
         (OpenSSH's PermitRemoteOpen): ``host:port`` entries (``*`` for any host or port), a
         list or one string separated by spaces; ``"none"``: nowhere; None or ``"any"`` (the
@@ -316,6 +324,7 @@ class ReverseTunnel:
         proxy: Proxy | str | None = None,
         proxy_exceptions: str | Sequence[str] = (),
         proxy_command: str | None = None,
+        proxy_jump: JumpHosts | None = None,
         max_transfer_rate: int = 0,
         permit_remote_open: str | Sequence[str] | None = None,
         target_connect_timeout: float = 10.0,
@@ -339,6 +348,10 @@ class ReverseTunnel:
         client_version: str | None = None,
         server_version_pattern: str | Sequence[str] = _algorithms.DEFAULT_VERSION_PATTERN,
     ) -> None:
+        # The arguments as given (locals() holds only them here): a jump host's tunnel is
+        # made from them (_jump_tunnel).
+        self._arguments: dict[str, Any] = dict(locals())
+        del self._arguments["self"]
         if not host:
             raise SpecError("No SSH host given.")
         if not 0 < port <= 65535:
@@ -444,6 +457,16 @@ class ReverseTunnel:
             # Unknown tokens are refused now rather than at the first connect.
             expand_proxy_command(proxy_command, host=host, port=port, user=self.user)
         self.proxy_command = proxy_command
+        #: The jump hosts, first hop first (empty: none).
+        self.proxy_jump = jump_hosts(proxy_jump)
+        if self.proxy_jump:
+            if self.proxy is not None or self.proxy_command is not None:
+                raise SpecError("Give proxy_jump, proxy or proxy_command, not several.")
+            if self.local_host is not None or self.local_port:
+                raise SpecError(
+                    "local_host and local_port do not apply with proxy_jump (the jump host "
+                    "makes the connection)."
+                )
         if max_transfer_rate < 0:
             raise SpecError(
                 f"Bad max_transfer_rate {max_transfer_rate}: give bytes per second (0: no limit)."
@@ -617,6 +640,10 @@ class ReverseTunnel:
             # ssh's words at debug1 (sshconnect.c).
             self._status(f"Executing proxy command: exec {command}")
             endpoint = ProxyCommandEndpoint(cast(IReactorProcess, self._reactor), command)
+        elif self.proxy_jump:
+            hop = self.proxy_jump[-1]
+            self._status(f"Connecting to {self.host} port {self.port} through {hop.where}.")
+            endpoint = jump_endpoint(self._jump_tunnel, hop, self.host, self.port)
         elif proxy is None:
             self._status(f"Connecting to {self.host} port {self.port}.")
             endpoint = tcp_endpoint(self._reactor, self.host, self.port, timeout, bind)
@@ -717,6 +744,49 @@ class ReverseTunnel:
             raise ChannelRefused(OPEN_CONNECT_FAILED, text) from None
         return Splice(target)
 
+    def _jump_tunnel(self) -> ReverseTunnel:
+        """A tunnel to the last jump host (through the hops before it), made with this
+        tunnel's arguments: credentials, known_hosts, algorithms and timeouts carry over
+        (ssh -J uses the same), what belongs to this server or its channels does not."""
+        *before, hop = self.proxy_jump
+        arguments = {
+            **self._arguments,
+            "host": hop.host,
+            "port": hop.port,
+            "user": hop.user,
+            "proxy_jump": before or None,
+            # Pinned for this server, not for the jump host.
+            "accepted_host_keys": (),
+            "accepted_fingerprints": (),
+            "accepted_ca_keys": (),
+            # The jump connection lives as long as the channel; this tunnel reconnects.
+            "reconnect": ReconnectPolicy.off(),
+            "channel_idle_timeout": 0.0,
+            "absolute_timeout": False,
+            "max_transfer_rate": 0,
+        }
+        if hop.auth is not None:
+            arguments["auth"] = hop.auth
+        if hop.known_hosts is not None:
+            arguments["known_hosts"] = hop.known_hosts
+        if hop.host_key_policy is not None:
+            arguments["host_key_policy"] = hop.host_key_policy
+        return ReverseTunnel(**arguments)
+
+    def open_direct_tcpip(
+        self, host: str, port: int, protocol: IProtocol
+    ) -> Deferred[ForwardedChannel]:
+        """
+        Ask the server to connect to ``host:port`` (a ``direct-tcpip`` channel, RFC 4254
+        §7.2, as ``ssh -W``) and run ``protocol`` over the channel. Fires with the channel
+        once the server confirms; fails with
+        :class:`~rtunnel.client.connection.ChannelRefused` (the server's reason) or
+        :class:`~rtunnel.errors.NotConnectedError`.
+        """
+        if not self.connected:
+            return defer.fail(NotConnectedError("Not logged on."))
+        return self._require_conn().open_direct_tcpip(host, port, protocol)
+
     def _bind_address(self) -> tuple[str, int] | None:
         if self.local_host is None and not self.local_port:
             return None
@@ -745,6 +815,8 @@ class ReverseTunnel:
         """
         transport = self._transport
         tcp = getattr(transport, "transport", None)
+        if self.proxy_jump:
+            return None  # the jump host's socket, not ours
         try:
             host = tcp.getHost()  # type: ignore[union-attr]
         except AttributeError:

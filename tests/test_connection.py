@@ -21,6 +21,7 @@ from rtunnel import ChannelOpenRequest, Forward, ForwardState, ReverseTunnel, Tu
 from rtunnel._model import ChannelInfo
 from rtunnel._policy import TokenBucket
 from rtunnel.client import connection as c
+from rtunnel.client.channel import ForwardedChannel
 from rtunnel.errors import ConnectionLostError, ForwardingError
 
 U32 = struct.Struct(">L")
@@ -595,3 +596,97 @@ def test_the_server_socket_reads_and_queues_more_than_twisteds_default(
     h.ssh.transport = tcp  # type: ignore[assignment]
     h.conn.serviceStarted()
     assert tcp.bufferSize == c.SERVER_SOCKET_BUFFER > 64 * 1024
+
+
+# -- the one channel we open: direct-tcpip (RFC 4254 §7.2), for a jump host
+
+
+def _open_direct(h: Harness) -> tuple[Deferred[Any], Recorder, int]:
+    protocol = Recorder()
+    d = h.conn.open_direct_tcpip("target.example", 2222, protocol)
+    (packet,) = h.ssh.of(c.MSG_CHANNEL_OPEN)
+    kind, offset = _wire.decode_string(packet)
+    assert kind == b"direct-tcpip"
+    local_id, window, max_packet = struct.unpack_from(">3L", packet, offset)
+    assert (window, max_packet) == (h.conn.window_size, h.conn.max_packet)
+    host, offset = _wire.decode_string(packet, offset + 12)
+    (port,) = U32.unpack_from(packet, offset)
+    origin, offset = _wire.decode_string(packet, offset + 4)
+    (origin_port,) = U32.unpack_from(packet, offset)
+    assert (host, port, origin, origin_port) == (b"target.example", 2222, b"127.0.0.1", 65535)
+    return d, protocol, local_id
+
+
+def test_a_direct_tcpip_open_is_completed_by_the_confirmation() -> None:
+    h = Harness()
+    d, protocol, local_id = _open_direct(h)
+    assert not d.called
+    h.feed(c.MSG_CHANNEL_OPEN_CONFIRMATION, struct.pack(">4L", local_id, 33, 100, 50))
+    channel: ForwardedChannel = _result(d)
+    assert protocol.transport is channel
+    peer = channel.getPeer()
+    assert (peer.host, peer.port) == ("target.example", 2222)
+    # The channel is live both ways, with the server's window and packet size.
+    channel.write(b"x" * 120)
+    sent = h.ssh.of(c.MSG_CHANNEL_DATA)
+    assert [struct.unpack_from(">2L", p) for p in sent] == [(33, 50), (33, 50)]
+    h.feed(c.MSG_CHANNEL_DATA, U32.pack(local_id) + _wire.encode_string(b"hello"))
+    assert protocol.data == [b"hello"]
+    h.feed(c.MSG_CHANNEL_CLOSE, U32.pack(local_id))
+    assert h.ssh.of(c.MSG_CHANNEL_CLOSE) == [U32.pack(33)]
+    assert len(protocol.lost) == 1
+    assert h.conn.channels == {}
+    assert h.ssh.disconnects == []
+
+
+def test_a_direct_tcpip_open_fails_with_the_servers_reason() -> None:
+    h = Harness()
+    d, protocol, local_id = _open_direct(h)
+    h.feed(
+        c.MSG_CHANNEL_OPEN_FAILURE,
+        struct.pack(">2L", local_id, c.OPEN_ADMINISTRATIVELY_PROHIBITED)
+        + _wire.encode_string(b"open failed")
+        + _wire.encode_string(b""),
+    )
+    with pytest.raises(c.ChannelRefused) as refused:
+        _result(d)
+    assert (refused.value.code, refused.value.description) == (1, "open failed")
+    assert protocol.transport is None and h.conn.channels == {}
+    # Answered once: a second answer for it is unsolicited.
+    h.feed(c.MSG_CHANNEL_OPEN_CONFIRMATION, struct.pack(">4L", local_id, 1, 100, 50))
+    assert [d[0] for d in h.ssh.disconnects] == [c.DISCONNECT_PROTOCOL_ERROR]
+
+
+@pytest.mark.parametrize("message", [c.MSG_CHANNEL_OPEN_CONFIRMATION, c.MSG_CHANNEL_OPEN_FAILURE])
+def test_an_answer_to_an_open_we_did_not_send_is_a_protocol_violation(message: int) -> None:
+    h = Harness()
+    d, _protocol, local_id = _open_direct(h)
+    if message == c.MSG_CHANNEL_OPEN_CONFIRMATION:
+        payload = struct.pack(">4L", local_id + 1, 1, 100, 50)
+    else:
+        payload = struct.pack(">2L", local_id + 1, 2) + _wire.encode_string(b"no") + U32.pack(0)
+    h.feed(message, payload)
+    assert [d[0] for d in h.ssh.disconnects] == [c.DISCONNECT_PROTOCOL_ERROR]
+    assert "unsolicited" in str(h.conn.protocol_error)
+    assert not d.called
+
+
+def test_a_cancelled_direct_tcpip_open_is_closed_when_confirmed() -> None:
+    h = Harness()
+    d, protocol, local_id = _open_direct(h)
+    d.cancel()
+    h.feed(c.MSG_CHANNEL_OPEN_CONFIRMATION, struct.pack(">4L", local_id, 33, 100, 50))
+    assert h.ssh.of(c.MSG_CHANNEL_CLOSE) == [U32.pack(33)]
+    assert protocol.transport is None
+    h.feed(c.MSG_CHANNEL_CLOSE, U32.pack(local_id))
+    assert h.conn.channels == {} and h.ssh.disconnects == []
+
+
+def test_a_direct_tcpip_open_fails_when_the_connection_is_lost() -> None:
+    h = Harness()
+    d, _protocol, _local_id = _open_direct(h)
+    h.conn.serviceStopped()
+    with pytest.raises(ConnectionLostError):
+        _result(d)
+    with pytest.raises(ConnectionLostError):
+        _result(h.conn.open_direct_tcpip("t", 1, Recorder()))

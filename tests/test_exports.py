@@ -40,6 +40,7 @@ def test_public_names() -> None:
             "HostKeyInfo",
             "HostKeySignatureError",
             "HostKeyPolicy",
+            "JumpHost",
             "KeepaliveError",
             "KeyExchangeError",
             "KeyboardInteractive",

@@ -17,7 +17,7 @@ from e2e_support import Server
 from twisted.internet.threads import deferToThread
 
 from rtunnel import ConnectionLostError, ReverseTunnel, SpecError
-from rtunnel._spec import parse_option, proxy_jump_command
+from rtunnel._spec import Destination, parse_option, parse_proxy_jump
 from rtunnel.cli import CommandLineExit, parse_command_line
 from rtunnel.client._proxycommand import expand_proxy_command
 from rtunnel.testing._openssh import OpenSSHServer
@@ -48,34 +48,40 @@ def test_unknown_tokens_are_refused(template: str, named: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("spec", "command"),
+    ("spec", "hops"),
     [
-        ("jump", "ssh -W '[%h]:%p' -- jump"),
-        ("alice@jump:2222", "ssh -l alice -p 2222 -W '[%h]:%p' -- jump"),
-        ("a,bob@b:23", "ssh -J a -l bob -p 23 -W '[%h]:%p' -- b"),
-        ("ssh://carol@[::1]:2200", "ssh -l carol -p 2200 -W '[%h]:%p' -- ::1"),
-        ("[::1]", "ssh -W '[%h]:%p' -- ::1"),
-        ("us$er@jump", "ssh -l 'us$er' -W '[%h]:%p' -- jump"),
+        ("jump", [Destination(None, "jump", None)]),
+        ("alice@jump:2222", [Destination("alice", "jump", 2222)]),
+        ("a,bob@b:23", [Destination(None, "a", None), Destination("bob", "b", 23)]),
+        ("ssh://carol@[::1]:2200", [Destination("carol", "::1", 2200)]),
+        ("[::1]", [Destination(None, "::1", None)]),
+        ("us$er@jump", [Destination("us$er", "jump", None)]),
     ],
 )
-def test_proxy_jump_is_the_ssh_w_command_openssh_7_3_built(spec: str, command: str) -> None:
-    assert proxy_jump_command(spec) == command
+def test_proxy_jump_is_a_list_of_hops_first_hop_first(spec: str, hops: list[Destination]) -> None:
+    assert parse_proxy_jump(spec) == hops
 
 
 @pytest.mark.parametrize("spec", ["", "a,,b", "@jump", "jump:0", "jump:x", "[::1", "a,:22"])
 def test_bad_jump_specs_are_refused(spec: str) -> None:
     with pytest.raises(SpecError, match="ProxyJump"):
-        proxy_jump_command(spec)
+        parse_proxy_jump(spec)
+    with pytest.raises(CommandLineExit, match=r"(?i)proxyjump"):
+        parse_command_line(["-J", spec, "-R", "0:127.0.0.1:80", "dest"])
 
 
 def test_the_command_line_takes_j_and_proxycommand_first_one_wins() -> None:
     forward = ["-R", "0:127.0.0.1:80"]
     options = parse_command_line(["-J", "u@j:2", *forward, "dest"]).options
-    assert options.proxy_command == "ssh -l u -p 2 -W '[%h]:%p' -- j"
+    assert (options.proxy_jump, options.proxy_command) == ("u@j:2", None)
     options = parse_command_line(
         ["-o", "ProxyCommand=nc %h %p", "-J", "j", *forward, "dest"]
     ).options
-    assert options.proxy_command == "nc %h %p"
+    assert (options.proxy_jump, options.proxy_command) == (None, "nc %h %p")
+    options = parse_command_line(
+        ["-J", "j", "-o", "ProxyCommand=nc %h %p", *forward, "dest"]
+    ).options
+    assert (options.proxy_jump, options.proxy_command) == ("j", None)
     assert parse_option("ProxyCommand none") == ("ProxyCommand", "none")
     with pytest.raises(CommandLineExit, match="Only a single -J"):
         parse_command_line(["-J", "a", "-J", "b", *forward, "dest"])

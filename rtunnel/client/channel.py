@@ -73,8 +73,12 @@ class ForwardedChannel:
         window_size: int,
         max_packet: int,
         info: ChannelInfo,
+        *,
+        outbound: bool = False,
     ) -> None:
         self.conn = conn
+        # A direct-tcpip channel we opened: the peer is what the server connected to.
+        self._outbound = outbound
         self.local_id = local_id
         self.remote_id = remote_id
         self.info = info
@@ -143,12 +147,23 @@ class ForwardedChannel:
         self._send_close()
 
     def getPeer(self) -> IPv4Address | IPv6Address:  # noqa: N802 (ITransport)
-        """The remote client that connected to the server's listener."""
+        """The remote client that connected to the server's listener (for a channel we
+        opened: the host and port the server connected to)."""
+        if self._outbound:
+            return _address(self.info.connected_address, self.info.connected_port)
         return _address(self.info.origin_address, self.info.origin_port)
 
     def getHost(self) -> IPv4Address | IPv6Address:  # noqa: N802 (ITransport)
-        """The server-side address the client connected to."""
+        """The server-side address the client connected to (for a channel we opened: the
+        originator address we gave)."""
+        if self._outbound:
+            return _address(self.info.origin_address, self.info.origin_port)
         return _address(self.info.connected_address, self.info.connected_port)
+
+    @property
+    def connected(self) -> bool:
+        """True until the channel has finished (as a TCP transport's ``connected``)."""
+        return not self.finished
 
     # -- IPushProducer: the consumer of inbound data (a target socket or the app) paces us
 

@@ -8,6 +8,8 @@ unknown channel number, and accepts any channel type a factory knows. Here:
 
 * only ``forwarded-tcpip`` opens for a forward we requested are considered; everything else
   is refused without side effects (RELIABILITY.md D1-D4);
+* the one channel we open ourselves is ``direct-tcpip`` (RFC 4254 §7.2, for a jump host);
+  a confirmation or failure for a channel we did not open is a protocol error;
 * a channel is confirmed only after its target is connected or its protocol accepted;
 * global requests we send are answered in order (RFC 4254 §4); an unsolicited reply, a
   message for an unknown or closed channel, data beyond the window or a malformed payload
@@ -44,6 +46,7 @@ from zope.interface import implementer
 from rtunnel import _wire
 from rtunnel._model import ChannelInfo, ChannelOpenRequest, Forward
 from rtunnel._policy import TokenBucket
+from rtunnel._text import printable
 from rtunnel.client.channel import ForwardedChannel
 from rtunnel.errors import ConnectionLostError, ForwardingError, ProtocolError
 
@@ -136,6 +139,21 @@ class ChannelHost(Protocol):
         """Tell observers ``opened``, ``data``, ``eof``, ``closed`` or ``ready``."""
 
 
+class _Opening:
+    # A direct-tcpip open we sent, waiting for CONFIRMATION or FAILURE.
+    __slots__ = ("cancelled", "deferred", "info", "protocol")
+
+    def __init__(self, info: ChannelInfo, protocol: IProtocol) -> None:
+        self.info = info
+        self.protocol = protocol
+        self.cancelled = False
+        self.deferred: Deferred[ForwardedChannel] = Deferred(self._cancel)
+
+    def _cancel(self, _d: Deferred[ForwardedChannel]) -> None:
+        # The answer still comes; a confirmation is then closed at once.
+        self.cancelled = True
+
+
 class _PendingOpen:
     __slots__ = ("channel", "deferred")
 
@@ -182,6 +200,7 @@ class ForwardingConnection(SSHService):
         self._on_stopped = on_stopped
         self.channels: dict[int, ForwardedChannel] = {}
         self._pending: dict[int, _PendingOpen] = {}
+        self._opening: dict[int, _Opening] = {}
         self._next_id = 0
         self._global_replies: deque[Deferred[bytes]] = deque()
         self._idle_waiters: list[Deferred[None]] = []
@@ -203,8 +222,8 @@ class ForwardingConnection(SSHService):
             MSG_REQUEST_SUCCESS: self._request_success,
             MSG_REQUEST_FAILURE: self._request_failure,
             MSG_CHANNEL_OPEN: self._channel_open,
-            MSG_CHANNEL_OPEN_CONFIRMATION: self._unexpected("CHANNEL_OPEN_CONFIRMATION"),
-            MSG_CHANNEL_OPEN_FAILURE: self._unexpected("CHANNEL_OPEN_FAILURE"),
+            MSG_CHANNEL_OPEN_CONFIRMATION: self._open_confirmation,
+            MSG_CHANNEL_OPEN_FAILURE: self._open_failure,
             MSG_CHANNEL_WINDOW_ADJUST: self._window_adjust,
             MSG_CHANNEL_DATA: self._channel_data,
             MSG_CHANNEL_EXTENDED_DATA: self._extended_data,
@@ -239,6 +258,17 @@ class ForwardingConnection(SSHService):
         for pending in list(self._pending.values()):
             pending.deferred.cancel()
         self._pending.clear()
+        opening, self._opening = self._opening, {}
+        for open_ in opening.values():
+            if not open_.deferred.called:
+                open_.deferred.errback(
+                    Failure(
+                        ConnectionLostError(
+                            "The SSH connection was lost before the server answered the "
+                            "channel open."
+                        )
+                    )
+                )
         for channel in list(self.channels.values()):
             channel.connection_lost(reason)
         self.channels.clear()
@@ -355,6 +385,49 @@ class ForwardingConnection(SSHService):
         self._send(MSG_GLOBAL_REQUEST, _wire.encode_string(name) + b"\x01" + data)
         return d
 
+    def open_direct_tcpip(
+        self,
+        host: str,
+        port: int,
+        protocol: IProtocol,
+        origin: tuple[str, int] = ("127.0.0.1", 65535),
+    ) -> Deferred[ForwardedChannel]:
+        """
+        Open a ``direct-tcpip`` channel (RFC 4254 §7.2): the server connects to
+        ``host:port``. On CHANNEL_OPEN_CONFIRMATION ``protocol`` is connected to the channel
+        (which is its transport) and the Deferred fires with the channel; on
+        CHANNEL_OPEN_FAILURE it fails with :class:`ChannelRefused` carrying the server's
+        reason code and text.
+
+        :param origin: the originator address and port; the default is what OpenSSH's
+            ``ssh -W`` sends (channels.c, ``channel_connect_stdio_fwd``).
+        """
+        local_id = self._next_id
+        self._next_id += 1
+        info = ChannelInfo(
+            channel_id=local_id,
+            service="direct-tcpip",
+            connected_address=host,
+            connected_port=port,
+            origin_address=origin[0],
+            origin_port=origin[1],
+        )
+        opening = _Opening(info, protocol)
+        if self.stopped:
+            opening.deferred.errback(Failure(ConnectionLostError("The SSH connection is closed.")))
+            return opening.deferred
+        self._opening[local_id] = opening
+        self._send(
+            MSG_CHANNEL_OPEN,
+            _wire.encode_string(b"direct-tcpip")
+            + _U32X3.pack(local_id, self.window_size, self.max_packet)
+            + _wire.encode_string(host.encode("utf-8"))
+            + _U32.pack(port)
+            + _wire.encode_string(origin[0].encode("utf-8"))
+            + _U32.pack(origin[1]),
+        )
+        return opening.deferred
+
     def send_channel_data(self, channel: ForwardedChannel, data: bytes | memoryview) -> None:
         """Send one CHANNEL_DATA packet (the channel has done the window accounting)."""
         self._send(MSG_CHANNEL_DATA, _U32X2.pack(channel.remote_id, len(data)) + data)
@@ -435,7 +508,7 @@ class ForwardingConnection(SSHService):
 
     def _unexpected(self, name: str) -> Callable[[bytes], None]:
         def handler(packet: bytes) -> None:
-            # We never open channels or send channel requests (RELIABILITY.md D9).
+            # We never send channel requests (RELIABILITY.md D9).
             self.protocol_violation(f"unsolicited {name}")
 
         return handler
@@ -535,6 +608,45 @@ class ForwardingConnection(SSHService):
             lambda protocol: self._confirm(channel, protocol),
             lambda failure: self._open_failed(channel, failure),
         )
+
+    def _open_confirmation(self, packet: bytes) -> None:
+        local_id, sender, window, max_packet = _U32X4.unpack_from(packet)
+        opening = self._opening.pop(local_id, None)
+        if opening is None:
+            self.protocol_violation(f"unsolicited CHANNEL_OPEN_CONFIRMATION for {local_id}")
+            return
+        channel = ForwardedChannel(
+            self,
+            local_id,
+            sender,
+            window,
+            max(max_packet, 1),
+            self.window_size,
+            self.max_packet,
+            opening.info,
+            outbound=True,
+        )
+        self.channels[local_id] = channel
+        if opening.cancelled:
+            # Nobody wants it any more: close it again (RFC 4254 §5.3).
+            channel.confirmed = True
+            channel.loseConnection()
+            return
+        channel.attach(opening.protocol)
+        if not channel.finished:
+            self.host.channel_event("opened", channel.info)
+        opening.deferred.callback(channel)
+
+    def _open_failure(self, packet: bytes) -> None:
+        local_id, code = _U32X2.unpack_from(packet)
+        description, _ = _wire.decode_string(packet, 8)
+        opening = self._opening.pop(local_id, None)
+        if opening is None:
+            self.protocol_violation(f"unsolicited CHANNEL_OPEN_FAILURE for {local_id}")
+            return
+        if not opening.cancelled:
+            text = printable(description.decode("utf-8", "replace"))
+            opening.deferred.errback(Failure(ChannelRefused(code, text)))
 
     def _confirm(self, channel: ForwardedChannel, protocol: IProtocol) -> None:
         self._pending.pop(channel.local_id, None)
