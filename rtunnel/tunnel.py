@@ -32,6 +32,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from typing_extensions import override
 
 from rtunnel import _wire
 from rtunnel._model import (
@@ -771,7 +772,9 @@ class ReverseTunnel:
             arguments["known_hosts"] = hop.known_hosts
         if hop.host_key_policy is not None:
             arguments["host_key_policy"] = hop.host_key_policy
-        return ReverseTunnel(**arguments)
+        jump = ReverseTunnel(**arguments)
+        jump.add_observer(_JumpProgress(self, hop.where))
+        return jump
 
     def open_direct_tcpip(
         self, host: str, port: int, protocol: IProtocol
@@ -1642,6 +1645,28 @@ def _paths(value: str | Path | Sequence[str | Path] | None) -> list[Path] | None
     if isinstance(value, (str, Path)):
         value = [value]
     return [Path(p).expanduser() for p in value]
+
+
+class _JumpProgress(TunnelObserver):
+    """
+    Passes a jump host's progress on to the observers of the tunnel it carries (its
+    SSHStatus and connection events, named as the jump host's), so ``-v`` and observers
+    see the whole way; twisted.logger already has the jump tunnel's own log lines.
+    """
+
+    def __init__(self, outer: ReverseTunnel, where: str) -> None:
+        self._outer = outer
+        self._where = where
+
+    @override
+    def ssh_status(self, message: str) -> None:
+        self._outer._notify("ssh_status", f"{self._where}: {message}")
+
+    @override
+    def connection_status(self, event: str, status_code: int, description: str) -> None:
+        self._outer._notify(
+            "connection_status", f"jump-{event}", status_code, f"{self._where}: {description}"
+        )
 
 
 class _LogonAbandoned(ConnectError):

@@ -23,7 +23,14 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from rtunnel import AuthenticationError, ConnectError, HostKeyError, ReverseTunnel, SpecError
+from rtunnel import (
+    AuthenticationError,
+    ConnectError,
+    HostKeyError,
+    ReverseTunnel,
+    SpecError,
+    TunnelObserver,
+)
 from rtunnel.client.jump import JumpHost, jump_hosts
 from rtunnel.testing._openssh import OpenSSHServer
 
@@ -108,9 +115,21 @@ async def test_the_tunnel_runs_through_a_native_jump_host(
             known_hosts=_known_hosts(tmp_path, server, jump),
             proxy_jump=f"{jump.user}@127.0.0.1:{jump.port}",
         )
+        statuses: list[str] = []
+
+        class Progress(TunnelObserver):
+            def ssh_status(self, message: str) -> None:
+                statuses.append(message)
+
+        tunnel.add_observer(Progress())
         await tunnel.logon()
         try:
             assert tunnel.local_address is None  # the jump host's socket, not ours
+            # The jump host's progress reaches this tunnel's observers, named as its.
+            where = f"jump host 127.0.0.1 port {jump.port}"
+            assert f"{where}: Connecting to 127.0.0.1 port {jump.port}." in statuses
+            assert any(s.startswith(f"{where}: Authenticated to") for s in statuses), statuses
+            assert f"Connecting to {server.host} port {server.port} through {where}." in statuses
             forward = await tunnel.request_forwarding(
                 "127.0.0.1", 0, "127.0.0.1", threaded_echo_port
             )
