@@ -2,6 +2,7 @@
 rtunnel: SSH reverse tunnels (``ssh -R``) for Twisted.
 """
 
+from rtunnel import _quiet  # noqa: F401 (first: installs the warning filter)
 from rtunnel._model import (
     AcceptHook,
     ChannelInfo,

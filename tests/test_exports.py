@@ -139,3 +139,26 @@ def test_channel_provides_what_it_declares() -> None:
     for interface in (ITransport, IPushProducer, IConsumer):
         assert verifyObject(interface, channel)
     assert verifyObject(IPushProducer, conn)
+
+
+def test_importing_rtunnel_silences_conchs_dsa_warning() -> None:
+    """
+    cryptography 51 deprecates DSA and Conch's key module touches dsa.* for every key:
+    with rtunnel imported, handling an Ed25519 key prints nothing (even with ``-W
+    default``), while another warning from the same place would still be shown.
+    """
+    code = (
+        "import rtunnel, warnings\n"
+        "from cryptography.hazmat.primitives.asymmetric import ed25519\n"
+        "from twisted.conch.ssh import keys\n"
+        "key = keys.Key(ed25519.Ed25519PrivateKey.generate())\n"
+        "key.public().toString('openssh'); key.sign(b'x')\n"
+        "warnings.warn_explicit('another warning', UserWarning, 'keys.py', 1,\n"
+        "                      module='twisted.conch.ssh.keys')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "DSA is deprecated and support" not in done.stderr
+    assert done.stderr.count("UserWarning: another warning") == 1, done.stderr
