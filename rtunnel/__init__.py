@@ -11,6 +11,7 @@ from rtunnel._model import (
     ForwardState,
     ReconnectAttempt,
     TunnelObserver,
+    TunnelStatistics,
 )
 from rtunnel._policy import ReconnectPolicy
 from rtunnel._sshparam import (
@@ -121,6 +122,7 @@ __all__ = [
     "SpecError",
     "TimedOutError",
     "TunnelObserver",
+    "TunnelStatistics",
     "VersionError",
     "__version__",
     "decode_packet",

@@ -20,6 +20,7 @@ __all__ = [
     "ForwardState",
     "ReconnectAttempt",
     "TunnelObserver",
+    "TunnelStatistics",
 ]
 
 
@@ -176,6 +177,45 @@ class ReconnectAttempt:
     def cancel(self) -> None:
         """Make no further attempts."""
         self.cancelled = True
+
+
+@dataclass(frozen=True)
+class TunnelStatistics:
+    """
+    Counters of a tunnel, from :meth:`ReverseTunnel.statistics` (a snapshot).
+
+    :ivar connected: logged on now.
+    :ivar sessions: SSH sessions that logged on, the first one included.
+    :ivar key_exchanges: key exchanges completed on the current session (its first one
+        included; 0 when not connected).
+    :ivar rekeys_by_us: of those after the first, the ones rtunnel started.
+    :ivar rekeys_by_server: of those after the first, the ones the server started.
+    :ivar total_key_exchanges: key exchanges completed on all sessions.
+    :ivar keepalives_sent: ``keepalive@openssh.com`` requests sent on the current session.
+    :ivar channels_open: channels in the table now (pending ones included).
+    :ivar channels_opened: channels confirmed on all sessions.
+    :ivar bytes_sent: channel data sent to the server, all sessions.
+    :ivar bytes_received: channel data received from the server, all sessions.
+    :ivar forwards_active: forwards the server is listening for now.
+    """
+
+    connected: bool
+    sessions: int
+    key_exchanges: int
+    rekeys_by_us: int
+    rekeys_by_server: int
+    total_key_exchanges: int
+    keepalives_sent: int
+    channels_open: int
+    channels_opened: int
+    bytes_sent: int
+    bytes_received: int
+    forwards_active: int
+
+    @property
+    def reconnects(self) -> int:
+        """Sessions after the first."""
+        return max(0, self.sessions - 1)
 
 
 class TunnelObserver:

@@ -43,6 +43,7 @@ from rtunnel._model import (
     ForwardState,
     ReconnectAttempt,
     TunnelObserver,
+    TunnelStatistics,
 )
 from rtunnel._policy import ReconnectPolicy, TokenBucket
 from rtunnel._text import printable
@@ -513,6 +514,13 @@ class ReverseTunnel:
         self._keepalive: Keepalive | None = None
         self._retry = 0
         self._connected_at = 0.0
+        # Counters for statistics(): sessions, and what ended sessions and closed
+        # channels carried.
+        self._sessions = 0
+        self._past_key_exchanges = 0
+        self._channels_opened = 0
+        self._closed_bytes_sent = 0
+        self._closed_bytes_received = 0
         self._reconnect_call: IDelayedCall | None = None
         self._forward_retries: dict[int, tuple[int, IDelayedCall | None]] = {}
         self._stopping = False
@@ -727,6 +735,7 @@ class ReverseTunnel:
         )
         self._idle_reaper.start()
         self._status(f"Authenticated to {self.host} port {self.port} as {self.user!r}.")
+        self._sessions += 1
         self._connection_status(
             "authenticated", 0, f"Logged on to {self.host} port {self.port} as {self.user!r}."
         )
@@ -1045,6 +1054,26 @@ class ReverseTunnel:
         d: Deferred[None] = Deferred()
         self._disconnect_waiters.append(d)
         return d
+
+    def statistics(self) -> TunnelStatistics:
+        """A snapshot of the tunnel's counters (sessions, key exchanges, channels, bytes)."""
+        conn, transport = self._conn, self._transport
+        live = list(conn.channels.values()) if conn is not None and not conn.stopped else []
+        current = transport.key_exchanges if transport is not None else 0
+        return TunnelStatistics(
+            connected=self.connected,
+            sessions=self._sessions,
+            key_exchanges=current,
+            rekeys_by_us=transport.rekeys_by_us if transport is not None else 0,
+            rekeys_by_server=transport.rekeys_by_peer if transport is not None else 0,
+            total_key_exchanges=self._past_key_exchanges + current,
+            keepalives_sent=self._keepalive.sent if self._keepalive is not None else 0,
+            channels_open=len(live),
+            channels_opened=self._channels_opened,
+            bytes_sent=self._closed_bytes_sent + sum(c.info.bytes_sent for c in live),
+            bytes_received=self._closed_bytes_received + sum(c.info.bytes_received for c in live),
+            forwards_active=sum(f.state is ForwardState.ACTIVE for f in self._forwards),
+        )
 
     @property
     def connected(self) -> bool:
@@ -1407,6 +1436,11 @@ class ReverseTunnel:
 
     def channel_event(self, name: str, info: ChannelInfo, data: bytes = b"") -> None:
         """Dispatch a channel event to observers."""
+        if name == "opened":
+            self._channels_opened += 1
+        elif name == "closed":
+            self._closed_bytes_sent += info.bytes_sent
+            self._closed_bytes_received += info.bytes_received
         if self.log_level >= 2 and name in ("opened", "closed"):
             self._emit_log(
                 2,
@@ -1466,6 +1500,7 @@ class ReverseTunnel:
             return
         was_connected = self._conn is not None
         clean = self._logging_off
+        self._past_key_exchanges += transport.key_exchanges
         self._transport = None
         self._conn = None
         self._logging_off = False

@@ -65,6 +65,7 @@ def test_public_names() -> None:
             "ProxyError",
             "TimedOutError",
             "TunnelObserver",
+            "TunnelStatistics",
             "VersionError",
             "__version__",
             "CustomAuth",

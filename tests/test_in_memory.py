@@ -60,3 +60,44 @@ def test_forward_and_channel_in_memory(tmp_path: Path) -> None:
     result_of(done)
     assert not stack.tunnel.connected
     assert [call for call in stack.reactor.getDelayedCalls() if call.active()] == []
+
+
+def test_statistics_count_sessions_rekeys_channels_and_bytes(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    before = stack.tunnel.statistics()
+    assert (before.connected, before.sessions, before.reconnects) == (False, 0, 0)
+    assert before.total_key_exchanges == before.channels_opened == before.bytes_sent == 0
+    result_of(stack.connect())
+    stack.forward_upper()
+    assert stack.round_trip(b"abc") == b"ABC"
+    assert stack.round_trip(b"hello") == b"HELLO"
+
+    ours = stack.tunnel.rekey()
+    stack.pump.flush()
+    result_of(ours)
+    theirs = stack.server_transport.rekey()
+    stack.pump.flush()
+    result_of(theirs)
+    remote, wire = stack.inbound(40001)
+    remote.dataReceived(b"open")
+    stack.pump.flush()
+
+    stats = stack.tunnel.statistics()
+    assert (stats.connected, stats.sessions, stats.reconnects) == (True, 1, 0)
+    assert (stats.key_exchanges, stats.rekeys_by_us, stats.rekeys_by_server) == (3, 1, 1)
+    assert stats.total_key_exchanges == 3
+    assert (stats.channels_open, stats.channels_opened) == (1, 3)
+    # Closed channels and the open one: 3 + 5 + 4 bytes each way.
+    assert (stats.bytes_received, stats.bytes_sent) == (12, 12)
+    assert wire.value() == b"OPEN"
+    assert stats.forwards_active == 1
+
+    remote.connectionLost(Failure(Exception("done")))
+    stack.pump.flush()
+    done = stack.tunnel.logoff()
+    stack.pump.flush()
+    result_of(done)
+    after = stack.tunnel.statistics()
+    assert (after.connected, after.sessions, after.key_exchanges) == (False, 1, 0)
+    assert (after.total_key_exchanges, after.channels_open, after.channels_opened) == (3, 0, 3)
+    assert (after.bytes_received, after.bytes_sent, after.forwards_active) == (12, 12, 0)

@@ -159,7 +159,10 @@ class SecureTransportMixin(_Base):
     :ivar kex_timeout: seconds a key exchange after the first may take before we
         disconnect (D13: a peer that starts a rekey and goes silent); None: no limit. The
         first is bounded by the caller's handshake timeout instead.
-    :ivar key_exchanges: completed key exchanges.
+    :ivar key_exchanges: completed key exchanges (the first included).
+    :ivar rekeys_by_us: key exchanges after the first that this side started (by volume,
+        time, packet count or :meth:`rekey`).
+    :ivar rekeys_by_peer: key exchanges after the first that the peer started.
     :ivar version_patterns: the peer's version line must match one of these (the seed's
         SSHVersionPattern).
     :ivar peer_version: the peer's version line, escaped for display (None before it).
@@ -173,6 +176,8 @@ class SecureTransportMixin(_Base):
     rekey_clock: IReactorTime | None = None
     kex_timeout: float | None = 60.0
     key_exchanges = 0
+    rekeys_by_us = 0
+    rekeys_by_peer = 0
     version_patterns: tuple[str, ...] = parse_version_pattern(DEFAULT_VERSION_PATTERN)
     peer_version: str | None = None
 
@@ -577,6 +582,8 @@ class SecureTransportMixin(_Base):
                 return
         if not self._check_overlap(lists):
             return
+        if not first and self._keyExchangeState == self._KEY_EXCHANGE_NONE:
+            self.rekeys_by_peer += 1
         self._accept_kexinit(packet, lists[0])
 
     def _accept_kexinit(self, packet: bytes, peer_kex: list[bytes]) -> None:
@@ -696,8 +703,13 @@ class SecureTransportMixin(_Base):
         d: Deferred[None] = Deferred()
         self._rekey_waiters.append(d)
         if self._keyExchangeState == self._KEY_EXCHANGE_NONE and not self._closing:
-            self.sendKexInit()
+            self._start_rekey()
         return d
+
+    def _start_rekey(self) -> None:
+        if self.sessionID is not None:
+            self.rekeys_by_us += 1
+        self.sendKexInit()
 
     def _maybe_rekey(self) -> None:
         if self._keyExchangeState != self._KEY_EXCHANGE_NONE or self._closing:
@@ -714,7 +726,7 @@ class SecureTransportMixin(_Base):
             self._bytes_since_kex = 0
             self._kex_at = self._now()
             self._cancel_rekey_timer()
-            self.sendKexInit()
+            self._start_rekey()
 
     def _packets_since_kex(self) -> tuple[int, int]:
         seq_in, seq_out = self._seq_at_kex
