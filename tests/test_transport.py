@@ -116,11 +116,13 @@ def test_rekey_on_demand_by_volume_and_from_the_server_keeps_data_intact(
     stack.forward_upper()
     client, server = stack.client, stack.server_transport
     host_key = client._first_host_key
-    # By volume: 1 MB through a 200 kB limit.
+    # By volume: 1.04 MB each way through a 200 kB limit per direction: 5 (±1) rekeys.
     data = bytes(range(97, 123)) * 40_000
     assert stack.round_trip(data) == data.upper()
     by_volume = client.key_exchanges
-    assert by_volume >= 5
+    assert 4 <= client.rekeys_by_us <= 6
+    assert client.rekeys_by_peer == 0
+    assert by_volume == 1 + client.rekeys_by_us
     # On demand.
     d = stack.tunnel.rekey()
     stack.pump.flush()
@@ -411,10 +413,13 @@ def test_the_bundled_server_rekeys_by_volume(tmp_path: Path) -> None:
     stack.reactor.tcpServers[0][1].rekey_bytes = 150_000
     result_of(stack.connect())
     stack.forward_upper()
-    data = b"0123456789" * 100_000
+    data = b"0123456789" * 100_000  # 1 MB each way: 6.7 limits in each direction
     assert stack.round_trip(data) == data
-    assert stack.server_transport.key_exchanges >= 5
-    assert stack.client.key_exchanges == stack.server_transport.key_exchanges
+    server = stack.server_transport
+    assert 5 <= server.rekeys_by_us <= 7
+    assert (server.rekeys_by_peer, stack.client.rekeys_by_us) == (0, 0)
+    assert stack.client.rekeys_by_peer == server.rekeys_by_us
+    assert stack.client.key_exchanges == server.key_exchanges == 1 + server.rekeys_by_us
 
 
 # -- key exchange methods (issue 6) -----------------------------------------------------
@@ -602,9 +607,10 @@ def test_a_64_bit_block_cipher_rekeys_every_512_kib_even_without_rekey_bytes(
     stack = Stack(tmp_path, ciphers=["3des-cbc"], macs=["hmac-sha2-256"], rekey_bytes=0)
     result_of(stack.connect())
     stack.forward_upper()
-    data = b"3des" * 500_000  # 2 MB each way
+    data = b"3des" * 500_000  # 2 MB each way: 3.8 limits in each direction
     assert stack.round_trip(data) == data.upper()
-    assert stack.client.key_exchanges >= 6
+    assert 2 <= stack.client.rekeys_by_us <= 4
+    assert stack.client.rekeys_by_peer == 0
 
 
 def test_rekey_before_the_packet_counter_limit(
@@ -616,9 +622,12 @@ def test_rekey_before_the_packet_counter_limit(
     result_of(stack.connect())
     stack.forward_upper()
     assert stack.client.key_exchanges == 1
-    for i in range(30):
+    # About 3 packets each way per round trip: 60 of them cross 51 packets 3 times (±1).
+    # The server has the same patched limit, so the two sides' KEXINITs cross.
+    for i in range(60):
         assert stack.round_trip(b"%d" % i) == b"%d" % i
-    assert stack.client.key_exchanges >= 2
+    assert 2 <= stack.client.key_exchanges - 1 <= 4
+    assert max(stack.client._out_packets, stack.client._in_packets) <= 51
 
 
 def test_an_idle_connection_is_rekeyed_by_time_once(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "legacy_names",
     "parse_version_pattern",
     "rekey_byte_limit",
+    "rekey_limit",
     "resolve",
     "version_accepted",
 ]
@@ -378,6 +379,15 @@ def rekey_byte_limit(kind: str, block_size: int) -> int:
     if kind in ("chacha", "stream"):
         return 1 << 30
     return (1 << (block_size * 8 // 4)) * block_size
+
+
+def rekey_limit(rekey_bytes: int, kind: str, block_size: int) -> int:
+    """
+    Bytes one direction may carry before a rekey is due: ``rekey_bytes`` (RekeyLimit; 0:
+    none) capped by :func:`rekey_byte_limit` of that direction's cipher, as OpenSSH sets
+    max_blocks_in and max_blocks_out (packet.c, ssh_set_newkeys). 0: no limit.
+    """
+    return min((x for x in (rekey_bytes, rekey_byte_limit(kind, block_size)) if x), default=0)
 
 
 def kex_need_bytes(sizes: Sequence[int]) -> int:

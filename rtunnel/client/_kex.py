@@ -45,11 +45,12 @@ from rtunnel.client._algorithms import (
     STRICT_KEX_CLIENT,
     STRICT_KEX_SERVER,
     parse_version_pattern,
-    rekey_byte_limit,
+    rekey_limit,
     version_accepted,
 )
 from rtunnel.client._packet import (
     CIPHERS,
+    MACS,
     SEQ_MASK,
     CipherSpec,
     Opener,
@@ -130,6 +131,14 @@ def cipher_spec(name: bytes) -> CipherSpec:
     return CIPHERS.get(name) or _legacy.CIPHERS[name]
 
 
+def tag_size(cipher: bytes, mac: bytes | None) -> int:
+    """Bytes of MAC (or AEAD tag) after each packet under ``cipher`` and ``mac``."""
+    if cipher_spec(cipher).aead:
+        return 16
+    spec = MACS.get(mac or b"none")
+    return spec.size if spec is not None else 0
+
+
 def _make_sealer(cipher: bytes, key: bytes, iv: bytes, mac: bytes | None, mk: bytes) -> Sealer:
     if cipher in _legacy.CIPHERS:
         return _legacy.make_legacy_sealer(cipher, key, iv, mac, mk)
@@ -149,7 +158,12 @@ class SecureTransportMixin(_Base):
     :ivar strict_kex: whether strict key exchange is in effect on this connection.
     :ivar offer_strict_kex: offer strict key exchange in the first KEXINIT.
     :ivar require_strict_kex: disconnect if the peer does not offer strict key exchange.
-    :ivar rekey_bytes: start a key exchange after this many bytes either way (0: never).
+    :ivar rekey_bytes: start a key exchange once this many bytes have gone one way since
+        the last one, counting each direction on its own (0: no limit but the cipher's).
+        OpenSSH's RekeyLimit rule (packet.c, ssh_packet_need_rekeying): a rekey is due
+        when either direction reaches its limit, which is this or the RFC 4344 limit of
+        that direction's cipher, whichever is smaller; bytes are packets as sent (length
+        field, padding and all) less their MAC.
     :ivar rekey_seconds: start a key exchange after this many seconds (None: never); the
         check is made whenever a packet is sent or received, and when the time is up on
         a connection that carried a packet since the last key exchange (OpenSSH's rule:
@@ -160,9 +174,11 @@ class SecureTransportMixin(_Base):
         disconnect (D13: a peer that starts a rekey and goes silent); None: no limit. The
         first is bounded by the caller's handshake timeout instead.
     :ivar key_exchanges: completed key exchanges (the first included).
-    :ivar rekeys_by_us: key exchanges after the first that this side started (by volume,
-        time, packet count or :meth:`rekey`).
-    :ivar rekeys_by_peer: key exchanges after the first that the peer started.
+    :ivar rekeys_by_us: completed key exchanges after the first that this side started (by
+        volume, time, packet count or :meth:`rekey`). When both sides send KEXINIT before
+        seeing the other's (a collision, RFC 4253 §7.1), each counts it as its own.
+    :ivar rekeys_by_peer: completed key exchanges after the first that the peer started.
+        ``rekeys_by_us + rekeys_by_peer == key_exchanges - 1`` once the first is done.
     :ivar version_patterns: the peer's version line must match one of these (the seed's
         SSHVersionPattern).
     :ivar peer_version: the peer's version line, escaped for display (None before it).
@@ -196,12 +212,16 @@ class SecureTransportMixin(_Base):
         self._kexinits_out = 0
         self._in_initial_kex = True
         self._rekey_waiters: list[Deferred[None]] = []
-        self._bytes_since_kex = 0
+        # Per direction, since that direction's last new keys (OpenSSH's p_send/p_read
+        # and max_blocks_out/max_blocks_in): packets, bytes, the byte limit, and the MAC
+        # length not counted.
+        self._out_packets = self._out_bytes = self._out_limit = self._out_tag = 0
+        self._in_packets = self._in_bytes = self._in_limit = self._in_tag = 0
+        # Who started the exchange in progress: "us", "peer", or None (the first one).
+        self._kex_started_by: str | None = None
         self._kex_at = self._now()
         self._kex_timer: Any = None
         self._rekey_timer: Any = None
-        self._seq_at_kex = (0, 0)
-        self._rekey_limit = self.rekey_bytes
         self._authenticated = False
         super().connectionMade()
 
@@ -246,6 +266,9 @@ class SecureTransportMixin(_Base):
 
     @override
     def sendKexInit(self) -> None:
+        if self.sessionID is not None and self._kex_started_by is None:
+            # Not an answer to the peer's KEXINIT (ssh_KEXINIT marks those first).
+            self._kex_started_by = "us"
         kex = self.supportedKeyExchanges
         if self._kexinits_out == 0 and self.offer_strict_kex:
             # Only in the first KEXINIT (PROTOCOL §1.10: ignored after it).
@@ -305,8 +328,15 @@ class SecureTransportMixin(_Base):
             self._restart_compression("out")
             if self.strict_kex:
                 self.outgoingPacketSequence = 0
+            # OpenSSH ssh_set_newkeys(MODE_OUT): this direction counts from 0 again,
+            # under its new cipher's limit, before anything queued is sent.
+            nxt = self.nextEncryptions
+            self._out_packets = self._out_bytes = 0
+            self._out_limit = self._limit_for(nxt.outCipType)
+            self._out_tag = tag_size(nxt.outCipType, nxt.outMACType)
             return
-        self._bytes_since_kex += len(wire)
+        self._out_packets += 1
+        self._out_bytes += len(wire) - self._out_tag
         if messageType == _MSG_USERAUTH_SUCCESS and not self.isClient:
             # The server starts zlib@openssh.com after sending it (packet.c).
             self._start_delayed_compression()
@@ -390,9 +420,11 @@ class SecureTransportMixin(_Base):
             return
         self._pumping = True
         try:
+            reader = self._reader
             while not (self._paused or self._closing):
+                size = len(reader.buf)
                 try:
-                    payload = self._reader.next(self.incomingPacketSequence)
+                    payload = reader.next(self.incomingPacketSequence)
                 except PacketError as e:
                     self._protocol_error(str(e), e.reason)
                     return
@@ -400,7 +432,8 @@ class SecureTransportMixin(_Base):
                     return
                 self.incomingPacketSequence = (self.incomingPacketSequence + 1) & SEQ_MASK
                 self._packets_in += 1
-                self._bytes_since_kex += len(payload)
+                self._in_packets += 1
+                self._in_bytes += size - len(reader.buf) - self._in_tag
                 if self.incomingCompression:
                     payload = self._inflate(payload)
                     if payload is None:
@@ -583,7 +616,8 @@ class SecureTransportMixin(_Base):
         if not self._check_overlap(lists):
             return
         if not first and self._keyExchangeState == self._KEY_EXCHANGE_NONE:
-            self.rekeys_by_peer += 1
+            # The peer started this one; our KEXINIT, sent next, answers it.
+            self._kex_started_by = "peer"
         self._accept_kexinit(packet, lists[0])
 
     def _accept_kexinit(self, packet: bytes, peer_kex: list[bytes]) -> None:
@@ -673,22 +707,33 @@ class SecureTransportMixin(_Base):
         self._take_incoming_keys()
 
     def _take_incoming_keys(self) -> None:
+        nxt = self.nextEncryptions
         self._reader.opener, self._next_opener = self._next_opener, None
         self._restart_compression("in")
         if self.strict_kex:
             self.incomingPacketSequence = 0
+        # OpenSSH ssh_set_newkeys(MODE_IN), as for the outgoing direction at our NEWKEYS.
+        self._in_packets = self._in_bytes = 0
+        self._in_limit = self._limit_for(nxt.inCipType)
+        self._in_tag = tag_size(nxt.inCipType, nxt.inMACType)
         self._paused = False
         self._cancel_kex_timer()
         self._in_initial_kex = False
         self.key_exchanges += 1
-        self._bytes_since_kex = 0
+        if self._kex_started_by == "us":
+            self.rekeys_by_us += 1
+        elif self._kex_started_by == "peer":
+            self.rekeys_by_peer += 1
+        self._kex_started_by = None
         self._kex_at = self._now()
-        self._newKeys()  # type: ignore[no-untyped-call]
-        # Both directions are under the new keys now (our NEWKEYS went out first).
-        self._seq_at_kex = (self.incomingPacketSequence, self.outgoingPacketSequence)
-        self._rekey_limit = self._volume_limit()
         self._start_rekey_timer()
         waiters, self._rekey_waiters = self._rekey_waiters, []
+        # Every counter, limit and timer is the new keys' by now: the packets queued
+        # during the exchange, sent here, count against them, and start the next
+        # exchange only if they themselves reach a limit (issue 12: sequence numbers
+        # reset by strict kex, compared with the previous exchange's, looked like 2^32
+        # packets, and every flush started another exchange).
+        self._newKeys()  # type: ignore[no-untyped-call]
         if self.isClient:
             self.connectionSecure()  # type: ignore[attr-defined]
         for d in waiters:
@@ -707,8 +752,6 @@ class SecureTransportMixin(_Base):
         return d
 
     def _start_rekey(self) -> None:
-        if self.sessionID is not None:
-            self.rekeys_by_us += 1
         self.sendKexInit()
 
     def _maybe_rekey(self) -> None:
@@ -716,38 +759,30 @@ class SecureTransportMixin(_Base):
             return
         if self.sessionID is None:
             return
-        due = bool(self._rekey_limit) and self._bytes_since_kex >= self._rekey_limit
-        if not due:
-            # RFC 4344 §3.1: before the sequence numbers come round (OpenSSH: 2^31).
-            due = max(self._packets_since_kex()) > REKEY_MAX_PACKETS
-        if not due and self.rekey_seconds is not None:
-            due = self._now() - self._kex_at >= self.rekey_seconds
-        if due:
-            self._bytes_since_kex = 0
-            self._kex_at = self._now()
+        if self._rekey_needed():
             self._cancel_rekey_timer()
             self._start_rekey()
 
-    def _packets_since_kex(self) -> tuple[int, int]:
-        seq_in, seq_out = self._seq_at_kex
-        return (
-            (self.incomingPacketSequence - seq_in) & SEQ_MASK,
-            (self.outgoingPacketSequence - seq_out) & SEQ_MASK,
+    def _rekey_needed(self) -> bool:
+        # OpenSSH packet.c, ssh_packet_need_rekeying.
+        if not (self._out_packets or self._in_packets):
+            # A packet either way since the last exchange first, so that a tiny limit
+            # still lets the connection make progress.
+            return False
+        if self.rekey_seconds is not None and self._now() - self._kex_at >= self.rekey_seconds:
+            return True
+        # RFC 4344 §3.1: before the sequence numbers come round (OpenSSH: 2^31).
+        if max(self._out_packets, self._in_packets) > REKEY_MAX_PACKETS:
+            return True
+        # Volume, each direction against its own limit.
+        return bool(
+            (self._out_limit and self._out_bytes >= self._out_limit)
+            or (self._in_limit and self._in_bytes >= self._in_limit)
         )
 
-    def _volume_limit(self) -> int:
-        """
-        Bytes (both directions together) after which to rekey: ``rekey_bytes`` or the
-        RFC 4344 §3.2 limit of the ciphers in use, whichever is smaller (0: none).
-        """
-        enc = self.currentEncryptions
-        limits = [self.rekey_bytes] if self.rekey_bytes else []
-        for name in (enc.outCipType, enc.inCipType):
-            spec = cipher_spec(name)
-            limit = rekey_byte_limit(spec.kind, spec.block_size)
-            if limit:
-                limits.append(limit)
-        return min(limits, default=0)
+    def _limit_for(self, cipher: bytes) -> int:
+        spec = cipher_spec(cipher)
+        return rekey_limit(self.rekey_bytes, spec.kind, spec.block_size)
 
     def _start_rekey_timer(self) -> None:
         # OpenSSH wakes up when RekeyLimit's time is up even on an idle connection
@@ -759,8 +794,7 @@ class SecureTransportMixin(_Base):
 
     def _rekey_due(self) -> None:
         self._rekey_timer = None
-        if any(self._packets_since_kex()):
-            self._maybe_rekey()
+        self._maybe_rekey()
 
     def _cancel_rekey_timer(self) -> None:
         if self._rekey_timer is not None:
