@@ -48,6 +48,7 @@ from rtunnel._model import (
 from rtunnel._policy import ReconnectPolicy, TokenBucket
 from rtunnel._text import printable
 from rtunnel.client import _algorithms
+from rtunnel.client._kex import shown_mac
 from rtunnel.client._packet import MAX_PACKET_LENGTH
 from rtunnel.client._proxycommand import ProxyCommandEndpoint, expand_proxy_command
 from rtunnel.client._sockopts import TCPOptions, apply_tcp_options
@@ -850,7 +851,7 @@ class ReverseTunnel:
         host_key = printable(getattr(transport, "keyAlg", b""))
         ciphers = getattr(transport, "nextEncryptions", None)
         cipher = printable(getattr(ciphers, "outCipType", b""))
-        mac = printable(getattr(ciphers, "outMACType", b""))
+        mac = printable(shown_mac(ciphers.outCipType, ciphers.outMACType) if ciphers else b"")
         self._status(f"Server version: {version}")
         self._status(f"Keys exchanged: kex {kex}, host key {host_key}, cipher {cipher}, MAC {mac}.")
         self._connection_status(

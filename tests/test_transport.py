@@ -39,6 +39,7 @@ from rtunnel import (
     ReconnectPolicy,
     ReverseTunnel,
     SpecError,
+    TunnelObserver,
     VersionError,
 )
 from rtunnel._text import printable
@@ -802,3 +803,32 @@ def test_a_flipped_bit_is_decrypt_error(tmp_path: Path, cipher: str) -> None:
     stack.pump.flush()
     assert isinstance(client.error, DecryptError) and client.error.code == 1015
     assert not stack.tunnel.connected
+
+
+# -- what -v shows ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cipher", "mac", "shown"),
+    [
+        ("chacha20-poly1305@openssh.com", "hmac-sha2-256-etm@openssh.com", "<implicit>"),
+        ("aes256-gcm@openssh.com", "hmac-sha2-512", "<implicit>"),
+        ("aes128-ctr", "hmac-sha2-256-etm@openssh.com", "hmac-sha2-256-etm@openssh.com"),
+    ],
+)
+def test_the_keys_exchanged_line_names_the_mac_as_openssh_does(
+    tmp_path: Path, cipher: str, mac: str, shown: str
+) -> None:
+    # sshd logs "MAC: <implicit>" for an AEAD cipher: its tag authenticates, and the MAC
+    # the lists agreed on is not used (issue 12, "Also found").
+    messages: list[str] = []
+
+    class Log(TunnelObserver):
+        def log(self, level: int, message: str) -> None:
+            messages.append(message)
+
+    stack = Stack(tmp_path, ciphers=[cipher], macs=[mac], log_level=1)
+    stack.tunnel.add_observer(Log())
+    result_of(stack.connect())
+    (line,) = [m for m in messages if m.startswith("Keys exchanged:")]
+    assert line.endswith(f"cipher {cipher}, MAC {shown}.")

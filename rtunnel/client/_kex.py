@@ -139,6 +139,15 @@ def tag_size(cipher: bytes, mac: bytes | None) -> int:
     return spec.size if spec is not None else 0
 
 
+def shown_mac(cipher: bytes, mac: bytes) -> bytes:
+    """
+    The MAC as OpenSSH names it in its logs: ``<implicit>`` for an AEAD cipher, whose
+    own tag authenticates (kex.c, kex_choose_conf), whatever MAC the lists agreed on.
+    """
+    spec = CIPHERS.get(cipher) or _legacy.CIPHERS.get(cipher)
+    return b"<implicit>" if spec is not None and spec.aead else mac
+
+
 def _make_sealer(cipher: bytes, key: bytes, iv: bytes, mac: bytes | None, mk: bytes) -> Sealer:
     if cipher in _legacy.CIPHERS:
         return _legacy.make_legacy_sealer(cipher, key, iv, mac, mk)
