@@ -1125,13 +1125,14 @@ class _ServerFactory(factory.SSHFactory):
             self.privateKeys.update(private)
         # No moduli file: Conch then leaves out diffie-hellman-group-exchange.
         self.primes = None
+        self.rekey_bytes = server._rekey_bytes
 
     #: Cipher and MAC names to offer instead of every supported one (for tests).
     ciphers: list[bytes] | None = None
     macs: list[bytes] | None = None
     #: Offer strict key exchange (``kex-strict-s-v00@openssh.com``).
     offer_strict_kex = True
-    #: Rekey after this many bytes either way (0: never, the default).
+    #: Rekey after this many bytes one way (SSHTestServer's ``rekey_bytes``).
     rekey_bytes = 0
 
 
@@ -1184,6 +1185,9 @@ class SSHTestServer(ListeningAddress):
         key. Remote forwarding needs its ``permit-port-forwarding`` extension, as in sshd.
         Refusals are publickey failures; :attr:`certificate_refusals` says why, in sshd's
         log words. A bad line or a certificate given as a CA key is a ``ValueError``.
+    :param rekey_bytes: start a key exchange once this many bytes have gone one way since
+        the last one, as sshd's ``RekeyLimit`` (each direction on its own; 0, the
+        default: only the ciphers' own limits).
     """
 
     def __init__(
@@ -1198,7 +1202,11 @@ class SSHTestServer(ListeningAddress):
         keyboard_interactive: bool = False,
         host_certificate: bytes | str | None = None,
         trusted_user_ca_keys: Iterable[keys.Key | str | os.PathLike[str]] = (),
+        rekey_bytes: int = 0,
     ) -> None:
+        if rekey_bytes < 0:
+            raise ValueError(f"rekey_bytes must be 0 or more, not {rekey_bytes}")
+        self._rekey_bytes = rekey_bytes
         self._host_certificate = host_certificate
         self._trusted_user_cas = read_ca_keys(trusted_user_ca_keys)
         self._principals: dict[bytes, tuple[str, ...] | None] = {}
