@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from openssh_log import kex_initiators
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -161,8 +162,9 @@ async def test_each_cipher_and_mac_with_strict_kex_and_a_rekey(
     for direction in ("client->server", "server->client"):
         assert f"kex: {direction} cipher: {cipher} MAC: {shown_mac}" in log
     assert "will use strict KEX ordering" in log
-    # The rekey happened (a second KEXINIT from us), and no stray service request after it.
-    assert log.count("SSH2_MSG_KEXINIT received") >= 2
+    # The rekey happened (one KEXINIT from us, answered), and no stray service request
+    # after it.
+    assert kex_initiators(log)[1:] == ["peer"]
     assert "kex_protocol_error" not in log
     assert "protocol error" not in log.lower().replace("kex_protocol_error", "")
 
@@ -194,25 +196,145 @@ async def test_no_common_cipher_is_negotiation_error_naming_both_sides(
     assert "aes128-ctr,aes256-ctr" in str(info.value)
 
 
+class _OneWay:
+    """
+    A threaded target on 127.0.0.1 for one-way transfers: after the client's EOF it
+    answers the sha256 of what arrived, or, if that was ``b"download"``, ``size`` bytes of
+    :func:`_pattern`; then closes.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            digest, head = hashlib.sha256(), b""
+            while data := conn.recv(256 * 1024):
+                digest.update(data)
+                head = (head + data)[:8]
+            conn.sendall(_pattern(self.size) if head == b"download" else digest.digest())
+
+
+def _pattern(size: int) -> bytes:
+    return random.Random(size).randbytes(size)
+
+
+def _one_way(port: int, send: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as c:
+        got: list[bytes] = []
+
+        def read() -> None:
+            while data := c.recv(256 * 1024):
+                got.append(data)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        c.sendall(send)
+        c.shutdown(socket.SHUT_WR)
+        reader.join(120)
+    return b"".join(got)
+
+
+async def _kex_settled(tunnel: ReverseTunnel) -> None:
+    """Wait for a key exchange the last bytes may have started to finish."""
+    transport = tunnel._transport
+    assert transport is not None
+    while transport._keyExchangeState != transport._KEY_EXCHANGE_NONE:
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+#: Bytes each way and the rekey limit: 8.5 limits, 8 crossings away from a boundary.
+VOLUME, LIMIT = 68 * MiB, 8 * MiB
+
+
+@pytest.mark.parametrize(
+    ("sshd", "limit_on"),
+    [([], "rtunnel"), ([f"RekeyLimit {LIMIT // MiB}M"], "sshd")],
+    indirect=["sshd"],
+    ids=["rtunnel-limit", "sshd-limit"],
+)
+@pytest_twisted.ensureDeferred
+async def test_rekeys_by_volume_against_sshd_are_counted_exactly(
+    sshd: OpenSSHServer, openssh_client_key: Path, limit_on: str
+) -> None:
+    # Issue 12 (A10/A11/F1): 68 MiB down (target to server), then 68 MiB up, through an
+    # 8 MiB limit per direction on one side: 8 exchanges (±2) each way, started by that
+    # side, as rtunnel's statistics() and sshd's log count them. Before the fix, the
+    # first rekey with data queued set off thousands. (As the receiver, the side with the
+    # limit sees up to a window of data that was in flight when it sent KEXINIT arrive
+    # under the old keys, so it may count one or two fewer; sshd as the sender rekeys a
+    # little early, see the next test, and counts one more.)
+    tunnel = _tunnel(sshd, openssh_client_key, rekey_bytes=LIMIT if limit_on == "rtunnel" else 0)
+    target = _OneWay(VOLUME)
+    await tunnel.logon()
+    counts = []
+    try:
+        fwd = await tunnel.request_forwarding("127.0.0.1", 0, "127.0.0.1", target.port)
+        counts.append(tunnel.statistics())
+        got = await _in_thread(lambda: _one_way(fwd.port, b"download"))
+        assert got == _pattern(VOLUME)
+        await _kex_settled(tunnel)
+        counts.append(tunnel.statistics())
+        upload = _pattern(VOLUME + 1)
+        got = await _in_thread(lambda: _one_way(fwd.port, upload))
+        assert got == hashlib.sha256(upload).digest()
+        await _kex_settled(tunnel)
+        counts.append(tunnel.statistics())
+    finally:
+        await tunnel.logoff()
+        target.sock.close()
+    shown = [(c.key_exchanges, c.rekeys_by_us, c.rekeys_by_server) for c in counts]
+    assert shown[0] == (1, 0, 0)
+    ours = [c.rekeys_by_us if limit_on == "rtunnel" else c.rekeys_by_server for c in counts]
+    theirs = [c.rekeys_by_server if limit_on == "rtunnel" else c.rekeys_by_us for c in counts]
+    down, up = ours[1] - ours[0], ours[2] - ours[1]
+    assert 6 <= down <= 10 and 6 <= up <= 10, shown
+    assert theirs[2] == 0, shown
+    # sshd's log: the first exchange, then one per rekey, each started by the same side.
+    seen = kex_initiators(sshd.log_text())
+    assert len(seen) == counts[2].key_exchanges, (seen, shown)
+    assert seen[1:] == ["peer" if limit_on == "rtunnel" else "self"] * (len(seen) - 1)
+    assert "kex_protocol_error" not in sshd.log_text()
+
+
 @pytest.mark.parametrize("sshd", [["RekeyLimit 1M"]], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_server_and_client_rekeys_during_64_mib_each_way(
     sshd: OpenSSHServer, openssh_client_key: Path, echo: _Echo
 ) -> None:
-    # A10/A11 at a size that fits the suite's budget: sshd rekeys every 1 MiB, we rekey
-    # every 3 MiB, so the two sides' KEXINITs also cross now and then.
+    # A10/A11 with traffic both ways at once, sshd's RekeyLimit 1M and our 3M. Each
+    # exchange starts when one direction reaches a limit and restarts both directions'
+    # counts, so ours is never reached. sshd receiving rekeys every 1 MiB; sending, every
+    # 0.5 MiB: OpenSSH 9.2 adds the next packet's length in bytes to a count of blocks
+    # (packet.c, ssh_packet_need_rekeying: out_blocks = ROUNDUP(len, block_size)), 32 KiB
+    # counted as 32 K blocks of 16 bytes. So 64 MiB each way takes 64 to 128 exchanges;
+    # the storm of issue 12 took thousands.
     tunnel = _tunnel(sshd, openssh_client_key, rekey_bytes=3 * MiB)
     await tunnel.logon()
     try:
         fwd = await tunnel.request_forwarding("127.0.0.1", 0, "127.0.0.1", echo.port)
         assert await _in_thread(lambda: _round_trip(fwd.port, 64 * MiB, 3))
-        transport = tunnel._transport
-        assert transport is not None
-        assert transport.key_exchanges > 10
+        await _kex_settled(tunnel)
+        stats = tunnel.statistics()
     finally:
         await tunnel.logoff()
+    assert 62 <= stats.key_exchanges - 1 <= 130, stats
+    assert stats.key_exchanges == 1 + stats.rekeys_by_us + stats.rekeys_by_server
     log = sshd.log_text()
-    assert len(re.findall(r"SSH2_MSG_KEXINIT received", log)) > 10
+    assert len(kex_initiators(log)) == stats.key_exchanges
     assert "kex_protocol_error" not in log
 
 
@@ -260,7 +382,7 @@ async def test_each_key_exchange_method(
         await tunnel.logoff()
     log = sshd.log_text()
     assert f"kex: algorithm: {kex}" in log
-    assert log.count("SSH2_MSG_KEXINIT received") >= 2
+    assert kex_initiators(log)[1:] == ["peer"]
     assert "kex_protocol_error" not in log
 
 
@@ -364,7 +486,9 @@ async def test_idle_rekey_by_time(
         assert transport is not None
         before = transport.key_exchanges
         await deferLater(reactor, 2.5, lambda: None)
-        assert transport.key_exchanges > before
+        # One, when the time was up; none after it, with nothing sent or received since.
+        assert transport.key_exchanges == before + 1
+        assert transport.rekeys_by_us == before
         assert await _in_thread(lambda: _round_trip(fwd.port, 10_000, 10))
     finally:
         await tunnel.logoff()
