@@ -272,8 +272,9 @@ class ReverseTunnel:
         algorithms in front when a CA is trusted for it, as OpenSSH does.
     :param require_strict_kex: refuse a server that does not offer strict key exchange
         (the Terrapin fix, CVE-2023-48795; always used when the server offers it).
-    :param rekey_bytes: exchange new keys after this many bytes either way (default 1 GiB;
-        0: never); see also :meth:`rekey`.
+    :param rekey_bytes: exchange new keys once this many bytes have gone one way since
+        the last exchange, each direction counted on its own as OpenSSH's RekeyLimit
+        (default 1 GiB; 0: only the cipher's own limit); see also :meth:`rekey`.
     :param rekey_seconds: exchange new keys after this many seconds (None: never).
     :param compression: offer zlib compression (``zlib@openssh.com``, started after
         authentication, then ``zlib``); off by default, as in OpenSSH.

@@ -65,7 +65,8 @@ class ClientTransport(HostCertificateMixin, SecureTransportMixin, transport.SSHC
         ``kex_algorithms`` and ``host_key_algorithms``. Checked by the caller
         (:func:`rtunnel.client._algorithms.resolve`).
     :param require_strict_kex: disconnect unless the server offers strict key exchange.
-    :param rekey_bytes: rekey after this many bytes either way (0: never).
+    :param rekey_bytes: rekey once this many bytes have gone one way, each direction
+        counted on its own (0: only the cipher's limit).
     :param rekey_seconds: rekey after this many seconds (None: never).
     :param clock: the clock for ``rekey_seconds`` (default: the global reactor).
     :param compression: offer zlib compression (``zlib@openssh.com``, then ``zlib``).
