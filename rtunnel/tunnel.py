@@ -646,6 +646,8 @@ class ReverseTunnel:
             return transport
 
         factory = Factory.forProtocol(build)  # type: ignore[arg-type]
+        # No "Starting factory <...>" / "Stopping factory" lines in the log per connection.
+        factory.noisy = False
         started = self._clock.seconds()
         timeout = self.connect_timeout or 30
         bind = self._bind_address()
@@ -1028,7 +1030,9 @@ class ReverseTunnel:
         self._logging_off = True
         if conn is not None and not conn.stopped:
             cancels = [
-                self.cancel_forwarding(f.bind_address, f.port)
+                self.cancel_socket_forwarding(f.listen_path)
+                if f.listen_path is not None
+                else self.cancel_forwarding(f.bind_address, f.port)
                 for f in list(self._forwards)
                 if f.state is ForwardState.ACTIVE
             ]
@@ -1038,10 +1042,13 @@ class ReverseTunnel:
                     channel.loseConnection()
             if self.wait_for_channel_close:
                 await _settle([conn.when_idle()], self.logoff_timeout, self._clock)
-            if self.wait_for_server_disconnect and not conn.stopped:
+            if not conn.stopped:
+                # DISCONNECT by application; not Conch's sendDisconnect, which logs a
+                # clean logoff as "Disconnecting with error".
                 transport.announce_disconnect("logoff")
-            else:
-                conn.disconnect("logoff")
+                tcp = transport.transport
+                if not self.wait_for_server_disconnect and tcp is not None:
+                    tcp.loseConnection()
         if not lost.called:
             # DISCONNECT was sent, and the TCP close started unless the server is to close
             # it; past logoff_timeout we drop it ourselves.
