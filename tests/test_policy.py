@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -158,7 +160,7 @@ def test_answered_keepalives_keep_an_idle_connection_for_ever(
     reply_after = interval * reply_fraction
     sent, replies, gave_up = simulate_answered(interval, count_max, reply_after, lateness, 1000)
     assert not gave_up
-    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
     assert all(interval - 1e-9 <= g <= interval + reply_after + lateness + 1e-9 for g in gaps)
     most = 1000
     least = int(1000 * interval / (interval + reply_after + lateness)) - 1

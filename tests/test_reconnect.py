@@ -5,6 +5,7 @@ server and a real sshd (dropped sessions, restarts, a frozen session holding the
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -142,7 +143,7 @@ def test_answered_keepalives_on_a_late_clock_never_give_up(interval: int, count_
     assert expected - 1 <= len(conn.requests) <= expected + 1
     assert keepalive.sent == len(conn.requests)
     assert len(conn.replies) in (len(conn.requests), len(conn.requests) - 1)
-    gaps = [b - a for a, b in zip(conn.requests, conn.requests[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(conn.requests)]
     assert all(interval <= g <= interval + 0.0041 for g in gaps), (min(gaps), max(gaps))
     # Then the server dies: noticed K * (N + 1) after its last packet, plus lateness.
     conn.reply_after = None

@@ -815,11 +815,11 @@ async def test_six_session_kills_each_come_back_from_the_first_backoff_step(
     try:
         for kill in range(6):
             before = ok[0]
-            await eventually(lambda: ok[0] >= before + 3, timeout=10)  # traffic flows
+            await eventually(lambda b=before: ok[0] >= b + 3, timeout=10)  # traffic flows
             for pid in openssh_server.sshd_session_pids():
                 os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
-            await eventually(lambda: len(watcher.attempts) == kill + 1, timeout=10)
+            await eventually(lambda n=kill + 1: len(watcher.attempts) == n, timeout=10)
             await eventually(
                 lambda: t.connected and forward.state is ForwardState.ACTIVE, timeout=30
             )
