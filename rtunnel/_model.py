@@ -178,6 +178,16 @@ class ReconnectAttempt:
         """Make no further attempts."""
         self.cancelled = True
 
+    def describe(self) -> str:
+        """One line for the operator: why, what is retried, when, which attempt."""
+        limit = f" of {self.max_retry_count}" if self.max_retry_count else ""
+        why = str(self.error) if self.error is not None else "unknown error"
+        if self.retry_type == "ssh":
+            what = f"Reconnecting to {self.host} port {self.port}"
+        else:
+            what = f"Retrying the remote forward of listen port {self.remote_port}"
+        return f"{why} {what} in {self.retry_interval:.1f} s (attempt {self.retry_count}{limit})."
+
 
 @dataclass(frozen=True)
 class TunnelStatistics:

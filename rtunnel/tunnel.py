@@ -935,15 +935,9 @@ class ReverseTunnel:
             remote_port=remote_port,
             error=error,
         )
-        _log.info(
-            "Reconnect {kind} attempt {n} to {host} port {port} in {delay:.1f} s ({error})",
-            kind=kind,
-            n=retry,
-            host=self.host,
-            port=self.port if remote_port is None else remote_port,
-            delay=delay,
-            error=error,
-        )
+        # The one log line per attempt (the command prints the same text itself and
+        # skips this event by its reconnect_attempt key).
+        _log.info("{text}", text=attempt.describe(), reconnect_attempt=attempt)
         for observer in list(self._observers):
             try:
                 observer.reconnect_attempt(attempt)
