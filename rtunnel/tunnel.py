@@ -937,7 +937,7 @@ class ReverseTunnel:
         )
         # The one log line per attempt (the command prints the same text itself and
         # skips this event by its reconnect_attempt key).
-        _log.info("{text}", text=attempt.describe(), reconnect_attempt=attempt)
+        _log.info(attempt.LOG_FORMAT, reconnect_attempt=attempt, **attempt.fields())
         for observer in list(self._observers):
             try:
                 observer.reconnect_attempt(attempt)
