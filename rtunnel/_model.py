@@ -178,6 +178,27 @@ class ReconnectAttempt:
         """Make no further attempts."""
         self.cancelled = True
 
+    #: :meth:`describe`'s line as a ``twisted.logger`` format over :meth:`fields`.
+    LOG_FORMAT = "{why} {what} in {delay:.1f} s (attempt {retry}{limit})."
+
+    def fields(self) -> dict[str, object]:
+        """The values :data:`LOG_FORMAT` names."""
+        if self.retry_type == "ssh":
+            what = f"Reconnecting to {self.host} port {self.port}"
+        else:
+            what = f"Retrying the remote forward of listen port {self.remote_port}"
+        return {
+            "why": str(self.error) if self.error is not None else "unknown error",
+            "what": what,
+            "delay": self.retry_interval,
+            "retry": self.retry_count,
+            "limit": f" of {self.max_retry_count}" if self.max_retry_count else "",
+        }
+
+    def describe(self) -> str:
+        """One line for the operator: why, what is retried, when, which attempt."""
+        return self.LOG_FORMAT.format(**self.fields())
+
 
 @dataclass(frozen=True)
 class TunnelStatistics:

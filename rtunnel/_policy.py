@@ -5,6 +5,7 @@ the time.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +31,14 @@ class ReconnectPolicy:
     :ivar mode: ``"off"``; ``"on-loss"`` (default): reconnect when an established
         connection breaks; ``"always"``: also retry the first logon.
     :ivar initial_delay: seconds before the first retry.
-    :ivar max_delay: the cap on the delay.
+    :ivar max_delay: the cap on the delay, jitter included.
     :ivar factor: each retry waits this much longer than the last (1: a fixed interval).
     :ivar jitter: the delay varies by up to this fraction either way, so that many
         clients cut off together do not return together.
     :ivar max_retries: give up after this many retries in a row (0: never).
-    :ivar reset_after: a connection that lasted this many seconds resets the count.
+    :ivar reset_after: a connection that lasted this many seconds starts the next
+        outage from the first retry again, as does a reconnect that was shown to work
+        sooner (see :class:`~rtunnel.ReverseTunnel`).
     """
 
     mode: ReconnectMode = "on-loss"
@@ -67,9 +70,24 @@ class ReconnectPolicy:
         return cls(mode, interval, interval, 1.0, 0.0, max_retries)
 
     def delay(self, retry: int, rand: Callable[[], float] = random.random) -> float:
-        """Seconds to wait before retry number ``retry`` (1-based)."""
-        base = min(self.max_delay, self.initial_delay * self.factor ** max(0, retry - 1))
-        return max(0.0, base * (1 + self.jitter * (2 * rand() - 1)))
+        """
+        Seconds to wait before retry number ``retry`` (1-based): ``initial_delay`` times
+        ``factor`` for each retry before it, varied by up to ``jitter`` either way, and
+        never more than ``max_delay``: the cap applies with the jitter, so the capped
+        waits spread over ``max_delay * (1 - jitter) / (1 + jitter)`` to ``max_delay``.
+        """
+        steps = max(0, retry - 1)
+        if self.initial_delay <= 0:
+            grown = 0.0
+        elif self.factor == 1:
+            grown = self.initial_delay
+        else:
+            # Past the cap more steps change nothing; bounding them keeps factor ** steps
+            # finite after thousands of retries (a server down for days).
+            to_cap = math.log(self.max_delay / self.initial_delay, self.factor)
+            grown = self.initial_delay * self.factor ** min(steps, math.ceil(to_cap) + 1)
+        base = min(self.max_delay / (1 + self.jitter), grown)
+        return max(0.0, min(self.max_delay, base * (1 + self.jitter * (2 * rand() - 1))))
 
     def retries_remaining(self, retry: int) -> int:
         """Retries left after ``retry`` (-1: unlimited, as the reference reports it)."""
@@ -87,7 +105,7 @@ class KeepaliveDecision:
 
     :ivar send: send ``keepalive@openssh.com`` now.
     :ivar give_up: the server is dead: disconnect.
-    :ivar outstanding: keepalives sent since anything was received.
+    :ivar outstanding: keepalives sent since anything was received (after this check).
     :ivar next_check: when to check again.
     """
 
@@ -98,20 +116,32 @@ class KeepaliveDecision:
 
 
 def keepalive_decision(
-    now: float, last_received: float, outstanding: int, interval: float, count_max: int
+    now: float,
+    last_received: float,
+    last_sent: float | None,
+    outstanding: int,
+    interval: float,
+    count_max: int,
 ) -> KeepaliveDecision:
     """
-    OpenSSH's ServerAlive rule (clientloop.c, ``server_alive_check``): after ``interval``
-    seconds with nothing received, send a keepalive; when ``count_max`` of them are
-    unanswered at the next check, give up. Only what we *receive* counts: our own outbound
-    traffic proves nothing about the server (RELIABILITY.md A8). A dead server is
-    noticed at most ``interval * (count_max + 1)`` seconds after the last packet from it.
+    OpenSSH's ServerAlive rule (clientloop.c ``server_alive_check``, packet.c
+    ``ssh_packet_read_poll_seqnr``): once ``interval`` seconds have passed with nothing
+    received and no keepalive sent, send one; give up when a check would send one more
+    than ``count_max`` unanswered ones. Any packet received answers all of them: the
+    caller resets ``outstanding`` to 0 when one arrives (by counting packets, not by
+    comparing times, so a reply read at the same clock reading as its request counts).
+    Only what we *receive* counts: our own outbound traffic proves nothing about the
+    server (RELIABILITY.md A8). A dead server is noticed ``interval * (count_max + 1)``
+    seconds after its last packet (plus the lateness of each check).
 
-    :param outstanding: keepalives sent since ``last_received``.
+    :param last_received: when the last packet from the server arrived.
+    :param last_sent: when our last keepalive was sent (None: none yet).
+    :param outstanding: keepalives sent since the last packet from the server.
     """
-    idle = now - last_received
-    if idle < interval:
-        return KeepaliveDecision(False, False, 0, last_received + interval)
+    quiet_since = last_received if last_sent is None else max(last_received, last_sent)
+    due = quiet_since + interval
+    if now < due:
+        return KeepaliveDecision(False, False, outstanding, due)
     if outstanding >= count_max:
         return KeepaliveDecision(False, True, outstanding, now)
     return KeepaliveDecision(True, False, outstanding + 1, now + interval)

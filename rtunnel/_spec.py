@@ -1156,7 +1156,8 @@ class ClientOptions:
     :ivar rekey_limit: ``-o RekeyLimit`` as :func:`parse_rekey_limit` returns it, or None.
     :ivar compression: ``-C`` or ``-o Compression``, or None (off).
     :ivar auto_reconnect: ``-o AutoReconnect`` (rtunnel's, the reference's name):
-        ``"off"`` (``no``), ``"on-loss"`` (``yes``) or ``"always"``, or None (off, as ssh).
+        ``"off"`` (``no``), ``"on-loss"`` (``yes``) or ``"always"``, or None (not given:
+        ``"on-loss"``, a tunnel is kept open; ``no`` ends with the connection, as ssh).
     :ivar max_retry_count: ``-o MaxRetryCount`` (0: no limit), or None.
     :ivar retry_interval: ``-o RetryInterval`` seconds before the first retry, or None.
     :ivar channel_timeout: ``-o ChannelTimeout`` seconds for forwarded-tcpip channels

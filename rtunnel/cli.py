@@ -22,11 +22,13 @@ from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorThrea
 from twisted.internet.task import react
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogEvent,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
     globalLogBeginner,
 )
@@ -106,10 +108,12 @@ listens on for us are forwarded to host:hostport from this machine.
                   RemoteForward,
                   StrictHostKeyChecking, TCPKeepAlive, User, UserKnownHostsFile,
                   ChannelTimeout (forwarded-tcpip=TIME closes idle connections), and
-                  rtunnel's own: AutoReconnect=no|yes|always (yes: reconnect and
-                  re-request the forwards when the connection breaks; always: also
-                  retry the first connection), MaxRetryCount=N (0: no limit),
-                  RetryInterval=TIME (the first wait; it doubles up to a minute),
+                  rtunnel's own: AutoReconnect=no|yes|always (yes, the default:
+                  reconnect and re-request the forwards when the connection breaks;
+                  always: also retry the first connection; no: exit as ssh does),
+                  MaxRetryCount=N (0: no limit), RetryInterval=TIME (the first wait;
+                  it doubles up to a minute, and starts again once a reconnect has
+                  carried traffic),
                   Proxy=URL (socks4://, socks4a://, socks5://[user:pw@]host[:port] or
                   http://[user:pw@]host[:port] for an HTTP CONNECT proxy; auto: the
                   one ALL_PROXY or all_proxy names, less NO_PROXY's hosts),
@@ -131,9 +135,11 @@ StrictHostKeyChecking=yes unless you set StrictHostKeyChecking=accept-new (or no
 Passwords are asked as ssh asks them: from SSH_ASKPASS (see SSH_ASKPASS_REQUIRE) or
 the terminal, never with BatchMode=yes.
 
-Exit status, as ssh -N: 0 when stopped by SIGTERM; 255 on SIGINT or SIGHUP, when the
-connection cannot be made or is lost (and AutoReconnect gave up), when a forward is
-refused with
+A lost connection is made again (unless AutoReconnect=no), so rtunnel runs until it is
+stopped. Exit status, as ssh -N: 0 when stopped by SIGTERM; 255 on SIGINT or SIGHUP,
+when the first connection cannot be made (unless AutoReconnect=always), when the
+connection is lost with AutoReconnect=no or reconnecting gives up (MaxRetryCount, or a
+refusal such as a changed host key), when a forward is refused with
 ExitOnForwardFailure=yes, and for a usage error. On SIGTERM, SIGINT and SIGHUP the
 forwards are cancelled and the connection is closed (at most a few seconds).
 """
@@ -381,6 +387,15 @@ class _StderrLogObserver:
         self._stream.flush()
 
 
+@implementer(ILogFilterPredicate)
+class _NotSaidByTheConsole:
+    """Drops the tunnel's line for each reconnect attempt: ReconnectReporter prints the
+    same text at ssh's INFO level, so -v would show it twice."""
+
+    def __call__(self, event: LogEvent) -> object:
+        return PredicateResult.no if "reconnect_attempt" in event else PredicateResult.maybe
+
+
 def _start_logging(options: ClientOptions, stream: TextIO) -> None:
     level = options.effective_log_level
     minimum = _TWISTED_LEVELS[level]
@@ -388,7 +403,10 @@ def _start_logging(options: ClientOptions, stream: TextIO) -> None:
     if minimum is not None:
         printer = _StderrLogObserver(stream, tracebacks=level in ("DEBUG2", "DEBUG3"))
         observers.append(
-            FilteringLogObserver(printer, [LogLevelFilterPredicate(defaultLogLevel=minimum)])
+            FilteringLogObserver(
+                printer,
+                [_NotSaidByTheConsole(), LogLevelFilterPredicate(defaultLogLevel=minimum)],
+            )
         )
     globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
 

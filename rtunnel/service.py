@@ -8,9 +8,11 @@ Run it with, for example::
     twistd -n rtunnel -i ~/.ssh/id_ed25519 -R 8080:localhost:80 tunnel@gateway.example.com
 
 The service logs on when it starts and logs off when it stops (twistd waits for that).
-When the connection cannot be made or is lost, the error is logged and the reactor is
-stopped, so twistd exits and a supervisor can start it again; with ``-o AutoReconnect=yes``
-(or ``always``) the service reconnects by itself and requests its forwards again.
+When the connection is lost, the service reconnects by itself with backoff and requests
+its forwards again (``-o AutoReconnect=always`` also retries the first logon). When the
+first connection cannot be made, or with ``-o AutoReconnect=no`` when the connection is
+lost, the error is logged and the reactor is stopped, so twistd exits and a supervisor
+can start it again.
 """
 
 from __future__ import annotations
@@ -255,8 +257,6 @@ def build_tunnel(
         auth=auth,
         known_hosts=known_hosts,
         host_key_policy=options.host_key_policy,
-        # Like ssh, the command ends with the connection unless -o AutoReconnect says
-        # otherwise.
         reconnect=reconnect_policy(options),
         tcp_options=TCPOptions(keepalive=options.tcp_keepalive is not False),
         channel_idle_timeout=options.channel_timeout or 0,
@@ -295,11 +295,14 @@ def _network_settings(options: ClientOptions) -> dict[str, Any]:
 def reconnect_policy(options: ClientOptions) -> ReconnectPolicy:
     """
     The reconnect policy ``-o AutoReconnect``, ``-o MaxRetryCount`` and
-    ``-o RetryInterval`` ask for: off unless AutoReconnect is ``yes`` or ``always``;
-    exponential backoff from RetryInterval (default 1 s) up to a minute, or to
-    RetryInterval when that is longer.
+    ``-o RetryInterval`` ask for: reconnect when an established connection breaks unless
+    AutoReconnect is ``no`` (``always`` also retries the first logon); exponential
+    backoff from RetryInterval (default 1 s) up to a minute, or to RetryInterval when
+    that is longer.
     """
-    mode = options.auto_reconnect or "off"
+    # A tunnel is kept open for months: by default a lost connection is made again, as
+    # the library does; AutoReconnect=no ends with it, as ssh does.
+    mode = options.auto_reconnect or "on-loss"
     if mode == "off":
         return ReconnectPolicy.off()
     initial = float(options.retry_interval or 1)
@@ -314,13 +317,15 @@ def reconnect_policy(options: ClientOptions) -> ReconnectPolicy:
 class ReconnectReporter(TunnelObserver):
     """
     Tells the operator what the reconnect loop does, in the command's voice: each
-    attempt (why, when, which), a reconnect, and the ``Allocated port`` line again for a
+    attempt (why, when, which; unless ``attempts`` is false, for a log that already has
+    the tunnel's own line), a reconnect, and the ``Allocated port`` line again for a
     port-0 forward the server gave a new port after a reconnect.
     """
 
-    def __init__(self, host: str, report: Report) -> None:
+    def __init__(self, host: str, report: Report, *, attempts: bool = True) -> None:
         self._host = host
         self._report = report
+        self._attempts = attempts
         self._connections = 0
         self._active: set[int] = set()
 
@@ -332,20 +337,8 @@ class ReconnectReporter(TunnelObserver):
 
     @override
     def reconnect_attempt(self, attempt: ReconnectAttempt) -> None:
-        limit = f" of {attempt.max_retry_count}" if attempt.max_retry_count else ""
-        why = str(attempt.error) if attempt.error is not None else "unknown error"
-        if attempt.retry_type == "ssh":
-            self._report(
-                "INFO",
-                f"{why} Reconnecting to {attempt.host} port {attempt.port} in "
-                f"{attempt.retry_interval:.1f} s (attempt {attempt.retry_count}{limit}).",
-            )
-        else:
-            self._report(
-                "INFO",
-                f"{why} Retrying the remote forward of listen port {attempt.remote_port} in "
-                f"{attempt.retry_interval:.1f} s (attempt {attempt.retry_count}{limit}).",
-            )
+        if self._attempts:
+            self._report("INFO", attempt.describe())
 
     @override
     def forward_state_changed(self, forward: Forward) -> None:
@@ -488,8 +481,10 @@ class Options(usage.Options):
         "TCPKeepAlive, BindAddress, ForwardingLocalHost, GSSAPIAuthentication, "
         "GSSAPIDelegateCredentials, MaxTransferRate, PermitRemoteOpen, Proxy, "
         "ProxyCommand, ProxyExceptionsList and ProxyJump are also understood. "
-        "If the connection fails or drops, the error is logged and twistd exits, unless "
-        "AutoReconnect says to reconnect."
+        "A lost connection is made again with backoff (up to a minute between tries) and "
+        "the forwards requested again; AutoReconnect=always also retries the first "
+        "logon. If the first connection fails, or the connection drops with "
+        "AutoReconnect=no, the error is logged and twistd exits."
     )
 
     def __init__(self) -> None:
@@ -608,7 +603,8 @@ class TunnelService(Service):
                 self._reactor, self._host, options, report=self._report
             )
             if tunnel.reconnect.mode != "off":
-                tunnel.add_observer(ReconnectReporter(self._host, self._report))
+                # The tunnel logs each attempt itself, once.
+                tunnel.add_observer(ReconnectReporter(self._host, self._report, attempts=False))
             await tunnel.logon()
             _log.info(
                 "Logged on to {host} port {port} as {user}.",

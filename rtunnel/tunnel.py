@@ -250,7 +250,13 @@ class ReverseTunnel:
     :param clock: the clock for timeouts (default: ``reactor``).
     :param reconnect: when to reconnect (default :class:`ReconnectPolicy` ``"on-loss"``:
         an established connection that breaks is re-made with backoff and every forward
-        requested again; host-key and authentication refusals are never retried).
+        requested again; host-key and authentication refusals are never retried). The
+        backoff starts from its first step again for the next outage once a reconnect
+        has proved to work: every forward re-established and then any message from the
+        server on that connection (a forwarded connection, channel data, a keepalive
+        reply), or the connection lasted ``reset_after`` seconds. A server that drops
+        each connection right after the logon or the forward requests keeps the waits
+        growing up to ``max_delay``.
     :param keepalive_interval: after this many seconds with nothing received, send an
         SSH keepalive (0: never; OpenSSH's ServerAliveInterval).
     :param keepalive_count_max: drop the connection (:class:`~rtunnel.errors.KeepaliveError`,
@@ -516,6 +522,9 @@ class ReverseTunnel:
         self._keepalive: Keepalive | None = None
         self._retry = 0
         self._connected_at = 0.0
+        # conn.packets_received once every forward was re-established after a reconnect;
+        # any packet after that shows the reconnect worked (see _connection_ended).
+        self._working_from: int | None = None
         # Counters for statistics(): sessions, and what ended sessions and closed
         # channels carried.
         self._sessions = 0
@@ -639,6 +648,8 @@ class ReverseTunnel:
             return transport
 
         factory = Factory.forProtocol(build)  # type: ignore[arg-type]
+        # No "Starting factory <...>" / "Stopping factory" lines in the log per connection.
+        factory.noisy = False
         started = self._clock.seconds()
         timeout = self.connect_timeout or 30
         bind = self._bind_address()
@@ -720,6 +731,7 @@ class ReverseTunnel:
             timer.stop()
             self._abort_logon = None
         self._connected_at = self._clock.seconds()
+        self._working_from = None
         self._keepalive = Keepalive(
             conn,
             self._clock,
@@ -925,15 +937,9 @@ class ReverseTunnel:
             remote_port=remote_port,
             error=error,
         )
-        _log.info(
-            "Reconnect {kind} attempt {n} to {host} port {port} in {delay:.1f} s ({error})",
-            kind=kind,
-            n=retry,
-            host=self.host,
-            port=self.port if remote_port is None else remote_port,
-            delay=delay,
-            error=error,
-        )
+        # The one log line per attempt (the command prints the same text itself and
+        # skips this event by its reconnect_attempt key).
+        _log.info(attempt.LOG_FORMAT, reconnect_attempt=attempt, **attempt.fields())
         for observer in list(self._observers):
             try:
                 observer.reconnect_attempt(attempt)
@@ -1020,7 +1026,9 @@ class ReverseTunnel:
         self._logging_off = True
         if conn is not None and not conn.stopped:
             cancels = [
-                self.cancel_forwarding(f.bind_address, f.port)
+                self.cancel_socket_forwarding(f.listen_path)
+                if f.listen_path is not None
+                else self.cancel_forwarding(f.bind_address, f.port)
                 for f in list(self._forwards)
                 if f.state is ForwardState.ACTIVE
             ]
@@ -1030,10 +1038,13 @@ class ReverseTunnel:
                     channel.loseConnection()
             if self.wait_for_channel_close:
                 await _settle([conn.when_idle()], self.logoff_timeout, self._clock)
-            if self.wait_for_server_disconnect and not conn.stopped:
+            if not conn.stopped:
+                # DISCONNECT by application; not Conch's sendDisconnect, which logs a
+                # clean logoff as "Disconnecting with error".
                 transport.announce_disconnect("logoff")
-            else:
-                conn.disconnect("logoff")
+                tcp = transport.transport
+                if not self.wait_for_server_disconnect and tcp is not None:
+                    tcp.loseConnection()
         if not lost.called:
             # DISCONNECT was sent, and the TCP close started unless the server is to close
             # it; past logoff_timeout we drop it ourselves.
@@ -1500,7 +1511,8 @@ class ReverseTunnel:
     def _connection_ended(self, transport: ClientTransport, failure: Failure) -> None:
         if transport is not self._transport and self._transport is not None:
             return
-        was_connected = self._conn is not None
+        conn = self._conn
+        was_connected = conn is not None
         clean = self._logging_off
         self._past_key_exchanges += transport.key_exchanges
         self._transport = None
@@ -1525,7 +1537,8 @@ class ReverseTunnel:
             self._emit_log(1, f"Connection to {self.host} port {self.port} lost: {error}")
         self._notify("disconnected", None if clean else error)
         if not clean and not self._stopping and self.reconnect.mode != "off" and _retryable(error):
-            if self._clock.seconds() - self._connected_at >= self.reconnect.reset_after:
+            if self._worked(conn):
+                # This outage starts from the first step again (issue #12).
                 self._retry = 0
             self._cancel_retries()
             for forward in self._forwards:
@@ -1534,6 +1547,30 @@ class ReverseTunnel:
             self._schedule_reconnect(error)
             return
         self._give_up(None if clean else failure)
+
+    def _worked(self, conn: ForwardingConnection | None) -> bool:
+        """
+        Whether the connection that just ended showed that reconnecting works: every
+        forward was re-established on it and the server sent something after that, or
+        it lasted ``reset_after`` seconds. Logging on and getting the forward replies
+        alone is not enough: a server that drops each session right after them must
+        still meet a growing backoff.
+        """
+        if self._clock.seconds() - self._connected_at >= self.reconnect.reset_after:
+            return True
+        mark = self._working_from
+        return conn is not None and mark is not None and conn.packets_received > mark
+
+    def _note_if_working(self) -> None:
+        """Every forward is active on this connection: from now on, any packet from the
+        server shows that the reconnect worked."""
+        conn = self._conn
+        if (
+            conn is not None
+            and self._working_from is None
+            and all(f.state is ForwardState.ACTIVE for f in self._forwards)
+        ):
+            self._working_from = conn.packets_received
 
     def _give_up(self, failure: Failure | None) -> None:
         """The tunnel stops for good: tell the forwards and when_disconnected() waiters."""
@@ -1592,6 +1629,7 @@ class ReverseTunnel:
         for forward in list(self._forwards):
             if forward.state is ForwardState.PENDING:
                 await self._retry_forward(forward)
+        self._note_if_working()
 
     async def _retry_forward(self, forward: Forward) -> None:
         conn = self._conn
@@ -1609,6 +1647,7 @@ class ReverseTunnel:
         except ConnectionLostError:
             return  # _connection_ended takes it from here
         self._forward_retries.pop(id(forward), None)
+        self._note_if_working()
 
     def _schedule_forward_retry(self, forward: Forward, error: ForwardingError) -> None:
         # A server that still holds the port for a stale session of ours refuses it until

@@ -772,8 +772,9 @@ async def test_permission_denied(
 async def test_connection_lost(
     target: Target, spawn: Spawn, echo_port: int, tmp_path: Path
 ) -> None:
-    """When the server drops the connection, rtunnel says so and exits 255."""
-    child = spawn("-R", f"0:127.0.0.1:{echo_port}")
+    """-o AutoReconnect=no: when the server drops the connection, rtunnel says so and
+    exits 255, as ssh does."""
+    child = spawn("-o", "AutoReconnect=no", "-R", f"0:127.0.0.1:{echo_port}")
     await child.wait_for(ALLOCATED.format(echo_port))
     if target.kind == "bundled":
         await target.server.drop_connections()
@@ -819,6 +820,55 @@ async def test_auto_reconnect_prints_the_allocated_port_again(
     assert await exchange(port, b"after the reconnect") == b"after the reconnect"
     child.transport.signalProcess("TERM")  # type: ignore[union-attr]
     assert await child.ended.addTimeout(STOP_WITHIN, reactor) == (0, None), child.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconnects_by_default_and_says_so_once(
+    target: Target, spawn: Spawn, echo_port: int, tmp_path: Path
+) -> None:
+    """
+    Without -o AutoReconnect the command keeps the tunnel open (issue #12): each time the
+    server drops the session it says so once (also at -v, where the tunnel's own log
+    line would repeat it), reconnects from the first backoff step, prints the new
+    allocated port; a clean stop logs no "Disconnecting with error" and no
+    "Starting factory" lines.
+    """
+    child = spawn("-v", "-R", f"0:127.0.0.1:{echo_port}")
+    allocated = re.compile(ALLOCATED.format(echo_port))
+    await child.wait_for(allocated.pattern)
+    for kill in range(1, 3):
+        assert await exchange(_last_allocated(child, allocated), b"flowing") == b"flowing"
+        if target.kind == "bundled":
+            await target.server.drop_connections()
+        else:
+            for pid in target.server.sshd_session_pids():
+                os.kill(pid, signal.SIGKILL)
+        for _ in range(int(START_TIMEOUT * 10)):
+            if len(_matches(child, allocated)) > kill or not child.running:
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        assert child.running, child.stderr
+        assert len(_matches(child, allocated)) == kill + 1, child.stderr
+    port = _last_allocated(child, allocated)
+    assert await exchange(port, b"after the reconnects") == b"after the reconnects"
+    reconnecting = [line for line in child.lines if "Reconnecting to 127.0.0.1 port" in line]
+    assert len(reconnecting) == 2, child.stderr
+    assert all(line.endswith("(attempt 1).") for line in reconnecting), child.stderr
+    assert [line for line in child.lines if line == "Reconnected to 127.0.0.1."] == [
+        "Reconnected to 127.0.0.1."
+    ] * 2, child.stderr
+    child.transport.signalProcess("TERM")  # type: ignore[union-attr]
+    assert await child.ended.addTimeout(STOP_WITHIN, reactor) == (0, None), child.stderr
+    for noise in ("Disconnecting with error", "Starting factory", "Stopping factory", "Trace"):
+        assert noise not in child.stderr, child.stderr
+
+
+def _matches(child: RTunnelProcess, pattern: re.Pattern[str]) -> list[re.Match[str]]:
+    return [m for m in map(pattern.search, child.lines) if m is not None]
+
+
+def _last_allocated(child: RTunnelProcess, pattern: re.Pattern[str]) -> int:
+    return int(_matches(child, pattern)[-1].group(1))
 
 
 class _SayPeer(Protocol):
@@ -894,9 +944,11 @@ async def test_proxy_command_through_a_jump_host(
 async def test_server_alive_notices_a_frozen_server(
     target: Target, spawn: Spawn, echo_port: int, tmp_path: Path
 ) -> None:
-    """-o ServerAliveInterval=1 -o ServerAliveCountMax=1: a SIGSTOPped session is noticed
-    within K*(N+1)+1 s, reported in ssh's words, exit 255."""
+    """-o ServerAliveInterval=1 -o ServerAliveCountMax=1 -o AutoReconnect=no: a SIGSTOPped
+    session is noticed within K*(N+1)+1 s, reported in ssh's words, exit 255."""
     child = spawn(
+        "-o",
+        "AutoReconnect=no",
         "-o",
         "ServerAliveInterval=1",
         "-o",

@@ -5,6 +5,7 @@ server and a real sshd (dropped sessions, restarts, a frozen session holding the
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -43,16 +44,60 @@ FAST = ReconnectPolicy(initial_delay=0.2, max_delay=1.0, jitter=0.0)
 
 
 class FakeConn:
-    def __init__(self, clock: Clock) -> None:
+    """
+    The keepalive's view of a connection. ``reply_after`` seconds after each keepalive
+    the server's answer arrives (None: a dead server never answers).
+    """
+
+    def __init__(self, clock: Clock, reply_after: float | None = None) -> None:
         self.clock = clock
         self.stopped = False
         self.last_received = clock.seconds()
+        self.packets_received = 0
         self.requests: list[float] = []
+        self.replies: list[float] = []
+        self.reply_after = reply_after
 
     def send_global_request(self, name: bytes, data: bytes) -> Deferred[bytes]:
         assert name == b"keepalive@openssh.com"
         self.requests.append(self.clock.seconds())
-        return Deferred()
+        d: Deferred[bytes] = Deferred()
+        if self.reply_after is not None:
+            self.clock.callLater(self.reply_after, self.reply, d)
+        return d
+
+    def reply(self, d: Deferred[bytes]) -> None:
+        if self.reply_after is None:
+            return  # the server died meanwhile
+        self.packets_received += 1
+        self.last_received = self.clock.seconds()
+        self.replies.append(self.last_received)
+        d.errback(Exception("REQUEST_FAILURE"))  # OpenSSH's answer to keepalive@openssh.com
+
+
+class LateClock:
+    """The Keepalive's view of ``clock`` on a busy reactor: its timers fire ``lateness``
+    seconds after they are due (the server's replies are not delayed)."""
+
+    def __init__(self, clock: Clock, lateness: float) -> None:
+        self.clock = clock
+        self.lateness = lateness
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:  # noqa: N802
+        return self.clock.callLater(delay + self.lateness, callable, *args, **kw)
+
+
+def run_until(clock: Clock, end: float) -> None:
+    """Advance to each timer in turn (so each runs at its own time) until ``end``."""
+    while True:
+        due = [c.getTime() for c in clock.getDelayedCalls()]
+        if not due or min(due) > end:
+            clock.advance(max(0.0, end - clock.seconds()))
+            return
+        clock.advance(max(0.0, min(due) - clock.seconds()))
 
 
 def test_keepalive_sends_after_silence_and_gives_up_after_count_max() -> None:
@@ -63,6 +108,7 @@ def test_keepalive_sends_after_silence_and_gives_up_after_count_max() -> None:
     keepalive.start()
     clock.advance(5)
     conn.last_received = clock.seconds()  # traffic at t=5 defers the first keepalive
+    conn.packets_received += 1
     for _ in range(100):
         clock.advance(1)
         if dead:
@@ -72,19 +118,67 @@ def test_keepalive_sends_after_silence_and_gives_up_after_count_max() -> None:
     assert clock.getDelayedCalls() == []
 
 
-def test_keepalive_answers_keep_it_alive() -> None:
+@pytest.mark.parametrize(("interval", "count_max"), [(2, 3), (1, 3), (1, 1), (30, 3)])
+def test_answered_keepalives_on_a_late_clock_never_give_up(interval: int, count_max: int) -> None:
+    # Issue #12, defect 2: ServerAliveInterval=2 gave up after ~8 s on a healthy idle
+    # server, because the check one interval after a keepalive still saw "idle >= interval"
+    # and only a check seeing less idleness reset the count, never the reply. Replies
+    # arrive in 1 ms, checks run 3 ms late: 1,000 idle intervals, no give-up, exactly one
+    # keepalive per interval, each answered.
+    clock = Clock()
+    conn = FakeConn(clock, reply_after=0.001)
+    dead: list[float] = []
+    keepalive = Keepalive(
+        conn,  # type: ignore[arg-type]
+        LateClock(clock, 0.003),  # type: ignore[arg-type]
+        interval,
+        count_max,
+        lambda: dead.append(clock.seconds()),
+    )
+    keepalive.start()
+    run_until(clock, 1000 * interval)
+    assert dead == []
+    period = interval + 0.003  # sent, answered 1 ms later, checked an interval + 3 ms on
+    expected = int(1000 * interval / period)
+    assert expected - 1 <= len(conn.requests) <= expected + 1
+    assert keepalive.sent == len(conn.requests)
+    assert len(conn.replies) in (len(conn.requests), len(conn.requests) - 1)
+    gaps = [b - a for a, b in itertools.pairwise(conn.requests)]
+    assert all(interval <= g <= interval + 0.0041 for g in gaps), (min(gaps), max(gaps))
+    # Then the server dies: noticed K * (N + 1) after its last packet, plus lateness.
+    conn.reply_after = None
+    last_packet = conn.last_received
+    run_until(clock, clock.seconds() + 10 * interval * (count_max + 2))
+    assert len(dead) == 1
+    took = dead[0] - last_packet
+    assert interval * (count_max + 1) - 0.001 <= took <= (interval + 0.003) * (count_max + 1)
+    assert len(conn.requests) - len(conn.replies) == count_max  # unanswered, then give-up
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_reply_at_the_same_clock_reading_counts() -> None:
+    # In memory (iosim) the answer arrives without the clock moving: a count of packets,
+    # not a comparison of times, tells that it came after the keepalive.
+    clock = Clock()
+    conn = FakeConn(clock, reply_after=0)
+    dead: list[float] = []
+    keepalive = Keepalive(conn, clock, 1, 1, lambda: dead.append(clock.seconds()))  # type: ignore[arg-type]
+    keepalive.start()
+    run_until(clock, 100)
+    assert dead == [] and 99 <= len(conn.requests) <= 100
+    keepalive.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_our_own_traffic_is_not_an_answer() -> None:
+    # RELIABILITY.md A8: the server is silent while we send; only what we receive counts.
     clock = Clock()
     conn = FakeConn(clock)
     dead: list[float] = []
-    keepalive = Keepalive(conn, clock, 2, 1, lambda: dead.append(clock.seconds()))  # type: ignore[arg-type]
+    keepalive = Keepalive(conn, clock, 1, 3, lambda: dead.append(clock.seconds()))  # type: ignore[arg-type]
     keepalive.start()
-    for _ in range(50):
-        clock.advance(1)
-        if conn.requests and conn.requests[-1] == clock.seconds():
-            conn.last_received = clock.seconds() + 0.01  # the reply
-    assert not dead and len(conn.requests) > 10
-    keepalive.stop()
-    assert clock.getDelayedCalls() == []
+    run_until(clock, 10)
+    assert conn.requests == [1, 2, 3] and dead == [4]
 
 
 class Recorder(TunnelObserver):

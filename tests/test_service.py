@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.plugin import IPlugin
 from twisted.protocols.wire import Echo
 from twisted.python import usage
@@ -284,9 +284,15 @@ async def test_service_start_and_stop(
 async def test_service_connection_lost(
     ssh_test_server: Any, ssh_user: str, ssh_client_key: Path, ssh_known_hosts: Path, echo_port: int
 ) -> None:
-    """A dropped connection is reported to on_failure (twistd: the reactor stops)."""
+    """With AutoReconnect=no a dropped connection is reported to on_failure (twistd: the
+    reactor stops)."""
     config = settings(
-        ssh_test_server, ssh_user, ssh_client_key, ssh_known_hosts, f"0:127.0.0.1:{echo_port}"
+        ssh_test_server,
+        ssh_user,
+        ssh_client_key,
+        ssh_known_hosts,
+        f"0:127.0.0.1:{echo_port}",
+        AutoReconnect="no",
     )
     failed: Deferred[RTunnelError] = Deferred()
     svc = TunnelService(reactor, config.host, config.client_options, on_failure=failed.callback)
@@ -296,6 +302,60 @@ async def test_service_connection_lost(
     error = await failed.addTimeout(10, reactor)
     assert isinstance(error, ConnectionLostError)
     await svc.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_reconnects_by_default_and_logs_it_once(
+    ssh_test_server: Any, ssh_user: str, ssh_client_key: Path, ssh_known_hosts: Path, echo_port: int
+) -> None:
+    """
+    Without AutoReconnect the service keeps the tunnel open: a dropped connection is made
+    again and the forward requested again, and the log has one line for each attempt
+    (the tunnel's; the service's reporter no longer repeats it) and one "Reconnected".
+    """
+    from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+    from rtunnel import ForwardState
+
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        lines.append(formatEvent(event))
+
+    config = settings(
+        ssh_test_server, ssh_user, ssh_client_key, ssh_known_hosts, f"0:127.0.0.1:{echo_port}"
+    )
+    failed: list[RTunnelError] = []
+    svc = TunnelService(reactor, config.host, config.client_options, on_failure=failed.append)
+    globalLogPublisher.addObserver(observe)
+    try:
+        svc.startService()
+        await ssh_test_server.wait_for_forward("localhost").addTimeout(20, reactor)
+        tunnel = svc.tunnel
+        assert tunnel is not None
+
+        async def active() -> None:
+            for _ in range(200):
+                if tunnel.connected and [f.state for f in tunnel.forwards] == [ForwardState.ACTIVE]:
+                    return
+                await deferLater(reactor, 0.05, lambda: None)
+            raise AssertionError("the forward did not come back")
+
+        await active()
+        await ssh_test_server.drop_connections()
+        await deferLater(reactor, 0.1, lambda: None)
+        await active()
+        port = tunnel.forwards[0].port
+        assert await echo_through(port, b"reconnected") == b"reconnected"
+        await svc.stopService()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert failed == []
+    attempts = [line for line in lines if "Reconnecting to" in line]
+    assert len(attempts) == 1 and attempts[0].endswith("(attempt 1)."), lines
+    assert [line for line in lines if "Reconnected to" in line] == [
+        f"Reconnected to {config.host}."
+    ], lines
 
 
 @pytest_twisted.ensureDeferred

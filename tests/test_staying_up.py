@@ -707,3 +707,199 @@ def test_the_window_grows_for_open_and_new_channels(tmp_path: Path) -> None:
     ]
     assert [c.remoteWindowLeft for c in newest] == [1024 * 1024]
     assert stack.tunnel.window_size == 1024 * 1024
+
+
+# -- staying up against a real sshd (issue #12) ------------------------------------------
+
+
+def _global_requests(sshd: OpenSSHServer, name: str, since: int = 0) -> int:
+    """How many global requests called ``name`` sshd logged (at DEBUG) after ``since``
+    characters of its log."""
+    return sshd.log_text()[since:].count(f"server_input_global_request: rtype {name} ")
+
+
+@pytest.mark.openssh
+@pytest_twisted.ensureDeferred
+async def test_an_idle_tunnel_with_keepalives_keeps_one_session(
+    openssh_server: OpenSSHServer, openssh_client_key: Path
+) -> None:
+    # Issue #12, defect 2 / RELIABILITY F3: ServerAliveInterval=1 on an idle tunnel to a
+    # healthy sshd replaced the session every few seconds. 15 s idle: one session, one
+    # keepalive per second, each seen by sshd.
+    from rtunnel import PrivateKeyFile, ReconnectPolicy
+
+    target = TargetServer(echo)
+    t = ReverseTunnel(
+        reactor,
+        openssh_server.host,
+        openssh_server.port,
+        user=openssh_server.user,
+        auth=[PrivateKeyFile(openssh_client_key)],
+        known_hosts=openssh_server.known_hosts_path,
+        keepalive_interval=1,
+        keepalive_count_max=3,
+        reconnect=ReconnectPolicy(initial_delay=0.2, max_delay=1, jitter=0),
+    )
+    await t.logon()
+    try:
+        forward = await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", target.port)
+        since = len(openssh_server.log_text())
+        started = time.monotonic()
+        await sleep(15)
+        idle = time.monotonic() - started
+        stats = t.statistics()
+        assert stats.connected and stats.sessions == 1
+        # At most one per second of silence; at least one per 1.5 s (a loaded machine
+        # runs the checks late, never early).
+        assert idle / 1.5 - 1 <= stats.keepalives_sent <= idle + 1, (stats, idle)
+        seen = _global_requests(openssh_server, "keepalive@openssh.com", since)
+        assert seen in (stats.keepalives_sent, stats.keepalives_sent - 1), seen
+        assert await in_thread(exchange, forward.port, b"still here") == b"still here"
+    finally:
+        await t.logoff()
+        target.close()
+
+
+@pytest.mark.openssh
+@pytest_twisted.ensureDeferred
+async def test_six_session_kills_each_come_back_from_the_first_backoff_step(
+    openssh_server: OpenSSHServer, openssh_client_key: Path
+) -> None:
+    # Issue #12, defect 3 / RELIABILITY F4: killing the session six times with traffic
+    # flowing brought the forward back after 1.2, 2.2, 4.3, 58, 58 and 69 s. With the
+    # default backoff (1 s, doubling, +-20%, at most 60 s) each outage must be attempt 1
+    # again: the initial delay and jitter plus a logon, well under 10 s.
+    import os
+    import signal
+
+    from rtunnel import ForwardState, PrivateKeyFile, ReconnectAttempt
+
+    class Attempts(TunnelObserver):
+        def __init__(self) -> None:
+            self.attempts: list[ReconnectAttempt] = []
+
+        def reconnect_attempt(self, attempt: ReconnectAttempt) -> None:
+            self.attempts.append(attempt)
+
+    target = TargetServer(echo)
+    watcher = Attempts()
+    t = ReverseTunnel(
+        reactor,
+        openssh_server.host,
+        openssh_server.port,
+        user=openssh_server.user,
+        auth=[PrivateKeyFile(openssh_client_key)],
+        known_hosts=openssh_server.known_hosts_path,
+        keepalive_interval=1,
+        keepalive_count_max=3,
+    )
+    t.add_observer(watcher)
+    await t.logon()
+    stop = threading.Event()
+    ok = [0]
+    forward = await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", target.port)
+    port = [forward.port]
+
+    def traffic() -> None:
+        # Connections through the forward all along; failures are expected in outages.
+        while not stop.is_set():
+            try:
+                if exchange(port[0], b"x" * 4096, timeout=2) == b"x" * 4096:
+                    ok[0] += 1
+            except (OSError, AssertionError):
+                time.sleep(0.05)
+
+    flowing = threading.Thread(target=traffic, daemon=True)
+    flowing.start()
+    outages: list[float] = []
+    try:
+        for kill in range(6):
+            before = ok[0]
+            await eventually(lambda b=before: ok[0] >= b + 3, timeout=10)  # traffic flows
+            for pid in openssh_server.sshd_session_pids():
+                os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
+            await eventually(lambda n=kill + 1: len(watcher.attempts) == n, timeout=10)
+            await eventually(
+                lambda: t.connected and forward.state is ForwardState.ACTIVE, timeout=30
+            )
+            port[0] = forward.port
+            assert await in_thread(exchange, forward.port, b"back") == b"back"
+            outages.append(time.monotonic() - killed)
+        assert [a.retry_count for a in watcher.attempts] == [1] * 6, watcher.attempts
+        assert all(0.8 <= a.retry_interval <= 1.2 for a in watcher.attempts)
+        assert max(outages) < 5, outages
+        assert t.statistics().sessions == 7
+    finally:
+        stop.set()
+        await in_thread(flowing.join, 10)
+        await t.logoff()
+        target.close()
+
+
+@pytest.mark.openssh
+@pytest_twisted.ensureDeferred
+async def test_logoff_cancels_socket_forwards_too(
+    openssh_server: OpenSSHServer, openssh_client_key: Path, tmp_path: Path
+) -> None:
+    # logoff() cancels every forward before it disconnects, the Unix-socket ones with
+    # cancel-streamlocal-forward@openssh.com: sshd logs one request of each kind.
+    from rtunnel import PrivateKeyFile
+
+    target = TargetServer(echo)
+    t = ReverseTunnel(
+        reactor,
+        openssh_server.host,
+        openssh_server.port,
+        user=openssh_server.user,
+        auth=[PrivateKeyFile(openssh_client_key)],
+        known_hosts=openssh_server.known_hosts_path,
+    )
+    await t.logon()
+    since = len(openssh_server.log_text())
+    try:
+        await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", target.port)
+        await t.request_socket_forwarding(str(tmp_path / "a.sock"), "127.0.0.1", target.port)
+        await t.request_socket_forwarding(str(tmp_path / "b.sock"), "127.0.0.1", target.port)
+    finally:
+        await t.logoff()
+        target.close()
+    await eventually(lambda: "Received disconnect" in openssh_server.log_text()[since:], 10)
+    assert _global_requests(openssh_server, "cancel-tcpip-forward", since) == 1
+    assert _global_requests(openssh_server, "cancel-streamlocal-forward@openssh.com", since) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_clean_run_logs_no_factory_lines_and_no_disconnect_error(server: Server) -> None:
+    # Issue #12: a clean stop logged Conch's "Disconnecting with error, code 11 / reason:
+    # b'logoff'", and "Starting factory <...>" lines came with every connection.
+    from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        lines.append(formatEvent(event))
+
+    target = TargetServer(echo)
+    globalLogPublisher.addObserver(observe)
+    try:
+        t = server.tunnel()
+        await t.logon()
+        forward = await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", target.port)
+        for _ in range(3):
+            assert await in_thread(exchange, forward.port, b"ping") == b"ping"
+        await t.logoff()
+        await sleep(0.1)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        target.close()
+    assert any("Authenticated to" in line for line in lines), lines  # we did listen
+    # The bundled server's own listeners (rtunnel.testing) still announce themselves.
+    noise = [
+        line
+        for line in lines
+        if ("factory" in line.lower() or "Disconnecting with error" in line)
+        and "rtunnel.testing" not in line
+        and "_InboundFactory starting on" not in line
+    ]
+    assert noise == []

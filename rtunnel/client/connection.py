@@ -217,6 +217,10 @@ class ForwardingConnection(SSHService):
         self._rate_timer: IDelayedCall | None = None
         #: When the last connection-layer message arrived (keepalive liveness).
         self.last_received = self._seconds()
+        #: Connection-layer messages received: a keepalive is answered by any packet
+        #: after it, however soon (OpenSSH, packet.c), which a count shows and a clock
+        #: reading may not.
+        self.packets_received = 0
         self._dispatch: dict[int, Callable[[bytes], None]] = {
             MSG_GLOBAL_REQUEST: self._global_request,
             MSG_REQUEST_SUCCESS: self._request_success,
@@ -287,6 +291,7 @@ class ForwardingConnection(SSHService):
     @override
     def packetReceived(self, messageNum: int, packet: bytes) -> None:
         self.last_received = self._seconds()
+        self.packets_received += 1
         handler = self._dispatch.get(messageNum)
         if handler is None:
             assert self.transport is not None

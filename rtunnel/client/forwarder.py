@@ -157,6 +157,9 @@ class TargetProtocol(Protocol):
 class TargetFactory(Factory):
     """Builds the one :class:`TargetProtocol` a connect attempt is for."""
 
+    # Not a "Starting factory <...>" log line for every forwarded connection.
+    noisy = False
+
     def __init__(self, target: TargetProtocol) -> None:
         self.target = target
 

@@ -21,6 +21,8 @@ class Keepalive:
     """
     Sends keepalives on ``conn`` after ``interval`` seconds with nothing received, and
     calls ``on_dead`` once ``count_max`` of them have gone unanswered.
+
+    :ivar sent: keepalives sent so far.
     """
 
     def __init__(
@@ -37,6 +39,10 @@ class Keepalive:
         self._count_max = count_max
         self._on_dead = on_dead
         self._outstanding = 0
+        self._last_sent: float | None = None
+        # conn.packets_received when the last keepalive went out: any packet after it
+        # answers every keepalive outstanding (OpenSSH, packet.c).
+        self._packets_at_send = 0
         self._call: IDelayedCall | None = None
         self.sent = 0
 
@@ -53,11 +59,19 @@ class Keepalive:
 
     def _check(self) -> None:
         self._call = None
-        if self._conn.stopped:
+        conn = self._conn
+        if conn.stopped:
             return
+        if conn.packets_received != self._packets_at_send:
+            self._outstanding = 0
         now = self._clock.seconds()
         decision = keepalive_decision(
-            now, self._conn.last_received, self._outstanding, self._interval, self._count_max
+            now,
+            conn.last_received,
+            self._last_sent,
+            self._outstanding,
+            self._interval,
+            self._count_max,
         )
         self._outstanding = decision.outstanding
         if decision.give_up:
@@ -65,9 +79,11 @@ class Keepalive:
             return
         if decision.send:
             self.sent += 1
+            self._last_sent = now
+            self._packets_at_send = conn.packets_received
             # Any reply, success or failure, is traffic and so proves liveness; RFC 4254
             # §4 keeps it in order with our other global requests.
-            self._conn.send_global_request(b"keepalive@openssh.com", b"").addErrback(_ignore)
+            conn.send_global_request(b"keepalive@openssh.com", b"").addErrback(_ignore)
         self._call = self._clock.callLater(max(0.0, decision.next_check - now), self._check)
 
 

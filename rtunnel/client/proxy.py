@@ -484,6 +484,8 @@ class _HandshakeProtocol(Protocol):
 
 
 class _HandshakeFactory(Factory):
+    noisy = False  # no "Starting factory <...>" line per connection
+
     def __init__(self, handshake: Handshake) -> None:
         self.handshake = handshake
 

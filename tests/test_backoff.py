@@ -1,0 +1,278 @@
+"""
+Reconnect backoff through the whole SSH stack in memory, on a clock (issue #12, defect 3):
+after a reconnect that worked, the next outage starts from the first step again; a
+server that drops every session right after the logon still meets a growing wait; the
+cap holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from memory_stack import Upper, result_of
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.test import iosim
+
+from rtunnel import (
+    ForwardState,
+    PrivateKeyFile,
+    ReconnectAttempt,
+    ReconnectPolicy,
+    ReverseTunnel,
+    TunnelObserver,
+)
+from rtunnel.testing import SSHTestServer, client_key, generate_client_key
+
+POLICY = ReconnectPolicy(initial_delay=1.0, max_delay=60.0, factor=2.0, jitter=0.2)
+
+
+class Attempts(TunnelObserver):
+    def __init__(self) -> None:
+        self.attempts: list[ReconnectAttempt] = []
+
+    def reconnect_attempt(self, attempt: ReconnectAttempt) -> None:
+        self.attempts.append(attempt)
+
+
+class ReconnectingStack:
+    """
+    A ReverseTunnel and the bundled server in memory, where every connect the tunnel
+    makes is joined to the server by a new pump (or refused, while ``down``).
+    """
+
+    def __init__(self, tmp_path: Path, **tunnel_kw: Any) -> None:
+        self.reactor = MemoryReactorClock()
+        self.server = SSHTestServer(self.reactor, port=2222)
+        key_path = generate_client_key("ed25519", tmp_path)
+        self.server.add_user("alice", authorized_keys=[client_key("ed25519").public()])
+        result_of(self.server.start())
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text(
+            f"[127.0.0.1]:2222 {self.server.known_hosts_line.split(' ', 1)[1]}\n"
+        )
+        self.tunnel = ReverseTunnel(
+            self.reactor,
+            "127.0.0.1",
+            2222,
+            user="alice",
+            auth=[PrivateKeyFile(key_path)],
+            known_hosts=known_hosts,
+            **tunnel_kw,
+        )
+        self.watcher = Attempts()
+        self.tunnel.add_observer(self.watcher)
+        self.pump: iosim.IOPump | None = None
+        self.joined = 0
+        self.down = False
+
+    def join(self) -> bool:
+        """Join the tunnel's newest connect, if there is one not joined yet."""
+        if self.joined == len(self.reactor.tcpClients):
+            return False
+        _host, _port, client_factory, _timeout, _bind = self.reactor.tcpClients[self.joined]
+        self.joined += 1
+        if self.down:
+            client_factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+            return True
+        server_factory = self.reactor.tcpServers[0][1]
+        client_address = IPv4Address("TCP", "127.0.0.1", 50000 + self.joined)
+        server_address = IPv4Address("TCP", "127.0.0.1", 2222)
+        client = client_factory.buildProtocol(server_address)
+        server = server_factory.buildProtocol(client_address)
+        self.pump = iosim.connect(
+            server,
+            iosim.FakeTransport(
+                server, isServer=True, hostAddress=server_address, peerAddress=client_address
+            ),
+            client,
+            iosim.FakeTransport(
+                client, isServer=False, hostAddress=client_address, peerAddress=server_address
+            ),
+            clock=self.reactor,
+        )
+        self.pump.flush()
+        return True
+
+    def logon_with_forward(self) -> None:
+        d = self.tunnel.logon()
+        assert self.join()
+        result_of(d)
+        forwarding = self.tunnel.request_forwarding(
+            "127.0.0.1", 8080, factory=Factory.forProtocol(Upper)
+        )
+        assert self.pump is not None
+        self.pump.flush()
+        result_of(forwarding)
+
+    def round_trip(self, data: bytes) -> bytes:
+        """A client of the server's forward listener sends ``data``; what comes back."""
+        assert self.pump is not None
+        listener_factory = self.reactor.tcpServers[-1][1]
+        origin = IPv4Address("TCP", "203.0.113.5", 40000)
+        remote = listener_factory.buildProtocol(origin)
+        wire = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080), peerAddress=origin
+        )
+        remote.makeConnection(wire)
+        self.pump.flush()
+        remote.dataReceived(data)
+        self.pump.flush()
+        out: bytes = wire.value()
+        remote.connectionLost(Failure(Exception("done")))
+        self.pump.flush()
+        return out
+
+    def kill(self) -> None:
+        """The server's side of the session goes away (sshd killed)."""
+        assert self.pump is not None
+        self.pump.serverIO.abortConnection()
+        self.pump.flush()
+
+    def next_attempt(self) -> ReconnectAttempt:
+        """Wait out the reconnect the tunnel scheduled; return its announcement."""
+        attempt = self.watcher.attempts[-1]
+        self.reactor.advance(attempt.retry_interval - 1e-6)
+        assert not self.join(), "a connect before the announced wait was over"
+        self.reactor.advance(2e-6)
+        assert self.join(), "no connect after the announced wait"
+        return attempt
+
+    def logoff(self) -> None:
+        d = self.tunnel.logoff()
+        if self.pump is not None:
+            self.pump.flush()
+        result_of(d)
+        assert self.reactor.getDelayedCalls() == []
+
+    def forward_active(self) -> bool:
+        return [f.state for f in self.tunnel.forwards] == [ForwardState.ACTIVE]
+
+
+def first_step(attempt: ReconnectAttempt) -> bool:
+    return attempt.retry_count == 1 and 0.8 <= attempt.retry_interval <= 1.2
+
+
+def test_each_outage_after_a_working_reconnect_starts_from_the_first_step(
+    tmp_path: Path,
+) -> None:
+    # The issue's six kills with traffic flowing: the waits were 1.2, 2.2, 4.3, 58, 58
+    # and 69 s, because only a connection that lasted 60 s reset the backoff. Here each
+    # connection carries traffic for 5 s and is killed: every outage is attempt 1 of the
+    # backoff, initial_delay * (1 +- jitter).
+    stack = ReconnectingStack(tmp_path, reconnect=POLICY)
+    stack.logon_with_forward()
+    for _ in range(6):
+        assert stack.round_trip(b"hello") == b"HELLO"
+        stack.reactor.advance(5)
+        stack.kill()
+        assert first_step(stack.watcher.attempts[-1]), stack.watcher.attempts[-1]
+        stack.next_attempt()
+        assert stack.tunnel.connected and stack.forward_active()
+    assert len(stack.watcher.attempts) == 6
+    assert stack.tunnel.statistics().sessions == 7
+    stack.logoff()
+
+
+def test_a_server_that_drops_each_session_after_the_logon_still_meets_backoff(
+    tmp_path: Path,
+) -> None:
+    # A flapping server: it accepts, authenticates, grants the forward again and drops
+    # the session at once. That proves nothing; the waits keep growing up to the cap,
+    # never a tight loop. Then one reconnect that carries traffic starts the next outage
+    # from the first step again, and the flapping climbs from there.
+    stack = ReconnectingStack(tmp_path, reconnect=POLICY)
+    stack.logon_with_forward()
+    stack.kill()
+    for _ in range(12):
+        stack.next_attempt()
+        assert stack.tunnel.connected and stack.forward_active()
+        stack.kill()
+    counts = [a.retry_count for a in stack.watcher.attempts]
+    waits = [a.retry_interval for a in stack.watcher.attempts]
+    assert counts == list(range(1, 14))
+    for n, wait in enumerate(waits, start=1):
+        base = min(60 / 1.2, 2.0 ** (n - 1))
+        assert 0.8 * base - 1e-9 <= wait <= 1.2 * base + 1e-9, (n, wait)
+        assert wait <= 60
+    # A reconnect that carried traffic:
+    stack.next_attempt()
+    assert stack.round_trip(b"traffic") == b"TRAFFIC"
+    stack.kill()
+    assert first_step(stack.watcher.attempts[-1])
+    stack.next_attempt()
+    stack.kill()
+    assert stack.watcher.attempts[-1].retry_count == 2
+    stack.logoff()
+
+
+def test_the_cap_holds_while_the_server_is_down_for_long(tmp_path: Path) -> None:
+    # A7/F4: the server is down for a day: every wait stays at most max_delay, and once it
+    # is back and the forward carries traffic, the next outage starts from the first step.
+    stack = ReconnectingStack(tmp_path, reconnect=POLICY)
+    stack.logon_with_forward()
+    stack.down = True
+    stack.kill()
+    elapsed = 0.0
+    while elapsed < 24 * 3600:
+        elapsed += stack.next_attempt().retry_interval
+    waits = [a.retry_interval for a in stack.watcher.attempts]
+    assert max(waits) <= 60 and min(waits[10:]) >= 60 * 0.8 / 1.2 - 1e-9
+    assert 24 * 3600 / 60 <= len(waits) <= 24 * 3600 / 40 + 1
+    stack.down = False
+    stack.next_attempt()
+    assert stack.tunnel.connected and stack.forward_active()
+    assert stack.round_trip(b"back") == b"BACK"
+    stack.kill()
+    assert first_step(stack.watcher.attempts[-1])
+    stack.logoff()
+
+
+def test_a_reconnect_that_lasted_reset_after_counts_as_working(tmp_path: Path) -> None:
+    # No keepalives, no traffic after the forward came back; the session lasted
+    # reset_after.
+    policy = ReconnectPolicy(initial_delay=1.0, max_delay=60.0, jitter=0.2, reset_after=30)
+    stack = ReconnectingStack(tmp_path, reconnect=policy, keepalive_interval=0)
+    stack.logon_with_forward()
+    stack.kill()
+    stack.next_attempt()
+    stack.kill()
+    assert stack.watcher.attempts[-1].retry_count == 2  # dropped at once: not working
+    stack.next_attempt()
+    stack.reactor.advance(29.5)
+    stack.kill()
+    assert stack.watcher.attempts[-1].retry_count == 3  # idle for less than reset_after
+    stack.next_attempt()
+    stack.reactor.advance(30.5)
+    stack.kill()
+    assert first_step(stack.watcher.attempts[-1])
+    stack.logoff()
+
+
+def test_an_answered_keepalive_shows_an_idle_reconnect_works(tmp_path: Path) -> None:
+    # ServerAliveInterval=1 on an idle tunnel: the first keepalive answered after the
+    # forward came back shows that the reconnect worked.
+    stack = ReconnectingStack(tmp_path, reconnect=POLICY, keepalive_interval=1)
+    stack.logon_with_forward()
+    stack.kill()
+    stack.next_attempt()
+    stack.kill()
+    assert stack.watcher.attempts[-1].retry_count == 2
+    stack.next_attempt()
+    assert stack.pump is not None
+    stack.reactor.advance(0.5)
+    stack.pump.flush()
+    assert stack.tunnel.statistics().keepalives_sent == 0
+    stack.kill()
+    assert stack.watcher.attempts[-1].retry_count == 3  # no keepalive yet: not shown
+    stack.next_attempt()
+    stack.reactor.advance(1.5)
+    stack.pump.flush()  # the keepalive and its answer
+    assert stack.tunnel.statistics().keepalives_sent == 1
+    stack.kill()
+    assert first_step(stack.watcher.attempts[-1])
+    stack.logoff()
