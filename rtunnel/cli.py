@@ -39,6 +39,7 @@ from rtunnel._spec import (
     parse_port,
     parse_remote_forward,
 )
+from rtunnel._text import printable_lines
 from rtunnel.client._algorithms import resolve
 from rtunnel.errors import RTunnelError, SpecError
 from rtunnel.service import (
@@ -340,9 +341,16 @@ class _Console:
         if not self._options.logs(level):
             return
         prefix = f"{level.lower()}: " if level.startswith("DEBUG") else ""
-        for line in text.splitlines():
+        for line in _terminal_safe(text).splitlines():
             self._stream.write(f"{prefix}{line}\n")
         self._stream.flush()
+
+
+def _terminal_safe(text: str) -> str:
+    # The last line of defence (RELIABILITY.md D17): the sources escape what the server or
+    # a client sent, and nothing that reaches the terminal carries a control character
+    # but the line breaks.
+    return printable_lines(text, None, None)
 
 
 # Twisted log events shown at each of ssh's levels: warnings and errors by default, info
@@ -377,7 +385,7 @@ class _StderrLogObserver:
                 text = f"{text}: {failure.getErrorMessage()}"
         level = event.get("log_level")
         prefix = "debug2: " if level is LogLevel.debug else ""
-        self._stream.write(f"{prefix}{text}\n")
+        self._stream.write(f"{prefix}{_terminal_safe(text)}\n")
         self._stream.flush()
 
 

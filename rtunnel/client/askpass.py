@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from rtunnel._text import printable, printable_lines
 from rtunnel.client.credentials import (
     AskPassword,
     KeyboardInteractive,
@@ -118,10 +119,11 @@ def keyboard_interactive_source(
 
     async def respond(challenge: KeyboardInteractiveChallenge) -> list[str] | None:
         if program is None:
-            # ssh logs the name and the instruction before the prompts.
+            # ssh logs the name and the instruction before the prompts. All of it is the
+            # server's text: escaped before it reaches the terminal (RELIABILITY.md D17).
             for line in (challenge.name, challenge.instruction):
                 if line:
-                    print(line, file=sys.stderr)
+                    print(printable_lines(line), file=sys.stderr)
         answers: list[str] = []
         for prompt in challenge.prompts:
             if prompt.answer is not None:
@@ -141,7 +143,13 @@ def keyboard_interactive_source(
     return KeyboardInteractive(respond)
 
 
+# Prompts may be the server's text (keyboard-interactive, including one that matched the
+# password pattern): each asker shows them escaped (RELIABILITY.md D17).
+
+
 def _run_askpass(program: str, prompt: str, env: Mapping[str, str]) -> Deferred[str | None]:
+    prompt = printable(prompt)
+
     def run() -> str | None:
         try:
             done = subprocess.run(
@@ -164,6 +172,8 @@ def _run_askpass(program: str, prompt: str, env: Mapping[str, str]) -> Deferred[
 
 
 def _ask_terminal(prompt: str) -> Deferred[str | None]:
+    prompt = printable(prompt)
+
     def ask() -> str | None:
         try:
             return getpass.getpass(prompt)
@@ -178,6 +188,8 @@ def _ask_terminal(prompt: str) -> Deferred[str | None]:
 
 def _ask_terminal_echo(prompt: str) -> Deferred[str | None]:
     # readpassphrase(3) with RPP_ECHO_ON: the prompt and the answer on /dev/tty.
+    prompt = printable(prompt)
+
     def ask() -> str | None:
         try:
             # Unbuffered: a buffered "r+" file would need a seekable one, which a tty is not.

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from typing_extensions import override
 
 from rtunnel._sshparam import decode_packet, read_ssh_params
+from rtunnel._text import printable, printable_lines
 from rtunnel.client import _gssapi, _keyformats
 from rtunnel.client._pubkey import CERT_SUFFIX, choose_signature_algorithm, request_algorithm
 from rtunnel.client.certificates import CertificateError, parse_certificate
@@ -568,7 +569,9 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         self._gss = None
         methods, rest = getNS(packet)
         partial = rest[:1] not in (b"", b"\x00")
-        self._methods_left = tuple(m for m in methods.decode("ascii", "replace").split(",") if m)
+        # The server's names reach "Permission denied (...)." at the default level: escaped
+        # and capped (RELIABILITY.md D17).
+        self._methods_left = tuple(printable(m, 64) for m in methods.split(b",")[:32] if m)
         if partial:
             # RFC 4252 section 5.1: the last method worked, but more are needed.
             done = self.lastAuth.decode("ascii", "replace")
@@ -784,7 +787,7 @@ class UserAuthClient(userauth.SSHUserAuthClient):
                 _log.info(
                     "gssapi-with-mic: the server says: {message} (major {major:#x}, minor "
                     "{minor:#x})",
-                    message=message.strip(),
+                    message=printable(message.strip()),
                     major=major,
                     minor=minor,
                 )
@@ -1015,6 +1018,7 @@ class UserAuthClient(userauth.SSHUserAuthClient):
     async def _password_change_requested(self, packet: bytes) -> None:
         # RFC 4252 section 8: SSH_MSG_USERAUTH_PASSWD_CHANGEREQ (prompt, language).
         prompt = getNS(packet)[0].decode("utf-8", "replace").strip()
+        shown = printable(prompt, 200)
         change = self._options.password_change
         new = None
         if change is not None and self._last_password is not None:
@@ -1022,7 +1026,7 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         if new is None:
             self.failure = AuthenticationError(
                 f"The server requires a new password for {self._user_text} "
-                f"(it says: {prompt!r}). Change it with an interactive log-on (e.g. ssh "
+                f"(it says: '{shown}'). Change it with an interactive log-on (e.g. ssh "
                 "or passwd), or give a password_change callback, then try again.",
                 self._methods_left,
             )
@@ -1085,6 +1089,9 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         return False
 
     def ssh_USERAUTH_BANNER(self, packet: bytes) -> None:  # noqa: N802 (Conch dispatch)
-        """RFC 4252 section 5.4: show the server's banner in the log."""
-        message = getNS(packet)[0].decode("utf-8", "replace")
-        _log.info("{banner}", banner=message.rstrip())
+        """
+        RFC 4252 section 5.4: show the server's banner in the log, its lines kept, every
+        control character escaped and its length capped (RELIABILITY.md D17), as OpenSSH
+        shows it through its safe printing (utf8.c, ``fmprintf``).
+        """
+        _log.info("{banner}", banner=printable_lines(getNS(packet)[0]))

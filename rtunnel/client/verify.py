@@ -43,6 +43,7 @@ from twisted.conch.ssh import keys
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from rtunnel._text import printable
 from rtunnel.client.certificates import (
     CertificateError,
     SSHCertificate,
@@ -385,7 +386,7 @@ class HostKeyVerifier:
                 return info(
                     HostKeyCheck.CERTIFIED,
                     True,
-                    f"Host certificate {cert.key_id!r} signed by the CA in {where}.",
+                    f"Host certificate '{printable(cert.key_id)}' signed by the CA in {where}.",
                 ), False
             _log.warn(
                 "The host certificate of {name} is not enough on its own: {problem}. "
