@@ -29,7 +29,14 @@ from rtunnel.client.credentials import (
     KeyboardInteractiveChallenge,
 )
 
-__all__ = ["DEFAULT_ASKPASS", "NEVER_ASK", "keyboard_interactive_source", "password_source"]
+__all__ = [
+    "DEFAULT_ASKPASS",
+    "NEVER_ASK",
+    "CannotAsk",
+    "keyboard_interactive_source",
+    "never_ask",
+    "password_source",
+]
 
 #: OpenSSH's default askpass program (pathnames.h, _PATH_SSH_ASKPASS_DEFAULT).
 DEFAULT_ASKPASS = "/usr/bin/ssh-askpass"
@@ -97,6 +104,30 @@ def password_source(
 #: A passphrase source that never answers: encrypted keys are skipped, as ``ssh`` skips
 #: them when it cannot ask (``BatchMode``, no terminal and no askpass).
 NEVER_ASK = AskPassword(lambda prompt: None)
+
+
+class CannotAsk(Exception):
+    """Raised by :func:`never_ask`'s source: nothing can ask the user, and why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def never_ask(reason: str) -> AskPassword:
+    """
+    A passphrase source for when ``ssh`` could not ask (``BatchMode``, or neither a
+    terminal nor askpass): an encrypted key is skipped, and the key loader says why at
+    the default level (``Load key "PATH": ...``) instead of leaving only "Permission
+    denied".
+
+    :param reason: why nothing can ask, e.g. ``"BatchMode=yes"``.
+    """
+
+    def ask(prompt: str) -> str | None:
+        raise CannotAsk(reason)
+
+    return AskPassword(ask)
 
 
 def keyboard_interactive_source(

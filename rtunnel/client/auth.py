@@ -47,6 +47,7 @@ from rtunnel.client.credentials import (
     PrivateKey,
     PrivateKeyFile,
     SSHAgent,
+    key_file_problem,
     password_prompt_matches,
 )
 from rtunnel.errors import AuthenticationError, CredentialError, RTunnelError, SpecError
@@ -99,8 +100,20 @@ class PendingKey:
         if self.asker is None:
             raise CredentialError(f"{self.what} is encrypted: give its passphrase.")
         prompt = f"Enter passphrase for key '{self.path}': "
+        from rtunnel.client.askpass import CannotAsk
+
         for _ in range(max(attempts, 1)):
-            answer = await _resolve(self.asker.ask(prompt))
+            try:
+                answer = await _resolve(self.asker.ask(prompt))
+            except CannotAsk as e:
+                # Said at the default level: otherwise only "Permission denied" tells.
+                _log.warn(
+                    'Load key "{path}": it is encrypted, and nothing can ask for its '
+                    "passphrase ({reason}).",
+                    path=str(self.path),
+                    reason=e.reason,
+                )
+                return None
             if not answer:
                 _log.debug("no passphrase given for {path}: trying the next key", path=self.path)
                 return None
@@ -262,6 +275,17 @@ def _read_certificate(path: Path, *, required: bool) -> bytes | None:
 
 def _load_key_file(credential: PrivateKeyFile) -> LoadedKey:
     path = credential.path
+    problem = key_file_problem(path, check_permissions=credential.check_permissions)
+    if problem is not None and problem.reason == "bad permissions":
+        # ssh's "UNPROTECTED PRIVATE KEY FILE!" block, then what to do about it.
+        raise CredentialError(
+            "\n".join(problem.lines)
+            + f"\nchmod 600 {path}, or give PrivateKeyFile(..., check_permissions=False) for a "
+            "key whose permissions cannot be changed."
+        )
+    if problem is not None and problem.reason == "not a regular file":
+        # Reading a FIFO would block the reactor; ssh itself hangs there.
+        raise CredentialError(f"Identity file {path} not accessible: not a regular file.")
     try:
         data = path.read_bytes()
     except OSError as e:
