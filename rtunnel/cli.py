@@ -35,11 +35,13 @@ from zope.interface import implementer
 
 from rtunnel._spec import (
     ClientOptions,
+    check_host_name,
+    check_user_name,
     parse_destination,
     parse_port,
     parse_remote_forward,
 )
-from rtunnel._text import printable_lines
+from rtunnel._text import printable, printable_lines
 from rtunnel.client._algorithms import resolve
 from rtunnel.errors import RTunnelError, SpecError
 from rtunnel.service import (
@@ -207,7 +209,8 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
     options_done = False
 
     def fail_with(message: str) -> NoReturn:
-        raise CommandLineExit(FAILURE, message)
+        # One line, whatever was typed (a port of "\n" quoted back, say).
+        raise CommandLineExit(FAILURE, printable(message, None))
 
     while index < len(args):
         arg = args[index]
@@ -269,6 +272,13 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
         parsed = parse_destination(destination)
     except SpecError as error:
         fail_with(f"rtunnel: {error.message}")
+    try:
+        # ssh.c: checked before anything is looked up; its words, without a prefix.
+        if parsed.user is not None:
+            check_user_name(parsed.user)
+        check_host_name(parsed.host)
+    except SpecError as error:
+        fail_with(error.message)
     options.set_default_user(parsed.user)
     options.set_default_port(parsed.port)
     if not options.remote_forwards:
@@ -289,6 +299,7 @@ def _apply_flag(options: ClientOptions, letter: str, value: str, warnings: list[
         if options.port is None:
             options.port = parse_port(value)
     elif letter == "l":
+        check_user_name(value)
         options.set_default_user(value)
     elif letter == "b":
         # ssh.c, case 'b': set outright, over -o BindAddress.
@@ -548,7 +559,7 @@ async def _session(reactor: IReactorCore, invocation: Invocation, console: _Cons
     try:
         tunnel = build_tunnel(cast(IReactorTCP, reactor), host, options, report=console.say)
     except SpecError as error:
-        console.say("FATAL", f"rtunnel: {error.message}")
+        console.say("FATAL", f"rtunnel: {printable(error.message, None)}")
         return FAILURE
 
     if tunnel.reconnect.mode != "off":
@@ -611,11 +622,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         invocation = parse_command_line(arguments)
     except CommandLineExit as exit_:
         stream = sys.stdout if exit_.to_stdout else sys.stderr
-        stream.write(exit_.text)
+        # A mistake's message quotes what was typed: escaped too.
+        stream.write(exit_.text if exit_.to_stdout else _terminal_safe(exit_.text) + "\n")
         stream.flush()
         sys.exit(exit_.status)
     for warning in invocation.warnings:
-        sys.stderr.write(f"{warning}\n")
+        sys.stderr.write(f"{_terminal_safe(warning)}\n")
     _start_logging(invocation.options, sys.stderr)
     react(_main, (invocation,))
 
