@@ -79,7 +79,9 @@ listens on for us are forwarded to host:hostport from this machine.
                   listens on loopback only; "*" means all interfaces. IPv6 addresses
                   go in square brackets. Repeatable. Without host:hostport, a
                   dynamic forward: each connection is a SOCKS4/4A/5 client, connected
-                  from this machine where it asks (see -o PermitRemoteOpen).
+                  from this machine where it asks. Without -o PermitRemoteOpen that is
+                  anywhere this machine can reach (an open proxy, as with ssh; rtunnel
+                  says so when it starts): give PermitRemoteOpen=host:port ... to limit it.
   -i identity_file
                   Private key for public key authentication. Repeatable. Default:
                   ~/.ssh/id_rsa, ~/.ssh/id_ecdsa and ~/.ssh/id_ed25519, those that exist.

@@ -445,6 +445,14 @@ async def establish_forwards(
             report(
                 "INFO", format_allocated(forward.port, spec.host, spec.host_port, spec.target_path)
             )
+        if spec.dynamic and tunnel.permit_remote_open is None:
+            # OpenSSH's default, kept; but an open proxy should not go unsaid (issue 13).
+            report(
+                "INFO",
+                f"Warning: the dynamic forward on listen port {forward.port} is an open "
+                "proxy: whoever reaches it connects anywhere this machine can (limit it "
+                "with -o PermitRemoteOpen).",
+            )
         established.append(forward)
     return established
 
