@@ -12,21 +12,18 @@ First in memory (the whole SSH stack on a MemoryReactorClock), then through the 
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_twisted
+from command_support import spawn_command
 from memory_stack import Stack, result_of
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.protocol import Factory
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.wire import Echo
-from twisted.python.failure import Failure
 
 from rtunnel import ChannelInfo, TunnelObserver
 from rtunnel._ratelimit import RepeatLimiter
@@ -256,46 +253,9 @@ def test_method_names_are_escaped(tmp_path: Path) -> None:
 # -- through the command ----------------------------------------------------------------
 
 
-class _Command(ProcessProtocol):
-    """``rtunnel`` as a child of the test's reactor; its stderr kept as bytes."""
-
-    def __init__(self) -> None:
-        self.stderr = b""
-        self.ended: Deferred[int | None] = Deferred()
-        self._waiting: list[tuple[bytes, Deferred[None]]] = []
-
-    def errReceived(self, data: bytes) -> None:  # noqa: N802 (ProcessProtocol)
-        self.stderr += data
-        for entry in list(self._waiting):
-            if entry[0] in self.stderr:
-                self._waiting.remove(entry)
-                entry[1].callback(None)
-
-    def processEnded(self, reason: Failure) -> None:  # noqa: N802 (ProcessProtocol)
-        value = reason.value
-        assert isinstance(value, ProcessDone | ProcessTerminated)
-        self.ended.callback(value.exitCode)
-        for _, d in self._waiting:
-            d.errback(AssertionError(f"rtunnel ended; stderr:\n{self.stderr!r}"))
-
-    def wait_for(self, text: bytes, timeout: float = 30) -> Deferred[None]:
-        if text in self.stderr:
-            return Deferred.fromCoroutine(_nothing())
-        d: Deferred[None] = Deferred()
-        self._waiting.append((text, d))
-        return d.addTimeout(timeout, reactor)
-
-    async def stop(self) -> int | None:
-        self.transport.signalProcess("TERM")  # type: ignore[union-attr]
-        return await self.ended.addTimeout(10, reactor)
-
-
-async def _nothing() -> None:
-    return None
-
-
 @pytest_twisted.async_yield_fixture
 async def echo_port() -> AsyncIterator[int]:
+    """A local echo server: the forwards' target."""
     listening: IListeningPort = reactor.listenTCP(  # type: ignore[attr-defined]
         0, Factory.forProtocol(Echo), interface="127.0.0.1"
     )
@@ -303,22 +263,6 @@ async def echo_port() -> AsyncIterator[int]:
         yield listening.getHost().port  # type: ignore[attr-defined]
     finally:
         await listening.stopListening()
-
-
-def _spawn(
-    server: SSHTestServer, user: str, key: Path, known_hosts: Path, home: Path, *args: str
-) -> _Command:
-    home.mkdir(exist_ok=True)
-    command = _Command()
-    argv = [
-        *[sys.executable, "-m", "rtunnel.cli", "-N", "-o", "BatchMode=yes"],
-        *["-o", f"UserKnownHostsFile={known_hosts}", "-i", str(key), "-p", str(server.port)],
-        *args,
-        f"{user}@{server.host}",
-    ]
-    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-    reactor.spawnProcess(command, argv[0], argv, env=env)  # type: ignore[attr-defined]
-    return command
 
 
 def _only_line_breaks(stderr: bytes) -> bool:
@@ -340,7 +284,7 @@ async def test_the_command_escapes_a_forged_address(
     At the default level: the Allocated line, then one warning line for the hostile
     open, exactly as shown, and no control byte but the line breaks.
     """
-    child = _spawn(
+    child = spawn_command(
         ssh_test_server,
         ssh_user,
         ssh_client_key,
@@ -379,7 +323,7 @@ async def test_the_command_escapes_banner_version_and_debug_at_v(
     """
     ssh_test_server.set_banner(BANNER)
     ssh_test_server.set_version("SSH-2.0-Evil\x1b[31m\x07")
-    child = _spawn(
+    child = spawn_command(
         ssh_test_server,
         ssh_user,
         ssh_client_key,
@@ -417,7 +361,7 @@ async def test_ten_thousand_refused_opens_through_the_command(
     D18: 10,000 opens for a port never asked for made 662 KB of warnings; now five
     lines and one summary (when the command stops, within the 60 s period).
     """
-    child = _spawn(
+    child = spawn_command(
         ssh_test_server,
         ssh_user,
         ssh_client_key,
