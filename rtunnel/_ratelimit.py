@@ -51,10 +51,10 @@ class RepeatLimiter:
         window.last = message
         return False
 
-    def summaries(self, now: float, *, final: bool = False) -> list[str]:
+    def summaries(self, now: float, *, final: bool = False) -> list[tuple[str, str]]:
         """
-        One line per kind whose period is over (every kind when ``final``: at the end)
-        and that held messages back; those periods are forgotten.
+        ``(kind, line)`` for each kind whose period is over (every kind when ``final``:
+        at the end) and that held messages back; those periods are forgotten.
         """
         lines = []
         for kind, window in list(self._windows.items()):
@@ -64,8 +64,11 @@ class RepeatLimiter:
             if window.suppressed:
                 seconds = min(now - window.start, self.period)
                 lines.append(
-                    f"Not shown: {window.suppressed} more like this in {seconds:.0f} s, "
-                    f"the last: {window.last}"
+                    (
+                        kind,
+                        f"Not shown: {window.suppressed} more like this in {seconds:.0f} s, "
+                        f"the last: {window.last}",
+                    )
                 )
         return lines
 

@@ -12,6 +12,7 @@ First in memory (the whole SSH stack on a MemoryReactorClock), then through the 
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,10 +21,13 @@ import pytest_twisted
 from command_support import spawn_command
 from memory_stack import Stack, result_of
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.wire import Echo
+from twisted.python.failure import Failure
 
 from rtunnel import ChannelInfo, TunnelObserver
 from rtunnel._ratelimit import RepeatLimiter
@@ -74,13 +78,15 @@ def test_repeat_limiter_shows_a_burst_then_summarises() -> None:
     assert shown == [True] * 3 + [False] * 997
     assert limiter.summaries(5.0) == []  # the period is not over
     assert limiter.next_due() == 10.0
-    assert limiter.summaries(10.0) == ["Not shown: 997 more like this in 10 s, the last: m999"]
+    assert limiter.summaries(10.0) == [
+        ("k", "Not shown: 997 more like this in 10 s, the last: m999")
+    ]
     assert limiter.summaries(10.0) == [] and limiter.next_due() is None
     # A new period shows a burst again; another kind has its own.
     assert limiter.allow("k", "again", 11.0) and limiter.allow("other", "x", 11.0)
     assert [limiter.allow("k", "z", 12.0) for _ in range(3)] == [True, True, False]
     assert limiter.summaries(12.5, final=True) == [
-        "Not shown: 1 more like this in 2 s, the last: z"
+        ("k", "Not shown: 1 more like this in 2 s, the last: z")
     ]
 
 
@@ -382,3 +388,53 @@ async def test_ten_thousand_refused_opens_through_the_command(
     ), lines[6:]
     assert len(lines) == 7
     assert len(child.stderr) < 1024
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+class _UntilClosed(Protocol):
+    def __init__(self) -> None:
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802 (Protocol)
+        self.closed.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_to_a_dead_target_make_five_errors_and_a_summary(
+    ssh_test_server: SSHTestServer,
+    ssh_user: str,
+    ssh_client_key: Path,
+    ssh_known_hosts: Path,
+    tmp_path: Path,
+) -> None:
+    """D18: each connection to a forward whose target is down was one error line."""
+    dead = _closed_port()
+    child = spawn_command(
+        ssh_test_server,
+        ssh_user,
+        ssh_client_key,
+        ssh_known_hosts,
+        tmp_path / "home",
+        *["-R", f"0:127.0.0.1:{dead}"],
+    )
+    await child.wait_for(b"Allocated port ")
+    port = int(child.stderr.split()[2])
+    for _ in range(50):
+        client = _UntilClosed()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        await client.closed.addTimeout(10, reactor)
+    assert await child.stop() == 0
+    lines = child.stderr.decode().splitlines()
+    failed = f"connect to 127.0.0.1 port {dead} failed: Connection refused."
+    assert lines[1:6] == [f"Channel {n}: {failed}" for n in range(5)], lines
+    assert re.fullmatch(
+        rf"Not shown: 45 more like this in \d+ s, the last: Channel 49: {re.escape(failed)}",
+        lines[6],
+    ), lines[6:]
+    assert len(lines) == 7

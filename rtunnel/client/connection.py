@@ -38,7 +38,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
 )
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
@@ -220,6 +220,7 @@ class ForwardingConnection(SSHService):
         self.last_received = self._seconds()
         #: D18: warnings a server can make us repeat at will, rate-limited.
         self.warnings = RepeatLimiter()
+        self._levels: dict[str, LogLevel] = {}
         self._summary_timer: IDelayedCall | None = None
         self._dispatch: dict[int, Callable[[bytes], None]] = {
             MSG_GLOBAL_REQUEST: self._global_request,
@@ -625,14 +626,16 @@ class ForwardingConnection(SSHService):
             f"refused {channel_type.decode()} for {where}, which we did not request",
         )
 
-    def warn_limited(self, kind: str, message: str) -> None:
+    def warn_limited(self, kind: str, message: str, level: LogLevel = LogLevel.warn) -> None:
         """
-        Log ``message`` as a warning unless too many of ``kind`` came lately
-        (RELIABILITY.md D18); those are counted and summarised once the period is over.
+        Log ``message`` (a warning, or ``level``) unless too many of ``kind`` came lately
+        (RELIABILITY.md D18); those are counted and summarised, at the same level, once
+        the period is over.
         """
         self._summarise()
+        self._levels[kind] = level
         if self.warnings.allow(kind, message, self._seconds()):
-            _log.warn("{message}", message=message)
+            _log.emit(level, "{message}", message=message)
         elif self._summary_timer is None:
             self._schedule_summary()
 
@@ -648,8 +651,8 @@ class ForwardingConnection(SSHService):
         self._schedule_summary()
 
     def _summarise(self, *, final: bool = False) -> None:
-        for line in self.warnings.summaries(self._seconds(), final=final):
-            _log.warn("{message}", message=line)
+        for kind, line in self.warnings.summaries(self._seconds(), final=final):
+            _log.emit(self._levels.get(kind, LogLevel.warn), "{message}", message=line)
 
     def _open_confirmation(self, packet: bytes) -> None:
         local_id, sender, window, max_packet = _U32X4.unpack_from(packet)
