@@ -615,3 +615,38 @@ def test_the_api_refuses_a_key_others_may_read_unless_told(tmp_path: Path) -> No
     key.chmod(0o600)
     loaded, _ = load_credentials([PrivateKeyFile(key)])
     assert loaded[0].key is not None
+
+
+def test_a_default_identity_others_may_read_is_refused(
+    openssh_server: Any, openssh_client_key: Path, tmp_path: Path
+) -> None:
+    """G2 for the default identities (no -i): ~/.ssh/id_ed25519 at 0644."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    key = home / ".ssh" / "id_ed25519"
+    shutil.copy(openssh_client_key, key)
+    key.chmod(0o644)
+    done = subprocess.run(
+        [
+            *[*PYTHON_CLI, "-N", "-o", "BatchMode=yes", "-o", "IdentityAgent=none"],
+            *["-o", f"UserKnownHostsFile={openssh_server.known_hosts_path}"],
+            *["-p", str(openssh_server.port), "-R", "0:127.0.0.1:9"],
+            f"{openssh_server.user}@{openssh_server.host}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "HOME": str(home)},
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 255
+    assert done.stderr.splitlines() == [
+        "@" * 59,
+        "@         WARNING: UNPROTECTED PRIVATE KEY FILE!          @",
+        "@" * 59,
+        f"Permissions 0644 for '{key}' are too open.",
+        "It is required that your private key files are NOT accessible by others.",
+        "This private key will be ignored.",
+        f'Load key "{key}": bad permissions',
+        f"{openssh_server.user}@127.0.0.1: Permission denied (publickey).",
+    ]
