@@ -85,6 +85,8 @@ listens on for us are forwarded to host:hostport from this machine.
   -i identity_file
                   Private key for public key authentication. Repeatable. Default:
                   ~/.ssh/id_rsa, ~/.ssh/id_ecdsa and ~/.ssh/id_ed25519, those that exist.
+                  As with ssh, a key file group or others may access is ignored, with
+                  ssh's "UNPROTECTED PRIVATE KEY FILE!" warning.
   -l login_name   User to log in as (default: the local user).
   -b bind_address Connect from this local address (a machine with several), as
                   -o BindAddress.
