@@ -34,6 +34,8 @@ __all__ = [
     "Destination",
     "OptionValue",
     "RemoteForwardSpec",
+    "check_host_name",
+    "check_user_name",
     "format_allocated",
     "format_forward_failure",
     "format_permission_denied",
@@ -452,6 +454,41 @@ def parse_destination(text: str) -> Destination:
     if not host:
         raise SpecError(f"Bad destination '{text}': missing host")
     return Destination(user, host, None)
+
+
+def check_user_name(user: str) -> None:
+    """
+    OpenSSH's check of a user name given on the command line (ssh.c, ``valid_ruser``,
+    since 9.6 and in Debian's 9.2): no shell metacharacters, no ``-`` first or after a
+    space, no ``\\`` last; and, beyond it, nothing that is not printable (control
+    characters, invalid UTF-8).
+
+    :raises SpecError: ``remote username contains invalid characters``, as ssh says it.
+    """
+    if (
+        user.startswith("-")
+        or user.endswith("\\")
+        or not user.isprintable()
+        or any(c in "'`\";&<>|(){}" for c in user)
+        or re.search(r"\s-", user)
+    ):
+        raise SpecError("remote username contains invalid characters")
+
+
+def check_host_name(host: str) -> None:
+    """
+    OpenSSH's check of a host name given on the command line (ssh.c, ``valid_hostname``):
+    no shell metacharacters or white space, no ``-`` first; and nothing that is not
+    printable, which no name lookup takes anyway.
+
+    :raises SpecError: ``hostname contains invalid characters``, as ssh says it.
+    """
+    if (
+        host.startswith("-")
+        or not host.isprintable()
+        or any(c in "'`\"$\\;&<>|(){}" or c.isspace() for c in host)
+    ):
+        raise SpecError("hostname contains invalid characters")
 
 
 def parse_proxy_jump(spec: str) -> list[Destination]:

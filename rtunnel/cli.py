@@ -37,10 +37,13 @@ from zope.interface import implementer
 
 from rtunnel._spec import (
     ClientOptions,
+    check_host_name,
+    check_user_name,
     parse_destination,
     parse_port,
     parse_remote_forward,
 )
+from rtunnel._text import printable, printable_lines
 from rtunnel.client._algorithms import resolve
 from rtunnel.errors import RTunnelError, SpecError
 from rtunnel.service import (
@@ -78,10 +81,14 @@ listens on for us are forwarded to host:hostport from this machine.
                   listens on loopback only; "*" means all interfaces. IPv6 addresses
                   go in square brackets. Repeatable. Without host:hostport, a
                   dynamic forward: each connection is a SOCKS4/4A/5 client, connected
-                  from this machine where it asks (see -o PermitRemoteOpen).
+                  from this machine where it asks. Without -o PermitRemoteOpen that is
+                  anywhere this machine can reach (an open proxy, as with ssh; rtunnel
+                  says so when it starts): give PermitRemoteOpen=host:port ... to limit it.
   -i identity_file
                   Private key for public key authentication. Repeatable. Default:
                   ~/.ssh/id_rsa, ~/.ssh/id_ecdsa and ~/.ssh/id_ed25519, those that exist.
+                  As with ssh, a key file group or others may access is ignored, with
+                  ssh's "UNPROTECTED PRIVATE KEY FILE!" warning.
   -l login_name   User to log in as (default: the local user).
   -b bind_address Connect from this local address (a machine with several), as
                   -o BindAddress.
@@ -212,7 +219,8 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
     options_done = False
 
     def fail_with(message: str) -> NoReturn:
-        raise CommandLineExit(FAILURE, message)
+        # One line, whatever was typed (a port of "\n" quoted back, say).
+        raise CommandLineExit(FAILURE, printable(message, None))
 
     while index < len(args):
         arg = args[index]
@@ -274,6 +282,13 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
         parsed = parse_destination(destination)
     except SpecError as error:
         fail_with(f"rtunnel: {error.message}")
+    try:
+        # ssh.c: checked before anything is looked up; its words, without a prefix.
+        if parsed.user is not None:
+            check_user_name(parsed.user)
+        check_host_name(parsed.host)
+    except SpecError as error:
+        fail_with(error.message)
     options.set_default_user(parsed.user)
     options.set_default_port(parsed.port)
     if not options.remote_forwards:
@@ -294,6 +309,7 @@ def _apply_flag(options: ClientOptions, letter: str, value: str, warnings: list[
         if options.port is None:
             options.port = parse_port(value)
     elif letter == "l":
+        check_user_name(value)
         options.set_default_user(value)
     elif letter == "b":
         # ssh.c, case 'b': set outright, over -o BindAddress.
@@ -346,9 +362,16 @@ class _Console:
         if not self._options.logs(level):
             return
         prefix = f"{level.lower()}: " if level.startswith("DEBUG") else ""
-        for line in text.splitlines():
+        for line in _terminal_safe(text).splitlines():
             self._stream.write(f"{prefix}{line}\n")
         self._stream.flush()
+
+
+def _terminal_safe(text: str) -> str:
+    # The last line of defence (RELIABILITY.md D17): the sources escape what the server or
+    # a client sent, and nothing that reaches the terminal carries a control character
+    # but the line breaks.
+    return printable_lines(text, None, None)
 
 
 # Twisted log events shown at each of ssh's levels: warnings and errors by default, info
@@ -383,7 +406,7 @@ class _StderrLogObserver:
                 text = f"{text}: {failure.getErrorMessage()}"
         level = event.get("log_level")
         prefix = "debug2: " if level is LogLevel.debug else ""
-        self._stream.write(f"{prefix}{text}\n")
+        self._stream.write(f"{prefix}{_terminal_safe(text)}\n")
         self._stream.flush()
 
 
@@ -558,7 +581,7 @@ async def _session(reactor: IReactorCore, invocation: Invocation, console: _Cons
     try:
         tunnel = build_tunnel(cast(IReactorTCP, reactor), host, options, report=console.say)
     except SpecError as error:
-        console.say("FATAL", f"rtunnel: {error.message}")
+        console.say("FATAL", f"rtunnel: {printable(error.message, None)}")
         return FAILURE
 
     if tunnel.reconnect.mode != "off":
@@ -621,11 +644,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         invocation = parse_command_line(arguments)
     except CommandLineExit as exit_:
         stream = sys.stdout if exit_.to_stdout else sys.stderr
-        stream.write(exit_.text)
+        # A mistake's message quotes what was typed: escaped too.
+        stream.write(exit_.text if exit_.to_stdout else _terminal_safe(exit_.text) + "\n")
         stream.flush()
         sys.exit(exit_.status)
     for warning in invocation.warnings:
-        sys.stderr.write(f"{warning}\n")
+        sys.stderr.write(f"{_terminal_safe(warning)}\n")
     _start_logging(invocation.options, sys.stderr)
     react(_main, (invocation,))
 

@@ -102,16 +102,28 @@ def _identity_files(options: ClientOptions, report: Report) -> list[Path]:
     """
     The key files to offer: the ones given that exist, or OpenSSH's defaults that exist
     when none was given. Missing files are skipped (with a debug message), as ssh skips
-    them, instead of failing the log-on.
+    them, instead of failing the log-on; a file ssh would not load (readable by others,
+    a directory, a FIFO) is skipped with ssh's lines at the default level.
     """
+    from rtunnel.client.credentials import key_file_problem
+
     given = options.identity_files
     candidates = [Path(p).expanduser() for p in (given or DEFAULT_IDENTITY_FILES)]
     found = []
     for path in candidates:
-        if path.is_file():
-            found.append(path)
-        else:
+        try:
+            path.stat()
+        except (FileNotFoundError, NotADirectoryError):
             report("DEBUG1", f"no such identity: {path}")
+            continue
+        except OSError:
+            pass  # key_file_problem says what
+        problem = key_file_problem(path)
+        if problem is not None:
+            for line in problem.lines:
+                report("ERROR", line)
+            continue
+        found.append(path)
     return found
 
 
@@ -212,8 +224,8 @@ def build_tunnel(
     extra.update(_transport_settings(options))
     extra.update(_network_settings(options))
     from rtunnel.client.askpass import (
-        NEVER_ASK,
         keyboard_interactive_source,
+        never_ask,
         password_source,
     )
 
@@ -225,9 +237,9 @@ def build_tunnel(
     if options.pubkey_authentication is not False:
         # A passphrase is asked when its key is tried, as ssh asks (an encrypted key is
         # skipped when nothing can ask: BatchMode, no terminal, no askpass).
-        auth += [
-            PrivateKeyFile(path, asker or NEVER_ASK) for path in _identity_files(options, report)
-        ]
+        why = "BatchMode=yes" if options.batch_mode else "no terminal, and no SSH_ASKPASS to run"
+        passphrase = asker or never_ask(why)
+        auth += [PrivateKeyFile(path, passphrase) for path in _identity_files(options, report)]
         auth += [CertificateFile(path) for path in options.certificate_files]
         # The agent (SSH_AUTH_SOCK or IdentityAgent); with IdentitiesOnly=yes only for the
         # keys and certificates above.
@@ -425,6 +437,14 @@ async def establish_forwards(
         if spec.port == 0 and spec.listen_path is None:
             report(
                 "INFO", format_allocated(forward.port, spec.host, spec.host_port, spec.target_path)
+            )
+        if spec.dynamic and tunnel.permit_remote_open is None:
+            # OpenSSH's default, kept; but an open proxy should not go unsaid (issue 13).
+            report(
+                "INFO",
+                f"Warning: the dynamic forward on listen port {forward.port} is an open "
+                "proxy: whoever reaches it connects anywhere this machine can (limit it "
+                "with -o PermitRemoteOpen).",
             )
         established.append(forward)
     return established

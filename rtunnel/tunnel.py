@@ -30,7 +30,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from typing_extensions import override
 
@@ -1701,7 +1701,12 @@ class ReverseTunnel:
 
     def _error(self, error: RTunnelError) -> None:
         """An error that fails no call of the user's (the reference's Error event)."""
-        _log.error("{error}", error=error)
+        conn = self._conn
+        if isinstance(error, ChannelError) and conn is not None:
+            # One per channel, which remote clients open at will: rate-limited (D18).
+            conn.warn_limited("channel-error", str(error), LogLevel.error)
+        else:
+            _log.error("{error}", error=error)
         self._notify("error", error)
 
     def _notify(self, event: str, *args: object) -> None:

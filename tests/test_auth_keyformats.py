@@ -18,6 +18,7 @@ import re
 import shutil
 import struct
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,16 @@ from rtunnel.testing._openssh import OpenSSHServer
 from rtunnel.testing._server import SSHTestServer
 
 PASS = "sesame"
+
+
+@pytest.fixture(autouse=True)
+def _private_files() -> Iterator[None]:
+    """Key files these tests write are private (umask 077), as ssh and rtunnel want them."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 @pytest.fixture(scope="module")

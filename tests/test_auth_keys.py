@@ -5,6 +5,8 @@ callback, PKCS#8, and the errors naming the file.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,16 @@ from rtunnel import CredentialError, PrivateKeyFile, ReverseTunnel
 from rtunnel.client.auth import load_credentials
 from rtunnel.client.credentials import PrivateKey
 from rtunnel.testing._server import SSHTestServer
+
+
+@pytest.fixture(autouse=True)
+def _private_files() -> Iterator[None]:
+    """Key files these tests write are private (umask 077), as ssh and rtunnel want them."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def write_key(path: Path, kind: str, fmt: str, passphrase: bytes | None) -> Key:

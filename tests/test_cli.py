@@ -103,9 +103,12 @@ def test_remote_forward_option() -> None:
 
 
 def test_double_dash() -> None:
-    """``--`` ends the options; the destination may follow it."""
-    invocation = parse_command_line(["-R", "0:h:1", "--", "-host"])
-    assert invocation.host == "-host"
+    """``--`` ends the options; the destination may follow it (a host starting with
+    ``-`` is refused after it, as by ssh)."""
+    invocation = parse_command_line(["-R", "0:h:1", "--", "host"])
+    assert invocation.host == "host"
+    with pytest.raises(CommandLineExit, match="hostname contains invalid characters"):
+        parse_command_line(["-R", "0:h:1", "--", "-host"])
 
 
 def test_missing_identity_file_warns(tmp_path: Path) -> None:

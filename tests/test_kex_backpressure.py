@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from rtunnel.errors import ProtocolError
+from rtunnel.errors import ConnectionLostError
 
 CHUNK = 16 * 1024
 
@@ -98,7 +98,7 @@ def test_a_silent_rekey_pauses_sources_bounds_the_queue_and_times_out(tmp_path: 
     # Nothing finishes the exchange: the key exchange timeout ends the connection.
     stack.reactor.advance(client.kex_timeout + 1)
     stack.pump.flush()
-    assert isinstance(client.error, ProtocolError)
+    assert type(client.error) is ConnectionLostError  # our timeout, not a protocol error
     assert "key exchange not finished" in str(client.error)
     assert not stack.tunnel.connected
 

@@ -185,6 +185,7 @@ def test_build_tunnel(tmp_path: Path) -> None:
     """The tunnel gets the options' settings; missing keys are skipped, not fatal."""
     key = tmp_path / "id_test"
     key.write_text("not read until log-on")
+    key.chmod(0o600)  # as ssh wants a key file (a readable one is skipped, with its warning)
     options = ClientOptions(
         user="alice",
         port=2222,

@@ -661,7 +661,7 @@ class SecureTransportMixin(_Base):
         else:
             # OpenSSH: "Unable to negotiate ...: no matching cipher found. Their offer: ..."
             text = f"No matching {kind} algorithm found"
-        shown = [t[:64] for t in theirs[:32]]
+        shown = [printable(t, 64) for t in theirs[:32]]
         self.transport_error(
             NegotiationError(
                 f"{text}. We offered: {','.join(ours)}. The {peer} offered: {','.join(shown)}.",

@@ -22,13 +22,21 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from rtunnel._text import printable, printable_lines
 from rtunnel.client.credentials import (
     AskPassword,
     KeyboardInteractive,
     KeyboardInteractiveChallenge,
 )
 
-__all__ = ["DEFAULT_ASKPASS", "NEVER_ASK", "keyboard_interactive_source", "password_source"]
+__all__ = [
+    "DEFAULT_ASKPASS",
+    "NEVER_ASK",
+    "CannotAsk",
+    "keyboard_interactive_source",
+    "never_ask",
+    "password_source",
+]
 
 #: OpenSSH's default askpass program (pathnames.h, _PATH_SSH_ASKPASS_DEFAULT).
 DEFAULT_ASKPASS = "/usr/bin/ssh-askpass"
@@ -98,6 +106,30 @@ def password_source(
 NEVER_ASK = AskPassword(lambda prompt: None)
 
 
+class CannotAsk(Exception):
+    """Raised by :func:`never_ask`'s source: nothing can ask the user, and why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def never_ask(reason: str) -> AskPassword:
+    """
+    A passphrase source for when ``ssh`` could not ask (``BatchMode``, or neither a
+    terminal nor askpass): an encrypted key is skipped, and the key loader says why at
+    the default level (``Load key "PATH": ...``) instead of leaving only "Permission
+    denied".
+
+    :param reason: why nothing can ask, e.g. ``"BatchMode=yes"``.
+    """
+
+    def ask(prompt: str) -> str | None:
+        raise CannotAsk(reason)
+
+    return AskPassword(ask)
+
+
 def keyboard_interactive_source(
     *,
     batch_mode: bool,
@@ -118,10 +150,11 @@ def keyboard_interactive_source(
 
     async def respond(challenge: KeyboardInteractiveChallenge) -> list[str] | None:
         if program is None:
-            # ssh logs the name and the instruction before the prompts.
+            # ssh logs the name and the instruction before the prompts. All of it is the
+            # server's text: escaped before it reaches the terminal (RELIABILITY.md D17).
             for line in (challenge.name, challenge.instruction):
                 if line:
-                    print(line, file=sys.stderr)
+                    print(printable_lines(line), file=sys.stderr)
         answers: list[str] = []
         for prompt in challenge.prompts:
             if prompt.answer is not None:
@@ -141,7 +174,13 @@ def keyboard_interactive_source(
     return KeyboardInteractive(respond)
 
 
+# Prompts may be the server's text (keyboard-interactive, including one that matched the
+# password pattern): each asker shows them escaped (RELIABILITY.md D17).
+
+
 def _run_askpass(program: str, prompt: str, env: Mapping[str, str]) -> Deferred[str | None]:
+    prompt = printable(prompt)
+
     def run() -> str | None:
         try:
             done = subprocess.run(
@@ -164,6 +203,8 @@ def _run_askpass(program: str, prompt: str, env: Mapping[str, str]) -> Deferred[
 
 
 def _ask_terminal(prompt: str) -> Deferred[str | None]:
+    prompt = printable(prompt)
+
     def ask() -> str | None:
         try:
             return getpass.getpass(prompt)
@@ -178,6 +219,8 @@ def _ask_terminal(prompt: str) -> Deferred[str | None]:
 
 def _ask_terminal_echo(prompt: str) -> Deferred[str | None]:
     # readpassphrase(3) with RPP_ECHO_ON: the prompt and the answer on /dev/tty.
+    prompt = printable(prompt)
+
     def ask() -> str | None:
         try:
             # Unbuffered: a buffered "r+" file would need a seekable one, which a tty is not.

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from typing_extensions import override
 
 from rtunnel._sshparam import decode_packet, read_ssh_params
+from rtunnel._text import printable, printable_lines
 from rtunnel.client import _gssapi, _keyformats
 from rtunnel.client._pubkey import CERT_SUFFIX, choose_signature_algorithm, request_algorithm
 from rtunnel.client.certificates import CertificateError, parse_certificate
@@ -46,6 +47,7 @@ from rtunnel.client.credentials import (
     PrivateKey,
     PrivateKeyFile,
     SSHAgent,
+    key_file_problem,
     password_prompt_matches,
 )
 from rtunnel.errors import AuthenticationError, CredentialError, RTunnelError, SpecError
@@ -98,8 +100,20 @@ class PendingKey:
         if self.asker is None:
             raise CredentialError(f"{self.what} is encrypted: give its passphrase.")
         prompt = f"Enter passphrase for key '{self.path}': "
+        from rtunnel.client.askpass import CannotAsk
+
         for _ in range(max(attempts, 1)):
-            answer = await _resolve(self.asker.ask(prompt))
+            try:
+                answer = await _resolve(self.asker.ask(prompt))
+            except CannotAsk as e:
+                # Said at the default level: otherwise only "Permission denied" tells.
+                _log.warn(
+                    'Load key "{path}": it is encrypted, and nothing can ask for its '
+                    "passphrase ({reason}).",
+                    path=str(self.path),
+                    reason=e.reason,
+                )
+                return None
             if not answer:
                 _log.debug("no passphrase given for {path}: trying the next key", path=self.path)
                 return None
@@ -261,6 +275,17 @@ def _read_certificate(path: Path, *, required: bool) -> bytes | None:
 
 def _load_key_file(credential: PrivateKeyFile) -> LoadedKey:
     path = credential.path
+    problem = key_file_problem(path, check_permissions=credential.check_permissions)
+    if problem is not None and problem.reason == "bad permissions":
+        # ssh's "UNPROTECTED PRIVATE KEY FILE!" block, then what to do about it.
+        raise CredentialError(
+            "\n".join(problem.lines)
+            + f"\nchmod 600 {path}, or give PrivateKeyFile(..., check_permissions=False) for a "
+            "key whose permissions cannot be changed."
+        )
+    if problem is not None and problem.reason == "not a regular file":
+        # Reading a FIFO would block the reactor; ssh itself hangs there.
+        raise CredentialError(f"Identity file {path} not accessible: not a regular file.")
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -568,7 +593,9 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         self._gss = None
         methods, rest = getNS(packet)
         partial = rest[:1] not in (b"", b"\x00")
-        self._methods_left = tuple(m for m in methods.decode("ascii", "replace").split(",") if m)
+        # The server's names reach "Permission denied (...)." at the default level: escaped
+        # and capped (RELIABILITY.md D17).
+        self._methods_left = tuple(printable(m, 64) for m in methods.split(b",")[:32] if m)
         if partial:
             # RFC 4252 section 5.1: the last method worked, but more are needed.
             done = self.lastAuth.decode("ascii", "replace")
@@ -784,7 +811,7 @@ class UserAuthClient(userauth.SSHUserAuthClient):
                 _log.info(
                     "gssapi-with-mic: the server says: {message} (major {major:#x}, minor "
                     "{minor:#x})",
-                    message=message.strip(),
+                    message=printable(message.strip()),
                     major=major,
                     minor=minor,
                 )
@@ -1015,6 +1042,7 @@ class UserAuthClient(userauth.SSHUserAuthClient):
     async def _password_change_requested(self, packet: bytes) -> None:
         # RFC 4252 section 8: SSH_MSG_USERAUTH_PASSWD_CHANGEREQ (prompt, language).
         prompt = getNS(packet)[0].decode("utf-8", "replace").strip()
+        shown = printable(prompt, 200)
         change = self._options.password_change
         new = None
         if change is not None and self._last_password is not None:
@@ -1022,7 +1050,7 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         if new is None:
             self.failure = AuthenticationError(
                 f"The server requires a new password for {self._user_text} "
-                f"(it says: {prompt!r}). Change it with an interactive log-on (e.g. ssh "
+                f"(it says: '{shown}'). Change it with an interactive log-on (e.g. ssh "
                 "or passwd), or give a password_change callback, then try again.",
                 self._methods_left,
             )
@@ -1085,6 +1113,9 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         return False
 
     def ssh_USERAUTH_BANNER(self, packet: bytes) -> None:  # noqa: N802 (Conch dispatch)
-        """RFC 4252 section 5.4: show the server's banner in the log."""
-        message = getNS(packet)[0].decode("utf-8", "replace")
-        _log.info("{banner}", banner=message.rstrip())
+        """
+        RFC 4252 section 5.4: show the server's banner in the log, its lines kept, every
+        control character escaped and its length capped (RELIABILITY.md D17), as OpenSSH
+        shows it through its safe printing (utf8.c, ``fmprintf``).
+        """
+        _log.info("{banner}", banner=printable_lines(getNS(packet)[0]))

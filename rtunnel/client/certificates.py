@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from twisted.conch.ssh import keys
 from twisted.conch.ssh.common import NS, getNS
 
+from rtunnel._text import printable
 from rtunnel.client.hostkeys import fingerprint_sha256
 
 __all__ = [
@@ -175,9 +176,11 @@ class SSHCertificate:
 
     def describe(self) -> str:
         """One line for logs: type, key id, serial, CA, validity, principals."""
-        names = ",".join(self.principals) or "(any)"
+        # The certificate's text is the peer's: escaped and capped (RELIABILITY.md D17).
+        names = printable(",".join(self.principals)) or "(any)"
         return (
-            f"{self.cert_type} {self.fingerprint}, serial {self.serial} ID {self.key_id!r} "
+            f"{printable(self.cert_type, 64)} {self.fingerprint}, serial {self.serial} "
+            f"ID '{printable(self.key_id)}' "
             f"CA {self.ca_key_type} {self.ca_fingerprint} valid {self.validity()}, "
             f"principals {names}"
         )
@@ -355,7 +358,7 @@ def check_certificate(
     elif name is not None and name not in cert.principals:
         return (
             f"Certificate invalid: name is not a listed principal ({name!r} is not in "
-            f"{', '.join(cert.principals)})"
+            f"{printable(', '.join(cert.principals))})"
         )
     return None
 
@@ -379,11 +382,12 @@ def check_host_certificate(
     if reason is not None:
         return reason
     if cert.critical_options:
-        names = ", ".join(name for name, _ in cert.critical_options)
+        names = printable(", ".join(name for name, _ in cert.critical_options))
         return f"Certificate contains unsupported critical options ({names})"
     if cert.signature_algorithm not in ca_signature_algorithms:
+        algorithm = printable(cert.signature_algorithm, 64)
         return (
-            f"Certificate signed with disallowed algorithm {cert.signature_algorithm} "
+            f"Certificate signed with disallowed algorithm {algorithm} "
             f"(allowed: {','.join(ca_signature_algorithms)})"
         )
     return None

@@ -38,7 +38,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
 )
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
@@ -46,6 +46,7 @@ from zope.interface import implementer
 from rtunnel import _wire
 from rtunnel._model import ChannelInfo, ChannelOpenRequest, Forward
 from rtunnel._policy import TokenBucket
+from rtunnel._ratelimit import RepeatLimiter
 from rtunnel._text import printable
 from rtunnel.client.channel import ForwardedChannel
 from rtunnel.errors import ConnectionLostError, ForwardingError, ProtocolError
@@ -221,6 +222,10 @@ class ForwardingConnection(SSHService):
         #: after it, however soon (OpenSSH, packet.c), which a count shows and a clock
         #: reading may not.
         self.packets_received = 0
+        #: D18: warnings a server can make us repeat at will, rate-limited.
+        self.warnings = RepeatLimiter()
+        self._levels: dict[str, LogLevel] = {}
+        self._summary_timer: IDelayedCall | None = None
         self._dispatch: dict[int, Callable[[bytes], None]] = {
             MSG_GLOBAL_REQUEST: self._global_request,
             MSG_REQUEST_SUCCESS: self._request_success,
@@ -258,6 +263,10 @@ class ForwardingConnection(SSHService):
         if self._rate_timer is not None and self._rate_timer.active():
             self._rate_timer.cancel()
         self._rate_waiting.clear()
+        if self._summary_timer is not None and self._summary_timer.active():
+            self._summary_timer.cancel()
+        self._summary_timer = None
+        self._summarise(final=True)
         reason = Failure(ConnectionLost("SSH connection lost"))
         for pending in list(self._pending.values()):
             pending.deferred.cancel()
@@ -526,7 +535,7 @@ class ForwardingConnection(SSHService):
         # We serve no global requests: keepalive@openssh.com is answered with failure, as
         # OpenSSH's client does (any reply proves liveness); hostkeys-00@openssh.com
         # carries no want-reply; tcpip-forward from a server is refused (RFC 4254 §7.1).
-        _log.debug("refusing global request {name!r}", name=name[:64])
+        _log.debug("refusing global request {name}", name=printable(name, 64))
         if want_reply:
             self._send(MSG_REQUEST_FAILURE, b"")
 
@@ -574,11 +583,7 @@ class ForwardingConnection(SSHService):
             forward = self.host.find_forward(fields.connected_address, fields.connected_port)
         if forward is None:
             # D1/D2/D3: never ours, or cancelled; no local connect is attempted.
-            _log.warn(
-                "refused forwarded-tcpip for {address}:{port}, which we did not request",
-                address=fields.connected_address[:80],
-                port=fields.connected_port,
-            )
+            self._warn_refused(channel_type, fields)
             self._refuse(sender, OPEN_ADMINISTRATIVELY_PROHIBITED, "no such forward")
             return
         if len(self.channels) >= self.max_channels:
@@ -589,12 +594,14 @@ class ForwardingConnection(SSHService):
             return
         local_id = self._next_id
         self._next_id += 1
+        # D17: the server's text reaches hooks, events and logs escaped (the wire decoder
+        # has capped it already); the target always comes from our own forward.
         request = ChannelOpenRequest(
             channel_id=local_id,
             service=channel_type.decode("ascii"),
-            connected_address=fields.connected_address,
+            connected_address=printable(fields.connected_address, None),
             connected_port=fields.connected_port,
-            origin_address=fields.origin_address,
+            origin_address=printable(fields.origin_address, None),
             origin_port=fields.origin_port,
         )
         info = ChannelInfo(
@@ -613,6 +620,44 @@ class ForwardingConnection(SSHService):
             lambda protocol: self._confirm(channel, protocol),
             lambda failure: self._open_failed(channel, failure),
         )
+
+    def _warn_refused(self, channel_type: bytes, fields: _wire.ForwardedTcpip) -> None:
+        if channel_type == _FORWARDED_STREAMLOCAL:
+            where = printable(fields.connected_address, 80)
+        else:
+            where = f"{printable(fields.connected_address, 80)}:{fields.connected_port}"
+        self.warn_limited(
+            "refused-open",
+            f"refused {channel_type.decode()} for {where}, which we did not request",
+        )
+
+    def warn_limited(self, kind: str, message: str, level: LogLevel = LogLevel.warn) -> None:
+        """
+        Log ``message`` (a warning, or ``level``) unless too many of ``kind`` came lately
+        (RELIABILITY.md D18); those are counted and summarised, at the same level, once
+        the period is over.
+        """
+        self._summarise()
+        self._levels[kind] = level
+        if self.warnings.allow(kind, message, self._seconds()):
+            _log.emit(level, "{message}", message=message)
+        elif self._summary_timer is None:
+            self._schedule_summary()
+
+    def _schedule_summary(self) -> None:
+        due = self.warnings.next_due()
+        if self._clock is not None and due is not None and not self.stopped:
+            delay = max(0.0, due - self._seconds())
+            self._summary_timer = self._clock.callLater(delay, self._summary_due)
+
+    def _summary_due(self) -> None:
+        self._summary_timer = None
+        self._summarise()
+        self._schedule_summary()
+
+    def _summarise(self, *, final: bool = False) -> None:
+        for kind, line in self.warnings.summaries(self._seconds(), final=final):
+            _log.emit(self._levels.get(kind, LogLevel.warn), "{message}", message=line)
 
     def _open_confirmation(self, packet: bytes) -> None:
         local_id, sender, window, max_packet = _U32X4.unpack_from(packet)

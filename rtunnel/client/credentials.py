@@ -6,7 +6,9 @@ error naming the file.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ __all__ = [
     "Credential",
     "CustomAuth",
     "CustomAuthStep",
+    "KeyFileProblem",
     "KeyboardInteractive",
     "KeyboardInteractiveChallenge",
     "KeyboardInteractivePrompt",
@@ -32,6 +35,7 @@ __all__ = [
     "PrivateKey",
     "PrivateKeyFile",
     "SSHAgent",
+    "key_file_problem",
     "password_prompt_matches",
 ]
 
@@ -62,6 +66,11 @@ class PrivateKeyFile:
     :ivar certificate: an OpenSSH user certificate for the key (``-o CertificateFile``);
         by default ``<path>-cert.pub`` is used when it exists, as OpenSSH does. The
         certificate is offered first, then the bare key.
+    :ivar check_permissions: refuse a key file of the user's that group or others may
+        access, with ``ssh``'s "WARNING: UNPROTECTED PRIVATE KEY FILE!" (the default, as
+        ``ssh`` refuses it). False skips the check, for a key whose mode the
+        application cannot choose (a secrets store's mounted file); a key that never was
+        a file is a :class:`PrivateKey`, which has no mode to check.
 
     An encrypted key, once decrypted, is kept (in memory, by this object) for as long as
     the file holds the same bytes: a tunnel that reconnects logs on again without asking
@@ -72,6 +81,7 @@ class PrivateKeyFile:
     path: Path
     passphrase: str | PassphraseCallback | AskPassword | None = None
     certificate: Path | None = None
+    check_permissions: bool = True
     #: Decrypted keys by the SHA-256 of the file they came from (see above).
     _unlocked: dict[bytes, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -81,13 +91,70 @@ class PrivateKeyFile:
         passphrase: str | PassphraseCallback | AskPassword | None = None,
         *,
         certificate: str | Path | None = None,
+        check_permissions: bool = True,
     ) -> None:
         object.__setattr__(self, "path", Path(path).expanduser())
         object.__setattr__(self, "passphrase", passphrase)
         object.__setattr__(
             self, "certificate", Path(certificate).expanduser() if certificate else None
         )
+        object.__setattr__(self, "check_permissions", check_permissions)
         object.__setattr__(self, "_unlocked", {})
+
+
+@dataclass(frozen=True)
+class KeyFileProblem:
+    """
+    Why a private key file cannot be used, as ``ssh`` says it.
+
+    :ivar reason: ``bad permissions``, ``Is a directory``, ``not a regular file``, or the
+        system's reason (``Permission denied``).
+    :ivar lines: ``ssh``'s lines, the last one ``Load key "PATH": REASON``.
+    """
+
+    reason: str
+    lines: tuple[str, ...]
+
+
+def key_file_problem(path: Path, *, check_permissions: bool = True) -> KeyFileProblem | None:
+    """
+    Why ``ssh`` would not load the private key file ``path`` (authfile.c,
+    ``sshkey_perm_ok`` and ``sshkey_load_private_type``); None when nothing stands in the
+    way (or the file does not exist: that is for the caller to say).
+
+    A file the user owns that group or others may access (any of mode 077) gets ``ssh``'s
+    "UNPROTECTED PRIVATE KEY FILE!" block with the permissions found, unless
+    ``check_permissions`` is False. A directory, a FIFO or a device is not a key file
+    (``ssh`` would hang on a FIFO; rtunnel says so instead).
+    """
+
+    def problem(reason: str, *before: str) -> KeyFileProblem:
+        return KeyFileProblem(reason, (*before, f'Load key "{path}": {reason}'))
+
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return problem(e.strerror or str(e))
+    mode = stat.S_IMODE(found.st_mode)
+    if check_permissions and found.st_uid == os.getuid() and mode & 0o077:
+        return problem(
+            "bad permissions",
+            "@" * 59,
+            "@         WARNING: UNPROTECTED PRIVATE KEY FILE!          @",
+            "@" * 59,
+            f"Permissions {mode:04o} for '{path}' are too open.",
+            "It is required that your private key files are NOT accessible by others.",
+            "This private key will be ignored.",
+        )
+    if stat.S_ISDIR(found.st_mode):
+        return problem("Is a directory")
+    if not stat.S_ISREG(found.st_mode):
+        return problem("not a regular file")
+    if not os.access(path, os.R_OK):
+        return problem("Permission denied")
+    return None
 
 
 @dataclass(frozen=True)

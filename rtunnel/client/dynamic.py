@@ -16,6 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from rtunnel._text import printable
 from rtunnel.client._socksserver import (
     FailureKind,
     SocksFailure,
@@ -100,7 +101,7 @@ class SocksChannel(Protocol):
         if not remote_open_permitted(self._permitted, outcome.host, outcome.port):
             self._fail(
                 "not-allowed",
-                f"connect to {outcome.host} port {outcome.port} is not permitted "
+                f"connect to {_shown(outcome.host)} port {outcome.port} is not permitted "
                 "(PermitRemoteOpen)",
             )
             return
@@ -127,7 +128,7 @@ class SocksChannel(Protocol):
         self._write(socks_reply(request.version, None, bound))
         self._log(
             2,
-            f"Channel {channel.local_id}: dynamic forward connected to {request.host} port "
+            f"Channel {channel.local_id}: dynamic forward connected to {_shown(request.host)} port "
             f"{request.port} (SOCKS{request.version}).",
         )
         splice = Splice(target)
@@ -152,7 +153,7 @@ class SocksChannel(Protocol):
             kind = "network"
         self._fail(
             kind,
-            f"connect to {request.host} port {request.port} failed: "
+            f"connect to {_shown(request.host)} port {request.port} failed: "
             f"{connect_failure_text(failure.value or Exception('unknown'))}",
         )
 
@@ -197,3 +198,8 @@ class SocksChannel(Protocol):
         self._cancel_timer()
         if self._connecting is not None:
             self._connecting.cancel()
+
+
+def _shown(host: str) -> str:
+    # The SOCKS client's host name, as logs show it (RELIABILITY.md D17).
+    return printable(host, 255)

@@ -14,10 +14,13 @@ import socket
 import struct
 
 from twisted.internet import error
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
+    IProtocol,
+    IProtocolFactory,
     IReactorTCP,
     IStreamClientEndpoint,
     ITCPTransport,
@@ -60,10 +63,32 @@ def tcp_endpoint(
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return HostnameEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
+        return _NameEndpoint(
+            HostnameEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
+        )
     if address.version == 4:
         return TCP4ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
     return TCP6ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
+
+
+@implementer(IStreamClientEndpoint)
+class _NameEndpoint:
+    """
+    A HostnameEndpoint whose "invalid hostname" (a label over 63 bytes, a name that is
+    not IDNA: user input, or a SOCKS client's) is a failed lookup, as for ``ssh``
+    ("Could not resolve hostname"), instead of a ValueError nobody expects.
+    """
+
+    def __init__(self, endpoint: HostnameEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:  # noqa: N803
+        def invalid(failure: Failure) -> Failure:
+            if failure.check(ValueError):
+                return Failure(error.DNSLookupError("not a valid host name"))
+            return failure
+
+        return self._endpoint.connect(protocolFactory).addErrback(invalid)
 
 
 def connect_failure_text(e: BaseException) -> str:

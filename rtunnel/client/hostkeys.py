@@ -246,20 +246,30 @@ class KnownHosts:
     :ivar entries: every parsed line, in file order.
     """
 
-    def __init__(self, entries: Iterable[KnownHostEntry]) -> None:
+    def __init__(self, entries: Iterable[KnownHostEntry], problems: Iterable[str] = ()) -> None:
         self.entries = list(entries)
+        #: Files that exist but could not be read, with why (``"PATH: Is a directory"``).
+        self.problems = list(problems)
 
     @classmethod
     def from_files(cls, paths: Sequence[Path]) -> KnownHosts:
-        """Read the files that exist; a missing file is simply empty (as in OpenSSH)."""
+        """
+        Read the files that exist; a missing file is simply empty (as in OpenSSH), and so
+        is one that cannot be read (a directory, no permission), which :attr:`problems`
+        names so that a refusal can say why.
+        """
         entries: list[KnownHostEntry] = []
+        problems: list[str] = []
         for path in paths:
             try:
                 text = path.read_text(encoding="utf-8", errors="replace")
             except FileNotFoundError:
                 continue
+            except OSError as e:
+                problems.append(f"{path}: {e.strerror or e}")
+                continue
             entries.extend(parse_known_hosts(text, str(path)))
-        return cls(entries)
+        return cls(entries, problems)
 
     def check(
         self, host: str, port: int, key_type: str, blob: bytes

@@ -144,6 +144,18 @@ class ClientTransport(HostCertificateMixin, SecureTransportMixin, transport.SSHC
             self.error = error
 
     @override
+    def _kex_timed_out(self) -> None:
+        # Our own timeout (D13), not a protocol error of the server's and not the server
+        # closing the connection: said as what it is (issue 13).
+        self.transport_error(
+            ConnectionLostError(
+                f"Timeout: key exchange not finished after {self.kex_timeout:g} s (the "
+                "server stopped answering); rtunnel closed the connection."
+            )
+        )
+        super()._kex_timed_out()
+
+    @override
     def peer_version_received(self, version: str) -> None:
         if self._on_server_version is not None:
             self._on_server_version(version)

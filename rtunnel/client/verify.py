@@ -32,7 +32,13 @@ the keys known for the host, as OpenSSH's client does.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import inspect
+import os
+import stat
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +49,7 @@ from twisted.conch.ssh import keys
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from rtunnel._text import printable
 from rtunnel.client.certificates import (
     CertificateError,
     SSHCertificate,
@@ -385,7 +392,7 @@ class HostKeyVerifier:
                 return info(
                     HostKeyCheck.CERTIFIED,
                     True,
-                    f"Host certificate {cert.key_id!r} signed by the CA in {where}.",
+                    f"Host certificate '{printable(cert.key_id)}' signed by the CA in {where}.",
                 ), False
             _log.warn(
                 "The host certificate of {name} is not enough on its own: {problem}. "
@@ -430,11 +437,12 @@ class HostKeyVerifier:
                 outcome, True, f"New key; accept-new writes it to {self.known_hosts[0]}."
             ), True
         files = ", ".join(str(p) for p in self.known_hosts) or "(none)"
+        unread = f" ({'; '.join(known.problems)})" if known.problems else ""
         return info(
             outcome,
             False,
             f"No {key_type} host key is known for {name} (fingerprint {shown}) in "
-            f"{files}. If you trust this key, add it there or allow new keys "
+            f"{files}{unread}. If you trust this key, add it there or allow new keys "
             "(policy accept-new). Host key verification failed.",
         ), False
 
@@ -466,15 +474,95 @@ class HostKeyVerifier:
         key_type = info.key.sshType().decode("ascii")
         blob = info.certificate.public_blob if info.certificate is not None else info.blob
         path = self.known_hosts[0]
-        path.parent.mkdir(parents=True, exist_ok=True)
         line = host_key_line(self.host, self.port, key_type, blob, hashed=self.hash_known_hosts)
-        with path.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        try:
+            append_private(path, line + "\n")
+        except OSError as e:
+            # OpenSSH's words (sshconnect.c); it connects all the same, and so do we.
+            _log.warn(
+                "Failed to add the host to the list of known hosts ({path}): {why}.",
+                path=str(path),
+                why=e.strerror or str(e),
+            )
+            return
         _log.warn(
             "Warning: Permanently added '{name}' ({key_type}) to the list of known hosts.",
             name=host_lookup_name(self.host, self.port),
             key_type=key_type,
         )
+
+
+def append_private(path: Path, text: str) -> None:
+    """
+    Add ``text`` at the end of ``path``, a file of the user's own such as
+    ``~/.ssh/known_hosts`` (RELIABILITY.md G1): missing directories are created 0700 (as
+    OpenSSH creates ``~/.ssh``), and the file is written atomically, whatever the umask:
+    a new file with the old contents and ``text``, mode 0600, renamed over the old one,
+    so that a crash leaves the old file or the new one, never half of one. rtunnels
+    writing at the same time take turns (``flock`` on the directory, which the rename
+    leaves in place). A symbolic link is followed and kept; what is not a regular file
+    (``/dev/null`` for ``UserKnownHostsFile=none``) is appended to as it is.
+
+    :raises OSError: when it cannot be written (a directory in the way, no permission).
+    """
+    target = Path(os.path.realpath(path))
+    _make_private_dirs(target.parent)
+    directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        try:
+            # O_NONBLOCK: opening a FIFO to look at it must not wait for a writer.
+            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            _replace_with(target, b"", text)
+            return
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
+            if not stat.S_ISREG(mode):
+                with open(target, "a", encoding="utf-8") as f:
+                    f.write(text)
+                return
+            with os.fdopen(os.dup(fd), "rb") as f:
+                old = f.read()
+        finally:
+            os.close(fd)
+        _replace_with(target, old, text)
+    finally:
+        os.close(directory)
+
+
+def _replace_with(target: Path, old: bytes, text: str) -> None:
+    """Write ``old`` + ``text`` to a new 0600 file and rename it over ``target``."""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(old + text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and missing parents with mode 0700, whatever the umask."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
+            d.chmod(0o700)
 
 
 def _changed_message(algorithm: str, name: str, shown: str, entry: KnownHostEntry) -> str:

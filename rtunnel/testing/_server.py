@@ -314,6 +314,9 @@ class _ServerTransport(SecureTransportMixin, transport.SSHServerTransport):
         self.offer_strict_kex = ssh_factory.offer_strict_kex
         self.rekey_bytes = ssh_factory.rekey_bytes
         self.rekey_clock = ssh_factory.server._clock
+        if ssh_factory.server._version is not None:
+            # SSHTestServer.set_version(): sent as it is, whatever it holds.
+            self.ourVersionString = ssh_factory.server._version
         super().connectionMade()
         _server_of(self)._transport_made(self)
 
@@ -396,6 +399,7 @@ def _parse_auth_methods(value: str | Iterable[str] | None) -> tuple[tuple[str, .
 
 
 _OUR_METHODS = (b"publickey", b"password", b"keyboard-interactive")
+_MSG_USERAUTH_BANNER = 53
 
 
 class _UserAuthServer(userauth.SSHUserAuthServer):
@@ -451,6 +455,13 @@ class _UserAuthServer(userauth.SSHUserAuthServer):
             pending.errback(Failure(conch_error.IgnoreAuthentication()))
         self.supportedAuthentications = self._allowed(user)
         self._server._auth_log.append((user.decode("utf-8", "replace"), method.decode()))
+        banner = self._server._banner
+        if banner is not None and not getattr(self, "_banner_sent", False):
+            # SSHTestServer.set_banner(): as sshd sends its Banner, before the first
+            # answer (RFC 4252 section 5.4), unescaped.
+            self._banner_sent = True
+            assert self.transport is not None
+            self.transport.sendPacket(_MSG_USERAUTH_BANNER, common.NS(banner) + common.NS(b""))
         if self._server._refuse_auth:
             # SSHTestServer.refuse_authentication(): every request fails, as sshd answers
             # a locked account ("User ... not allowed because account is locked").
@@ -1105,6 +1116,33 @@ class _ForwardedChannel(SSHChannel):
             self._ungranted = 0
 
 
+class _ProbeChannel(SSHChannel):
+    """
+    A channel the server opens on its own (SSHTestServer.open_unrequested): it records the
+    client's answer and closes again if confirmed.
+    """
+
+    def __init__(self, name: bytes, conn: _ForwardingConnection) -> None:
+        super().__init__(localWindow=_WINDOW, localMaxPacket=_MAX_PACKET, conn=conn)
+        self.name = name
+        self.answered: Deferred[str | None] = Deferred()
+
+    @override
+    def channelOpen(self, specificData: bytes) -> None:
+        self.loseConnection()
+        if not self.answered.called:
+            self.answered.callback(None)
+
+    @override
+    def openFailed(self, reason: Failure) -> None:
+        if not self.answered.called:
+            value = reason.value
+            text = value.args[0] if isinstance(value, conch_error.ConchError) else value
+            if isinstance(text, bytes):
+                text = text.decode("utf-8", "replace")
+            self.answered.callback(str(text))
+
+
 class _ServerFactory(factory.SSHFactory):
     protocol = _ServerTransport
     services = {
@@ -1152,6 +1190,9 @@ class SSHTestServer(ListeningAddress):
     :meth:`hold_port` / :meth:`release_port` (a stale session's listener),
     :meth:`refuse_authentication`, :meth:`restart` (optionally with another host key) and
     :meth:`delay_replies`; :attr:`accepted_connections` counts how often clients came.
+    A hostile server's: :meth:`set_banner`, :meth:`set_version`, :meth:`send_debug` and
+    :meth:`drop_connections` send any bytes as text, :meth:`open_unrequested` opens
+    channels nobody asked for.
     For faults on the network between client and server, put a
     :class:`~rtunnel.testing.FaultProxy` in front.
 
@@ -1237,6 +1278,8 @@ class SSHTestServer(ListeningAddress):
         self._holds: dict[int, _Hold] = {}
         self._global_request_delay = 0.0
         self._channel_open_delay = 0.0
+        self._banner: bytes | None = None
+        self._version: bytes | None = None
 
     # Configuration -------------------------------------------------------------------
 
@@ -1360,19 +1403,21 @@ class SSHTestServer(ListeningAddress):
         self._port = port
         await self._start()
 
-    def drop_connections(self) -> Deferred[None]:
+    def drop_connections(
+        self, description: str | bytes = b"rtunnel test server dropped you"
+    ) -> Deferred[None]:
         """
         Disconnect every SSH client (``SSH_MSG_DISCONNECT``, by application) while still
         accepting new ones: the server-side failure a reconnecting client must survive.
         Their forwards close with them. Frozen connections are thawed first.
 
+        :param description: the DISCONNECT message's text, sent as it is (str as UTF-8).
         :return: a Deferred that fires once the connections are gone.
         """
+        text = description.encode("utf-8") if isinstance(description, str) else description
         for ssh_transport in list(self._transports):
             ssh_transport.thaw()
-            ssh_transport.sendDisconnect(
-                transport.DISCONNECT_BY_APPLICATION, b"rtunnel test server dropped you"
-            )
+            ssh_transport.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, text)
         return self.wait_for_connections(0)
 
     # Fault controls --------------------------------------------------------------------
@@ -1488,6 +1533,84 @@ class SSHTestServer(ListeningAddress):
             raise ValueError("delays must not be negative")
         self._global_request_delay = global_requests
         self._channel_open_delay = channel_opens
+
+    # A hostile server (RELIABILITY.md D17, D18): text a client must escape, and channels
+    # nobody asked for.
+
+    def set_banner(self, banner: str | bytes | None) -> None:
+        """
+        Send ``banner`` (``SSH_MSG_USERAUTH_BANNER``, RFC 4252 section 5.4) to each client
+        that starts authenticating from now on, byte for byte: control characters,
+        terminal escapes and all (str as UTF-8). None sends none again.
+
+        :param banner: the text.
+        """
+        self._banner = banner.encode("utf-8") if isinstance(banner, str) else banner
+
+    def set_version(self, version: str | bytes | None) -> None:
+        """
+        Identify as ``version`` (the whole line, e.g. ``"SSH-2.0-Evil\x1b[31m"``, without
+        the CR LF) to clients that connect from now on, byte for byte. None restores the
+        default.
+
+        :param version: the version line.
+        """
+        self._version = version.encode("utf-8") if isinstance(version, str) else version
+
+    def send_debug(self, message: str | bytes, always_display: bool = True) -> None:
+        """
+        Send ``SSH_MSG_DEBUG`` (RFC 4253 section 11.3) with ``message``, byte for byte, to
+        every connected client.
+
+        :param message: the text.
+        :param always_display: the message's flag.
+        """
+        text = message.encode("utf-8") if isinstance(message, str) else message
+        for ssh_transport in list(self._transports):
+            ssh_transport.sendDebug(text, always_display)
+
+    def open_unrequested(
+        self,
+        connected_address: str | bytes,
+        connected_port: int,
+        *,
+        origin_address: str | bytes = "127.0.0.1",
+        origin_port: int = 0,
+        count: int = 1,
+        channel_type: str = "forwarded-tcpip",
+    ) -> Deferred[list[str | None]]:
+        """
+        Open ``count`` channels to every authenticated client that nobody connected for:
+        ``forwarded-tcpip`` naming any address and port (whether the client asked for
+        it or not; bytes sent as they are), or another ``channel_type`` with the same
+        data. A confirmed channel is closed again at once.
+
+        :param connected_address: the address the open names as connected.
+        :param connected_port: the port.
+        :param origin_address: the originator address.
+        :param origin_port: the originator port.
+        :param count: channels per client.
+        :param channel_type: the channel type.
+        :return: a Deferred firing with the client's answers, in order: None for each
+            confirmation, the description of each ``CHANNEL_OPEN_FAILURE``.
+        """
+
+        def raw(value: str | bytes) -> bytes:
+            return value.encode("utf-8") if isinstance(value, str) else value
+
+        data = (
+            common.NS(raw(connected_address))
+            + struct.pack(">L", connected_port)
+            + common.NS(raw(origin_address))
+            + struct.pack(">L", origin_port)
+        )
+        answers: list[Deferred[str | None]] = []
+        for conn in self._ssh_connections():
+            for _ in range(count):
+                channel = _ProbeChannel(channel_type.encode("ascii"), conn)
+                conn.openChannel(channel, data)
+                answers.append(channel.answered)
+        return defer.gatherResults(answers)
 
     # State ---------------------------------------------------------------------------
 
