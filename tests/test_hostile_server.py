@@ -336,6 +336,10 @@ async def test_the_command_escapes_banner_version_and_debug_at_v(
         ssh_known_hosts,
         tmp_path / "home",
         "-v",
+        # The command would reconnect after the server's DISCONNECT; its last line is
+        # what this test reads.
+        "-o",
+        "AutoReconnect=no",
         "-R",
         f"0:127.0.0.1:{echo_port}",
     )
