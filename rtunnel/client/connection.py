@@ -215,12 +215,6 @@ class ForwardingConnection(SSHService):
         self.rate_limit: TokenBucket | None = None
         self._rate_waiting: deque[ForwardedChannel] = deque()
         self._rate_timer: IDelayedCall | None = None
-        #: When the last connection-layer message arrived (keepalive liveness).
-        self.last_received = self._seconds()
-        #: Connection-layer messages received: a keepalive is answered by any packet
-        #: after it, however soon (OpenSSH, packet.c), which a count shows and a clock
-        #: reading may not.
-        self.packets_received = 0
         self._dispatch: dict[int, Callable[[bytes], None]] = {
             MSG_GLOBAL_REQUEST: self._global_request,
             MSG_REQUEST_SUCCESS: self._request_success,
@@ -290,8 +284,6 @@ class ForwardingConnection(SSHService):
 
     @override
     def packetReceived(self, messageNum: int, packet: bytes) -> None:
-        self.last_received = self._seconds()
-        self.packets_received += 1
         handler = self._dispatch.get(messageNum)
         if handler is None:
             assert self.transport is not None
@@ -301,6 +293,22 @@ class ForwardingConnection(SSHService):
             handler(packet)
         except (_wire.WireError, struct.error, IndexError, ValueError) as e:
             self.protocol_violation(f"malformed message {messageNum}: {e}")
+
+    # -- liveness (keepalives), counted by the transport for every packet it reads
+
+    @property
+    def packets_received(self) -> int:
+        """
+        Packets read from the server so far, of every layer: an IGNORE, a DEBUG or a
+        key exchange message shows the server alive as much as a reply does (OpenSSH,
+        packet.c), and a count shows "after the keepalive" where a clock reading may not.
+        """
+        return int(getattr(self.transport, "packets_received", 0))
+
+    @property
+    def last_received(self) -> float:
+        """When the server last sent something (on the transport's clock)."""
+        return float(getattr(self.transport, "last_received", 0.0))
 
     # -- IPushProducer, for the TCP connection to the server
 
