@@ -220,6 +220,8 @@ class SecureTransportMixin(_Base):
         self._next_sealer: Sealer | None = None
         self._next_opener: Any = None
         self._newkeys_pending = False
+        # Payload bytes in _blockedByKeyExchange, waiting for the key exchange to end.
+        self._held_out = 0
         self._paused = False
         self._pumping = False
         self._closing = False
@@ -321,10 +323,11 @@ class SecureTransportMixin(_Base):
             if not allowed:
                 assert self._blockedByKeyExchange is not None
                 self._blockedByKeyExchange.append((messageType, payload))
+                self._held_out += len(payload)
                 # D13: the service bounds this queue by pausing what feeds it.
                 held = getattr(self.service, "output_held", None)
                 if held is not None:
-                    held(len(payload))
+                    held(self._held_out)
                 return
         if self._closing:
             return
@@ -494,8 +497,15 @@ class SecureTransportMixin(_Base):
         self._keyExchangeState = self._KEY_EXCHANGE_NONE
         queued = self._blockedByKeyExchange or []
         self._blockedByKeyExchange = None  # type: ignore[assignment]
+        self._held_out = 0
         for message_type, payload in queued:
             self.sendPacket(message_type, payload)
+        if queued:
+            # What is still held: 0, or what the next exchange queued again when this
+            # flush reached the rekey limit and started it.
+            held = getattr(self.service, "output_held", None)
+            if held is not None:
+                held(self._held_out)
 
     def _compressing(self, method: bytes | None) -> bool:
         return method == b"zlib" or (method == b"zlib@openssh.com" and self._authenticated)

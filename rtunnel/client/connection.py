@@ -356,30 +356,19 @@ class ForwardingConnection(SSHService):
 
     # -- D13: output held back by a key exchange
 
-    def output_held(self, nbytes: int) -> None:
+    def output_held(self, total: int) -> None:
         """
-        Called by the transport for each packet of ours it queues because a key exchange
-        is in progress. Past ``kex_queue_limit`` bytes, every channel's source is paused
-        until the exchange finishes: a server that starts a rekey and goes silent then
-        holds a bounded amount of our data until the key exchange timeout ends the
-        connection.
+        Called by the transport whenever what it holds back for a key exchange changes:
+        ``total`` bytes of ours that cannot be sent before NEWKEYS (0 once they are sent;
+        packets queued again because their flush started the next exchange included).
+        Past ``kex_queue_limit`` bytes, every channel's source is paused until the
+        transport holds less: a server that starts a rekey and goes silent then holds a
+        bounded amount of our data until the key exchange timeout ends the connection.
         """
-        if self._held_bytes == 0:
-            # The first packet held in this key exchange: hear when it is over.
-            rekey = getattr(self.transport, "rekey", None)
-            if rekey is not None:
-                rekey().addBoth(self._kex_finished)
-        self._held_bytes += nbytes
-        if self._held_bytes > self.kex_queue_limit and not self.kex_blocked:
-            self.kex_blocked = True
-            for channel in self.channels.values():
-                channel.sync_producer()
-
-    def _kex_finished(self, result: object) -> None:
-        # The transport has sent what it held (or the connection is gone).
-        self._held_bytes = 0
-        if self.kex_blocked:
-            self.kex_blocked = False
+        self._held_bytes = total
+        blocked = total > self.kex_queue_limit
+        if blocked is not self.kex_blocked:
+            self.kex_blocked = blocked
             for channel in list(self.channels.values()):
                 channel.sync_producer()
 
