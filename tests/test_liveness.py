@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from memory_stack import Stack, result_of
+from test_backoff import ReconnectingStack
 
 from rtunnel import KeepaliveError, ReconnectPolicy, TunnelObserver
 
@@ -134,3 +135,23 @@ def test_a_silent_server_is_dropped_after_interval_times_count_max_plus_one(
     assert losses.at == [last_packet + DEAD_AFTER]
     assert isinstance(losses.reasons[0], KeepaliveError)
     assert _keepalives(stack) == COUNT_MAX
+
+
+def test_a_goodbye_is_no_sign_of_life(tmp_path: Path) -> None:
+    # Every packet counts as liveness, but the server's DISCONNECT ends the connection:
+    # a server that grants the forward again and then says goodbye has not shown that
+    # reconnecting works, and still meets a growing backoff (issue #12).
+    stack = ReconnectingStack(
+        tmp_path, reconnect=ReconnectPolicy(initial_delay=1.0, max_delay=60.0, jitter=0.0)
+    )
+    stack.logon_with_forward()
+    for _ in range(4):
+        stack.server.drop_connections()
+        assert stack.pump is not None
+        stack.pump.flush()
+        assert not stack.tunnel.connected
+        stack.next_attempt()
+        assert stack.tunnel.connected
+    assert [a.retry_count for a in stack.watcher.attempts] == [1, 2, 3, 4]
+    assert [a.retry_interval for a in stack.watcher.attempts] == [1.0, 2.0, 4.0, 8.0]
+    stack.logoff()

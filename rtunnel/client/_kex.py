@@ -191,6 +191,7 @@ class SecureTransportMixin(_Base):
     :ivar packets_received: packets read from the peer, of every layer (transport,
         authentication, connection): liveness, as OpenSSH counts it (packet.c,
         ssh_packet_read_poll_seqnr: any packet answers every keepalive outstanding).
+        A DISCONNECT is not counted: a farewell is no sign of a working connection.
     :ivar last_received: when the last read that completed a packet happened, on
         ``rekey_clock`` (0.0 without a clock): when to send the next keepalive.
     :ivar version_patterns: the peer's version line must match one of these (the seed's
@@ -273,6 +274,14 @@ class SecureTransportMixin(_Base):
 
     def peer_version_received(self, version: str) -> None:
         """Called with the peer's version line (escaped), before it is checked."""
+
+    @override
+    def ssh_DISCONNECT(self, packet: bytes) -> None:
+        # Counted in _pump like any packet; taken back here, where it costs nothing on the
+        # data path (ReverseTunnel: a server that grants the forwards and says goodbye
+        # has not shown that reconnecting works).
+        self.packets_received -= 1
+        super().ssh_DISCONNECT(packet)
 
     @override
     def receiveDebug(self, alwaysDisplay: bool, message: bytes, lang: bytes) -> None:
