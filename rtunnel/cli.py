@@ -112,7 +112,7 @@ listens on for us are forwarded to host:hostport from this machine.
                   PasswordAuthentication, PermitRemoteOpen, Port,
                   PreferredAuthentications,
                   PubkeyAcceptedAlgorithms, PubkeyAuthentication, RekeyLimit,
-                  RemoteForward,
+                  RemoteForward, ServerAliveCountMax, ServerAliveInterval,
                   StrictHostKeyChecking, TCPKeepAlive, User, UserKnownHostsFile,
                   ChannelTimeout (forwarded-tcpip=TIME closes idle connections), and
                   rtunnel's own: AutoReconnect=no|yes|always (yes, the default:

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import IService, Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 from typing_extensions import override
 
 from rtunnel._model import ForwardState, ReconnectAttempt, TunnelObserver
@@ -381,55 +382,28 @@ async def establish_forwards(
     report: Report,
 ) -> list[Forward]:
     """
-    Request each forward in order, reporting what ``ssh`` reports (ssh.c,
-    ``ssh_init_forwarding`` and ``ssh_confirm_remote_forward``): the allocated port of
-    each port-0 forward at ``INFO``, and a refusal as a ``Warning:`` at ``INFO``, or, with
-    ``exit_on_failure``, as an error.
+    Request every forward at once, as ``ssh`` does (ssh.c, ``ssh_init_forwarding``; the
+    server answers in order, RFC 4254 §4), and report each answer as it comes, in ssh's
+    words (``ssh_confirm_remote_forward``): the allocated port of a port-0 forward at
+    ``INFO``, and a refusal as a ``Warning:`` at ``INFO``, or, with ``exit_on_failure``,
+    as an error. A forward whose answer a lost connection cut off is asked for again by
+    the tunnel once it has reconnected (:meth:`ReverseTunnel.request_forwarding`), and
+    reported then; one held up that way does not hold up the others.
 
-    :return: the forwards the server agreed to.
+    :return: the forwards the server agreed to, in the order given.
     :raises ForwardingError: ``Error: remote port forwarding failed for listen port N``
         when a forward is refused and ``exit_on_failure`` is set.
-    :raises ConnectionLostError: when the connection is lost meanwhile.
+    :raises ConnectionLostError: when the tunnel stops meanwhile (reconnect off or given
+        up); another :class:`~rtunnel.errors.RTunnelError` may say why it stopped.
     """
-    established: list[Forward] = []
-    for spec in forwards:
+
+    failed: list[ForwardingError] = []
+
+    def granted(forward: Forward, spec: RemoteForwardSpec) -> Forward:
+        if failed:
+            # After the fatal refusal ssh has exited; we are logging off.
+            return forward
         target = spec.target_path or f"{spec.host}:{spec.host_port}"
-        listen = spec.listen_path or f"{spec.bind_address or '*'}:{spec.port}"
-        report(
-            "DEBUG1",
-            f"Remote connections from {listen} forwarded to local address {target}",
-        )
-        try:
-            if spec.listen_path is not None:
-                forward = await tunnel.request_socket_forwarding(
-                    spec.listen_path,
-                    spec.host or None,
-                    spec.host_port or None,
-                    target_path=spec.target_path,
-                )
-            elif spec.dynamic:
-                forward = await tunnel.request_forwarding(
-                    spec.bind_address, spec.port, dynamic=True
-                )
-            elif spec.target_path is not None:
-                forward = await tunnel.request_forwarding(
-                    spec.bind_address, spec.port, target_path=spec.target_path
-                )
-            else:
-                forward = await tunnel.request_forwarding(
-                    spec.bind_address, spec.port, spec.host, spec.host_port
-                )
-        except ForwardingError:
-            # The server said no. (A connection lost meanwhile is a ConnectionLostError
-            # and propagates.)
-            if exit_on_failure:
-                raise ForwardingError(
-                    format_forward_failure(spec.port, fatal=True, listen_path=spec.listen_path)
-                ) from None
-            report(
-                "INFO", format_forward_failure(spec.port, fatal=False, listen_path=spec.listen_path)
-            )
-            continue
         report(
             "DEBUG1",
             f"remote forward success for: listen {spec.bind_address}:{spec.port}, connect {target}",
@@ -446,8 +420,54 @@ async def establish_forwards(
                 "proxy: whoever reaches it connects anywhere this machine can (limit it "
                 "with -o PermitRemoteOpen).",
             )
-        established.append(forward)
-    return established
+        return forward
+
+    def refused(failure: Failure, spec: RemoteForwardSpec) -> None:
+        # The server said no; anything else (the tunnel stopping) is passed on.
+        failure.trap(ForwardingError)
+        if failed:
+            return
+        if exit_on_failure:
+            failed.append(
+                ForwardingError(
+                    format_forward_failure(spec.port, fatal=True, listen_path=spec.listen_path)
+                )
+            )
+            raise failed[0]
+        report("INFO", format_forward_failure(spec.port, fatal=False, listen_path=spec.listen_path))
+
+    answers: list[Deferred[Forward | None]] = []
+    for spec in forwards:
+        target = spec.target_path or f"{spec.host}:{spec.host_port}"
+        listen = spec.listen_path or f"{spec.bind_address or '*'}:{spec.port}"
+        report(
+            "DEBUG1",
+            f"Remote connections from {listen} forwarded to local address {target}",
+        )
+        answer: Deferred[Any] = _request_forward(tunnel, spec)
+        answer.addCallback(granted, spec)
+        answer.addErrback(refused, spec)
+        answers.append(answer)
+    try:
+        results = await gatherResults(answers, consumeErrors=True)
+    except FirstError as error:
+        error.subFailure.raiseException()
+    return [forward for forward in results if forward is not None]
+
+
+def _request_forward(tunnel: ReverseTunnel, spec: RemoteForwardSpec) -> Deferred[Forward]:
+    if spec.listen_path is not None:
+        return tunnel.request_socket_forwarding(
+            spec.listen_path,
+            spec.host or None,
+            spec.host_port or None,
+            target_path=spec.target_path,
+        )
+    if spec.dynamic:
+        return tunnel.request_forwarding(spec.bind_address, spec.port, dynamic=True)
+    if spec.target_path is not None:
+        return tunnel.request_forwarding(spec.bind_address, spec.port, target_path=spec.target_path)
+    return tunnel.request_forwarding(spec.bind_address, spec.port, spec.host, spec.host_port)
 
 
 def describe_error(error: RTunnelError, *, user: str, host: str) -> str:
@@ -489,12 +509,14 @@ class Options(usage.Options):
         "Keep SSH reverse tunnels (ssh -R) open to host. Options follow OpenSSH's ssh: "
         "-R [bind_address:]port:host:hostport (repeatable), -i identity_file "
         "(repeatable), -o Option=value (repeatable; BatchMode, CertificateFile, "
+        "Ciphers, Compression, "
         "ConnectTimeout, ServerAliveInterval, ServerAliveCountMax, ExitOnForwardFailure, "
         "FingerprintHash, GlobalKnownHostsFile, "
-        "HashKnownHosts, IdentitiesOnly, IdentityAgent, IdentityFile, "
-        "KbdInteractiveAuthentication, LogLevel, NumberOfPasswordPrompts, "
+        "HashKnownHosts, HostKeyAlgorithms, IdentitiesOnly, IdentityAgent, IdentityFile, "
+        "KbdInteractiveAuthentication, KexAlgorithms, LogLevel, MACs, "
+        "NumberOfPasswordPrompts, "
         "PasswordAuthentication, Port, PreferredAuthentications, "
-        "PubkeyAcceptedAlgorithms, PubkeyAuthentication, "
+        "PubkeyAcceptedAlgorithms, PubkeyAuthentication, RekeyLimit, "
         "RemoteForward, StrictHostKeyChecking, User, UserKnownHostsFile), -p port, "
         "-l login_name. "
         "AutoReconnect=no|yes|always, MaxRetryCount, RetryInterval, ChannelTimeout, "

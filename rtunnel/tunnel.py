@@ -533,6 +533,12 @@ class ReverseTunnel:
         self._closed_bytes_sent = 0
         self._closed_bytes_received = 0
         self._reconnect_call: IDelayedCall | None = None
+        # A reconnect's logon in progress (the wait before it is _reconnect_call).
+        self._reconnecting = False
+        # request_forwarding() calls waiting for a reconnect to establish their forward
+        # (the connection was lost before the server answered, or was being made again
+        # when they were called), by id(forward).
+        self._first_answers: dict[int, Deferred[Forward]] = {}
         self._forward_retries: dict[int, tuple[int, IDelayedCall | None]] = {}
         self._stopping = False
         self._fatal_error: RTunnelError | None = None
@@ -1123,6 +1129,14 @@ class ReverseTunnel:
         (``ssh -R port:/path/to/socket``).
         Fires with the :class:`Forward` (whose ``port`` is the listening port) once the
         server agreed; fails with :class:`~rtunnel.errors.ForwardingError` if it refused.
+
+        When the connection is lost before the server answers, or is being made again
+        when this is called, the forward stays requested: the reconnect loop asks for it
+        on the next connection, as for an established one (a refusal there is retried
+        on its own schedule, since a stale session of ours may hold the port), and this
+        fires once the server agrees. It fails with the reason when the tunnel stops
+        instead (reconnect off or given up, or :meth:`logoff`). Not logged on and not
+        reconnecting: :class:`~rtunnel.errors.NotConnectedError`.
         """
         return Deferred.fromCoroutine(
             self._request_forwarding(
@@ -1160,7 +1174,11 @@ class ReverseTunnel:
                 )
             if not 0 < host_port <= 65535:
                 raise SpecError(f"Bad local port {host_port}: give 1-65535.")
-        conn = self._require_conn()
+        conn = self._conn
+        if conn is None or conn.stopped:
+            if not self._waiting_to_reconnect():
+                raise NotConnectedError("Not logged on: call logon() first.")
+            conn = None
         forward = Forward(
             bind_address,
             port,
@@ -1173,17 +1191,54 @@ class ReverseTunnel:
             listen_path=listen_path,
         )
         self._forwards.append(forward)
+        if conn is not None:
+            try:
+                await self._establish(forward, conn)
+                return forward
+            except ConnectionLostError:
+                # The connection went first. What happens next is decided when the
+                # tunnel hears of the loss, just after this: a reconnect, which asks for
+                # the forward again, or the end of the tunnel.
+                pass
+            except BaseException:
+                # Refused (ForwardingError) or cancelled: a forward that never worked is
+                # not kept for reconnects.
+                self._drop_unanswered(forward, ForwardState.FAILED)
+                raise
+        if forward not in self._forwards:
+            # The tunnel has stopped already (it forgets its forwards when it does).
+            raise ConnectionLostError(
+                f"The connection to {self.host} was lost before the server agreed to the forward."
+            )
+        answer: Deferred[Forward] = Deferred()
+        self._first_answers[id(forward)] = answer
         try:
-            await self._establish(forward, conn)
-        except BaseException:
-            # Refused (ForwardingError), or the connection went away (ConnectionLostError):
-            # a forward that never worked is not kept for reconnects.
-            forward.state = ForwardState.FAILED
-            if forward in self._forwards:
-                self._forwards.remove(forward)
-            self._notify_forward(forward)
+            return await answer
+        except defer.CancelledError:
+            self._first_answers.pop(id(forward), None)
+            self._drop_unanswered(forward, ForwardState.CANCELLED)
             raise
-        return forward
+
+    def _drop_unanswered(self, forward: Forward, state: ForwardState) -> None:
+        """Forget a forward whose request was refused or given up by its caller."""
+        forward.state = state
+        if forward in self._forwards:
+            self._forwards.remove(forward)
+        self._notify_forward(forward)
+
+    def _waiting_to_reconnect(self) -> bool:
+        """Between connections, with a reconnect scheduled or its logon under way."""
+        return self._reconnect_call is not None or self._reconnecting
+
+    def _answer_first(self, forward: Forward, failure: Failure | None = None) -> None:
+        """The forward a request_forwarding() call waits for is active, or failed."""
+        answer = self._first_answers.pop(id(forward), None)
+        if answer is None:
+            return
+        if failure is None:
+            answer.callback(forward)
+        else:
+            answer.errback(failure)
 
     async def _establish(self, forward: Forward, conn: ForwardingConnection) -> None:
         """Send ``tcpip-forward`` for ``forward``; mark it active or raise."""
@@ -1218,6 +1273,7 @@ class ReverseTunnel:
             f"(to {forward.describe_target()}).",
         )
         self._notify_forward(forward)
+        self._answer_first(forward)
 
     def request_socket_forwarding(
         self,
@@ -1578,9 +1634,13 @@ class ReverseTunnel:
             failure, self._fatal_error = Failure(self._fatal_error), None
         self._cancel_retries()
         self._retry = 0
+        stopped = failure or Failure(
+            ConnectionLostError("Logged off before the server agreed to the forward.")
+        )
         for forward in self._forwards:
             forward.state = ForwardState.CANCELLED if failure is None else ForwardState.FAILED
             self._notify_forward(forward)
+            self._answer_first(forward, stopped)
         self._forwards.clear()
         waiters, self._disconnect_waiters = self._disconnect_waiters, []
         for d in waiters:
@@ -1612,10 +1672,12 @@ class ReverseTunnel:
         d.addErrback(lambda f: _log.failure("reconnecting failed unexpectedly", f))
 
     async def _reconnect(self, finished: Deferred[None]) -> None:
+        self._reconnecting = True
         try:
             try:
                 await self._connect_and_authenticate()
             finally:
+                self._reconnecting = False
                 self._logon_finished = None
                 finished.callback(None)
         except RTunnelError as e:
@@ -1658,13 +1720,13 @@ class ReverseTunnel:
             forward.state = ForwardState.FAILED
             self._forwards.remove(forward)
             self._forward_retries.pop(id(forward), None)
-            self._error(
-                ForwardRetryLimitError(
-                    f"Gave up re-establishing the forward of listen port "
-                    f"{forward.requested_port} after {count - 1} retries: {error}"
-                )
+            limit = ForwardRetryLimitError(
+                f"Gave up re-establishing the forward of listen port "
+                f"{forward.requested_port} after {count - 1} retries: {error}"
             )
+            self._error(limit)
             self._notify_forward(forward)
+            self._answer_first(forward, Failure(limit))
             return
         forward.state = ForwardState.RETRYING
         self._notify_forward(forward)

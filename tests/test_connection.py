@@ -462,12 +462,14 @@ def test_channel_requests_get_failure() -> None:
 
 
 def test_connection_loss_tells_every_channel_and_pending_request() -> None:
-    # C13 at this layer: protocols see the loss; pending requests fail.
+    # C13 at this layer: protocols see the loss; pending requests fail. (The tunnel above
+    # decides, once it hears of the loss, whether a forward request waits for the next
+    # connection: tests/test_first_forwards_lost.py.)
     h = Harness()
     h.forward()
     h.open(sender=1)
     h.open(sender=2)
-    pending = h.tunnel.request_forwarding("127.0.0.1", 0, factory=Factory.forProtocol(Recorder))
+    pending = h.conn.send_global_request(b"tcpip-forward", _wire.encode_tcpip_forward("", 0))
     h.conn.serviceStopped()
     assert all(p.lost for p in Recorder.instances) and len(Recorder.instances) == 2
     with pytest.raises(ConnectionLostError):

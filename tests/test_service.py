@@ -490,13 +490,18 @@ def test_establish_forwards_reports_like_ssh() -> None:
 
 
 def test_establish_forwards_exit_on_failure() -> None:
-    """With exit_on_failure the first refusal is a ForwardingError with ssh's Error line."""
+    """
+    With exit_on_failure the first refusal is a ForwardingError with ssh's Error line.
+    Every request went out at once, as ssh sends them (ssh.c, ssh_init_forwarding); what
+    is answered after the refusal is not reported (ssh has exited by then).
+    """
     tunnel = _FakeTunnel([None, 1])
-    d, _ = _establish(tunnel, ["8080:h:2", "0:h:1"], exit_on_failure=True)
+    d, reported = _establish(tunnel, ["8080:h:2", "0:h:1"], exit_on_failure=True)
     failures: list[Failure] = []
     d.addErrback(failures.append)
     assert str(failures[0].value) == "Error: remote port forwarding failed for listen port 8080"
-    assert len(tunnel.requests) == 1
+    assert len(tunnel.requests) == 2
+    assert [text for level, text in reported if level == "INFO"] == []
 
 
 def test_establish_forwards_connection_lost() -> None:

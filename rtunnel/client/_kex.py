@@ -177,8 +177,8 @@ class SecureTransportMixin(_Base):
         check is made whenever a packet is sent or received, and when the time is up on
         a connection that carried a packet since the last key exchange (OpenSSH's rule:
         packet.c, ssh_packet_need_rekeying).
-    :ivar rekey_clock: the clock for ``rekey_seconds`` and ``kex_timeout`` (default: the
-        global reactor).
+    :ivar rekey_clock: the clock for ``rekey_seconds``, ``kex_timeout`` and
+        ``last_received`` (default: the global reactor).
     :ivar kex_timeout: seconds a key exchange after the first may take before we
         disconnect (D13: a peer that starts a rekey and goes silent); None: no limit. The
         first is bounded by the caller's handshake timeout instead.
@@ -188,6 +188,12 @@ class SecureTransportMixin(_Base):
         seeing the other's (a collision, RFC 4253 §7.1), each counts it as its own.
     :ivar rekeys_by_peer: completed key exchanges after the first that the peer started.
         ``rekeys_by_us + rekeys_by_peer == key_exchanges - 1`` once the first is done.
+    :ivar packets_received: packets read from the peer, of every layer (transport,
+        authentication, connection): liveness, as OpenSSH counts it (packet.c,
+        ssh_packet_read_poll_seqnr: any packet answers every keepalive outstanding).
+        A DISCONNECT is not counted: a farewell is no sign of a working connection.
+    :ivar last_received: when the last read that completed a packet happened, on
+        ``rekey_clock`` (0.0 without a clock): when to send the next keepalive.
     :ivar version_patterns: the peer's version line must match one of these (the seed's
         SSHVersionPattern).
     :ivar peer_version: the peer's version line, escaped for display (None before it).
@@ -203,6 +209,8 @@ class SecureTransportMixin(_Base):
     key_exchanges = 0
     rekeys_by_us = 0
     rekeys_by_peer = 0
+    packets_received = 0
+    last_received = 0.0
     version_patterns: tuple[str, ...] = parse_version_pattern(DEFAULT_VERSION_PATTERN)
     peer_version: str | None = None
 
@@ -213,10 +221,12 @@ class SecureTransportMixin(_Base):
         self._next_sealer: Sealer | None = None
         self._next_opener: Any = None
         self._newkeys_pending = False
+        # Payload bytes in _blockedByKeyExchange, waiting for the key exchange to end.
+        self._held_out = 0
         self._paused = False
         self._pumping = False
         self._closing = False
-        self._packets_in = 0
+        self.packets_received = 0
         self._kexinits_in = 0
         self._kexinits_out = 0
         self._in_initial_kex = True
@@ -228,7 +238,7 @@ class SecureTransportMixin(_Base):
         self._in_packets = self._in_bytes = self._in_limit = self._in_tag = 0
         # Who started the exchange in progress: "us", "peer", or None (the first one).
         self._kex_started_by: str | None = None
-        self._kex_at = self._now()
+        self._kex_at = self.last_received = self._now()
         self._kex_timer: Any = None
         self._rekey_timer: Any = None
         self._authenticated = False
@@ -264,6 +274,14 @@ class SecureTransportMixin(_Base):
 
     def peer_version_received(self, version: str) -> None:
         """Called with the peer's version line (escaped), before it is checked."""
+
+    @override
+    def ssh_DISCONNECT(self, packet: bytes) -> None:
+        # Counted in _pump like any packet; taken back here, where it costs nothing on the
+        # data path (ReverseTunnel: a server that grants the forwards and says goodbye
+        # has not shown that reconnecting works).
+        self.packets_received -= 1
+        super().ssh_DISCONNECT(packet)
 
     @override
     def receiveDebug(self, alwaysDisplay: bool, message: bytes, lang: bytes) -> None:
@@ -314,10 +332,11 @@ class SecureTransportMixin(_Base):
             if not allowed:
                 assert self._blockedByKeyExchange is not None
                 self._blockedByKeyExchange.append((messageType, payload))
+                self._held_out += len(payload)
                 # D13: the service bounds this queue by pausing what feeds it.
                 held = getattr(self.service, "output_held", None)
                 if held is not None:
-                    held(len(payload))
+                    held(self._held_out)
                 return
         if self._closing:
             return
@@ -428,6 +447,7 @@ class SecureTransportMixin(_Base):
         if self._pumping:
             return
         self._pumping = True
+        first = self.packets_received
         try:
             reader = self._reader
             while not (self._paused or self._closing):
@@ -440,7 +460,9 @@ class SecureTransportMixin(_Base):
                 if payload is None:
                     return
                 self.incomingPacketSequence = (self.incomingPacketSequence + 1) & SEQ_MASK
-                self._packets_in += 1
+                # Liveness: every packet counts, IGNORE and key exchange included (the
+                # only per-packet cost; see last_received below).
+                self.packets_received += 1
                 self._in_packets += 1
                 self._in_bytes += size - len(reader.buf) - self._in_tag
                 if self.incomingCompression:
@@ -469,6 +491,11 @@ class SecureTransportMixin(_Base):
                 self._maybe_rekey()
         finally:
             self._pumping = False
+            if self.packets_received != first:
+                # One clock reading per read that completed packets, not one per packet:
+                # OpenSSH also times its next keepalive from the last read
+                # (clientloop.c, client_process_net_input).
+                self.last_received = self._now()
 
     @override
     def _newKeys(self) -> None:
@@ -479,8 +506,15 @@ class SecureTransportMixin(_Base):
         self._keyExchangeState = self._KEY_EXCHANGE_NONE
         queued = self._blockedByKeyExchange or []
         self._blockedByKeyExchange = None  # type: ignore[assignment]
+        self._held_out = 0
         for message_type, payload in queued:
             self.sendPacket(message_type, payload)
+        if queued:
+            # What is still held: 0, or what the next exchange queued again when this
+            # flush reached the rekey limit and started it.
+            held = getattr(self.service, "output_held", None)
+            if held is not None:
+                held(self._held_out)
 
     def _compressing(self, method: bytes | None) -> bool:
         return method == b"zlib" or (method == b"zlib@openssh.com" and self._authenticated)
@@ -612,7 +646,7 @@ class SecureTransportMixin(_Base):
         if first:
             theirs = (STRICT_KEX_SERVER if self.isClient else STRICT_KEX_CLIENT).encode()
             self.strict_kex = self.offer_strict_kex and theirs in lists[0]
-            if self.strict_kex and self._packets_in != 1:
+            if self.strict_kex and self.packets_received != 1:
                 self._protocol_error("strict KEX violation: KEXINIT was not the first packet")
                 return
             if self.require_strict_kex and not self.strict_kex:

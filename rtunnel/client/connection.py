@@ -216,12 +216,6 @@ class ForwardingConnection(SSHService):
         self.rate_limit: TokenBucket | None = None
         self._rate_waiting: deque[ForwardedChannel] = deque()
         self._rate_timer: IDelayedCall | None = None
-        #: When the last connection-layer message arrived (keepalive liveness).
-        self.last_received = self._seconds()
-        #: Connection-layer messages received: a keepalive is answered by any packet
-        #: after it, however soon (OpenSSH, packet.c), which a count shows and a clock
-        #: reading may not.
-        self.packets_received = 0
         #: D18: warnings a server can make us repeat at will, rate-limited.
         self.warnings = RepeatLimiter()
         self._levels: dict[str, LogLevel] = {}
@@ -299,8 +293,6 @@ class ForwardingConnection(SSHService):
 
     @override
     def packetReceived(self, messageNum: int, packet: bytes) -> None:
-        self.last_received = self._seconds()
-        self.packets_received += 1
         handler = self._dispatch.get(messageNum)
         if handler is None:
             assert self.transport is not None
@@ -310,6 +302,22 @@ class ForwardingConnection(SSHService):
             handler(packet)
         except (_wire.WireError, struct.error, IndexError, ValueError) as e:
             self.protocol_violation(f"malformed message {messageNum}: {e}")
+
+    # -- liveness (keepalives), counted by the transport for every packet it reads
+
+    @property
+    def packets_received(self) -> int:
+        """
+        Packets read from the server so far, of every layer: an IGNORE, a DEBUG or a
+        key exchange message shows the server alive as much as a reply does (OpenSSH,
+        packet.c), and a count shows "after the keepalive" where a clock reading may not.
+        """
+        return int(getattr(self.transport, "packets_received", 0))
+
+    @property
+    def last_received(self) -> float:
+        """When the server last sent something (on the transport's clock)."""
+        return float(getattr(self.transport, "last_received", 0.0))
 
     # -- IPushProducer, for the TCP connection to the server
 
@@ -357,30 +365,19 @@ class ForwardingConnection(SSHService):
 
     # -- D13: output held back by a key exchange
 
-    def output_held(self, nbytes: int) -> None:
+    def output_held(self, total: int) -> None:
         """
-        Called by the transport for each packet of ours it queues because a key exchange
-        is in progress. Past ``kex_queue_limit`` bytes, every channel's source is paused
-        until the exchange finishes: a server that starts a rekey and goes silent then
-        holds a bounded amount of our data until the key exchange timeout ends the
-        connection.
+        Called by the transport whenever what it holds back for a key exchange changes:
+        ``total`` bytes of ours that cannot be sent before NEWKEYS (0 once they are sent;
+        packets queued again because their flush started the next exchange included).
+        Past ``kex_queue_limit`` bytes, every channel's source is paused until the
+        transport holds less: a server that starts a rekey and goes silent then holds a
+        bounded amount of our data until the key exchange timeout ends the connection.
         """
-        if self._held_bytes == 0:
-            # The first packet held in this key exchange: hear when it is over.
-            rekey = getattr(self.transport, "rekey", None)
-            if rekey is not None:
-                rekey().addBoth(self._kex_finished)
-        self._held_bytes += nbytes
-        if self._held_bytes > self.kex_queue_limit and not self.kex_blocked:
-            self.kex_blocked = True
-            for channel in self.channels.values():
-                channel.sync_producer()
-
-    def _kex_finished(self, result: object) -> None:
-        # The transport has sent what it held (or the connection is gone).
-        self._held_bytes = 0
-        if self.kex_blocked:
-            self.kex_blocked = False
+        self._held_bytes = total
+        blocked = total > self.kex_queue_limit
+        if blocked is not self.kex_blocked:
+            self.kex_blocked = blocked
             for channel in list(self.channels.values()):
                 channel.sync_producer()
 
