@@ -469,9 +469,14 @@ async def test_channel_table_and_send_by_id(tunnel: ReverseTunnel) -> None:
     fwd = await tunnel.request_forwarding("127.0.0.1", 0, factory=Factory.forProtocol(Protocol))
 
     def client() -> bytes:
+        # Reads until the tunnel closes the channel: closing first would race the
+        # lookups by id below.
         with socket.create_connection(("127.0.0.1", fwd.port), timeout=10) as c:
             c.sendall(b"12345")
-            return c.recv(100)
+            received = b""
+            while chunk := c.recv(100):
+                received += chunk
+            return received
 
     result = in_thread(client)
     await eventually(lambda: len(tunnel.channels) == 1 and tunnel.channels[0].bytes_received == 5)
@@ -479,9 +484,9 @@ async def test_channel_table_and_send_by_id(tunnel: ReverseTunnel) -> None:
     assert info.service == "forwarded-tcpip" and info.connected_port == fwd.port
     assert info.origin_address == "127.0.0.1"
     tunnel.send_channel_data(info.channel_id, b"pushed by id")
-    assert await result == b"pushed by id"
-    assert tunnel.channel(info.channel_id).bytes_sent == len(b"pushed by id")
+    await eventually(lambda: tunnel.channel(info.channel_id).bytes_sent == 12)
     tunnel.close_channel(info.channel_id)
+    assert await result == b"pushed by id"
     await eventually(lambda: tunnel.channels == [])
 
 
