@@ -161,8 +161,8 @@ SHORT = Plan(
     keepalive_interval=1.0,
     keepalive_count_max=3,
     window=5.0,
-    probe_bytes=16 * MIB,
-    probe_repeats=5,
+    probe_bytes=24 * MIB,
+    probe_repeats=8,
 )
 
 LONG = Plan(
