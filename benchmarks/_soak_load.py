@@ -20,11 +20,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from _load import BenchmarkError, _connect, _recv_exactly
+from _load import BenchmarkError, _recv_exactly
+from _load import _connect as _bench_connect
 
 __all__ = [
     "BenchmarkError",
     "Corrupted",
+    "SelfConnected",
     "Tally",
     "concurrent_echoes",
     "download",
@@ -36,6 +38,23 @@ __all__ = [
 
 class Corrupted(BenchmarkError):
     """All the bytes arrived, but not the ones sent (another sha256)."""
+
+
+class SelfConnected(BenchmarkError):
+    """
+    The connection went to itself: nothing listened on the port (a tunnel between
+    sessions) and Linux picked the port itself as the source port, a TCP simultaneous
+    open. Its "echo" is what was sent, shifted by the mode byte; a failed connect, not
+    corruption.
+    """
+
+
+def _connect(port: int, timeout: float) -> socket.socket:
+    sock = _bench_connect(port, timeout)
+    if sock.getsockname() == sock.getpeername():
+        sock.close()
+        raise SelfConnected(f"connected to itself on port {port}: nothing listens there")
+    return sock
 
 
 _BLOCK = 1 << 20
@@ -63,6 +82,16 @@ class Tally:
             self.written += written
             self.read += read
             self.transfers += 1
+
+
+def _differ(sent: bytes, got: bytes) -> str:
+    """Where two byte strings first differ, for the report."""
+    pairs = enumerate(zip(sent, got, strict=False))
+    at = next((i for i, (a, b) in pairs if a != b), min(len(sent), len(got)))
+    return (
+        f"{len(got)} bytes for {len(sent)}, first difference at {at}: sent "
+        f"{sent[at : at + 8].hex()}, got {got[at : at + 8].hex()}"
+    )
 
 
 def upload(port: int, nbytes: int, tally: Tally | None = None, timeout: float = 60.0) -> None:
@@ -135,7 +164,7 @@ def echo(port: int, nbytes: int, tally: Tally | None = None, timeout: float = 30
     if tally is not None:
         tally.add(1 + nbytes, nbytes)
     if hashlib.sha256(back).digest() != hashlib.sha256(payload).digest():
-        raise Corrupted("echo: other bytes came back")
+        raise Corrupted(f"echo: other bytes came back: {_differ(payload, back)}")
 
 
 def short_connections(
@@ -169,6 +198,9 @@ async def _concurrent(port: int, connections: int, nbytes: int, tally: Tally | N
     async def one() -> None:
         payload = os.urandom(nbytes)
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=_BLOCK)
+        if writer.get_extra_info("sockname") == writer.get_extra_info("peername"):
+            writer.close()
+            raise SelfConnected(f"connected to itself on port {port}: nothing listens there")
         try:
             writer.write(b"E")
             view = memoryview(payload)
@@ -186,7 +218,7 @@ async def _concurrent(port: int, connections: int, nbytes: int, tally: Tally | N
         if tally is not None:
             tally.add(1 + nbytes, nbytes)
         if hashlib.sha256(got).digest() != hashlib.sha256(payload).digest():
-            raise Corrupted("concurrent echo: other bytes came back")
+            raise Corrupted(f"concurrent echo: other bytes came back: {_differ(payload, got)}")
 
     start = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(connections)))

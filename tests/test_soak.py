@@ -162,7 +162,8 @@ def test_short_soak_passes(openssh_sshd: str, tmp_path: Path) -> None:
     report = result.stdout[-6000:] + result.stderr[-3000:]
     assert out.exists(), report
     data = json.loads(out.read_text())
-    assert result.returncode == 0, [c for c in data["checks"] if not c["ok"]] or report
+    failed = "\n".join(f"FAIL {c['name']}: {c['detail']}" for c in data["checks"] if not c["ok"])
+    assert result.returncode == 0, failed or report
     assert_summary(data)
 
 
