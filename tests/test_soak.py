@@ -183,8 +183,8 @@ def assert_summary(data: dict[str, Any]) -> None:
         assert t["transfers"] == transfers, name
         assert (t["sessions"], t["logons_in_sshd_log"]) == (1, 1), name
         _, low, high = check.rekey_band(busy, limit, early, late)
-        # Dozens, two-sided, by both counts, all started by the limited side.
-        assert 30 <= low <= t["rekeys"] <= high <= 150, (name, t["rekeys"], low, high)
+        # Dozens (not thousands), two-sided, by both counts, all by the limited side.
+        assert 30 <= low <= t["rekeys"] <= high <= 250, (name, t["rekeys"], low, high)
         sshd = t["sshd_rekeys_by_client"] + t["sshd_rekeys_by_server"]
         assert abs(sshd - t["rekeys"]) <= 1, name
         if name.startswith("client"):
