@@ -332,7 +332,6 @@ class Tunnel:
         self.latest: dict[str, Any] = {}
         #: session number -> the most (rekeys by us, rekeys by the server) seen in it:
         #: statistics() counts those for the current session only.
-        self.session_rekeys: dict[int, tuple[int, int]] = {}
         self._events_file = (workdir / f"{role.name}.events.jsonl").open("w")
         self._tagged: dict[str, dict[str, Any]] = {}
         self._cond = threading.Condition()
@@ -363,12 +362,6 @@ class Tunnel:
             with self._cond:
                 if message["event"] == "stats":
                     self.latest = message
-                    session = message["sessions"]
-                    seen = self.session_rekeys.get(session, (0, 0))
-                    self.session_rekeys[session] = (
-                        max(seen[0], message["rekeys_by_us"]),
-                        max(seen[1], message["rekeys_by_server"]),
-                    )
                     if message.get("tag"):
                         self._tagged[message["tag"]] = message
                 else:
@@ -453,12 +446,13 @@ class Tunnel:
             return dict(self.latest)
 
     def rekeys(self) -> tuple[int, int]:
-        """Rekeys started by rtunnel and by the server over all sessions (exact for one
-        session; for more, what the reports showed before each session ended)."""
+        """Rekeys started by rtunnel and by the server over all sessions, as the last
+        report counted them."""
         with self._cond:
+            latest = self.latest or {}
             return (
-                sum(us for us, _ in self.session_rekeys.values()),
-                sum(srv for _, srv in self.session_rekeys.values()),
+                int(latest.get("total_rekeys_by_us", 0)),
+                int(latest.get("total_rekeys_by_server", 0)),
             )
 
     def kill(self) -> None:

@@ -212,6 +212,8 @@ class TunnelStatistics:
     :ivar rekeys_by_us: of those after the first, the ones rtunnel started.
     :ivar rekeys_by_server: of those after the first, the ones the server started.
     :ivar total_key_exchanges: key exchanges completed on all sessions.
+    :ivar total_rekeys_by_us: rekeys rtunnel started, on all sessions.
+    :ivar total_rekeys_by_server: rekeys the server started, on all sessions.
     :ivar keepalives_sent: ``keepalive@openssh.com`` requests sent on the current session.
     :ivar channels_open: channels in the table now (pending ones included).
     :ivar channels_opened: channels confirmed on all sessions.
@@ -226,6 +228,8 @@ class TunnelStatistics:
     rekeys_by_us: int
     rekeys_by_server: int
     total_key_exchanges: int
+    total_rekeys_by_us: int
+    total_rekeys_by_server: int
     keepalives_sent: int
     channels_open: int
     channels_opened: int

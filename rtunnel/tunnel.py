@@ -529,6 +529,8 @@ class ReverseTunnel:
         # channels carried.
         self._sessions = 0
         self._past_key_exchanges = 0
+        self._past_rekeys_by_us = 0
+        self._past_rekeys_by_server = 0
         self._channels_opened = 0
         self._closed_bytes_sent = 0
         self._closed_bytes_received = 0
@@ -1079,13 +1081,17 @@ class ReverseTunnel:
         conn, transport = self._conn, self._transport
         live = list(conn.channels.values()) if conn is not None and not conn.stopped else []
         current = transport.key_exchanges if transport is not None else 0
+        by_us = transport.rekeys_by_us if transport is not None else 0
+        by_server = transport.rekeys_by_peer if transport is not None else 0
         return TunnelStatistics(
             connected=self.connected,
             sessions=self._sessions,
             key_exchanges=current,
-            rekeys_by_us=transport.rekeys_by_us if transport is not None else 0,
-            rekeys_by_server=transport.rekeys_by_peer if transport is not None else 0,
+            rekeys_by_us=by_us,
+            rekeys_by_server=by_server,
             total_key_exchanges=self._past_key_exchanges + current,
+            total_rekeys_by_us=self._past_rekeys_by_us + by_us,
+            total_rekeys_by_server=self._past_rekeys_by_server + by_server,
             keepalives_sent=self._keepalive.sent if self._keepalive is not None else 0,
             channels_open=len(live),
             channels_opened=self._channels_opened,
@@ -1571,6 +1577,8 @@ class ReverseTunnel:
         was_connected = conn is not None
         clean = self._logging_off
         self._past_key_exchanges += transport.key_exchanges
+        self._past_rekeys_by_us += transport.rekeys_by_us
+        self._past_rekeys_by_server += transport.rekeys_by_peer
         self._transport = None
         self._conn = None
         self._logging_off = False

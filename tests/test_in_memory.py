@@ -86,6 +86,7 @@ def test_statistics_count_sessions_rekeys_channels_and_bytes(tmp_path: Path) -> 
     assert (stats.connected, stats.sessions, stats.reconnects) == (True, 1, 0)
     assert (stats.key_exchanges, stats.rekeys_by_us, stats.rekeys_by_server) == (3, 1, 1)
     assert stats.total_key_exchanges == 3
+    assert (stats.total_rekeys_by_us, stats.total_rekeys_by_server) == (1, 1)
     assert (stats.channels_open, stats.channels_opened) == (1, 3)
     # Closed channels and the open one: 3 + 5 + 4 bytes each way.
     assert (stats.bytes_received, stats.bytes_sent) == (12, 12)
@@ -101,3 +102,4 @@ def test_statistics_count_sessions_rekeys_channels_and_bytes(tmp_path: Path) -> 
     assert (after.connected, after.sessions, after.key_exchanges) == (False, 1, 0)
     assert (after.total_key_exchanges, after.channels_open, after.channels_opened) == (3, 0, 3)
     assert (after.bytes_received, after.bytes_sent, after.forwards_active) == (12, 12, 0)
+    assert (after.rekeys_by_us, after.total_rekeys_by_us, after.total_rekeys_by_server) == (0, 1, 1)
