@@ -3,6 +3,16 @@ rtunnel: SSH reverse tunnels (``ssh -R``) for Twisted.
 """
 
 from rtunnel import _quiet  # noqa: F401 (first: installs the warning filter)
+from rtunnel._core.policy import ReconnectPolicy
+from rtunnel._core.sshparam import (
+    decode_packet,
+    encode_packet,
+    get_ssh_param,
+    get_ssh_param_bytes,
+    read_ssh_params,
+    set_ssh_param,
+)
+from rtunnel._core.version import __version__
 from rtunnel._model import (
     AcceptHook,
     ChannelInfo,
@@ -12,15 +22,6 @@ from rtunnel._model import (
     ReconnectAttempt,
     TunnelObserver,
     TunnelStatistics,
-)
-from rtunnel._policy import ReconnectPolicy
-from rtunnel._sshparam import (
-    decode_packet,
-    encode_packet,
-    get_ssh_param,
-    get_ssh_param_bytes,
-    read_ssh_params,
-    set_ssh_param,
 )
 from rtunnel.client.certificates import SSHCertificate
 from rtunnel.client.credentials import (
@@ -68,8 +69,6 @@ from rtunnel.errors import (
     VersionError,
 )
 from rtunnel.tunnel import HostKeyPolicy, ReverseTunnel
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "GSSAPI",

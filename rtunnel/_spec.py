@@ -1,6 +1,7 @@
 """
 The pure core of the ``rtunnel`` command line: OpenSSH's syntax for remote forwards
-(``-R``), destinations and ``-o`` options, and the exact lines OpenSSH prints about them.
+(``-R``) and ``-o`` options, and the exact lines OpenSSH prints about them. Destinations
+and jump hosts, which the library reads too, are in :mod:`rtunnel._core.syntax`.
 
 Nothing here touches the network, the reactor or the file system, so all of it is tested
 as plain functions. Every message copied from OpenSSH names the source file it comes from
@@ -16,10 +17,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, NamedTuple
-from urllib.parse import unquote
 
 from typing_extensions import override
 
+from rtunnel._core.syntax import parse_proxy_jump, to_port
 from rtunnel.client._algorithms import resolve
 from rtunnel.errors import SpecError
 
@@ -31,7 +32,6 @@ __all__ = [
     "LOG_LEVELS",
     "SUPPORTED_OPTIONS",
     "ClientOptions",
-    "Destination",
     "OptionValue",
     "RemoteForwardSpec",
     "check_host_name",
@@ -39,7 +39,6 @@ __all__ = [
     "format_allocated",
     "format_forward_failure",
     "format_permission_denied",
-    "parse_destination",
     "parse_option",
     "parse_port",
     "parse_rekey_limit",
@@ -75,28 +74,10 @@ LOG_LEVELS: Final = (
 _NI_MAXHOST: Final = 1025
 # isspace() in the C locale: parse_forward skips these before the first field.
 _C_WHITESPACE: Final = " \t\n\v\f\r"
-_DIGITS: Final = re.compile(r"[0-9]+")
 
 
 # --------------------------------------------------------------------------------------
 # Ports and times
-
-
-def _to_port(text: str) -> int | None:
-    """
-    OpenSSH's ``a2port`` (misc.c) without the ``getservbyname`` fallback (a lookup in
-    ``/etc/services`` is I/O, and a service name as a forwarding port is rare): decimal
-    digits only, 0-65535. Returns None when ``text`` is not a port.
-    """
-    if _DIGITS.fullmatch(text) is None:
-        return None
-    # Strip leading zeros before int(): "0000…0080" is 80 to strtonum, and int() of a
-    # very long digit string is slow or (over sys.get_int_max_str_digits) an error.
-    digits = text.lstrip("0") or "0"
-    if len(digits) > 5:
-        return None
-    value = int(digits)
-    return value if value <= 65535 else None
 
 
 def parse_port(text: str) -> int:
@@ -105,7 +86,7 @@ def parse_port(text: str) -> int:
 
     :raises SpecError: ``Bad port '<text>'`` (ssh.c, case 'p'), otherwise.
     """
-    port = _to_port(text)
+    port = to_port(text)
     if port is None or port == 0:
         raise SpecError(f"Bad port '{text}'")
     return port
@@ -320,7 +301,7 @@ def _forward_from_fields(fields: list[_Field]) -> RemoteForwardSpec | str:
     """A spec from split fields, or the reason it is not one."""
     if len(fields) in (2, 3) and fields[-1].is_path and not any(f.is_path for f in fields[:-1]):
         # [bind_address:]port:/local/socket (readconf.c, parse_forward, cases 2 and 3).
-        path_port = _to_port(fields[-2].text)
+        path_port = to_port(fields[-2].text)
         if path_port is None:
             return f"bad listen port '{fields[-2].text}'"
         path_bind = fields[0].text if len(fields) == 3 else None
@@ -331,7 +312,7 @@ def _forward_from_fields(fields: list[_Field]) -> RemoteForwardSpec | str:
         if len(fields) == 2 and fields[1].is_path:
             return RemoteForwardSpec.unix_listener(fields[0].text, target_path=fields[1].text)
         if len(fields) == 3 and not fields[1].is_path and not fields[2].is_path:
-            socket_port = _to_port(fields[2].text)
+            socket_port = to_port(fields[2].text)
             if socket_port is None or socket_port == 0:
                 return f"bad target port '{fields[2].text}'"
             if not fields[1].text:
@@ -344,7 +325,7 @@ def _forward_from_fields(fields: list[_Field]) -> RemoteForwardSpec | str:
         # ssh -R [bind_address:]port alone is a remote dynamic (SOCKS) forward (OpenSSH
         # 7.6; ssh.c tries parse_forward with dynamicfwd=1 after dynamicfwd=0 fails).
         listen_field = fields[-1]
-        dyn_port = _to_port(listen_field.text)
+        dyn_port = to_port(listen_field.text)
         if dyn_port is None:
             return f"bad listen port '{listen_field.text}'"
         dyn_bind = fields[0].text if len(fields) == 2 else None
@@ -359,10 +340,10 @@ def _forward_from_fields(fields: list[_Field]) -> RemoteForwardSpec | str:
         bind = bind_field.text
     else:
         return _REMOTE_SYNTAX
-    port = _to_port(listen.text)
+    port = to_port(listen.text)
     if port is None:
         return f"bad listen port '{listen.text}'"
-    target_port = _to_port(host_port.text)
+    target_port = to_port(host_port.text)
     if target_port is None or target_port == 0:
         return f"bad target port '{host_port.text}'"
     if not host.text:
@@ -407,53 +388,7 @@ def parse_remote_forward(spec: str) -> RemoteForwardSpec:
 
 
 # --------------------------------------------------------------------------------------
-# Destinations: [user@]host and ssh://[user@]host[:port]
-
-
-class Destination(NamedTuple):
-    """
-    Where to log on, from the command line's destination argument.
-
-    :ivar user: the user name, or None when the destination gave none.
-    :ivar host: the host name or address (IPv6 without brackets).
-    :ivar port: the port from an ``ssh://`` URI, else None.
-    """
-
-    user: str | None
-    host: str
-    port: int | None
-
-
-def _unbracket(host: str) -> str:
-    if len(host) > 2 and host[0] == "[" and host[-1] == "]":
-        return host[1:-1]
-    return host
-
-
-def parse_destination(text: str) -> Destination:
-    """
-    Parse ``ssh``'s destination: ``[user@]host`` (split at the last ``@``, as ssh.c
-    does, so a user name may contain ``@``) or ``ssh://[user@]host[:port]`` (misc.c,
-    ``parse_uri``: the user is percent-decoded, ``;`` parameters are ignored, an IPv6
-    host is in brackets, no path is allowed).
-
-    A bracketed IPv6 host in the plain form (``user@[::1]``) is accepted too, and the
-    brackets are removed.
-
-    :raises SpecError: if there is no host, the user is empty, or the URI is malformed.
-    """
-    if text.lower().startswith("ssh://"):
-        return _parse_ssh_uri(text)
-    user: str | None = None
-    host = text
-    if "@" in text:
-        user, _, host = text.rpartition("@")
-        if not user:
-            raise SpecError(f"Bad destination '{text}': empty user name")
-    host = _unbracket(host)
-    if not host:
-        raise SpecError(f"Bad destination '{text}': missing host")
-    return Destination(user, host, None)
+# User and host names on the command line
 
 
 def check_user_name(user: str) -> None:
@@ -489,80 +424,6 @@ def check_host_name(host: str) -> None:
         or any(c in "'`\"$\\;&<>|(){}" or c.isspace() for c in host)
     ):
         raise SpecError("hostname contains invalid characters")
-
-
-def parse_proxy_jump(spec: str) -> list[Destination]:
-    """
-    The hops of a ``-J`` / ``ProxyJump`` value, first hop first: each ``[user@]host[:port]``
-    or ``ssh://[user@]host[:port]``, separated by commas (ssh_config(5)).
-
-    :raises SpecError: for an empty hop, user or host, or a bad port.
-    """
-    hops = [hop.strip() for hop in spec.split(",")]
-    if not spec.strip() or any(not hop for hop in hops):
-        raise SpecError(f"Bad ProxyJump '{spec}': give [user@]host[:port][,...].")
-    return [_jump_hop(hop, spec) for hop in hops]
-
-
-def _jump_hop(hop: str, spec: str) -> Destination:
-    if hop.lower().startswith("ssh://"):
-        return parse_destination(hop)
-    user: str | None = None
-    rest = hop
-    if "@" in hop:
-        user, _, rest = hop.rpartition("@")
-        if not user:
-            raise SpecError(f"Bad ProxyJump '{spec}': empty user name in '{hop}'.")
-    port: int | None = None
-    if rest.startswith("["):
-        host, bracket, after = rest[1:].partition("]")
-        if not bracket or (after and not after.startswith(":")):
-            raise SpecError(f"Bad ProxyJump '{spec}': bad address in '{hop}'.")
-        port_text = after[1:] if after else None
-    elif rest.count(":") == 1:
-        host, _, port_text = rest.partition(":")
-    else:
-        host, port_text = rest, None
-    if port_text is not None:
-        port = _to_port(port_text)
-        if not port:
-            raise SpecError(f"Bad ProxyJump '{spec}': bad port in '{hop}'.")
-    if not host:
-        raise SpecError(f"Bad ProxyJump '{spec}': missing host in '{hop}'.")
-    return Destination(user, host, port)
-
-
-def _parse_ssh_uri(text: str) -> Destination:
-    rest = text[len("ssh://") :]
-    authority, slash, path = rest.partition("/")
-    if slash and path:
-        raise SpecError(f"Bad destination '{text}': a path is not allowed in an ssh:// URI")
-    user: str | None = None
-    if "@" in authority:
-        userinfo, _, authority = authority.rpartition("@")
-        user = unquote(userinfo.split(";", 1)[0])
-        if not user:
-            raise SpecError(f"Bad destination '{text}': empty user name")
-    port: int | None = None
-    if authority.startswith("["):
-        end = authority.find("]")
-        if end == -1:
-            raise SpecError(f"Bad destination '{text}': unmatched '['")
-        host = authority[1:end]
-        tail = authority[end + 1 :]
-        if tail and not tail.startswith(":"):
-            raise SpecError(f"Bad destination '{text}': junk after ']'")
-        port_text = tail[1:] if tail else None
-    else:
-        host, colon, after = authority.partition(":")
-        port_text = after if colon else None
-    if port_text is not None:
-        port = _to_port(port_text)
-        if port is None or port == 0:
-            raise SpecError(f"Bad destination '{text}': bad port '{port_text}'")
-    if not host:
-        raise SpecError(f"Bad destination '{text}': missing host")
-    return Destination(user, host, port)
 
 
 # --------------------------------------------------------------------------------------
@@ -936,7 +797,7 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
         return strict
     if canonical == "Port":
         value = _one(keyword, args)
-        port = _to_port(value)
+        port = to_port(value)
         if port is None or port == 0:
             raise SpecError(f"{_WHERE}: Bad port '{value}'.")
         return port
@@ -1046,7 +907,7 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
     if canonical == "PermitRemoteOpen":
         if not args:
             raise SpecError(f"{_WHERE}: Missing argument.")
-        from rtunnel.client._socksserver import parse_permit_remote_open
+        from rtunnel._core.syntax import parse_permit_remote_open
 
         try:
             parse_permit_remote_open(args)

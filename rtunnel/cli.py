@@ -35,15 +35,15 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rtunnel._core.syntax import parse_destination
+from rtunnel._core.text import printable, printable_lines
 from rtunnel._spec import (
     ClientOptions,
     check_host_name,
     check_user_name,
-    parse_destination,
     parse_port,
     parse_remote_forward,
 )
-from rtunnel._text import printable, printable_lines
 from rtunnel.client._algorithms import resolve
 from rtunnel.errors import RTunnelError, SpecError
 from rtunnel.service import (

@@ -31,8 +31,9 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from rtunnel._core.policy import ReconnectPolicy
+from rtunnel._core.syntax import parse_destination
 from rtunnel._model import ForwardState, ReconnectAttempt, TunnelObserver
-from rtunnel._policy import ReconnectPolicy
 from rtunnel._spec import (
     HOST_KEY_VERIFICATION_FAILED,
     ClientOptions,
@@ -40,7 +41,6 @@ from rtunnel._spec import (
     format_allocated,
     format_forward_failure,
     format_permission_denied,
-    parse_destination,
     parse_port,
     parse_remote_forward,
 )

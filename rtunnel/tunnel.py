@@ -34,7 +34,10 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from rtunnel import _wire
+from rtunnel._core import wire
+from rtunnel._core.policy import ReconnectPolicy, TokenBucket
+from rtunnel._core.syntax import parse_permit_remote_open
+from rtunnel._core.text import printable
 from rtunnel._model import (
     AcceptHook,
     ChannelInfo,
@@ -45,14 +48,11 @@ from rtunnel._model import (
     TunnelObserver,
     TunnelStatistics,
 )
-from rtunnel._policy import ReconnectPolicy, TokenBucket
-from rtunnel._text import printable
 from rtunnel.client import _algorithms
 from rtunnel.client._kex import shown_mac
 from rtunnel.client._packet import MAX_PACKET_LENGTH
 from rtunnel.client._proxycommand import ProxyCommandEndpoint, expand_proxy_command
 from rtunnel.client._sockopts import TCPOptions, apply_tcp_options
-from rtunnel.client._socksserver import parse_permit_remote_open
 from rtunnel.client.channel import ForwardedChannel
 from rtunnel.client.connection import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -1254,14 +1254,14 @@ class ReverseTunnel:
             if forward.listen_path is not None:
                 await conn.send_global_request(
                     b"streamlocal-forward@openssh.com",
-                    _wire.encode_string(forward.listen_path.encode("utf-8")),
+                    wire.encode_string(forward.listen_path.encode("utf-8")),
                 )
             else:
                 reply = await conn.send_global_request(
-                    b"tcpip-forward", _wire.encode_tcpip_forward(forward.bind_address, requested)
+                    b"tcpip-forward", wire.encode_tcpip_forward(forward.bind_address, requested)
                 )
-                forward.port = _wire.decode_tcpip_forward_reply(requested, reply)
-        except (ForwardingError, _wire.WireError) as e:
+                forward.port = wire.decode_tcpip_forward_reply(requested, reply)
+        except (ForwardingError, wire.WireError) as e:
             # OpenSSH's words (ssh.c), so operators recognise it.
             what = (
                 f"path {forward.listen_path}"
@@ -1360,11 +1360,11 @@ class ReverseTunnel:
             if listen_path is not None:
                 await conn.send_global_request(
                     b"cancel-streamlocal-forward@openssh.com",
-                    _wire.encode_string(listen_path.encode("utf-8")),
+                    wire.encode_string(listen_path.encode("utf-8")),
                 )
             else:
                 await conn.send_global_request(
-                    b"cancel-tcpip-forward", _wire.encode_tcpip_forward(bind_address, port)
+                    b"cancel-tcpip-forward", wire.encode_tcpip_forward(bind_address, port)
                 )
         except ForwardingError:
             raise ForwardingError(f"The server refused to cancel the forward on {where}.") from None

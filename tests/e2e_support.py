@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from rtunnel import PrivateKeyFile, ReverseTunnel
-from rtunnel._policy import ReconnectPolicy
+from rtunnel._core.policy import ReconnectPolicy
 
 
 @dataclass

@@ -17,9 +17,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rtunnel import ChannelOpenRequest, Forward, ForwardState, ReverseTunnel, TunnelObserver, _wire
+from rtunnel import ChannelOpenRequest, Forward, ForwardState, ReverseTunnel, TunnelObserver
+from rtunnel._core import wire
+from rtunnel._core.policy import TokenBucket
 from rtunnel._model import ChannelInfo
-from rtunnel._policy import TokenBucket
 from rtunnel.client import connection as c
 from rtunnel.client.channel import ForwardedChannel
 from rtunnel.errors import ConnectionLostError, ForwardingError
@@ -111,19 +112,17 @@ class Harness:
         max_packet: int = 32768,
         kind: bytes = b"forwarded-tcpip",
     ) -> None:
-        data = _wire.encode_forwarded_tcpip(
-            _wire.ForwardedTcpip(address, port, "203.0.113.9", 5555)
-        )
+        data = wire.encode_forwarded_tcpip(wire.ForwardedTcpip(address, port, "203.0.113.9", 5555))
         self.feed(
             c.MSG_CHANNEL_OPEN,
-            _wire.encode_string(kind) + struct.pack(">3L", sender, window, max_packet) + data,
+            wire.encode_string(kind) + struct.pack(">3L", sender, window, max_packet) + data,
         )
 
     def failures(self) -> list[tuple[int, int, bytes]]:
         out = []
         for p in self.ssh.of(c.MSG_CHANNEL_OPEN_FAILURE):
             sender, code = struct.unpack(">2L", p[:8])
-            out.append((sender, code, _wire.decode_string(p, 8)[0]))
+            out.append((sender, code, wire.decode_string(p, 8)[0]))
         return out
 
 
@@ -146,7 +145,7 @@ def test_port_zero_forward_reports_allocated_port() -> None:
     fwd = h.forward(port=0, allocated=40123)
     assert fwd.port == 40123 and fwd.state is ForwardState.ACTIVE
     (req,) = h.ssh.of(c.MSG_GLOBAL_REQUEST)
-    assert req == _wire.encode_string(b"tcpip-forward") + b"\x01" + _wire.encode_tcpip_forward(
+    assert req == wire.encode_string(b"tcpip-forward") + b"\x01" + wire.encode_tcpip_forward(
         "127.0.0.1", 0
     )
 
@@ -158,7 +157,7 @@ def test_event_mode_open_is_confirmed_and_data_flows() -> None:
     (confirm,) = h.ssh.of(c.MSG_CHANNEL_OPEN_CONFIRMATION)
     assert struct.unpack(">4L", confirm) == (7, 0, 64 * 1024, 16 * 1024)
     (proto,) = Recorder.instances
-    h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + _wire.encode_string(b"hello"))
+    h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + wire.encode_string(b"hello"))
     assert proto.data == [b"hello"]
     info = h.tunnel.channel(0)
     assert (info.origin_address, info.origin_port, info.bytes_received) == ("203.0.113.9", 5555, 5)
@@ -261,10 +260,10 @@ def test_window_is_granted_only_as_the_consumer_drains() -> None:
     channel = h.conn.channels[0]
     channel.pauseProducing()  # the consumer is full
     for _ in range(4):
-        h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + _wire.encode_string(b"x" * 16384))
+        h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + wire.encode_string(b"x" * 16384))
     assert h.ssh.of(c.MSG_CHANNEL_WINDOW_ADJUST) == []
     # A fifth packet would exceed the window we granted: protocol error (D7).
-    h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + _wire.encode_string(b"x"))
+    h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + wire.encode_string(b"x"))
     assert h.ssh.disconnects and h.ssh.disconnects[0][0] == c.DISCONNECT_PROTOCOL_ERROR
     assert len(proto.data) == 4
 
@@ -276,7 +275,7 @@ def test_window_grant_after_resume() -> None:
     channel = h.conn.channels[0]
     channel.pauseProducing()
     for _ in range(3):
-        h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + _wire.encode_string(b"x" * 16384))
+        h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + wire.encode_string(b"x" * 16384))
     channel.resumeProducing()
     (adjust,) = h.ssh.of(c.MSG_CHANNEL_WINDOW_ADJUST)
     assert struct.unpack(">2L", adjust) == (7, 3 * 16384)
@@ -385,7 +384,7 @@ def test_max_packet_zero_is_refused_cleanly() -> None:
 @pytest.mark.parametrize(
     ("message", "payload"),
     [
-        (c.MSG_CHANNEL_DATA, U32.pack(99) + _wire.encode_string(b"x")),  # unknown channel
+        (c.MSG_CHANNEL_DATA, U32.pack(99) + wire.encode_string(b"x")),  # unknown channel
         (c.MSG_CHANNEL_DATA, U32.pack(0) + U32.pack(5) + b"ab"),  # length lies
         (c.MSG_CHANNEL_DATA, b"\x00"),  # truncated
         (c.MSG_CHANNEL_EOF, U32.pack(3)),
@@ -430,7 +429,7 @@ def test_server_global_requests_are_refused() -> None:
         (b"keepalive@openssh.com", 1),
         (b"hostkeys-00@openssh.com", 0),
     ]:
-        h.feed(c.MSG_GLOBAL_REQUEST, _wire.encode_string(name) + bytes([want]) + b"junk")
+        h.feed(c.MSG_GLOBAL_REQUEST, wire.encode_string(name) + bytes([want]) + b"junk")
     assert h.ssh.of(c.MSG_REQUEST_FAILURE) == [b"", b""]
     assert h.ssh.disconnects == []
 
@@ -456,7 +455,7 @@ def test_channel_requests_get_failure() -> None:
     h.open()
     h.feed(
         c.MSG_CHANNEL_REQUEST,
-        U32.pack(0) + _wire.encode_string(b"exit-status") + b"\x01" + U32.pack(0),
+        U32.pack(0) + wire.encode_string(b"exit-status") + b"\x01" + U32.pack(0),
     )
     assert h.ssh.of(c.MSG_CHANNEL_FAILURE) == [U32.pack(7)]
 
@@ -469,7 +468,7 @@ def test_connection_loss_tells_every_channel_and_pending_request() -> None:
     h.forward()
     h.open(sender=1)
     h.open(sender=2)
-    pending = h.conn.send_global_request(b"tcpip-forward", _wire.encode_tcpip_forward("", 0))
+    pending = h.conn.send_global_request(b"tcpip-forward", wire.encode_tcpip_forward("", 0))
     h.conn.serviceStopped()
     assert all(p.lost for p in Recorder.instances) and len(Recorder.instances) == 2
     with pytest.raises(ConnectionLostError):
@@ -484,7 +483,7 @@ def test_protocol_exception_closes_only_its_channel() -> None:
     h = Harness()
     h.forward(factory=Factory.forProtocol(Bad))
     h.open(sender=1)
-    h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + _wire.encode_string(b"x"))
+    h.feed(c.MSG_CHANNEL_DATA, U32.pack(0) + wire.encode_string(b"x"))
     assert h.ssh.of(c.MSG_CHANNEL_CLOSE) == [U32.pack(1)] and h.ssh.disconnects == []
 
 
@@ -607,13 +606,13 @@ def _open_direct(h: Harness) -> tuple[Deferred[Any], Recorder, int]:
     protocol = Recorder()
     d = h.conn.open_direct_tcpip("target.example", 2222, protocol)
     (packet,) = h.ssh.of(c.MSG_CHANNEL_OPEN)
-    kind, offset = _wire.decode_string(packet)
+    kind, offset = wire.decode_string(packet)
     assert kind == b"direct-tcpip"
     local_id, window, max_packet = struct.unpack_from(">3L", packet, offset)
     assert (window, max_packet) == (h.conn.window_size, h.conn.max_packet)
-    host, offset = _wire.decode_string(packet, offset + 12)
+    host, offset = wire.decode_string(packet, offset + 12)
     (port,) = U32.unpack_from(packet, offset)
-    origin, offset = _wire.decode_string(packet, offset + 4)
+    origin, offset = wire.decode_string(packet, offset + 4)
     (origin_port,) = U32.unpack_from(packet, offset)
     assert (host, port, origin, origin_port) == (b"target.example", 2222, b"127.0.0.1", 65535)
     return d, protocol, local_id
@@ -632,7 +631,7 @@ def test_a_direct_tcpip_open_is_completed_by_the_confirmation() -> None:
     channel.write(b"x" * 120)
     sent = h.ssh.of(c.MSG_CHANNEL_DATA)
     assert [struct.unpack_from(">2L", p) for p in sent] == [(33, 50), (33, 50)]
-    h.feed(c.MSG_CHANNEL_DATA, U32.pack(local_id) + _wire.encode_string(b"hello"))
+    h.feed(c.MSG_CHANNEL_DATA, U32.pack(local_id) + wire.encode_string(b"hello"))
     assert protocol.data == [b"hello"]
     h.feed(c.MSG_CHANNEL_CLOSE, U32.pack(local_id))
     assert h.ssh.of(c.MSG_CHANNEL_CLOSE) == [U32.pack(33)]
@@ -647,8 +646,8 @@ def test_a_direct_tcpip_open_fails_with_the_servers_reason() -> None:
     h.feed(
         c.MSG_CHANNEL_OPEN_FAILURE,
         struct.pack(">2L", local_id, c.OPEN_ADMINISTRATIVELY_PROHIBITED)
-        + _wire.encode_string(b"open failed")
-        + _wire.encode_string(b""),
+        + wire.encode_string(b"open failed")
+        + wire.encode_string(b""),
     )
     with pytest.raises(c.ChannelRefused) as refused:
         _result(d)
@@ -666,7 +665,7 @@ def test_an_answer_to_an_open_we_did_not_send_is_a_protocol_violation(message: i
     if message == c.MSG_CHANNEL_OPEN_CONFIRMATION:
         payload = struct.pack(">4L", local_id + 1, 1, 100, 50)
     else:
-        payload = struct.pack(">2L", local_id + 1, 2) + _wire.encode_string(b"no") + U32.pack(0)
+        payload = struct.pack(">2L", local_id + 1, 2) + wire.encode_string(b"no") + U32.pack(0)
     h.feed(message, payload)
     assert [d[0] for d in h.ssh.disconnects] == [c.DISCONNECT_PROTOCOL_ERROR]
     assert "unsolicited" in str(h.conn.protocol_error)

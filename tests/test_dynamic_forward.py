@@ -21,12 +21,11 @@ from e2e_support import Server, first_lines_side_by_side
 from twisted.internet.threads import deferToThread
 
 from rtunnel import SpecError
+from rtunnel._core.syntax import parse_permit_remote_open, remote_open_permitted
 from rtunnel.client._socksserver import (
     SocksFailure,
     SocksRequest,
     SocksServerHandshake,
-    parse_permit_remote_open,
-    remote_open_permitted,
     socks_reply,
 )
 

@@ -39,7 +39,7 @@ from rtunnel import (
     ReverseTunnel,
     TimedOutError,
 )
-from rtunnel._policy import ReconnectPolicy
+from rtunnel._core.policy import ReconnectPolicy
 from rtunnel.testing import FaultProxy
 from rtunnel.testing._openssh import OpenSSHServer
 

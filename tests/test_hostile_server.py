@@ -30,8 +30,8 @@ from twisted.protocols.wire import Echo
 from twisted.python.failure import Failure
 
 from rtunnel import ChannelInfo, TunnelObserver
-from rtunnel._ratelimit import RepeatLimiter
-from rtunnel._text import printable, printable_lines
+from rtunnel._core.ratelimit import RepeatLimiter
+from rtunnel._core.text import printable, printable_lines
 from rtunnel.errors import AuthenticationError
 from rtunnel.testing import SSHTestServer
 

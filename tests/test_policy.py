@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtunnel._policy import ReconnectPolicy, TokenBucket, keepalive_decision
+from rtunnel._core.policy import ReconnectPolicy, TokenBucket, keepalive_decision
 
 
 def test_exponential_backoff_is_capped() -> None:

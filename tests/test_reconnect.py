@@ -37,7 +37,7 @@ from rtunnel import (
     ReverseTunnel,
     TunnelObserver,
 )
-from rtunnel._policy import ReconnectPolicy
+from rtunnel._core.policy import ReconnectPolicy
 from rtunnel.client.keepalive import Keepalive
 
 FAST = ReconnectPolicy(initial_delay=0.2, max_delay=1.0, jitter=0.0)

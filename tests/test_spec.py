@@ -11,16 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rtunnel._core.syntax import Destination, parse_destination
 from rtunnel._spec import (
     LOG_LEVELS,
     SUPPORTED_OPTIONS,
     ClientOptions,
-    Destination,
     RemoteForwardSpec,
     format_allocated,
     format_forward_failure,
     format_permission_denied,
-    parse_destination,
     parse_option,
     parse_port,
     parse_remote_forward,

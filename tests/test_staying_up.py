@@ -36,7 +36,7 @@ from rtunnel import (
     TimedOutError,
     TunnelObserver,
 )
-from rtunnel._policy import channel_idle_deadline
+from rtunnel._core.policy import channel_idle_deadline
 from rtunnel.client._sockopts import TCPOptions, apply_tcp_options
 from rtunnel.client.idle import IdleChannelReaper
 from rtunnel.errors import SpecError

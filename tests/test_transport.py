@@ -42,7 +42,7 @@ from rtunnel import (
     TunnelObserver,
     VersionError,
 )
-from rtunnel._text import printable
+from rtunnel._core.text import printable
 from rtunnel.client import _algorithms, _groups, _kex
 from rtunnel.client._packet import make_sealer
 from rtunnel.client.transport import ClientTransport

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from typing_extensions import override
 from zope.interface import implementer
 
-from rtunnel._text import printable
+from rtunnel._core.text import printable
 from rtunnel.client import _groups, _legacy
 from rtunnel.client._algorithms import (
     DEFAULT_REKEY_BYTES,

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Sequence
 from typing import Final, Literal, NamedTuple
 
-from rtunnel._text import printable
+from rtunnel._core.text import printable
 
 __all__ = [
     "HTTP_HEAD_LIMIT",

@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
-
-from rtunnel.errors import SpecError
 
 __all__ = [
     "SocksFailure",
     "SocksRequest",
     "SocksServerHandshake",
-    "parse_permit_remote_open",
-    "remote_open_permitted",
     "socks_reply",
 ]
 
@@ -209,44 +204,3 @@ class SocksServerHandshake:
         if not host:
             return SocksFailure(socks_reply(5, "address"), "an empty SOCKS5 host name")
         return SocksRequest(5, host, port, buf[end + 2 :])
-
-
-def parse_permit_remote_open(
-    spec: str | Sequence[str] | None,
-) -> tuple[tuple[str, str], ...] | None:
-    """
-    OpenSSH's ``PermitRemoteOpen`` (ssh_config(5)): ``host:port`` entries (``[v6]:port``),
-    ``*`` for any host or any port, ``any`` (no restriction: None) or ``none`` (nothing:
-    an empty tuple). Names are not resolved or pattern-matched, as in OpenSSH.
-
-    :raises SpecError: for an entry that is not ``host:port``.
-    """
-    if spec is None:
-        return None
-    entries = spec.split() if isinstance(spec, str) else [e for e in spec if e.strip()]
-    if [e.lower() for e in entries] == ["any"]:
-        return None
-    if [e.lower() for e in entries] == ["none"]:
-        return ()
-    rules: list[tuple[str, str]] = []
-    for entry in entries:
-        if entry.startswith("["):
-            host, bracket, rest = entry[1:].partition("]")
-            port = rest[1:] if bracket and rest.startswith(":") else ""
-        else:
-            host, _, port = entry.rpartition(":")
-        if not host or not port or (port != "*" and not (port.isdigit() and 0 < int(port) < 65536)):
-            raise SpecError(
-                f"Bad PermitRemoteOpen entry '{entry}': give host:port (* for any host or "
-                "port), any or none."
-            )
-        rules.append((host.lower(), port))
-    return tuple(rules)
-
-
-def remote_open_permitted(rules: tuple[tuple[str, str], ...] | None, host: str, port: int) -> bool:
-    """Whether a SOCKS request for ``host:port`` may be connected (None: no rules)."""
-    if rules is None:
-        return True
-    name = host.lower()
-    return any(h in ("*", name) and p in ("*", str(port)) for h, p in rules)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from rtunnel._text import printable, printable_lines
+from rtunnel._core.text import printable, printable_lines
 from rtunnel.client.credentials import (
     AskPassword,
     KeyboardInteractive,

@@ -26,8 +26,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from typing_extensions import override
 
-from rtunnel._sshparam import decode_packet, read_ssh_params
-from rtunnel._text import printable, printable_lines
+from rtunnel._core.sshparam import decode_packet, read_ssh_params
+from rtunnel._core.text import printable, printable_lines
 from rtunnel.client import _gssapi, _keyformats
 from rtunnel.client._pubkey import CERT_SUFFIX, choose_signature_algorithm, request_algorithm
 from rtunnel.client.certificates import CertificateError, parse_certificate

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from twisted.conch.ssh import keys
 from twisted.conch.ssh.common import NS, getNS
 
-from rtunnel._text import printable
+from rtunnel._core.text import printable
 from rtunnel.client.hostkeys import fingerprint_sha256
 
 __all__ = [

@@ -43,11 +43,11 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from rtunnel import _wire
+from rtunnel._core import wire
+from rtunnel._core.policy import TokenBucket
+from rtunnel._core.ratelimit import RepeatLimiter
+from rtunnel._core.text import printable
 from rtunnel._model import ChannelInfo, ChannelOpenRequest, Forward
-from rtunnel._policy import TokenBucket
-from rtunnel._ratelimit import RepeatLimiter
-from rtunnel._text import printable
 from rtunnel.client.channel import ForwardedChannel
 from rtunnel.errors import ConnectionLostError, ForwardingError, ProtocolError
 
@@ -300,7 +300,7 @@ class ForwardingConnection(SSHService):
             return
         try:
             handler(packet)
-        except (_wire.WireError, struct.error, IndexError, ValueError) as e:
+        except (wire.WireError, struct.error, IndexError, ValueError) as e:
             self.protocol_violation(f"malformed message {messageNum}: {e}")
 
     # -- liveness (keepalives), counted by the transport for every packet it reads
@@ -393,7 +393,7 @@ class ForwardingConnection(SSHService):
             d.errback(Failure(ConnectionLostError("The SSH connection is closed.")))
             return d
         self._global_replies.append(d)
-        self._send(MSG_GLOBAL_REQUEST, _wire.encode_string(name) + b"\x01" + data)
+        self._send(MSG_GLOBAL_REQUEST, wire.encode_string(name) + b"\x01" + data)
         return d
 
     def open_direct_tcpip(
@@ -430,11 +430,11 @@ class ForwardingConnection(SSHService):
         self._opening[local_id] = opening
         self._send(
             MSG_CHANNEL_OPEN,
-            _wire.encode_string(b"direct-tcpip")
+            wire.encode_string(b"direct-tcpip")
             + _U32X3.pack(local_id, self.window_size, self.max_packet)
-            + _wire.encode_string(host.encode("utf-8"))
+            + wire.encode_string(host.encode("utf-8"))
             + _U32.pack(port)
-            + _wire.encode_string(origin[0].encode("utf-8"))
+            + wire.encode_string(origin[0].encode("utf-8"))
             + _U32.pack(origin[1]),
         )
         return opening.deferred
@@ -525,9 +525,9 @@ class ForwardingConnection(SSHService):
         return handler
 
     def _global_request(self, packet: bytes) -> None:
-        name, offset = _wire.decode_string(packet)
+        name, offset = wire.decode_string(packet)
         if offset >= len(packet):
-            raise _wire.WireError("GLOBAL_REQUEST without want-reply flag")
+            raise wire.WireError("GLOBAL_REQUEST without want-reply flag")
         want_reply = packet[offset] != 0
         # We serve no global requests: keepalive@openssh.com is answered with failure, as
         # OpenSSH's client does (any reply proves liveness); hostkeys-00@openssh.com
@@ -549,9 +549,9 @@ class ForwardingConnection(SSHService):
         self._global_replies.popleft().errback(Failure(ForwardingError("request refused")))
 
     def _channel_open(self, packet: bytes) -> None:
-        channel_type, offset = _wire.decode_string(packet)
+        channel_type, offset = wire.decode_string(packet)
         if offset + 12 > len(packet):
-            raise _wire.WireError("truncated CHANNEL_OPEN")
+            raise wire.WireError("truncated CHANNEL_OPEN")
         sender, window, max_packet = _U32X3.unpack_from(packet, offset)
         if channel_type != b"forwarded-tcpip" and channel_type != _FORWARDED_STREAMLOCAL:
             if channel_type in _KNOWN_REFUSED_TYPES:
@@ -567,11 +567,11 @@ class ForwardingConnection(SSHService):
             if channel_type == _FORWARDED_STREAMLOCAL:
                 # OpenSSH's PROTOCOL §2.4: the socket path the server listens on; no
                 # originator is given.
-                path = _wire.decode_forwarded_streamlocal(packet[offset + 12 :])
-                fields = _wire.ForwardedTcpip(path, 0, "", 0)
+                path = wire.decode_forwarded_streamlocal(packet[offset + 12 :])
+                fields = wire.ForwardedTcpip(path, 0, "", 0)
             else:
-                fields = _wire.decode_forwarded_tcpip(packet[offset + 12 :])
-        except _wire.WireError as e:
+                fields = wire.decode_forwarded_tcpip(packet[offset + 12 :])
+        except wire.WireError as e:
             self._refuse(sender, OPEN_ADMINISTRATIVELY_PROHIBITED, f"malformed open: {e}")
             return
         if channel_type == _FORWARDED_STREAMLOCAL:
@@ -618,7 +618,7 @@ class ForwardingConnection(SSHService):
             lambda failure: self._open_failed(channel, failure),
         )
 
-    def _warn_refused(self, channel_type: bytes, fields: _wire.ForwardedTcpip) -> None:
+    def _warn_refused(self, channel_type: bytes, fields: wire.ForwardedTcpip) -> None:
         if channel_type == _FORWARDED_STREAMLOCAL:
             where = printable(fields.connected_address, 80)
         else:
@@ -686,7 +686,7 @@ class ForwardingConnection(SSHService):
 
     def _open_failure(self, packet: bytes) -> None:
         local_id, code = _U32X2.unpack_from(packet)
-        description, _ = _wire.decode_string(packet, 8)
+        description, _ = wire.decode_string(packet, 8)
         opening = self._opening.pop(local_id, None)
         if opening is None:
             self.protocol_violation(f"unsolicited CHANNEL_OPEN_FAILURE for {local_id}")
@@ -726,13 +726,13 @@ class ForwardingConnection(SSHService):
         self._send(
             MSG_CHANNEL_OPEN_FAILURE,
             _U32X2.pack(sender, code)
-            + _wire.encode_string(description.encode("utf-8")[:256])
-            + _wire.encode_string(b""),
+            + wire.encode_string(description.encode("utf-8")[:256])
+            + wire.encode_string(b""),
         )
 
     def _live_channel(self, packet: bytes, what: str) -> ForwardedChannel | None:
         if len(packet) < 4:
-            raise _wire.WireError(f"truncated {what}")
+            raise wire.WireError(f"truncated {what}")
         (local_id,) = _U32.unpack_from(packet)
         channel = self.channels.get(local_id)
         if channel is None or not channel.confirmed or channel.close_received:
@@ -757,7 +757,7 @@ class ForwardingConnection(SSHService):
             return
         (length,) = _U32.unpack_from(packet, 4)
         if length != len(packet) - 8:
-            raise _wire.WireError("CHANNEL_DATA length does not match the packet")
+            raise wire.WireError("CHANNEL_DATA length does not match the packet")
         if channel.eof_received:
             self.protocol_violation(f"data after EOF on channel {channel.local_id}")
             return
@@ -773,7 +773,7 @@ class ForwardingConnection(SSHService):
         if channel is None:
             return
         if len(packet) < 12:
-            raise _wire.WireError("truncated CHANNEL_EXTENDED_DATA")
+            raise wire.WireError("truncated CHANNEL_EXTENDED_DATA")
         (length,) = _U32.unpack_from(packet, 8)
         if length > channel.local_window_left or length > self.max_packet:
             self.protocol_violation("extended data beyond the window")
@@ -794,7 +794,7 @@ class ForwardingConnection(SSHService):
 
     def _channel_close(self, packet: bytes) -> None:
         if len(packet) < 4:
-            raise _wire.WireError("truncated CHANNEL_CLOSE")
+            raise wire.WireError("truncated CHANNEL_CLOSE")
         (local_id,) = _U32.unpack_from(packet)
         channel = self.channels.get(local_id)
         if channel is None or channel.close_received:
@@ -824,8 +824,8 @@ class ForwardingConnection(SSHService):
         channel = self._live_channel(packet, "CHANNEL_REQUEST")
         if channel is None:
             return
-        _name, offset = _wire.decode_string(packet, 4)
+        _name, offset = wire.decode_string(packet, 4)
         if offset >= len(packet):
-            raise _wire.WireError("CHANNEL_REQUEST without want-reply flag")
+            raise wire.WireError("CHANNEL_REQUEST without want-reply flag")
         if packet[offset]:
             self._send(MSG_CHANNEL_FAILURE, _U32.pack(channel.remote_id))

@@ -16,13 +16,13 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from rtunnel._text import printable
+from rtunnel._core.syntax import remote_open_permitted
+from rtunnel._core.text import printable
 from rtunnel.client._socksserver import (
     FailureKind,
     SocksFailure,
     SocksRequest,
     SocksServerHandshake,
-    remote_open_permitted,
     socks_reply,
 )
 from rtunnel.client.channel import ForwardedChannel

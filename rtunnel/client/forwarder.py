@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from rtunnel._text import printable
+from rtunnel._core.text import printable
 from rtunnel.client._writes import write_now
 from rtunnel.client.channel import ForwardedChannel
 

@@ -2,7 +2,7 @@
 The per-channel idle timeout (the reference's DefaultChannelIdleTimeout, with its
 AbsoluteTimeout rule): one timer per connection samples every channel's byte counters, so
 the data path pays nothing for it. The deadline arithmetic is
-:func:`rtunnel._policy.channel_idle_deadline`.
+:func:`rtunnel._core.policy.channel_idle_deadline`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from rtunnel._policy import channel_idle_deadline
+from rtunnel._core.policy import channel_idle_deadline
 from rtunnel.client.channel import ForwardedChannel
 from rtunnel.client.connection import ForwardingConnection
 

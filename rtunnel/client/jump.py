@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rtunnel._spec import parse_proxy_jump
+from rtunnel._core.syntax import parse_proxy_jump
 from rtunnel.client.connection import ChannelRefused
 from rtunnel.client.credentials import Credential
 from rtunnel.client.verify import HostKeyPolicy

@@ -1,6 +1,6 @@
 """
 SSH keepalives (``keepalive@openssh.com``), OpenSSH's ServerAliveInterval and
-ServerAliveCountMax: the decisions are :func:`rtunnel._policy.keepalive_decision`; this
+ServerAliveCountMax: the decisions are :func:`rtunnel._core.policy.keepalive_decision`; this
 module only runs them on a clock.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from rtunnel._policy import keepalive_decision
+from rtunnel._core.policy import keepalive_decision
 from rtunnel.client.connection import ForwardingConnection
 
 __all__ = ["Keepalive"]

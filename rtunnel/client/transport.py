@@ -21,7 +21,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from rtunnel._text import printable
+from rtunnel._core.text import printable
+from rtunnel._core.version import __version__
 from rtunnel.client import _algorithms
 from rtunnel.client._hostcert import HostCertificateMixin, verify_exchange_signature
 from rtunnel.client._kex import DEFAULT_REKEY_BYTES, SecureTransportMixin, cipher_spec
@@ -53,8 +54,6 @@ _MSG_KEX_HYBRID_INIT = 30
 
 def default_client_version() -> str:
     """``SSH-2.0-rtunnel_<version>``: our identification line unless told otherwise."""
-    from rtunnel import __version__
-
     return f"SSH-2.0-rtunnel_{__version__}"
 
 

@@ -49,7 +49,7 @@ from twisted.conch.ssh import keys
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from rtunnel._text import printable
+from rtunnel._core.text import printable
 from rtunnel.client.certificates import (
     CertificateError,
     SSHCertificate,
