@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from typing_extensions import override
 
 from rtunnel._core.syntax import parse_proxy_jump, to_port
-from rtunnel.client._algorithms import resolve
+from rtunnel.client.transport._algorithms import resolve
 from rtunnel.errors import SpecError
 
 if TYPE_CHECKING:
@@ -663,7 +663,7 @@ def parse_option(text: str) -> tuple[str, OptionValue] | None:
     return canonical, _parse_value(canonical, keyword, args)
 
 
-#: Algorithm list options: (kind for :func:`rtunnel.client._algorithms.resolve`, OpenSSH's
+#: Algorithm list options: (kind for :func:`rtunnel.client.transport._algorithms.resolve`, OpenSSH's
 #: complaint about a bad list, readconf.c).
 _ALGORITHM_OPTIONS: Final = {
     "Ciphers": ("cipher", "Bad SSH2 cipher spec"),

@@ -44,7 +44,7 @@ from rtunnel._spec import (
     parse_port,
     parse_remote_forward,
 )
-from rtunnel.client._algorithms import resolve
+from rtunnel.client.transport._algorithms import resolve
 from rtunnel.errors import RTunnelError, SpecError
 from rtunnel.service import (
     ReconnectReporter,

@@ -44,8 +44,8 @@ from rtunnel._spec import (
     parse_port,
     parse_remote_forward,
 )
-from rtunnel.client._sockopts import TCPOptions
 from rtunnel.client.credentials import SUPPORTED_METHODS
+from rtunnel.client.transport._sockopts import TCPOptions
 from rtunnel.errors import (
     AuthenticationError,
     ConnectError,

@@ -48,11 +48,7 @@ from rtunnel._model import (
     TunnelObserver,
     TunnelStatistics,
 )
-from rtunnel.client import _algorithms
-from rtunnel.client._kex import shown_mac
-from rtunnel.client._packet import MAX_PACKET_LENGTH
 from rtunnel.client._proxycommand import ProxyCommandEndpoint, expand_proxy_command
-from rtunnel.client._sockopts import TCPOptions, apply_tcp_options
 from rtunnel.client.channel import ForwardedChannel
 from rtunnel.client.connection import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -78,6 +74,10 @@ from rtunnel.client.forwarder import (
 from rtunnel.client.idle import IdleChannelReaper
 from rtunnel.client.jump import JumpHosts, jump_endpoint, jump_hosts
 from rtunnel.client.keepalive import Keepalive
+from rtunnel.client.transport import _algorithms
+from rtunnel.client.transport._kex import shown_mac
+from rtunnel.client.transport._packet import MAX_PACKET_LENGTH
+from rtunnel.client.transport._sockopts import TCPOptions, apply_tcp_options
 from rtunnel.client.verify import HostKeyCallback, HostKeyPolicy, HostKeyVerifier
 from rtunnel.errors import (
     AlreadyConnectedError,
@@ -102,7 +102,7 @@ if TYPE_CHECKING:
     from twisted.conch.ssh.keys import Key
 
     from rtunnel.client.proxy import Proxy
-    from rtunnel.client.transport import ClientTransport
+    from rtunnel.client.transport.client_transport import ClientTransport
 
 __all__ = ["HostKeyPolicy", "ReverseTunnel"]
 
@@ -182,7 +182,7 @@ class ReverseTunnel:
         sshd's own ``LoginGraceTime``; None: no limit); past it the logon fails with
         :class:`~rtunnel.errors.TimedOutError`.
     :param tcp_options: socket options for the SSH connection
-        (:class:`~rtunnel.client._sockopts.TCPOptions`: TCP_NODELAY and TCP keep-alive,
+        (:class:`~rtunnel.client.transport._sockopts.TCPOptions`: TCP_NODELAY and TCP keep-alive,
         both on by default; the reference's TcpNoDelay, TCPKeepAlive, KeepAliveTime and
         KeepAliveInterval).
     :param channel_idle_timeout: close a channel (and its local connection) that carried
@@ -591,7 +591,7 @@ class ReverseTunnel:
         # rtunnel must not install one (the pytest plugin is loaded before the reactor
         # the user asked for is installed).
         from rtunnel.client.auth import load_credentials
-        from rtunnel.client.transport import ClientTransport
+        from rtunnel.client.transport.client_transport import ClientTransport
 
         loaded_keys, passwords = load_credentials(self._auth)
         ready: Deferred[ForwardingConnection] = Deferred()

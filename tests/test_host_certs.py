@@ -27,7 +27,6 @@ from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
 from rtunnel import HostKeyError, HostKeyInfo, ReverseTunnel
-from rtunnel.client._algorithms import DEFAULT_HOST_KEY_ALGORITHMS
 from rtunnel.client._hostcert import verify_exchange_signature
 from rtunnel.client.certificates import (
     CertificateError,
@@ -39,6 +38,7 @@ from rtunnel.client.certificates import (
     signature_algorithm_of,
 )
 from rtunnel.client.hostkeys import HostKeyCheck, fingerprint
+from rtunnel.client.transport._algorithms import DEFAULT_HOST_KEY_ALGORITHMS
 from rtunnel.client.verify import HostKeyVerifier
 from rtunnel.testing import KeyKind, client_key, host_key
 from rtunnel.testing._certs import certificate_line, make_certificate

@@ -1,5 +1,5 @@
 """
-The pure packet codec (rtunnel.client._packet): round trips for every cipher and MAC, tag
+The pure packet codec (rtunnel.client.transport._packet): round trips for every cipher and MAC, tag
 failures, sequence-number wrap, length and padding checks, the constructions checked
 against the primitives directly, and linear-time buffering.
 """
@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from rtunnel.client._packet import (
+from rtunnel.client.transport._packet import (
     CIPHERS,
     MACS,
     MAX_PACKET_LENGTH,

@@ -37,8 +37,8 @@ from rtunnel import (
     TunnelObserver,
 )
 from rtunnel._core.policy import channel_idle_deadline
-from rtunnel.client._sockopts import TCPOptions, apply_tcp_options
 from rtunnel.client.idle import IdleChannelReaper
+from rtunnel.client.transport._sockopts import TCPOptions, apply_tcp_options
 from rtunnel.errors import SpecError
 from rtunnel.testing._openssh import OpenSSHServer
 
@@ -326,7 +326,12 @@ def test_the_largest_max_packet_fits_the_packet_layer() -> None:
     # bytes, with the most padding RFC 4253 6 allows, must pass the reader's length check.
     import struct
 
-    from rtunnel.client._packet import MAX_PACKET_LENGTH, PacketReader, make_opener, make_sealer
+    from rtunnel.client.transport._packet import (
+        MAX_PACKET_LENGTH,
+        PacketReader,
+        make_opener,
+        make_sealer,
+    )
     from rtunnel.tunnel import MAX_MAX_PACKET
 
     assert 1 + 9 + MAX_MAX_PACKET + 255 <= MAX_PACKET_LENGTH

@@ -43,9 +43,9 @@ from rtunnel import (
     VersionError,
 )
 from rtunnel._core.text import printable
-from rtunnel.client import _algorithms, _groups, _kex
-from rtunnel.client._packet import make_sealer
-from rtunnel.client.transport import ClientTransport
+from rtunnel.client.transport import _algorithms, _groups, _kex
+from rtunnel.client.transport._packet import make_sealer
+from rtunnel.client.transport.client_transport import ClientTransport
 from rtunnel.testing._server import _ServerTransport
 
 

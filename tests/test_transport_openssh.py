@@ -25,7 +25,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 import rtunnel
 from rtunnel import NegotiationError, PrivateKeyFile, ReverseTunnel
-from rtunnel.client._cpu import HAS_AES_INSTRUCTIONS
+from rtunnel.client.transport._cpu import HAS_AES_INSTRUCTIONS
 from rtunnel.testing._openssh import OpenSSHServer
 
 MiB = 1024 * 1024

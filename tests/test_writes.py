@@ -1,5 +1,5 @@
 """
-``rtunnel.client._writes.write_now`` on real TCP connections (the reactor, 127.0.0.1): a
+``rtunnel.client.transport._writes.write_now`` on real TCP connections (the reactor, 127.0.0.1): a
 write to an idle connection leaves at once, small or large, what the socket does not take
 is queued, and order is kept when something is already queued.
 """
@@ -13,7 +13,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
-from rtunnel.client._writes import write_now
+from rtunnel.client.transport._writes import write_now
 
 
 class Collect(Protocol):

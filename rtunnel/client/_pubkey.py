@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rtunnel.client._algorithms import apply_modifiers
+from rtunnel.client.transport._algorithms import apply_modifiers
 from rtunnel.errors import SpecError
 
 __all__ = [

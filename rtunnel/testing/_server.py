@@ -57,8 +57,6 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from rtunnel.client import _algorithms
-from rtunnel.client._kex import SecureTransportMixin
 from rtunnel.client.certificates import (
     CERT_SUFFIX,
     CertificateError,
@@ -68,6 +66,8 @@ from rtunnel.client.certificates import (
     parse_certificate,
     signature_algorithm_of,
 )
+from rtunnel.client.transport import _algorithms
+from rtunnel.client.transport._kex import SecureTransportMixin
 from rtunnel.testing._certs import read_ca_keys, user_certificate_refusal
 from rtunnel.testing._keys import KeyKind, host_key
 from rtunnel.testing._keys import _generate as _generate_key

@@ -1,6 +1,6 @@
 """
 The SSH client transport: Conch's key exchange with rtunnel's packet layer, algorithm lists,
-strict key exchange and rekeying (:mod:`rtunnel.client._kex`), rtunnel's host-key policy,
+strict key exchange and rekeying (:mod:`rtunnel.client.transport._kex`), rtunnel's host-key policy,
 a service requested once per connection, and the reason a connection ended kept for the
 caller.
 """
@@ -23,12 +23,12 @@ from typing_extensions import override
 
 from rtunnel._core.text import printable
 from rtunnel._core.version import __version__
-from rtunnel.client import _algorithms
 from rtunnel.client._hostcert import HostCertificateMixin, verify_exchange_signature
-from rtunnel.client._kex import DEFAULT_REKEY_BYTES, SecureTransportMixin, cipher_spec
-from rtunnel.client._packet import MACS
 from rtunnel.client.auth import AuthOptions, LoadedKey, UserAuthClient
 from rtunnel.client.connection import ForwardingConnection
+from rtunnel.client.transport import _algorithms
+from rtunnel.client.transport._kex import DEFAULT_REKEY_BYTES, SecureTransportMixin, cipher_spec
+from rtunnel.client.transport._packet import MACS
 from rtunnel.errors import (
     ConnectionLostError,
     ECDHKeyExchangeError,
@@ -60,9 +60,9 @@ def default_client_version() -> str:
 class ClientTransport(HostCertificateMixin, SecureTransportMixin, transport.SSHClientTransport):
     """
     :param ciphers: cipher names to offer, in order (default
-        :data:`~rtunnel.client._algorithms.DEFAULT_CIPHERS`); likewise ``macs``,
+        :data:`~rtunnel.client.transport._algorithms.DEFAULT_CIPHERS`); likewise ``macs``,
         ``kex_algorithms`` and ``host_key_algorithms``. Checked by the caller
-        (:func:`rtunnel.client._algorithms.resolve`).
+        (:func:`rtunnel.client.transport._algorithms.resolve`).
     :param require_strict_kex: disconnect unless the server offers strict key exchange.
     :param rekey_bytes: rekey once this many bytes have gone one way, each direction
         counted on its own (0: only the cipher's limit).

@@ -1,9 +1,9 @@
 """
 What rtunnel adds to Conch's SSH transport (``twisted.conch.ssh.transport``), as a mixin for
-both the client (:class:`rtunnel.client.transport.ClientTransport`) and the bundled test
-server:
+both the client (:class:`rtunnel.client.transport.client_transport.ClientTransport`) and
+the bundled test server:
 
-- the packet layer of :mod:`rtunnel.client._packet` (chacha20-poly1305, AES-GCM, EtM MACs;
+- the packet layer of :mod:`rtunnel.client.transport._packet` (chacha20-poly1305, AES-GCM, EtM MACs;
   linear-time buffering; sequence numbers that wrap at 2^32 instead of raising);
 - new keys taken into use per direction, as RFC 4253 §7.3 says (Conch switches both
   directions when the peer's NEWKEYS arrives);
@@ -37,8 +37,8 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from rtunnel._core.text import printable
-from rtunnel.client import _groups, _legacy
-from rtunnel.client._algorithms import (
+from rtunnel.client.transport import _groups, _legacy
+from rtunnel.client.transport._algorithms import (
     DEFAULT_REKEY_BYTES,
     DEFAULT_VERSION_PATTERN,
     REKEY_MAX_PACKETS,
@@ -48,7 +48,7 @@ from rtunnel.client._algorithms import (
     rekey_limit,
     version_accepted,
 )
-from rtunnel.client._packet import (
+from rtunnel.client.transport._packet import (
     CIPHERS,
     MACS,
     SEQ_MASK,
@@ -60,7 +60,7 @@ from rtunnel.client._packet import (
     make_opener,
     make_sealer,
 )
-from rtunnel.client._writes import write_now
+from rtunnel.client.transport._writes import write_now
 from rtunnel.errors import (
     ConnectionLostError,
     DecompressError,

@@ -216,7 +216,7 @@ class _PlainSealer:
     No cipher or a block/stream cipher, with an optional HMAC.
 
     :param encryptor: a ``cryptography`` cipher context, None for no encryption (also
-        the legacy ciphers of :mod:`rtunnel.client._legacy` come this way).
+        the legacy ciphers of :mod:`rtunnel.client.transport._legacy` come this way).
     """
 
     def __init__(

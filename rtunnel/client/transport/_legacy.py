@@ -1,9 +1,10 @@
 """
 Legacy ciphers, for old servers only and only when asked for by name (with a warning, see
-:data:`rtunnel.client._algorithms.LEGACY`): ``3des-cbc``, ``blowfish-cbc``, ``cast128-cbc``
-(RFC 4253 §6.3) and ``arcfour``, ``arcfour128``, ``arcfour256`` (RFC 4253, RFC 4345), from
+:data:`rtunnel.client.transport._algorithms.LEGACY`): ``3des-cbc``, ``blowfish-cbc``,
+``cast128-cbc`` (RFC 4253 §6.3) and ``arcfour``, ``arcfour128``, ``arcfour256`` (RFC 4253,
+RFC 4345), from
 ``cryptography.hazmat.decrepit``. The packet format is the same as for AES-CBC/CTR in
-:mod:`rtunnel.client._packet` (MAC-then-encrypt, or encrypt-then-MAC with
+:mod:`rtunnel.client.transport._packet` (MAC-then-encrypt, or encrypt-then-MAC with
 ``*-etm@openssh.com``). Pure: no I/O.
 """
 
@@ -13,7 +14,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-from rtunnel.client._packet import MACS, CipherSpec, Opener, Sealer, _PlainOpener, _PlainSealer
+from rtunnel.client.transport._packet import (
+    MACS,
+    CipherSpec,
+    Opener,
+    Sealer,
+    _PlainOpener,
+    _PlainSealer,
+)
 
 __all__ = ["CIPHERS", "make_legacy_opener", "make_legacy_sealer"]
 

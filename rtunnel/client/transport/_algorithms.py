@@ -5,7 +5,7 @@ replaces the default, ``+list`` appends to it, ``-list`` removes from it, ``^lis
 in front of it; ``*`` and ``?`` wildcards match supported names. Also the legacy names
 that earn a warning, OpenSSH's group-exchange sizes, the RFC 4344 rekey limits and the
 version-line rules (RFC 4253 §4.2). Pure: no I/O (the processor's AES instructions come
-from :mod:`rtunnel.client._cpu`).
+from :mod:`rtunnel.client.transport._cpu`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 
-from rtunnel.client._cpu import HAS_AES_INSTRUCTIONS
+from rtunnel.client.transport._cpu import HAS_AES_INSTRUCTIONS
 from rtunnel.errors import SpecError
 
 __all__ = [
@@ -80,7 +80,7 @@ def default_ciphers(aes_instructions: bool) -> tuple[str, ...]:
     Security first, then speed: the AEAD ciphers, then CTR (which the MAC list pairs with
     encrypt-then-MAC first); CBC only when asked for. Of the AEAD ciphers AES-GCM leads
     where the processor has AES instructions (it costs a third of ChaCha20-Poly1305 there),
-    ChaCha20-Poly1305 elsewhere, as in OpenSSH (see :mod:`rtunnel.client._cpu`).
+    ChaCha20-Poly1305 elsewhere, as in OpenSSH (see :mod:`rtunnel.client.transport._cpu`).
     """
     chacha = ("chacha20-poly1305@openssh.com",)
     gcm = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
