@@ -23,8 +23,7 @@ from rtunnel._model import (
     TunnelObserver,
     TunnelStatistics,
 )
-from rtunnel.client.certificates import SSHCertificate
-from rtunnel.client.credentials import (
+from rtunnel.client.auth.credentials import (
     GSSAPI,
     AskPassword,
     CertificateFile,
@@ -38,6 +37,7 @@ from rtunnel.client.credentials import (
     PrivateKeyFile,
     SSHAgent,
 )
+from rtunnel.client.certificates import SSHCertificate
 from rtunnel.client.jump import JumpHost
 from rtunnel.client.proxy import Proxy
 from rtunnel.client.verify import HostKeyInfo

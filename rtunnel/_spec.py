@@ -860,7 +860,7 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
             return ()
         return tuple(_expand_path(arg) for arg in args)
     if canonical == "PubkeyAcceptedAlgorithms":
-        from rtunnel.client._pubkey import resolve_pubkey_algorithms
+        from rtunnel.client.auth._pubkey import resolve_pubkey_algorithms
 
         value = _one(keyword, args)
         try:

@@ -44,7 +44,7 @@ from rtunnel._spec import (
     parse_port,
     parse_remote_forward,
 )
-from rtunnel.client.credentials import SUPPORTED_METHODS
+from rtunnel.client.auth.credentials import SUPPORTED_METHODS
 from rtunnel.client.transport._sockopts import TCPOptions
 from rtunnel.errors import (
     AuthenticationError,
@@ -106,7 +106,7 @@ def _identity_files(options: ClientOptions, report: Report) -> list[Path]:
     them, instead of failing the log-on; a file ssh would not load (readable by others,
     a directory, a FIFO) is skipped with ssh's lines at the default level.
     """
-    from rtunnel.client.credentials import key_file_problem
+    from rtunnel.client.auth.credentials import key_file_problem
 
     given = options.identity_files
     candidates = [Path(p).expanduser() for p in (given or DEFAULT_IDENTITY_FILES)]
@@ -200,7 +200,7 @@ def build_tunnel(
     :param report: where debug messages go.
     :raises SpecError: if the tunnel refuses the settings.
     """
-    from rtunnel.client.credentials import (
+    from rtunnel.client.auth.credentials import (
         GSSAPI,
         CertificateFile,
         Credential,
@@ -224,11 +224,7 @@ def build_tunnel(
     extra.update(_auth_settings(options))
     extra.update(_transport_settings(options))
     extra.update(_network_settings(options))
-    from rtunnel.client.askpass import (
-        keyboard_interactive_source,
-        never_ask,
-        password_source,
-    )
+    from rtunnel.client.auth.askpass import keyboard_interactive_source, never_ask, password_source
 
     asker = password_source(batch_mode=bool(options.batch_mode))
     auth: list[Credential] = []

@@ -49,18 +49,18 @@ from rtunnel._model import (
     TunnelStatistics,
 )
 from rtunnel.client._proxycommand import ProxyCommandEndpoint, expand_proxy_command
+from rtunnel.client.auth.credentials import (
+    SUPPORTED_METHODS,
+    AuthOptions,
+    Credential,
+    PasswordCallback,
+)
 from rtunnel.client.channel import ForwardedChannel
 from rtunnel.client.connection import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
     OPEN_CONNECT_FAILED,
     ChannelRefused,
     ForwardingConnection,
-)
-from rtunnel.client.credentials import (
-    SUPPORTED_METHODS,
-    AuthOptions,
-    Credential,
-    PasswordCallback,
 )
 from rtunnel.client.dynamic import SocksChannel
 from rtunnel.client.forwarder import (
@@ -128,7 +128,7 @@ class ReverseTunnel:
     :param user: the user name to log on as (default: the local user).
     :param auth: credentials to try, in order: key files, passwords, and callbacks
         (:class:`~rtunnel.AskPassword`, :class:`~rtunnel.KeyboardInteractive`), and
-        :class:`~rtunnel.client.credentials.SSHAgent` for an agent's keys.
+        :class:`~rtunnel.client.auth.credentials.SSHAgent` for an agent's keys.
     :param preferred_authentications: the methods to try, in order (OpenSSH
         ``PreferredAuthentications``; default gssapi-with-mic, publickey,
         keyboard-interactive, password, OpenSSH's order).
@@ -590,7 +590,7 @@ class ReverseTunnel:
         # Imported here: Conch's userauth imports the global reactor, and importing
         # rtunnel must not install one (the pytest plugin is loaded before the reactor
         # the user asked for is installed).
-        from rtunnel.client.auth import load_credentials
+        from rtunnel.client.auth.userauth import load_credentials
         from rtunnel.client.transport.client_transport import ClientTransport
 
         loaded_keys, passwords = load_credentials(self._auth)

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from rtunnel import AuthenticationError, Password, PrivateKeyFile, ReverseTunnel
-from rtunnel.client.credentials import (
+from rtunnel.client.auth.credentials import (
     AskPassword,
     KeyboardInteractive,
     KeyboardInteractiveChallenge,

@@ -16,7 +16,7 @@ from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
 from rtunnel import AuthenticationError, PrivateKeyFile, ReverseTunnel
-from rtunnel.client.credentials import AskPassword, CertificateFile, SSHAgent
+from rtunnel.client.auth.credentials import AskPassword, CertificateFile, SSHAgent
 from rtunnel.testing._openssh import OpenSSHServer
 
 

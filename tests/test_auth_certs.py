@@ -18,8 +18,8 @@ from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
 from rtunnel import AuthenticationError, CredentialError, PrivateKeyFile, ReverseTunnel
-from rtunnel.client.auth import certificate_public_blob, load_credentials
-from rtunnel.client.credentials import CertificateFile
+from rtunnel.client.auth.credentials import CertificateFile
+from rtunnel.client.auth.userauth import certificate_public_blob, load_credentials
 from rtunnel.testing._openssh import OpenSSHServer
 
 

@@ -33,7 +33,7 @@ from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
 from rtunnel import CredentialError, PrivateKey, PrivateKeyFile, ReverseTunnel
-from rtunnel.client.auth import load_credentials
+from rtunnel.client.auth.userauth import load_credentials
 from rtunnel.testing._openssh import OpenSSHServer
 from rtunnel.testing._server import SSHTestServer
 

@@ -17,8 +17,8 @@ from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
 from rtunnel import CredentialError, PrivateKeyFile, ReverseTunnel
-from rtunnel.client.auth import load_credentials
-from rtunnel.client.credentials import PrivateKey
+from rtunnel.client.auth.credentials import PrivateKey
+from rtunnel.client.auth.userauth import load_credentials
 from rtunnel.testing._server import SSHTestServer
 
 

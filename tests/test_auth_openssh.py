@@ -20,7 +20,7 @@ from e2e_support import LocalUser
 from twisted.internet import reactor
 
 from rtunnel import AuthenticationError, Password, PrivateKeyFile, ReverseTunnel
-from rtunnel.client.credentials import KeyboardInteractive, KeyboardInteractiveChallenge
+from rtunnel.client.auth.credentials import KeyboardInteractive, KeyboardInteractiveChallenge
 from rtunnel.testing._openssh import OpenSSHServer
 
 

@@ -18,7 +18,7 @@ from twisted.internet import reactor
 
 from rtunnel import AuthenticationError, PrivateKeyFile, ReverseTunnel, SpecError
 from rtunnel._spec import ClientOptions
-from rtunnel.client._pubkey import (
+from rtunnel.client.auth._pubkey import (
     DEFAULT_PUBKEY_ALGORITHMS,
     choose_signature_algorithm,
     request_algorithm,

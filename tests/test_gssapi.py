@@ -1,7 +1,7 @@
 """
 GSSAPI user authentication (``gssapi-with-mic``, RFC 4462 section 3) with Kerberos 5.
 
-Three layers: the wire pieces of :mod:`rtunnel.client._gssapi` as plain functions; the
+Three layers: the wire pieces of :mod:`rtunnel.client.auth._gssapi` as plain functions; the
 ``ssh-userauth`` client driven packet by packet against a real GSSAPI acceptor in this
 process (python-gssapi with the test KDC's keytab), for what a real sshd never sends (a
 wrong mechanism, floods, oversized tokens); and the real thing: an MIT KDC
@@ -55,7 +55,7 @@ from rtunnel import (
     ReverseTunnel,
     SpecError,
 )
-from rtunnel.client._gssapi import (
+from rtunnel.client.auth._gssapi import (
     KRB5_MECH,
     TargetName,
     der_oid,
@@ -65,7 +65,7 @@ from rtunnel.client._gssapi import (
     request_data,
     target_name,
 )
-from rtunnel.client.credentials import AuthOptions
+from rtunnel.client.auth.credentials import AuthOptions
 from rtunnel.testing._kdc import KerberosKDC, find_kdc
 from rtunnel.testing._openssh import OpenSSHServer
 
@@ -196,7 +196,7 @@ def test_gssapi_is_tried_first_by_default() -> None:
 
 
 def test_missing_python_gssapi(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rtunnel.client.auth import load_credentials
+    from rtunnel.client.auth.userauth import load_credentials
 
     monkeypatch.setitem(sys.modules, "gssapi", None)  # import gssapi raises ImportError
     with pytest.raises(CredentialError, match=r"pip install 'rtunnel\[gssapi\]'"):
@@ -206,7 +206,7 @@ def test_missing_python_gssapi(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_importing_rtunnel_does_not_import_gssapi() -> None:
-    code = "import sys, rtunnel, rtunnel.client.auth; sys.exit('gssapi' in sys.modules)"
+    code = "import sys, rtunnel, rtunnel.client.auth.userauth; sys.exit('gssapi' in sys.modules)"
     source = Path(rtunnel.__file__).parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=source, check=False).returncode == 0
 
@@ -674,7 +674,7 @@ async def _client(
     kerberos: Kerberos, *auth: Any, methods: bytes = b"gssapi-with-mic"
 ) -> tuple[Any, _Wire]:
     """A UserAuthClient that got the server's list of methods and sent its request."""
-    from rtunnel.client.auth import UserAuthClient, load_credentials
+    from rtunnel.client.auth.userauth import UserAuthClient, load_credentials
 
     credentials = auth or (GSSAPI(),)
     loaded, passwords = load_credentials(credentials)

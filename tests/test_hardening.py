@@ -591,7 +591,7 @@ def test_a_fifo_and_an_encrypted_key_without_a_prompt_are_said(
 
 def test_the_api_refuses_a_key_others_may_read_unless_told(tmp_path: Path) -> None:
     from rtunnel import PrivateKeyFile
-    from rtunnel.client.auth import load_credentials
+    from rtunnel.client.auth.userauth import load_credentials
     from rtunnel.errors import CredentialError
     from rtunnel.testing import generate_client_key
 

@@ -31,8 +31,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rtunnel._core.syntax import parse_proxy_jump
+from rtunnel.client.auth.credentials import Credential
 from rtunnel.client.connection import ChannelRefused
-from rtunnel.client.credentials import Credential
 from rtunnel.client.verify import HostKeyPolicy
 from rtunnel.errors import ConnectError, RTunnelError, SpecError
 

@@ -402,7 +402,7 @@ class GSSAPI:
     principal: str | None = None
 
     def __post_init__(self) -> None:
-        from rtunnel.client._gssapi import check_spn
+        from rtunnel.client.auth._gssapi import check_spn
 
         if self.spn is not None:
             check_spn(self.spn)
@@ -506,7 +506,7 @@ class AuthOptions:
     pubkey_accepted_algorithms: str | Sequence[str] | None = None
 
     def __post_init__(self) -> None:
-        from rtunnel.client._pubkey import resolve_pubkey_algorithms
+        from rtunnel.client.auth._pubkey import resolve_pubkey_algorithms
 
         object.__setattr__(
             self,

@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from rtunnel._core.text import printable, printable_lines
-from rtunnel.client.credentials import (
+from rtunnel.client.auth.credentials import (
     AskPassword,
     KeyboardInteractive,
     KeyboardInteractiveChallenge,

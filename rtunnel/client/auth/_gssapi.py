@@ -6,7 +6,7 @@ server's error message) are plain functions; :class:`GSSExchange` drives one GSS
 security context through python-gssapi (MIT krb5's ``libgssapi_krb5``), imported only when
 a :class:`~rtunnel.GSSAPI` credential is used: ``pip install 'rtunnel[gssapi]'``.
 
-The ``ssh-userauth`` client (:mod:`rtunnel.client.auth`) sends the request, feeds the
+The ``ssh-userauth`` client (:mod:`rtunnel.client.auth.userauth`) sends the request, feeds the
 server's messages 60-66 to the exchange while this method is in progress, and sends what
 comes out.
 """

@@ -28,10 +28,9 @@ from typing_extensions import override
 
 from rtunnel._core.sshparam import decode_packet, read_ssh_params
 from rtunnel._core.text import printable, printable_lines
-from rtunnel.client import _gssapi, _keyformats
-from rtunnel.client._pubkey import CERT_SUFFIX, choose_signature_algorithm, request_algorithm
-from rtunnel.client.certificates import CertificateError, parse_certificate
-from rtunnel.client.credentials import (
+from rtunnel.client.auth import _gssapi, _keyformats
+from rtunnel.client.auth._pubkey import CERT_SUFFIX, choose_signature_algorithm, request_algorithm
+from rtunnel.client.auth.credentials import (
     GSSAPI,
     SUPPORTED_METHODS,
     AskPassword,
@@ -50,6 +49,7 @@ from rtunnel.client.credentials import (
     key_file_problem,
     password_prompt_matches,
 )
+from rtunnel.client.certificates import CertificateError, parse_certificate
 from rtunnel.errors import AuthenticationError, CredentialError, RTunnelError, SpecError
 
 __all__ = [
@@ -100,7 +100,7 @@ class PendingKey:
         if self.asker is None:
             raise CredentialError(f"{self.what} is encrypted: give its passphrase.")
         prompt = f"Enter passphrase for key '{self.path}': "
-        from rtunnel.client.askpass import CannotAsk
+        from rtunnel.client.auth.askpass import CannotAsk
 
         for _ in range(max(attempts, 1)):
             try:
@@ -871,7 +871,7 @@ class UserAuthClient(userauth.SSHUserAuthClient):
             path = credential.path or os.environ.get("SSH_AUTH_SOCK")
             if not path:
                 continue
-            from rtunnel.client.agent import connect_agent
+            from rtunnel.client.auth.agent import connect_agent
 
             reactor = self._options.reactor
             if reactor is None:
