@@ -37,10 +37,10 @@ from rtunnel.client.auth.credentials import (
     PrivateKeyFile,
     SSHAgent,
 )
-from rtunnel.client.certificates import SSHCertificate
+from rtunnel.client.hostkeys.certificates import SSHCertificate
+from rtunnel.client.hostkeys.verify import HostKeyInfo
 from rtunnel.client.jump import JumpHost
 from rtunnel.client.proxy import Proxy
-from rtunnel.client.verify import HostKeyInfo
 from rtunnel.errors import (
     AlreadyConnectedError,
     AuthenticationError,

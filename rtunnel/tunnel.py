@@ -71,6 +71,7 @@ from rtunnel.client.forwarder import (
     connect_failure_text,
     tcp_endpoint,
 )
+from rtunnel.client.hostkeys.verify import HostKeyCallback, HostKeyPolicy, HostKeyVerifier
 from rtunnel.client.idle import IdleChannelReaper
 from rtunnel.client.jump import JumpHosts, jump_endpoint, jump_hosts
 from rtunnel.client.keepalive import Keepalive
@@ -78,7 +79,6 @@ from rtunnel.client.transport import _algorithms
 from rtunnel.client.transport._kex import shown_mac
 from rtunnel.client.transport._packet import MAX_PACKET_LENGTH
 from rtunnel.client.transport._sockopts import TCPOptions, apply_tcp_options
-from rtunnel.client.verify import HostKeyCallback, HostKeyPolicy, HostKeyVerifier
 from rtunnel.errors import (
     AlreadyConnectedError,
     AuthenticationError,
@@ -166,7 +166,7 @@ class ReverseTunnel:
         SSHAcceptServerCAKey); the certificate must still be a valid host certificate
         naming ``host``.
     :param host_key_callback: decides last on the host key (may return a Deferred or an
-        awaitable), seeing a :class:`~rtunnel.client.verify.HostKeyInfo` with what rtunnel
+        awaitable), seeing a :class:`~rtunnel.client.hostkeys.verify.HostKeyInfo` with what rtunnel
         would decide; a revoked key is refused without asking (the reference's
         SSHServerAuthentication event).
     :param fingerprint_hash: ``"sha256"`` (default), ``"sha1"`` or ``"md5"``: the

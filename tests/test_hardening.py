@@ -222,7 +222,7 @@ def _mode(path: Path) -> int:
 
 
 def test_known_hosts_is_private_whatever_the_umask(tmp_path: Path, umask: int) -> None:
-    from rtunnel.client.verify import append_private
+    from rtunnel.client.hostkeys.verify import append_private
 
     home = tmp_path / "home"
     home.mkdir()
@@ -241,7 +241,7 @@ def test_known_hosts_is_private_whatever_the_umask(tmp_path: Path, umask: int) -
 
 
 def test_known_hosts_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rtunnel.client.verify import append_private
+    from rtunnel.client.hostkeys.verify import append_private
 
     path = tmp_path / "known_hosts"
     path.write_text("old\n")
@@ -262,7 +262,7 @@ def test_known_hosts_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_known_hosts_symlink_is_kept(tmp_path: Path) -> None:
-    from rtunnel.client.verify import append_private
+    from rtunnel.client.hostkeys.verify import append_private
 
     real = tmp_path / "dotfiles" / "known_hosts"
     real.parent.mkdir()
@@ -275,7 +275,7 @@ def test_known_hosts_symlink_is_kept(tmp_path: Path) -> None:
 
 def test_known_hosts_that_is_not_a_file_is_appended_to(tmp_path: Path) -> None:
     # UserKnownHostsFile=none writes to /dev/null: never replaced. A FIFO stands in.
-    from rtunnel.client.verify import append_private
+    from rtunnel.client.hostkeys.verify import append_private
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -289,7 +289,7 @@ def test_known_hosts_that_is_not_a_file_is_appended_to(tmp_path: Path) -> None:
 
 
 def test_known_hosts_writers_take_turns(tmp_path: Path) -> None:
-    from rtunnel.client.verify import append_private
+    from rtunnel.client.hostkeys.verify import append_private
 
     path = tmp_path / ".ssh" / "known_hosts"
 
@@ -309,7 +309,7 @@ def test_known_hosts_writers_take_turns(tmp_path: Path) -> None:
 def test_accept_new_writes_privately_whatever_the_umask(tmp_path: Path, umask: int) -> None:
     """G1 through the verifier: ``~/.ssh`` 0700 and known_hosts 0600 (were 0755/0777
     and 0644/0666 with the umask's modes)."""
-    from rtunnel.client.verify import HostKeyVerifier
+    from rtunnel.client.hostkeys.verify import HostKeyVerifier
     from rtunnel.testing import host_key
 
     home = tmp_path / "home"

@@ -27,8 +27,8 @@ from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
 from rtunnel import HostKeyError, HostKeyInfo, ReverseTunnel
-from rtunnel.client._hostcert import verify_exchange_signature
-from rtunnel.client.certificates import (
+from rtunnel.client.hostkeys._hostcert import verify_exchange_signature
+from rtunnel.client.hostkeys.certificates import (
     CertificateError,
     certificate_algorithms,
     check_host_certificate,
@@ -37,9 +37,9 @@ from rtunnel.client.certificates import (
     parse_certificate,
     signature_algorithm_of,
 )
-from rtunnel.client.hostkeys import HostKeyCheck, fingerprint
+from rtunnel.client.hostkeys.known_hosts import HostKeyCheck, fingerprint
+from rtunnel.client.hostkeys.verify import HostKeyVerifier
 from rtunnel.client.transport._algorithms import DEFAULT_HOST_KEY_ALGORITHMS
-from rtunnel.client.verify import HostKeyVerifier
 from rtunnel.testing import KeyKind, client_key, host_key
 from rtunnel.testing._certs import certificate_line, make_certificate
 from rtunnel.testing._openssh import OpenSSHServer

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rtunnel.client.hostkeys import (
+from rtunnel.client.hostkeys.known_hosts import (
     HostKeyCheck,
     KnownHosts,
     fingerprint_sha256,

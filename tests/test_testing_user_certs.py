@@ -23,7 +23,7 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
 from rtunnel import AuthenticationError, PrivateKeyFile, ReverseTunnel
-from rtunnel.client.certificates import parse_certificate
+from rtunnel.client.hostkeys.certificates import parse_certificate
 from rtunnel.errors import ForwardingError
 from rtunnel.testing import OpenSSHServer, SSHTestServer, generate_client_key
 from rtunnel.testing._certs import (

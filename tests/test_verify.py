@@ -20,14 +20,14 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from rtunnel import HostKeyError
-from rtunnel.client.hostkeys import (
+from rtunnel.client.hostkeys.known_hosts import (
     HostKeyCheck,
     KnownHosts,
     fingerprint,
     fingerprint_matches,
     hash_host_name,
 )
-from rtunnel.client.verify import HostKeyInfo, HostKeyVerifier
+from rtunnel.client.hostkeys.verify import HostKeyInfo, HostKeyVerifier
 from rtunnel.errors import SpecError
 from rtunnel.testing import host_key
 
@@ -91,7 +91,7 @@ def test_hashed_host_names_round_trip() -> None:
     assert field.startswith("|1|") and "127.0.0.1" not in field
     known = KnownHosts.from_files([])
     known.entries = []
-    from rtunnel.client.hostkeys import parse_known_hosts
+    from rtunnel.client.hostkeys.known_hosts import parse_known_hosts
 
     entries = parse_known_hosts(f"{field} {LINE}\n", "kh")
     assert KnownHosts(entries).check("127.0.0.1", 2222, "ssh-ed25519", BLOB)[0] is (

@@ -33,7 +33,7 @@ from zope.interface import implementer
 from rtunnel._core.syntax import parse_proxy_jump
 from rtunnel.client.auth.credentials import Credential
 from rtunnel.client.connection import ChannelRefused
-from rtunnel.client.verify import HostKeyPolicy
+from rtunnel.client.hostkeys.verify import HostKeyPolicy
 from rtunnel.errors import ConnectError, RTunnelError, SpecError
 
 if TYPE_CHECKING:

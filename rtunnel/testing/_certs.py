@@ -17,7 +17,7 @@ from typing import Any
 from twisted.conch.ssh import keys
 from twisted.conch.ssh.common import NS, getNS
 
-from rtunnel.client.certificates import (
+from rtunnel.client.hostkeys.certificates import (
     ALLOWED_CA_SIGNATURE_ALGORITHMS,
     SSHCertificate,
     check_certificate,

@@ -57,7 +57,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from rtunnel.client.certificates import (
+from rtunnel.client.hostkeys.certificates import (
     CERT_SUFFIX,
     CertificateError,
     SSHCertificate,

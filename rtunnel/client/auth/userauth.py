@@ -49,7 +49,7 @@ from rtunnel.client.auth.credentials import (
     key_file_problem,
     password_prompt_matches,
 )
-from rtunnel.client.certificates import CertificateError, parse_certificate
+from rtunnel.client.hostkeys.certificates import CertificateError, parse_certificate
 from rtunnel.errors import AuthenticationError, CredentialError, RTunnelError, SpecError
 
 __all__ = [

@@ -145,7 +145,7 @@ DEFAULT_HOST_KEY_ALGORITHMS: tuple[str, ...] = (
     "rsa-sha2-256",
 )
 #: OpenSSH host certificates (PROTOCOL.certkeys). Offered in front of the default list
-#: when a CA is trusted for the host (rtunnel.client.verify orders them per connection).
+#: when a CA is trusted for the host (rtunnel.client.hostkeys.verify orders them per connection).
 CERT_HOST_KEY_ALGORITHMS: tuple[str, ...] = (
     "ssh-ed25519-cert-v01@openssh.com",
     "ecdsa-sha2-nistp256-cert-v01@openssh.com",

@@ -6,7 +6,7 @@ Covered here (the core): plain and hashed (``|1|salt|hash``) host fields, comma-
 patterns, ``[host]:port`` for a non-default port, ``*``/``?`` wildcards, ``!`` negation and
 several keys per host. Marker lines (``@cert-authority``, ``@revoked``) are kept apart so
 they are never mistaken for a plain trusted key: CA lines are looked up for host
-certificates (:mod:`rtunnel.client.certificates`), revoked lines refuse a key (or a CA)
+certificates (:mod:`rtunnel.client.hostkeys.certificates`), revoked lines refuse a key (or a CA)
 whatever else matches.
 """
 

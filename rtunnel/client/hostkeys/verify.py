@@ -50,7 +50,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from rtunnel._core.text import printable
-from rtunnel.client.certificates import (
+from rtunnel.client.hostkeys.certificates import (
     CertificateError,
     SSHCertificate,
     certificate_algorithms,
@@ -60,7 +60,7 @@ from rtunnel.client.certificates import (
     key_type_of_algorithm,
     parse_certificate,
 )
-from rtunnel.client.hostkeys import (
+from rtunnel.client.hostkeys.known_hosts import (
     FINGERPRINT_HASHES,
     HostKeyCheck,
     KnownHostEntry,
@@ -107,7 +107,7 @@ class HostKeyInfo:
     :ivar fingerprints: every fingerprint: keys ``sha256``, ``sha1``, ``md5`` (OpenSSH
         form) and ``sha256-hex``, ``sha1-hex``, ``md5-hex`` (colon hex).
     :ivar known: what the known_hosts files (and accepted CA keys) say;
-        :attr:`~rtunnel.client.hostkeys.HostKeyCheck.CERTIFIED` for a host certificate a
+        :attr:`~rtunnel.client.hostkeys.known_hosts.HostKeyCheck.CERTIFIED` for a host certificate a
         trusted CA signed and that is valid for this host now.
     :ivar accepted: what rtunnel decided without the callback (the reference's
         ``Accept`` as the event starts).
@@ -183,7 +183,7 @@ class HostKeyVerifier:
     :param accepted_keys: host keys trusted for this server whatever known_hosts says
         (``Key`` objects, OpenSSH public key lines or wire blobs).
     :param accepted_fingerprints: fingerprints trusted likewise, in any form
-        :func:`~rtunnel.client.hostkeys.fingerprint_matches` reads.
+        :func:`~rtunnel.client.hostkeys.known_hosts.fingerprint_matches` reads.
     :param accepted_ca_keys: CA keys trusted to sign this server's host certificate, as if
         known_hosts had a ``@cert-authority`` line for it (the reference's
         SSHAcceptServerCAKey): ``Key`` objects, public key lines or wire blobs.

@@ -33,7 +33,7 @@ from twisted.conch.ssh import keys
 from twisted.conch.ssh.common import NS, getNS
 
 from rtunnel._core.text import printable
-from rtunnel.client.hostkeys import fingerprint_sha256
+from rtunnel.client.hostkeys.known_hosts import fingerprint_sha256
 
 __all__ = [
     "ALLOWED_CA_SIGNATURE_ALGORITHMS",

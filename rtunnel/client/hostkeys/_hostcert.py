@@ -6,7 +6,7 @@ Conch's client checks the server's exchange-hash signature with
 (``*-cert-v01@openssh.com``, PROTOCOL.certkeys). For a certificate, this mixin computes the
 same exchange hash (RFC 4253 §8, RFC 5656 §4, RFC 4419 §3: K_S is the certificate as sent)
 and checks the signature with the certified key instead, after the host-key policy
-(:mod:`rtunnel.client.verify`) has judged the certificate itself. Plain host keys take
+(:mod:`rtunnel.client.hostkeys.verify`) has judged the certificate itself. Plain host keys take
 Conch's own path unchanged.
 """
 
@@ -21,7 +21,7 @@ from twisted.conch.ssh import transport as conch
 from twisted.conch.ssh.common import MP, NS, getNS
 from typing_extensions import override
 
-from rtunnel.client.certificates import (
+from rtunnel.client.hostkeys.certificates import (
     CertificateError,
     is_certificate,
     is_certificate_algorithm,
