@@ -55,15 +55,15 @@ from rtunnel.client.auth.credentials import (
     Credential,
     PasswordCallback,
 )
-from rtunnel.client.channel import ForwardedChannel
-from rtunnel.client.connection import (
+from rtunnel.client.channels.channel import ForwardedChannel
+from rtunnel.client.channels.connection import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
     OPEN_CONNECT_FAILED,
     ChannelRefused,
     ForwardingConnection,
 )
-from rtunnel.client.dynamic import SocksChannel
-from rtunnel.client.forwarder import (
+from rtunnel.client.channels.dynamic import SocksChannel
+from rtunnel.client.channels.forwarder import (
     Splice,
     TargetFactory,
     TargetProtocol,
@@ -71,10 +71,10 @@ from rtunnel.client.forwarder import (
     connect_failure_text,
     tcp_endpoint,
 )
+from rtunnel.client.channels.idle import IdleChannelReaper
+from rtunnel.client.channels.keepalive import Keepalive
 from rtunnel.client.hostkeys.verify import HostKeyCallback, HostKeyPolicy, HostKeyVerifier
-from rtunnel.client.idle import IdleChannelReaper
 from rtunnel.client.jump import JumpHosts, jump_endpoint, jump_hosts
-from rtunnel.client.keepalive import Keepalive
 from rtunnel.client.transport import _algorithms
 from rtunnel.client.transport._kex import shown_mac
 from rtunnel.client.transport._packet import MAX_PACKET_LENGTH
@@ -814,7 +814,7 @@ class ReverseTunnel:
         Ask the server to connect to ``host:port`` (a ``direct-tcpip`` channel, RFC 4254
         §7.2, as ``ssh -W``) and run ``protocol`` over the channel. Fires with the channel
         once the server confirms; fails with
-        :class:`~rtunnel.client.connection.ChannelRefused` (the server's reason) or
+        :class:`~rtunnel.client.channels.connection.ChannelRefused` (the server's reason) or
         :class:`~rtunnel.errors.NotConnectedError`.
         """
         if not self.connected:

@@ -21,8 +21,8 @@ from rtunnel import ChannelOpenRequest, Forward, ForwardState, ReverseTunnel, Tu
 from rtunnel._core import wire
 from rtunnel._core.policy import TokenBucket
 from rtunnel._model import ChannelInfo
-from rtunnel.client import connection as c
-from rtunnel.client.channel import ForwardedChannel
+from rtunnel.client.channels import connection as c
+from rtunnel.client.channels.channel import ForwardedChannel
 from rtunnel.errors import ConnectionLostError, ForwardingError
 
 U32 = struct.Struct(">L")

@@ -22,7 +22,7 @@ from twisted.internet.threads import deferToThread
 
 from rtunnel import SpecError
 from rtunnel._core.syntax import parse_permit_remote_open, remote_open_permitted
-from rtunnel.client._socksserver import (
+from rtunnel.client.channels._socksserver import (
     SocksFailure,
     SocksRequest,
     SocksServerHandshake,
@@ -259,7 +259,7 @@ def test_the_command_prints_what_ssh_prints(
 def test_a_silent_client_or_a_slow_destination_is_given_up_on_time() -> None:
     from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-    from rtunnel.client.dynamic import SocksChannel
+    from rtunnel.client.channels.dynamic import SocksChannel
 
     logged: list[str] = []
     reactor = MemoryReactorClock()

@@ -10,8 +10,8 @@ from zope.interface.verify import verifyObject
 
 import rtunnel
 from rtunnel._model import ChannelInfo
-from rtunnel.client.channel import ForwardedChannel
-from rtunnel.client.connection import ForwardingConnection
+from rtunnel.client.channels.channel import ForwardedChannel
+from rtunnel.client.channels.connection import ForwardingConnection
 
 
 def test_public_names() -> None:

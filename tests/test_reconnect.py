@@ -38,7 +38,7 @@ from rtunnel import (
     TunnelObserver,
 )
 from rtunnel._core.policy import ReconnectPolicy
-from rtunnel.client.keepalive import Keepalive
+from rtunnel.client.channels.keepalive import Keepalive
 
 FAST = ReconnectPolicy(initial_delay=0.2, max_delay=1.0, jitter=0.0)
 

@@ -37,7 +37,7 @@ from rtunnel import (
     TunnelObserver,
 )
 from rtunnel._core.policy import channel_idle_deadline
-from rtunnel.client.idle import IdleChannelReaper
+from rtunnel.client.channels.idle import IdleChannelReaper
 from rtunnel.client.transport._sockopts import TCPOptions, apply_tcp_options
 from rtunnel.errors import SpecError
 from rtunnel.testing._openssh import OpenSSHServer

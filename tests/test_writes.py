@@ -110,7 +110,7 @@ async def test_the_connection_to_a_target_has_nagle_off() -> None:
     # target's delayed ACK.
     import socket
 
-    from rtunnel.client.forwarder import TargetFactory, TargetProtocol
+    from rtunnel.client.channels.forwarder import TargetFactory, TargetProtocol
 
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
         Factory.forProtocol(Protocol)

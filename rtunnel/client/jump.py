@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from rtunnel._core.syntax import parse_proxy_jump
 from rtunnel.client.auth.credentials import Credential
-from rtunnel.client.connection import ChannelRefused
+from rtunnel.client.channels.connection import ChannelRefused
 from rtunnel.client.hostkeys.verify import HostKeyPolicy
 from rtunnel.errors import ConnectError, RTunnelError, SpecError
 

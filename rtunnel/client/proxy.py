@@ -46,7 +46,7 @@ from rtunnel.client._proxywire import (
     encode_destination_name,
     encode_http_connect,
 )
-from rtunnel.client.forwarder import connect_failure_text, tcp_endpoint
+from rtunnel.client.channels.forwarder import connect_failure_text, tcp_endpoint
 from rtunnel.errors import ProxyAuthenticationError, ProxyError, SpecError
 
 __all__ = ["DEFAULT_PORTS", "KINDS", "Proxy", "ProxyEndpoint", "bypasses", "proxy_endpoint"]

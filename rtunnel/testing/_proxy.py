@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from rtunnel.client.forwarder import abort_with_reset
+from rtunnel.client.channels.forwarder import abort_with_reset
 from rtunnel.testing._listening import ListeningAddress
 
 __all__ = ["Direction", "FaultProxy", "ProxyMode"]

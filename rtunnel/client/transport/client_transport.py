@@ -24,7 +24,7 @@ from typing_extensions import override
 from rtunnel._core.text import printable
 from rtunnel._core.version import __version__
 from rtunnel.client.auth.userauth import AuthOptions, LoadedKey, UserAuthClient
-from rtunnel.client.connection import ForwardingConnection
+from rtunnel.client.channels.connection import ForwardingConnection
 from rtunnel.client.hostkeys._hostcert import HostCertificateMixin, verify_exchange_signature
 from rtunnel.client.transport import _algorithms
 from rtunnel.client.transport._kex import DEFAULT_REKEY_BYTES, SecureTransportMixin, cipher_spec

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -34,12 +34,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rtunnel._core.policy import TokenBucket
 from rtunnel._model import ChannelInfo
 
-if TYPE_CHECKING:
-    from rtunnel.client.connection import ForwardingConnection
-
-__all__ = ["ForwardedChannel"]
+__all__ = ["ChannelConnection", "ForwardedChannel"]
 
 # Our own ceiling on outgoing packet size, whatever the server advertises (RELIABILITY C15):
 # huge packets only cost the server memory and delay other channels.
@@ -54,6 +52,44 @@ def _address(host: str, port: int) -> IPv4Address | IPv6Address:
     return IPv4Address("TCP", host, port)
 
 
+class ChannelConnection(Protocol):
+    """
+    What a channel needs of the connection that carries it: a
+    :class:`~rtunnel.client.channels.connection.ForwardingConnection`. Said here as a
+    protocol so that this module does not import the connection's, which imports this one
+    to make its channels.
+    """
+
+    @property
+    def rate_limit(self) -> TokenBucket | None: ...
+
+    @property
+    def write_blocked(self) -> bool: ...
+
+    @property
+    def kex_blocked(self) -> bool: ...
+
+    def _seconds(self) -> float: ...
+
+    def rate_held(self, channel: ForwardedChannel, nbytes: int) -> None: ...
+
+    def send_channel_data(self, channel: ForwardedChannel, data: bytes | memoryview) -> None: ...
+
+    def send_window_adjust(self, channel: ForwardedChannel, amount: int) -> None: ...
+
+    def send_channel_eof(self, channel: ForwardedChannel) -> None: ...
+
+    def send_channel_close(self, channel: ForwardedChannel) -> None: ...
+
+    def channel_finished(self, channel: ForwardedChannel) -> None: ...
+
+    def observe_data(self, channel: ForwardedChannel, data: bytes) -> None: ...
+
+    def observe_eof(self, channel: ForwardedChannel) -> None: ...
+
+    def observe_ready_to_send(self, channel: ForwardedChannel) -> None: ...
+
+
 @implementer(ITransport, IPushProducer, IConsumer)
 class ForwardedChannel:
     """
@@ -65,7 +101,7 @@ class ForwardedChannel:
 
     def __init__(
         self,
-        conn: ForwardingConnection,
+        conn: ChannelConnection,
         local_id: int,
         remote_id: int,
         remote_window: int,

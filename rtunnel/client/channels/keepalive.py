@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from rtunnel._core.policy import keepalive_decision
-from rtunnel.client.connection import ForwardingConnection
+from rtunnel.client.channels.connection import ForwardingConnection
 
 __all__ = ["Keepalive"]
 

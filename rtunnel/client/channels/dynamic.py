@@ -18,15 +18,15 @@ from typing_extensions import override
 
 from rtunnel._core.syntax import remote_open_permitted
 from rtunnel._core.text import printable
-from rtunnel.client._socksserver import (
+from rtunnel.client.channels._socksserver import (
     FailureKind,
     SocksFailure,
     SocksRequest,
     SocksServerHandshake,
     socks_reply,
 )
-from rtunnel.client.channel import ForwardedChannel
-from rtunnel.client.forwarder import (
+from rtunnel.client.channels.channel import ForwardedChannel
+from rtunnel.client.channels.forwarder import (
     Splice,
     TargetFactory,
     TargetProtocol,
@@ -43,7 +43,7 @@ _EARLY_DATA_LIMIT = 64 * 1024
 class SocksChannel(Protocol):
     """
     The protocol on one channel of a dynamic forward, until the destination is connected;
-    then the channel carries a :class:`~rtunnel.client.forwarder.Splice`.
+    then the channel carries a :class:`~rtunnel.client.channels.forwarder.Splice`.
 
     :param reactor: connects to destinations and times the handshake.
     :param timeout: seconds for the SOCKS request and the connect together.

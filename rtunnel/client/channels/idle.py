@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from rtunnel._core.policy import channel_idle_deadline
-from rtunnel.client.channel import ForwardedChannel
-from rtunnel.client.connection import ForwardingConnection
+from rtunnel.client.channels.channel import ForwardedChannel
+from rtunnel.client.channels.connection import ForwardingConnection
 
 __all__ = ["IdleChannelReaper"]
 

@@ -31,7 +31,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from rtunnel._core.text import printable
-from rtunnel.client.channel import ForwardedChannel
+from rtunnel.client.channels.channel import ForwardedChannel
 from rtunnel.client.transport._writes import write_now
 
 __all__ = [

@@ -48,7 +48,7 @@ from rtunnel._core.policy import TokenBucket
 from rtunnel._core.ratelimit import RepeatLimiter
 from rtunnel._core.text import printable
 from rtunnel._model import ChannelInfo, ChannelOpenRequest, Forward
-from rtunnel.client.channel import ForwardedChannel
+from rtunnel.client.channels.channel import ForwardedChannel
 from rtunnel.errors import ConnectionLostError, ForwardingError, ProtocolError
 
 if TYPE_CHECKING:
