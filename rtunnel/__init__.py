@@ -39,8 +39,8 @@ from rtunnel.client.auth.credentials import (
 )
 from rtunnel.client.hostkeys.certificates import SSHCertificate
 from rtunnel.client.hostkeys.verify import HostKeyInfo
-from rtunnel.client.jump import JumpHost
-from rtunnel.client.proxy import Proxy
+from rtunnel.client.reach.jump import JumpHost
+from rtunnel.client.reach.proxy import Proxy
 from rtunnel.errors import (
     AlreadyConnectedError,
     AuthenticationError,

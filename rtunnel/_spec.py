@@ -931,7 +931,7 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
             raise SpecError(f"{_WHERE}: Missing argument.")
         command = " ".join(args)
         if command.lower() != "none":
-            from rtunnel.client._proxycommand import expand_proxy_command
+            from rtunnel.client.reach._proxycommand import expand_proxy_command
 
             try:
                 expand_proxy_command(command, host="h", port=22, user="u")
@@ -950,7 +950,7 @@ def _parse_value(canonical: str, keyword: str, args: list[str]) -> OptionValue:
     if canonical == "Proxy":
         value = _one(keyword, args)
         if value.lower() not in ("auto", "none"):
-            from rtunnel.client.proxy import Proxy
+            from rtunnel.client.reach.proxy import Proxy
 
             try:
                 Proxy.from_url(value)

@@ -48,7 +48,6 @@ from rtunnel._model import (
     TunnelObserver,
     TunnelStatistics,
 )
-from rtunnel.client._proxycommand import ProxyCommandEndpoint, expand_proxy_command
 from rtunnel.client.auth.credentials import (
     SUPPORTED_METHODS,
     AuthOptions,
@@ -74,7 +73,8 @@ from rtunnel.client.channels.forwarder import (
 from rtunnel.client.channels.idle import IdleChannelReaper
 from rtunnel.client.channels.keepalive import Keepalive
 from rtunnel.client.hostkeys.verify import HostKeyCallback, HostKeyPolicy, HostKeyVerifier
-from rtunnel.client.jump import JumpHosts, jump_endpoint, jump_hosts
+from rtunnel.client.reach._proxycommand import ProxyCommandEndpoint, expand_proxy_command
+from rtunnel.client.reach.jump import JumpHosts, jump_endpoint, jump_hosts
 from rtunnel.client.transport import _algorithms
 from rtunnel.client.transport._kex import shown_mac
 from rtunnel.client.transport._packet import MAX_PACKET_LENGTH
@@ -101,7 +101,7 @@ from rtunnel.errors import (
 if TYPE_CHECKING:
     from twisted.conch.ssh.keys import Key
 
-    from rtunnel.client.proxy import Proxy
+    from rtunnel.client.reach.proxy import Proxy
     from rtunnel.client.transport.client_transport import ClientTransport
 
 __all__ = ["HostKeyPolicy", "ReverseTunnel"]
@@ -212,7 +212,7 @@ class ReverseTunnel:
     :param forwarding_local_host: the local address connections to targets are made from
         (the reference's ForwardingLocalHost). Default: the system's choice.
     :param proxy: reach the SSH server through a proxy (the reference's firewall): a
-        :class:`~rtunnel.client.proxy.Proxy` (SOCKS4, SOCKS4A, SOCKS5 or an HTTP CONNECT
+        :class:`~rtunnel.client.reach.proxy.Proxy` (SOCKS4, SOCKS4A, SOCKS5 or an HTTP CONNECT
         tunnel, with optional credentials), a URL such as ``"socks5://user:pw@host:1080"``,
         or ``"auto"`` for the one ``ALL_PROXY`` / ``all_proxy`` names, minus the hosts
         ``NO_PROXY`` lists, read at every connect (the reference's FirewallAutoDetect).
@@ -227,7 +227,7 @@ class ReverseTunnel:
         ``%n`` and ``%%`` expanded, its standard error left as this program's, sent SIGHUP
         when the connection ends. Not with ``proxy`` or ``local_host``/``local_port``.
     :param proxy_jump: reach the server through jump hosts, natively (OpenSSH's
-        ``ProxyJump``, ``-J``): a :class:`~rtunnel.client.jump.JumpHost`, a string
+        ``ProxyJump``, ``-J``): a :class:`~rtunnel.client.reach.jump.JumpHost`, a string
         ``"[user@]host[:port][,...]"`` or a list of either, first hop first. rtunnel logs on
         to each with this tunnel's credentials and host-key settings (unless the
         ``JumpHost`` overrides them) and opens a ``direct-tcpip`` channel to the next; no
@@ -447,7 +447,7 @@ class ReverseTunnel:
         self.local_port = local_port
         self.forwarding_local_host = forwarding_local_host or None
         if isinstance(proxy, str) and proxy != "auto":
-            from rtunnel.client.proxy import Proxy
+            from rtunnel.client.reach.proxy import Proxy
 
             proxy = Proxy.from_url(proxy)
         self.proxy: Proxy | Literal["auto"] | None = proxy  # type: ignore[assignment]
@@ -682,7 +682,7 @@ class ReverseTunnel:
                 f"Connecting to {self.host} port {self.port} through {proxy.kind} proxy "
                 f"{proxy.host} port {proxy.port}."
             )
-            from rtunnel.client.proxy import proxy_endpoint
+            from rtunnel.client.reach.proxy import proxy_endpoint
 
             endpoint = proxy_endpoint(self._reactor, proxy, self.host, self.port, timeout, bind)
         connecting = endpoint.connect(factory)
@@ -829,7 +829,7 @@ class ReverseTunnel:
     def _proxy_for_connection(self) -> Proxy | None:
         if self.proxy is None:
             return None
-        from rtunnel.client.proxy import Proxy, bypasses
+        from rtunnel.client.reach.proxy import Proxy, bypasses
 
         proxy: Proxy | None
         if self.proxy == "auto":

@@ -31,7 +31,7 @@ from rtunnel import (
     SpecError,
     TunnelObserver,
 )
-from rtunnel.client.jump import JumpHost, jump_hosts
+from rtunnel.client.reach.jump import JumpHost, jump_hosts
 from rtunnel.testing._openssh import OpenSSHServer
 
 

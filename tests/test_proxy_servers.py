@@ -1,5 +1,5 @@
 """
-:func:`rtunnel.client.proxy.proxy_endpoint`:
+:func:`rtunnel.client.reach.proxy.proxy_endpoint`:
 
 - in memory (``MemoryReactorClock`` + ``StringTransport``): the order in which the caller's
   protocol is connected, bytes that share a read with the proxy's reply, the timeout in
@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface.verify import verifyObject
 
-from rtunnel.client.proxy import Proxy, proxy_endpoint
+from rtunnel.client.reach.proxy import Proxy, proxy_endpoint
 from rtunnel.errors import ProxyAuthenticationError, ProxyError, SpecError
 from rtunnel.testing._openssh import OpenSSHServer
 from rtunnel.testing._proxyservers import (

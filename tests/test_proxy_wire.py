@@ -1,6 +1,6 @@
 """
-The proxy handshakes' pure parts (:mod:`rtunnel.client._proxywire`) and the proxy settings
-(:mod:`rtunnel.client.proxy`: ``Proxy``, ``from_url``, ``from_environment``,
+The proxy handshakes' pure parts (:mod:`rtunnel.client.reach._proxywire`) and the proxy settings
+(:mod:`rtunnel.client.reach.proxy`: ``Proxy``, ``from_url``, ``from_environment``,
 ``bypasses``), as plain functions: byte-exact requests against the specifications'
 layouts, every refusal code's message, replies split anywhere, leftover bytes.
 """
@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from rtunnel.client._proxywire import (
+from rtunnel.client.reach._proxywire import (
     HTTP_HEAD_LIMIT,
     SOCKS4_REPLIES,
     SOCKS5_REPLIES,
@@ -32,7 +32,7 @@ from rtunnel.client._proxywire import (
     parse_socks5_method,
     parse_socks5_reply,
 )
-from rtunnel.client.proxy import Proxy, bypasses, parse_headers
+from rtunnel.client.reach.proxy import Proxy, bypasses, parse_headers
 from rtunnel.errors import SpecError
 
 # -- SOCKS4 / SOCKS4A ------------------------------------------------------------------------

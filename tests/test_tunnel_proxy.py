@@ -29,7 +29,7 @@ from rtunnel import (
     ReconnectPolicy,
     TunnelObserver,
 )
-from rtunnel.client.proxy import Proxy
+from rtunnel.client.reach.proxy import Proxy
 from rtunnel.testing._openssh import OpenSSHServer
 from rtunnel.testing._proxyservers import (
     DanteServer,
@@ -112,7 +112,7 @@ async def test_through_ssh_dynamic_forward_socks4a(
     # SOCKS4A sends the name: "localhost" is resolved by the proxy (ssh -D's sshd).
     sshd: OpenSSHServer = server.extra["server"]
     with SSHDynamicForward(tmp_path / "ssh-d", sshd, server.key) as socks:
-        from rtunnel.client.proxy import Proxy
+        from rtunnel.client.reach.proxy import Proxy
 
         tunnel = server.tunnel(proxy=Proxy("socks4a", socks.host, socks.port))
         tunnel.host = "localhost"

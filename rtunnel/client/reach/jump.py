@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
@@ -32,14 +32,12 @@ from zope.interface import implementer
 
 from rtunnel._core.syntax import parse_proxy_jump
 from rtunnel.client.auth.credentials import Credential
+from rtunnel.client.channels.channel import ForwardedChannel
 from rtunnel.client.channels.connection import ChannelRefused
 from rtunnel.client.hostkeys.verify import HostKeyPolicy
 from rtunnel.errors import ConnectError, RTunnelError, SpecError
 
-if TYPE_CHECKING:
-    from rtunnel.tunnel import ReverseTunnel
-
-__all__ = ["JumpHost", "JumpHosts", "jump_endpoint", "jump_hosts"]
+__all__ = ["JumpHost", "JumpHosts", "JumpTunnel", "jump_endpoint", "jump_hosts"]
 
 _log = Logger()
 
@@ -84,6 +82,22 @@ class JumpHost:
         return f"jump host {self.host} port {self.port}"
 
 
+class JumpTunnel(Protocol):
+    """
+    What a jump needs of its logon to the jump host: a :class:`~rtunnel.ReverseTunnel`
+    with the outer tunnel's settings. Said here as a protocol because ``rtunnel.tunnel``
+    imports this module, and the client does not import the facade above it.
+    """
+
+    def logon(self) -> Deferred[None]: ...
+
+    def logoff(self) -> Deferred[None]: ...
+
+    def open_direct_tcpip(
+        self, host: str, port: int, protocol: IProtocol
+    ) -> Deferred[ForwardedChannel]: ...
+
+
 #: What ``proxy_jump=`` takes: a hop, OpenSSH's ``[user@]host[:port][,...]``, or a list.
 JumpHosts = JumpHost | str | Sequence[JumpHost | str]
 
@@ -109,7 +123,7 @@ def jump_hosts(value: JumpHosts | None) -> tuple[JumpHost, ...]:
 
 
 def jump_endpoint(
-    new_tunnel: Callable[[], ReverseTunnel], hop: JumpHost, host: str, port: int
+    new_tunnel: Callable[[], JumpTunnel], hop: JumpHost, host: str, port: int
 ) -> IStreamClientEndpoint:
     """
     An endpoint whose ``connect`` logs on to ``hop`` (a fresh tunnel from ``new_tunnel``
@@ -124,7 +138,7 @@ def jump_endpoint(
 @implementer(IStreamClientEndpoint)
 class _JumpEndpoint:
     def __init__(
-        self, new_tunnel: Callable[[], ReverseTunnel], hop: JumpHost, host: str, port: int
+        self, new_tunnel: Callable[[], JumpTunnel], hop: JumpHost, host: str, port: int
     ) -> None:
         self._new_tunnel = new_tunnel
         self._hop = hop
@@ -160,7 +174,7 @@ class _JumpEndpoint:
 
 
 class _Attempt:
-    def __init__(self, tunnel: ReverseTunnel, hop: JumpHost, host: str, port: int) -> None:
+    def __init__(self, tunnel: JumpTunnel, hop: JumpHost, host: str, port: int) -> None:
         self.tunnel = tunnel
         self.hop = hop
         self.host = host

@@ -7,7 +7,7 @@ Reaching the SSH server through a proxy: the reference's firewall settings.
   (FirewallAutoDetect).
 - :func:`bypasses` decides whether a host is reached directly (ProxyExceptionsList).
 - :func:`proxy_endpoint` is a Twisted client endpoint: it connects to the proxy, runs the
-  handshake (:mod:`rtunnel.client._proxywire`), and only then connects the caller's
+  handshake (:mod:`rtunnel.client.reach._proxywire`), and only then connects the caller's
   protocol, on the same TCP connection.
 """
 
@@ -39,14 +39,14 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from rtunnel._core.text import printable
-from rtunnel.client._proxywire import (
+from rtunnel.client.channels.forwarder import connect_failure_text, tcp_endpoint
+from rtunnel.client.reach._proxywire import (
     Handshake,
     HandshakeFailed,
     Kind,
     encode_destination_name,
     encode_http_connect,
 )
-from rtunnel.client.channels.forwarder import connect_failure_text, tcp_endpoint
 from rtunnel.errors import ProxyAuthenticationError, ProxyError, SpecError
 
 __all__ = ["DEFAULT_PORTS", "KINDS", "Proxy", "ProxyEndpoint", "bypasses", "proxy_endpoint"]
