@@ -37,15 +37,15 @@ from zope.interface import implementer
 
 from rtunnel._core.syntax import parse_destination
 from rtunnel._core.text import printable, printable_lines
-from rtunnel._spec import (
+from rtunnel.client.transport._algorithms import resolve
+from rtunnel.errors import RTunnelError, SpecError
+from rtunnel.openssh.options import (
     ClientOptions,
     check_host_name,
     check_user_name,
     parse_port,
     parse_remote_forward,
 )
-from rtunnel.client.transport._algorithms import resolve
-from rtunnel.errors import RTunnelError, SpecError
 from rtunnel.service import (
     ReconnectReporter,
     build_tunnel,

@@ -34,16 +34,6 @@ from typing_extensions import override
 from rtunnel._core.policy import ReconnectPolicy
 from rtunnel._core.syntax import parse_destination
 from rtunnel._model import ForwardState, ReconnectAttempt, TunnelObserver
-from rtunnel._spec import (
-    HOST_KEY_VERIFICATION_FAILED,
-    ClientOptions,
-    RemoteForwardSpec,
-    format_allocated,
-    format_forward_failure,
-    format_permission_denied,
-    parse_port,
-    parse_remote_forward,
-)
 from rtunnel.client.auth.credentials import SUPPORTED_METHODS
 from rtunnel.client.transport._sockopts import TCPOptions
 from rtunnel.errors import (
@@ -54,6 +44,16 @@ from rtunnel.errors import (
     HostKeyError,
     RTunnelError,
     SpecError,
+)
+from rtunnel.openssh.options import (
+    HOST_KEY_VERIFICATION_FAILED,
+    ClientOptions,
+    RemoteForwardSpec,
+    format_allocated,
+    format_forward_failure,
+    format_permission_denied,
+    parse_port,
+    parse_remote_forward,
 )
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ DEFAULT_IDENTITY_FILES: tuple[str, ...] = (
 STOP_TIMEOUT = 3.0
 
 #: How a message is reported: ``report(level, text)`` with ``level`` one of
-#: :data:`rtunnel._spec.LOG_LEVELS`.
+#: :data:`rtunnel.openssh.options.LOG_LEVELS`.
 Report = Callable[[str, str], None]
 
 

@@ -10,10 +10,10 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from rtunnel import NegotiationError, SpecError
-from rtunnel._spec import ClientOptions, parse_option, parse_rekey_limit
 from rtunnel.cli import CommandLineExit, parse_command_line
 from rtunnel.client.transport import _algorithms
 from rtunnel.client.transport._cpu import HAS_AES_INSTRUCTIONS, aes_instructions
+from rtunnel.openssh.options import ClientOptions, parse_option, parse_rekey_limit
 from rtunnel.service import build_tunnel, describe_error
 
 

@@ -17,13 +17,13 @@ from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
 from rtunnel import AuthenticationError, PrivateKeyFile, ReverseTunnel, SpecError
-from rtunnel._spec import ClientOptions
 from rtunnel.client.auth._pubkey import (
     DEFAULT_PUBKEY_ALGORITHMS,
     choose_signature_algorithm,
     request_algorithm,
     resolve_pubkey_algorithms,
 )
+from rtunnel.openssh.options import ClientOptions
 from rtunnel.testing._openssh import OpenSSHServer
 from rtunnel.testing._server import SSHTestServer
 from tests.test_auth_cli import spawn

@@ -33,7 +33,6 @@ from twisted.protocols.wire import Echo
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from rtunnel._spec import ClientOptions, RemoteForwardSpec
 from rtunnel.cli import (
     HELP,
     USAGE,
@@ -44,6 +43,7 @@ from rtunnel.cli import (
     _StderrLogObserver,
     parse_command_line,
 )
+from rtunnel.openssh.options import ClientOptions, RemoteForwardSpec
 
 #: How long a run may take to get going (log on, request forwards) in these tests.
 START_TIMEOUT = 30.0

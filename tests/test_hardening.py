@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.protocols.wire import Echo
 
-from rtunnel._spec import SUPPORTED_OPTIONS
+from rtunnel.openssh.options import SUPPORTED_OPTIONS
 from rtunnel.testing import SSHTestServer
 
 TESTS = Path(__file__).parent

@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from rtunnel._spec import SUPPORTED_OPTIONS, parse_option
 from rtunnel.cli import HELP
 from rtunnel.errors import SpecError
+from rtunnel.openssh.options import SUPPORTED_OPTIONS, parse_option
 from rtunnel.service import Options
 
 KEYWORDS = sorted(SUPPORTED_OPTIONS.values())

@@ -18,9 +18,9 @@ from twisted.internet.threads import deferToThread
 
 from rtunnel import ConnectionLostError, ReverseTunnel, SpecError
 from rtunnel._core.syntax import Destination, parse_proxy_jump
-from rtunnel._spec import parse_option
 from rtunnel.cli import CommandLineExit, parse_command_line
 from rtunnel.client.reach._proxycommand import expand_proxy_command
+from rtunnel.openssh.options import parse_option
 from rtunnel.testing._openssh import OpenSSHServer
 
 

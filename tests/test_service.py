@@ -30,7 +30,6 @@ from zope.interface import directlyProvides, providedBy
 from zope.interface.verify import verifyObject
 
 from rtunnel import service
-from rtunnel._spec import ClientOptions, RemoteForwardSpec
 from rtunnel.errors import (
     AuthenticationError,
     ConnectError,
@@ -40,6 +39,7 @@ from rtunnel.errors import (
     ProtocolError,
     RTunnelError,
 )
+from rtunnel.openssh.options import ClientOptions, RemoteForwardSpec
 from rtunnel.service import Options, TunnelService, describe_error, makeService
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -454,7 +454,7 @@ class _FakeTunnel:
 
 
 def _establish(tunnel: _FakeTunnel, specs: list[str], exit_on_failure: bool) -> Any:
-    from rtunnel._spec import parse_remote_forward
+    from rtunnel.openssh.options import parse_remote_forward
 
     clock = Clock()
     reported: list[tuple[str, str]] = []

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`rtunnel._spec`: OpenSSH's command-line syntax, as pure functions.
+Tests for :mod:`rtunnel.openssh.options`: OpenSSH's command-line syntax, as pure functions.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rtunnel._core.syntax import Destination, parse_destination
-from rtunnel._spec import (
+from rtunnel.errors import SpecError
+from rtunnel.openssh.options import (
     LOG_LEVELS,
     SUPPORTED_OPTIONS,
     ClientOptions,
@@ -26,7 +27,6 @@ from rtunnel._spec import (
     parse_time,
     split_arguments,
 )
-from rtunnel.errors import SpecError
 
 # --------------------------------------------------------------------------------------
 # -R
