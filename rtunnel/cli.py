@@ -39,13 +39,9 @@ from rtunnel._core.syntax import parse_destination
 from rtunnel._core.text import printable, printable_lines
 from rtunnel.client.transport._algorithms import resolve
 from rtunnel.errors import RTunnelError, SpecError
-from rtunnel.openssh.options import (
-    ClientOptions,
-    check_host_name,
-    check_user_name,
-    parse_port,
-    parse_remote_forward,
-)
+from rtunnel.openssh.client_options import ClientOptions
+from rtunnel.openssh.forwards import parse_remote_forward
+from rtunnel.openssh.values import check_host_name, check_user_name, parse_port
 from rtunnel.service import (
     ReconnectReporter,
     build_tunnel,

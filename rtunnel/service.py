@@ -45,16 +45,15 @@ from rtunnel.errors import (
     RTunnelError,
     SpecError,
 )
-from rtunnel.openssh.options import (
+from rtunnel.openssh.client_options import ClientOptions
+from rtunnel.openssh.forwards import RemoteForwardSpec, parse_remote_forward
+from rtunnel.openssh.messages import (
     HOST_KEY_VERIFICATION_FAILED,
-    ClientOptions,
-    RemoteForwardSpec,
     format_allocated,
     format_forward_failure,
     format_permission_denied,
-    parse_port,
-    parse_remote_forward,
 )
+from rtunnel.openssh.values import parse_port
 
 if TYPE_CHECKING:
     from rtunnel._model import Forward

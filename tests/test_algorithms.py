@@ -13,7 +13,8 @@ from rtunnel import NegotiationError, SpecError
 from rtunnel.cli import CommandLineExit, parse_command_line
 from rtunnel.client.transport import _algorithms
 from rtunnel.client.transport._cpu import HAS_AES_INSTRUCTIONS, aes_instructions
-from rtunnel.openssh.options import ClientOptions, parse_option, parse_rekey_limit
+from rtunnel.openssh.client_options import ClientOptions
+from rtunnel.openssh.options import parse_option, parse_rekey_limit
 from rtunnel.service import build_tunnel, describe_error
 
 

@@ -23,7 +23,7 @@ from rtunnel.client.auth._pubkey import (
     request_algorithm,
     resolve_pubkey_algorithms,
 )
-from rtunnel.openssh.options import ClientOptions
+from rtunnel.openssh.client_options import ClientOptions
 from rtunnel.testing._openssh import OpenSSHServer
 from rtunnel.testing._server import SSHTestServer
 from tests.test_auth_cli import spawn

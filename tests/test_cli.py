@@ -43,7 +43,8 @@ from rtunnel.cli import (
     _StderrLogObserver,
     parse_command_line,
 )
-from rtunnel.openssh.options import ClientOptions, RemoteForwardSpec
+from rtunnel.openssh.client_options import ClientOptions
+from rtunnel.openssh.forwards import RemoteForwardSpec
 
 #: How long a run may take to get going (log on, request forwards) in these tests.
 START_TIMEOUT = 30.0

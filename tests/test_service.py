@@ -39,7 +39,8 @@ from rtunnel.errors import (
     ProtocolError,
     RTunnelError,
 )
-from rtunnel.openssh.options import ClientOptions, RemoteForwardSpec
+from rtunnel.openssh.client_options import ClientOptions
+from rtunnel.openssh.forwards import RemoteForwardSpec
 from rtunnel.service import Options, TunnelService, describe_error, makeService
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -454,7 +455,7 @@ class _FakeTunnel:
 
 
 def _establish(tunnel: _FakeTunnel, specs: list[str], exit_on_failure: bool) -> Any:
-    from rtunnel.openssh.options import parse_remote_forward
+    from rtunnel.openssh.forwards import parse_remote_forward
 
     clock = Clock()
     reported: list[tuple[str, str]] = []

@@ -1,5 +1,5 @@
 """
-Tests for :mod:`rtunnel.openssh.options`: OpenSSH's command-line syntax, as pure functions.
+Tests for :mod:`rtunnel.openssh`: OpenSSH's command-line syntax, as pure functions.
 """
 
 from __future__ import annotations
@@ -13,20 +13,15 @@ from hypothesis import strategies as st
 
 from rtunnel._core.syntax import Destination, parse_destination
 from rtunnel.errors import SpecError
-from rtunnel.openssh.options import (
-    LOG_LEVELS,
-    SUPPORTED_OPTIONS,
-    ClientOptions,
-    RemoteForwardSpec,
+from rtunnel.openssh.client_options import ClientOptions
+from rtunnel.openssh.forwards import RemoteForwardSpec, parse_remote_forward
+from rtunnel.openssh.messages import (
     format_allocated,
     format_forward_failure,
     format_permission_denied,
-    parse_option,
-    parse_port,
-    parse_remote_forward,
-    parse_time,
-    split_arguments,
 )
+from rtunnel.openssh.options import LOG_LEVELS, SUPPORTED_OPTIONS, parse_option, split_arguments
+from rtunnel.openssh.values import parse_port, parse_time
 
 # --------------------------------------------------------------------------------------
 # -R

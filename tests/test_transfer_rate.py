@@ -15,7 +15,7 @@ from e2e_support import Server
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 
-from rtunnel.openssh.options import ClientOptions
+from rtunnel.openssh.client_options import ClientOptions
 from rtunnel.service import build_tunnel
 
 
