@@ -35,6 +35,8 @@ __all__ = [
     "PrivateKey",
     "PrivateKeyFile",
     "SSHAgent",
+    "check_methods",
+    "check_password_prompts",
     "key_file_problem",
     "password_prompt_matches",
 ]
@@ -468,6 +470,28 @@ def _compile_prompt_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.DOTALL)
 
 
+def check_methods(methods: Sequence[str]) -> None:
+    """
+    Refuse a method rtunnel does not speak in a ``PreferredAuthentications`` list
+    (``none`` is allowed: it asks only which methods the server takes).
+
+    :raises SpecError: naming the unknown methods and the ones rtunnel speaks.
+    """
+    unknown = [m for m in methods if m not in SUPPORTED_METHODS and m != "none"]
+    if unknown:
+        raise SpecError(
+            f"Unknown authentication method(s) {', '.join(unknown)}: rtunnel speaks "
+            + ", ".join(SUPPORTED_METHODS)
+            + "."
+        )
+
+
+def check_password_prompts(count: int) -> None:
+    """:raises SpecError: for a negative ``NumberOfPasswordPrompts``."""
+    if count < 0:
+        raise SpecError("number_of_password_prompts must be 0 or more.")
+
+
 @dataclass(frozen=True)
 class AuthOptions:
     """
@@ -513,12 +537,5 @@ class AuthOptions:
             "pubkey_accepted_algorithms",
             resolve_pubkey_algorithms(self.pubkey_accepted_algorithms),
         )
-        unknown = [m for m in self.preferred if m not in SUPPORTED_METHODS and m != "none"]
-        if unknown:
-            raise SpecError(
-                f"Unknown authentication method(s) {', '.join(unknown)}: rtunnel speaks "
-                + ", ".join(SUPPORTED_METHODS)
-                + "."
-            )
-        if self.number_of_password_prompts < 0:
-            raise SpecError("number_of_password_prompts must be 0 or more.")
+        check_methods(self.preferred)
+        check_password_prompts(self.number_of_password_prompts)
