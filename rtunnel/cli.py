@@ -580,7 +580,7 @@ async def _session(reactor: IReactorCore, invocation: Invocation, console: _Cons
         console.say("FATAL", f"rtunnel: {printable(error.message, None)}")
         return FAILURE
 
-    if tunnel.reconnect.mode != "off":
+    if tunnel.options.staying_up.reconnect.mode != "off":
         tunnel.add_observer(ReconnectReporter(host, console.say))
 
     def lost(failure: Failure) -> None:

@@ -206,6 +206,7 @@ def build_tunnel(
         PrivateKeyFile,
         SSHAgent,
     )
+    from rtunnel.options import TunnelOptions
     from rtunnel.tunnel import ReverseTunnel
 
     known_hosts: list[str] | None
@@ -257,10 +258,7 @@ def build_tunnel(
         responder = keyboard_interactive_source(batch_mode=bool(options.batch_mode))
         if responder is not None:
             auth.append(responder)
-    return ReverseTunnel(
-        reactor,
-        host,
-        options.port if options.port is not None else 22,
+    settings = TunnelOptions.create(
         user=options.user if options.user is not None else local_user(),
         auth=auth,
         known_hosts=known_hosts,
@@ -274,6 +272,9 @@ def build_tunnel(
             options.server_alive_count_max if options.server_alive_count_max is not None else 3
         ),
         **extra,
+    )
+    return ReverseTunnel(
+        reactor, host, options.port if options.port is not None else 22, options=settings
     )
 
 
@@ -407,7 +408,7 @@ async def establish_forwards(
             report(
                 "INFO", format_allocated(forward.port, spec.host, spec.host_port, spec.target_path)
             )
-        if spec.dynamic and tunnel.permit_remote_open is None:
+        if spec.dynamic and tunnel.options.channels.permit_remote_open is None:
             # OpenSSH's default, kept; but an open proxy should not go unsaid (issue 13).
             report(
                 "INFO",
@@ -639,7 +640,7 @@ class TunnelService(Service):
             self._tunnel = tunnel = build_tunnel(
                 self._reactor, self._host, options, report=self._report
             )
-            if tunnel.reconnect.mode != "off":
+            if tunnel.options.staying_up.reconnect.mode != "off":
                 # The tunnel logs each attempt itself, once.
                 tunnel.add_observer(ReconnectReporter(self._host, self._report, attempts=False))
             await tunnel.logon()

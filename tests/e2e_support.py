@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from rtunnel import PrivateKeyFile, ReverseTunnel
+from rtunnel import PrivateKeyFile, ReverseTunnel, TunnelOptions
 from rtunnel._core.policy import ReconnectPolicy
 
 
@@ -36,7 +36,7 @@ class Server:
         kw.setdefault("known_hosts", self.known_hosts)
         kw.setdefault("user", self.user)
         kw.setdefault("reconnect", ReconnectPolicy.off())  # test_reconnect.py covers it
-        return ReverseTunnel(reactor, self.host, self.port, **kw)
+        return ReverseTunnel(reactor, self.host, self.port, options=TunnelOptions.create(**kw))
 
 
 class Agent:

@@ -15,7 +15,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
-from rtunnel import PrivateKeyFile, ReverseTunnel
+from rtunnel import PrivateKeyFile, ReverseTunnel, TunnelOptions
 from rtunnel.testing import SSHTestServer, client_key, generate_client_key
 
 
@@ -51,10 +51,9 @@ class Stack:
             self.reactor,
             "127.0.0.1",
             2222,
-            user="alice",
-            auth=[PrivateKeyFile(key_path)],
-            known_hosts=known_hosts,
-            **tunnel_kw,
+            options=TunnelOptions.create(
+                user="alice", auth=[PrivateKeyFile(key_path)], known_hosts=known_hosts, **tunnel_kw
+            ),
         )
         self.server_factory: Any = None
 

@@ -93,19 +93,27 @@ def test_first_option_wins_and_everything_reaches_the_tunnel() -> None:
     ]:
         options.apply_option(text)
     tunnel = build_tunnel(MemoryReactorClock(), "h", options, report=lambda *a: None)
-    assert tunnel.ciphers == [c for c in _algorithms.DEFAULT_CIPHERS if "chacha" not in c]
-    assert tunnel.macs == [*_algorithms.DEFAULT_MACS, "hmac-sha1"]
-    assert tunnel.kex_algorithms == ["curve25519-sha256"]
-    assert tunnel.host_key_algorithms[-1] == "ssh-rsa"
-    assert (tunnel.rekey_bytes, tunnel.rekey_seconds) == (64 << 20, 600.0)
+    assert list(tunnel.options.algorithms.ciphers) == [
+        c for c in _algorithms.DEFAULT_CIPHERS if "chacha" not in c
+    ]
+    assert list(tunnel.options.algorithms.macs) == [*_algorithms.DEFAULT_MACS, "hmac-sha1"]
+    assert list(tunnel.options.algorithms.kex_algorithms) == ["curve25519-sha256"]
+    assert tunnel.options.algorithms.host_key_algorithms[-1] == "ssh-rsa"
+    assert (tunnel.options.algorithms.rekey_bytes, tunnel.options.algorithms.rekey_seconds) == (
+        64 << 20,
+        600.0,
+    )
 
 
 def test_defaults_reach_the_tunnel() -> None:
     tunnel = build_tunnel(
         MemoryReactorClock(), "h", ClientOptions(user="u", port=22), report=lambda *a: None
     )
-    assert tunnel.ciphers == list(_algorithms.DEFAULT_CIPHERS)
-    assert (tunnel.rekey_bytes, tunnel.rekey_seconds) == (_algorithms.DEFAULT_REKEY_BYTES, None)
+    assert list(tunnel.options.algorithms.ciphers) == list(_algorithms.DEFAULT_CIPHERS)
+    assert (tunnel.options.algorithms.rekey_bytes, tunnel.options.algorithms.rekey_seconds) == (
+        _algorithms.DEFAULT_REKEY_BYTES,
+        None,
+    )
 
 
 def test_negotiation_error_is_printed_as_is() -> None:
@@ -125,11 +133,11 @@ def test_compression_flag_and_option_reach_the_tunnel() -> None:
     options = ClientOptions(user="u", port=22)
     options.apply_option("Compression=yes")
     tunnel = build_tunnel(MemoryReactorClock(), "h", options, report=lambda *a: None)
-    assert tunnel.compression is True
+    assert tunnel.options.algorithms.compression is True
     off = build_tunnel(
         MemoryReactorClock(), "h", ClientOptions(user="u", port=22), report=lambda *a: None
     )
-    assert off.compression is False
+    assert off.options.algorithms.compression is False
 
 
 _X86_CPUINFO = """processor\t: 0

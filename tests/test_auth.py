@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from rtunnel import AuthenticationError, Password, PrivateKeyFile, ReverseTunnel
+from rtunnel import AuthenticationError, Password, PrivateKeyFile, ReverseTunnel, TunnelOptions
 from rtunnel.client.auth.credentials import (
     AskPassword,
     KeyboardInteractive,
@@ -27,7 +27,12 @@ from rtunnel.testing._server import KbdIntPrompt, SSHTestServer
 
 
 def tunnel(server: SSHTestServer, user: str, known: Path, **kw: Any) -> ReverseTunnel:
-    return ReverseTunnel(reactor, server.host, server.port, user=user, known_hosts=known, **kw)
+    return ReverseTunnel(
+        reactor,
+        server.host,
+        server.port,
+        options=TunnelOptions.create(user=user, known_hosts=known, **kw),
+    )
 
 
 async def logon_ok(t: ReverseTunnel) -> None:
@@ -72,7 +77,9 @@ def test_password_prompt_pattern(pattern: str, prompt: str, matches: bool) -> No
 
 def test_unknown_preferred_method_is_a_spec_error() -> None:
     with pytest.raises(SpecError, match="hostbased"):
-        ReverseTunnel(reactor, "h", preferred_authentications=["hostbased"])
+        ReverseTunnel(
+            reactor, "h", options=TunnelOptions.create(preferred_authentications=["hostbased"])
+        )
 
 
 # -- keyboard-interactive ---------------------------------------------------------------

@@ -26,6 +26,7 @@ from rtunnel import (
     PrivateKeyFile,
     ReverseTunnel,
     SpecError,
+    TunnelOptions,
     encode_packet,
     get_ssh_param,
     read_ssh_params,
@@ -42,7 +43,12 @@ INFO_RESPONSE = 61
 
 
 def tunnel(server: Any, user: str, known: Path, **kw: Any) -> ReverseTunnel:
-    return ReverseTunnel(reactor, server.host, server.port, user=user, known_hosts=known, **kw)
+    return ReverseTunnel(
+        reactor,
+        server.host,
+        server.port,
+        options=TunnelOptions.create(user=user, known_hosts=known, **kw),
+    )
 
 
 def request(step: CustomAuthStep, method: str, *fields: tuple[str, object]) -> bytes:
@@ -220,9 +226,11 @@ async def test_the_hook_signs_a_publickey_request_for_openssh(
         reactor,
         openssh_server.host,
         openssh_server.port,
-        user=openssh_server.user,
-        known_hosts=openssh_server.known_hosts_path,
-        auth=[CustomAuth(respond)],
+        options=TunnelOptions.create(
+            user=openssh_server.user,
+            known_hosts=openssh_server.known_hosts_path,
+            auth=[CustomAuth(respond)],
+        ),
     )
     await t.logon()
     await t.logoff()
@@ -245,9 +253,9 @@ async def test_the_hook_sends_a_password_to_openssh_with_pam(
         reactor,
         pam_sshd.host,
         pam_sshd.port,
-        user=local_user.name,
-        known_hosts=pam_sshd.known_hosts_path,
-        auth=[CustomAuth(respond)],
+        options=TunnelOptions.create(
+            user=local_user.name, known_hosts=pam_sshd.known_hosts_path, auth=[CustomAuth(respond)]
+        ),
     )
     await t.logon()
     await t.logoff()

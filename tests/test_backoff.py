@@ -25,6 +25,7 @@ from rtunnel import (
     ReconnectPolicy,
     ReverseTunnel,
     TunnelObserver,
+    TunnelOptions,
 )
 from rtunnel.testing import SSHTestServer, client_key, generate_client_key
 
@@ -59,10 +60,9 @@ class ReconnectingStack:
             self.reactor,
             "127.0.0.1",
             2222,
-            user="alice",
-            auth=[PrivateKeyFile(key_path)],
-            known_hosts=known_hosts,
-            **tunnel_kw,
+            options=TunnelOptions.create(
+                user="alice", auth=[PrivateKeyFile(key_path)], known_hosts=known_hosts, **tunnel_kw
+            ),
         )
         self.watcher = Attempts()
         self.tunnel.add_observer(self.watcher)

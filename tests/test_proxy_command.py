@@ -16,7 +16,7 @@ import pytest_twisted
 from e2e_support import Server
 from twisted.internet.threads import deferToThread
 
-from rtunnel import ConnectionLostError, ReverseTunnel, SpecError
+from rtunnel import ConnectionLostError, ReverseTunnel, SpecError, TunnelOptions
 from rtunnel._core.syntax import Destination, parse_proxy_jump
 from rtunnel.cli import CommandLineExit, parse_command_line
 from rtunnel.client.reach._proxycommand import expand_proxy_command
@@ -94,11 +94,17 @@ def test_proxy_command_excludes_the_other_ways_of_connecting() -> None:
     from twisted.internet import reactor
 
     with pytest.raises(SpecError, match="not both"):
-        ReverseTunnel(reactor, "h", proxy="socks5://p", proxy_command="nc %h %p")
+        ReverseTunnel(
+            reactor, "h", options=TunnelOptions.create(proxy="socks5://p", proxy_command="nc %h %p")
+        )
     with pytest.raises(SpecError, match="local_host"):
-        ReverseTunnel(reactor, "h", local_host="127.0.0.2", proxy_command="nc %h %p")
+        ReverseTunnel(
+            reactor,
+            "h",
+            options=TunnelOptions.create(local_host="127.0.0.2", proxy_command="nc %h %p"),
+        )
     with pytest.raises(SpecError, match="unknown token"):
-        ReverseTunnel(reactor, "h", proxy_command="nc %z")
+        ReverseTunnel(reactor, "h", options=TunnelOptions.create(proxy_command="nc %z"))
 
 
 def _jump_command(jump: OpenSSHServer, key: Path) -> str:

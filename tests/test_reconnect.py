@@ -36,6 +36,7 @@ from rtunnel import (
     ReconnectLimitError,
     ReverseTunnel,
     TunnelObserver,
+    TunnelOptions,
 )
 from rtunnel._core.policy import ReconnectPolicy
 from rtunnel.client.channels.keepalive import Keepalive
@@ -270,10 +271,12 @@ async def test_first_logon_retried_until_the_server_is_up(
         reactor,
         "127.0.0.1",
         port,
-        user=ssh_user,
-        auth=[PrivateKeyFile(ssh_client_key)],
-        known_hosts=ssh_known_hosts,
-        reconnect=ReconnectPolicy(mode="always", initial_delay=0.2, max_delay=0.4, jitter=0),
+        options=TunnelOptions.create(
+            user=ssh_user,
+            auth=[PrivateKeyFile(ssh_client_key)],
+            known_hosts=ssh_known_hosts,
+            reconnect=ReconnectPolicy(mode="always", initial_delay=0.2, max_delay=0.4, jitter=0),
+        ),
     )
     t.add_observer(watcher)
     attempt = t.logon()
@@ -341,12 +344,14 @@ async def test_frozen_server_noticed_by_keepalive_and_stale_port_retried(
         reactor,
         openssh_server.host,
         openssh_server.port,
-        user=openssh_server.user,
-        auth=[PrivateKeyFile(openssh_client_key)],
-        known_hosts=openssh_server.known_hosts_path,
-        keepalive_interval=1,
-        keepalive_count_max=2,
-        reconnect=ReconnectPolicy(initial_delay=0.2, max_delay=0.5, jitter=0),
+        options=TunnelOptions.create(
+            user=openssh_server.user,
+            auth=[PrivateKeyFile(openssh_client_key)],
+            known_hosts=openssh_server.known_hosts_path,
+            keepalive_interval=1,
+            keepalive_count_max=2,
+            reconnect=ReconnectPolicy(initial_delay=0.2, max_delay=0.5, jitter=0),
+        ),
     )
     t.add_observer(watcher)
     await t.logon()
@@ -385,10 +390,12 @@ async def test_sshd_restart(openssh_server: Any, openssh_client_key: Any) -> Non
         reactor,
         openssh_server.host,
         openssh_server.port,
-        user=openssh_server.user,
-        auth=[PrivateKeyFile(openssh_client_key)],
-        known_hosts=openssh_server.known_hosts_path,
-        reconnect=FAST,
+        options=TunnelOptions.create(
+            user=openssh_server.user,
+            auth=[PrivateKeyFile(openssh_client_key)],
+            known_hosts=openssh_server.known_hosts_path,
+            reconnect=FAST,
+        ),
     )
     t.add_observer(watcher)
     await t.logon()
@@ -406,7 +413,7 @@ def test_logoff_while_waiting_to_reconnect_stops_cleanly() -> None:
     from twisted.internet.testing import MemoryReactorClock
 
     clock = MemoryReactorClock()
-    t = ReverseTunnel(clock, "example.invalid", 22, reconnect=FAST)
+    t = ReverseTunnel(clock, "example.invalid", 22, options=TunnelOptions.create(reconnect=FAST))
     t._reconnect_call = clock.callLater(5, lambda: None)
     done: list[Any] = []
     t.when_disconnected().addBoth(done.append)

@@ -200,8 +200,8 @@ def test_build_tunnel(tmp_path: Path) -> None:
     tunnel = service.build_tunnel(
         reactor, "example.com", options, report=lambda *a: reported.append(a)
     )
-    assert tunnel.host_key_policy == "accept-new"
-    assert tunnel.connect_timeout == 7
+    assert tunnel.options.host_keys.host_key_policy == "accept-new"
+    assert tunnel.options.reach.connect_timeout == 7
     assert reported == [("DEBUG1", f"no such identity: {tmp_path / 'missing'}")]
 
 
@@ -209,7 +209,7 @@ def test_build_tunnel_known_hosts_none(tmp_path: Path) -> None:
     """UserKnownHostsFile=none checks against (and records to) nothing."""
     options = ClientOptions(known_hosts_files=())
     tunnel = service.build_tunnel(reactor, "h", options, report=lambda *a: None)
-    assert [str(p) for p in tunnel.known_hosts] == ["/dev/null"]
+    assert [str(p) for p in tunnel.options.host_keys.known_hosts] == ["/dev/null"]
 
 
 # --------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from rtunnel.errors import SpecError
 __all__ = [
     "GSSAPI",
     "AskPassword",
-    "AuthOptions",
     "CertificateFile",
     "Credential",
     "CustomAuth",
@@ -35,6 +34,7 @@ __all__ = [
     "PrivateKey",
     "PrivateKeyFile",
     "SSHAgent",
+    "UserAuthSettings",
     "check_methods",
     "check_password_prompts",
     "key_file_problem",
@@ -493,9 +493,10 @@ def check_password_prompts(count: int) -> None:
 
 
 @dataclass(frozen=True)
-class AuthOptions:
+class UserAuthSettings:
     """
-    How to log on, beyond the credentials.
+    How the user authentication client logs on, beyond the credentials: made by the
+    tunnel from its :class:`~rtunnel.options.AuthOptions`, which checked every value.
 
     :ivar credentials: what to log on with (keys are loaded separately, before
         connecting; the callbacks of :class:`AskPassword` and :class:`KeyboardInteractive`
@@ -514,9 +515,9 @@ class AuthOptions:
         give up; without it the request is an AuthenticationError.
     :ivar host: the server's name, for the password prompt.
     :ivar pubkey_accepted_algorithms: the public key signature algorithms to use, in
-        order (OpenSSH ``PubkeyAcceptedAlgorithms`` syntax, or a list); a key none of them
-        fits is skipped. None: automatic (RSA signs with the best SHA-2 algorithm the
-        server's ``server-sig-algs`` lists).
+        order, resolved (:func:`~rtunnel.client.auth._pubkey.resolve_pubkey_algorithms`);
+        a key none of them fits is skipped. None: automatic (RSA signs with the best SHA-2
+        algorithm the server's ``server-sig-algs`` lists).
     """
 
     credentials: tuple[Credential, ...] = ()
@@ -527,15 +528,4 @@ class AuthOptions:
     password_change: PasswordCallback | None = None
     host: str = ""
     reactor: Any = None
-    pubkey_accepted_algorithms: str | Sequence[str] | None = None
-
-    def __post_init__(self) -> None:
-        from rtunnel.client.auth._pubkey import resolve_pubkey_algorithms
-
-        object.__setattr__(
-            self,
-            "pubkey_accepted_algorithms",
-            resolve_pubkey_algorithms(self.pubkey_accepted_algorithms),
-        )
-        check_methods(self.preferred)
-        check_password_prompts(self.number_of_password_prompts)
+    pubkey_accepted_algorithms: tuple[str, ...] | None = None

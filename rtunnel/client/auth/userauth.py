@@ -34,7 +34,6 @@ from rtunnel.client.auth.credentials import (
     GSSAPI,
     SUPPORTED_METHODS,
     AskPassword,
-    AuthOptions,
     CertificateFile,
     Credential,
     CustomAuth,
@@ -46,6 +45,7 @@ from rtunnel.client.auth.credentials import (
     PrivateKey,
     PrivateKeyFile,
     SSHAgent,
+    UserAuthSettings,
     key_file_problem,
     password_prompt_matches,
 )
@@ -53,10 +53,10 @@ from rtunnel.client.hostkeys.certificates import CertificateError, parse_certifi
 from rtunnel.errors import AuthenticationError, CredentialError, RTunnelError, SpecError
 
 __all__ = [
-    "AuthOptions",
     "CredentialError",
     "LoadedKey",
     "UserAuthClient",
+    "UserAuthSettings",
     "load_credentials",
     "password_prompt_matches",
 ]
@@ -526,10 +526,10 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         instance: SSHService,
         keys_to_try: Sequence[LoadedKey],
         passwords: Sequence[str],
-        options: AuthOptions | None = None,
+        options: UserAuthSettings | None = None,
     ) -> None:
         super().__init__(user.encode("utf-8"), instance)
-        self._options = options or AuthOptions()
+        self._options = options or UserAuthSettings()
         self._keys = list(keys_to_try)
         self._passwords = list(passwords)
         self._kbd_passwords = list(passwords)
