@@ -18,19 +18,28 @@ from rtunnel.openssh.options import parse_option, parse_rekey_limit
 from rtunnel.service import build_tunnel, describe_error
 
 
+def _resolved(kind: str, spec: str) -> tuple[str, ...]:
+    return tuple(_algorithms.resolve(kind, spec))
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("Ciphers=aes128-ctr", ("Ciphers", "aes128-ctr")),
-        ("ciphers +aes128-cbc", ("Ciphers", "+aes128-cbc")),
-        ("MACs -hmac-sha2-512*", ("MACs", "-hmac-sha2-512*")),
+        # The lists come resolved, OpenSSH's modifiers applied, as the tunnel takes them.
+        ("Ciphers=aes128-ctr", ("Ciphers", _resolved("cipher", "aes128-ctr"))),
+        ("ciphers +aes128-cbc", ("Ciphers", _resolved("cipher", "+aes128-cbc"))),
+        ("MACs -hmac-sha2-512*", ("MACs", _resolved("mac", "-hmac-sha2-512*"))),
         (
             "KexAlgorithms=^diffie-hellman-group14-sha1",
-            ("KexAlgorithms", "^diffie-hellman-group14-sha1"),
+            ("KexAlgorithms", _resolved("kex", "^diffie-hellman-group14-sha1")),
         ),
         (
             "HostKeyAlgorithms ssh-ed25519,rsa-sha2-256",
-            ("HostKeyAlgorithms", "ssh-ed25519,rsa-sha2-256"),
+            ("HostKeyAlgorithms", (("ssh-ed25519", "rsa-sha2-256"), False)),
+        ),
+        (
+            "HostKeyAlgorithms -ssh-rsa",
+            ("HostKeyAlgorithms", (_resolved("host key", "-ssh-rsa"), True)),
         ),
         ("RekeyLimit 1M", ("RekeyLimit", (str(1 << 20), ""))),
         ("RekeyLimit=default 1h", ("RekeyLimit", ("", "3600"))),
@@ -71,8 +80,8 @@ def test_parse_rekey_limit_suffixes() -> None:
 def test_cipher_and_mac_flags_override_options_and_are_checked() -> None:
     inv = parse_command_line(["-o", "Ciphers=aes128-ctr", "-c", "^aes256-gcm@openssh.com", "-m",
                               "hmac-sha2-512", "-R", "0:h:1", "host"])  # fmt: skip
-    assert inv.options.ciphers == "^aes256-gcm@openssh.com"
-    assert inv.options.macs == "hmac-sha2-512"
+    assert inv.options.tunnel["ciphers"] == _resolved("cipher", "^aes256-gcm@openssh.com")
+    assert inv.options.tunnel["macs"] == ("hmac-sha2-512",)
     with pytest.raises(CommandLineExit) as info:
         parse_command_line(["-c", "twofish-cbc", "-R", "0:h:1", "host"])
     assert info.value.text.startswith("Unknown cipher type 'twofish-cbc'.")
@@ -129,7 +138,7 @@ def test_negotiation_error_is_printed_as_is() -> None:
 
 def test_compression_flag_and_option_reach_the_tunnel() -> None:
     inv = parse_command_line(["-C", "-R", "0:h:1", "host"])
-    assert inv.options.compression is True
+    assert inv.options.tunnel["compression"] is True
     options = ClientOptions(user="u", port=22)
     options.apply_option("Compression=yes")
     tunnel = build_tunnel(MemoryReactorClock(), "h", options, report=lambda *a: None)

@@ -109,7 +109,7 @@ def test_the_list_syntax() -> None:
     options = ClientOptions()
     options.apply_option("PubkeyAcceptedAlgorithms=+ssh-rsa")
     options.apply_option("PubkeyAcceptedAlgorithms=ssh-ed25519")  # the first one wins
-    assert options.pubkey_accepted_algorithms == "+ssh-rsa"
+    assert options.tunnel["pubkey_accepted_algorithms"] == resolve_pubkey_algorithms("+ssh-rsa")
     with pytest.raises(SpecError, match="Bad key types 'x'"):
         ClientOptions().apply_option("PubkeyAcceptedAlgorithms x")
 

@@ -16,7 +16,7 @@ import pytest_twisted
 from e2e_support import Server
 from twisted.internet.threads import deferToThread
 
-from rtunnel import ConnectionLostError, ReverseTunnel, SpecError, TunnelOptions
+from rtunnel import ConnectionLostError, JumpHost, ReverseTunnel, SpecError, TunnelOptions
 from rtunnel._core.syntax import Destination, parse_proxy_jump
 from rtunnel.cli import CommandLineExit, parse_command_line
 from rtunnel.client.reach._proxycommand import expand_proxy_command
@@ -73,16 +73,19 @@ def test_bad_jump_specs_are_refused(spec: str) -> None:
 
 def test_the_command_line_takes_j_and_proxycommand_first_one_wins() -> None:
     forward = ["-R", "0:127.0.0.1:80"]
-    options = parse_command_line(["-J", "u@j:2", *forward, "dest"]).options
-    assert (options.proxy_jump, options.proxy_command) == ("u@j:2", None)
+    options = parse_command_line(["-J", "u@j:2", *forward, "dest"]).options.tunnel
+    assert (options.get("proxy_jump"), options.get("proxy_command")) == (
+        (JumpHost("j", 2, "u"),),
+        None,
+    )
     options = parse_command_line(
         ["-o", "ProxyCommand=nc %h %p", "-J", "j", *forward, "dest"]
-    ).options
-    assert (options.proxy_jump, options.proxy_command) == (None, "nc %h %p")
+    ).options.tunnel
+    assert (options.get("proxy_jump"), options.get("proxy_command")) == (None, "nc %h %p")
     options = parse_command_line(
         ["-J", "j", "-o", "ProxyCommand=nc %h %p", *forward, "dest"]
-    ).options
-    assert (options.proxy_jump, options.proxy_command) == ("j", None)
+    ).options.tunnel
+    assert (options.get("proxy_jump"), options.get("proxy_command")) == ((JumpHost("j"),), None)
     assert parse_option("ProxyCommand none") == ("ProxyCommand", "none")
     with pytest.raises(CommandLineExit, match="Only a single -J"):
         parse_command_line(["-J", "a", "-J", "b", *forward, "dest"])
