@@ -472,22 +472,24 @@ class ReverseTunnel:
         return self._require_conn().open_direct_tcpip(host, port, protocol)
 
     def _bind_address(self) -> tuple[str, int] | None:
-        if self.options.reach.local_host is None and not self.options.reach.local_port:
+        reach = self.options.reach
+        if reach.local_host is None and not reach.local_port:
             return None
-        return (self.options.reach.local_host or "", self.options.reach.local_port)
+        return (reach.local_host or "", reach.local_port)
 
     def _proxy_for_connection(self) -> Proxy | None:
-        if self.options.reach.proxy is None:
+        reach = self.options.reach
+        if reach.proxy is None:
             return None
         from rtunnel.client.reach.proxy import Proxy, bypasses
 
         proxy: Proxy | None
-        if self.options.reach.proxy == "auto":
+        if reach.proxy == "auto":
             # FirewallAutoDetect: what the environment says now, as curl reads it.
             proxy = Proxy.from_environment(os.environ, self.host)
         else:
-            proxy = self.options.reach.proxy
-        if proxy is None or bypasses(self.options.reach.proxy_exceptions, self.host):
+            proxy = reach.proxy
+        if proxy is None or bypasses(reach.proxy_exceptions, self.host):
             return None
         return proxy
 
@@ -669,6 +671,7 @@ class ReverseTunnel:
             self._stopping = False
 
     async def _logoff_steps(self) -> None:
+        staying_up = self.options.staying_up
         self._cancel_retries()
         if self._reconnect_call is not None:
             # Waiting to reconnect: nothing is connected.
@@ -694,27 +697,25 @@ class ReverseTunnel:
                 for f in list(self._forwards)
                 if f.state is ForwardState.ACTIVE
             ]
-            await _settle(cancels, self.options.staying_up.logoff_timeout, self._clock)
+            await _settle(cancels, staying_up.logoff_timeout, self._clock)
             for channel in list(conn.channels.values()):
                 if channel.confirmed:
                     channel.loseConnection()
-            if self.options.staying_up.wait_for_channel_close:
-                await _settle(
-                    [conn.when_idle()], self.options.staying_up.logoff_timeout, self._clock
-                )
+            if staying_up.wait_for_channel_close:
+                await _settle([conn.when_idle()], staying_up.logoff_timeout, self._clock)
             if not conn.stopped:
                 # DISCONNECT by application; not Conch's sendDisconnect, which logs a
                 # clean logoff as "Disconnecting with error".
                 transport.announce_disconnect("logoff")
                 tcp = transport.transport
-                if not self.options.staying_up.wait_for_server_disconnect and tcp is not None:
+                if not staying_up.wait_for_server_disconnect and tcp is not None:
                     tcp.loseConnection()
         if not lost.called:
             # DISCONNECT was sent, and the TCP close started unless the server is to close
             # it; past logoff_timeout we drop it ourselves.
             tcp = transport.transport
             fallback = (
-                self._clock.callLater(self.options.staying_up.logoff_timeout, _abort_if_open, tcp)
+                self._clock.callLater(staying_up.logoff_timeout, _abort_if_open, tcp)
                 if tcp is not None
                 else None
             )
@@ -1139,34 +1140,26 @@ class ReverseTunnel:
             if protocol is None:
                 raise ChannelRefused(OPEN_ADMINISTRATIVELY_PROHIBITED, "refused by the factory")
             return protocol
+        channels = self.options.channels
+        bind = (channels.forwarding_local_host, 0) if channels.forwarding_local_host else None
         if forward.dynamic:
             # The channel is confirmed now; the client's SOCKS request on it says where to.
-            bind = (
-                (self.options.channels.forwarding_local_host, 0)
-                if self.options.channels.forwarding_local_host
-                else None
-            )
             return SocksChannel(
                 self._reactor,
-                self.options.channels.target_connect_timeout,
+                channels.target_connect_timeout,
                 bind,
-                self.options.channels.permit_remote_open,
+                channels.permit_remote_open,
                 self._emit_log,
             )
         if forward.target_path is not None:
             return await self._connect_unix_target(forward.target_path, request)
         assert forward.host is not None and forward.host_port is not None
         target = TargetProtocol()
-        bind = (
-            (self.options.channels.forwarding_local_host, 0)
-            if self.options.channels.forwarding_local_host
-            else None
-        )
         endpoint = tcp_endpoint(
             self._reactor,
             forward.host,
             forward.host_port,
-            self.options.channels.target_connect_timeout,
+            channels.target_connect_timeout,
             bind,
         )
         try:
