@@ -332,9 +332,11 @@ def _apply_flag(options: ClientOptions, letter: str, value: str, warnings: list[
         path = Path(value).expanduser()
         try:
             path.stat()
-        except OSError as error:
-            # ssh.c, case 'i': warn and carry on without the file.
-            warnings.append(f"Warning: Identity file {path} not accessible: {error.strerror}.")
+        except (OSError, ValueError) as error:
+            # ssh.c, case 'i': warn and carry on without the file. ValueError: a name no
+            # file can have (a NUL, a lone surrogate).
+            why = error.strerror if isinstance(error, OSError) else str(error)
+            warnings.append(f"Warning: Identity file {path} not accessible: {why}.")
         else:
             options.identity_files.append(str(path))
 

@@ -113,7 +113,8 @@ def _identity_files(options: ClientOptions, report: Report) -> list[Path]:
     for path in candidates:
         try:
             path.stat()
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            # ValueError: a name no file can have (a NUL, a lone surrogate).
             report("DEBUG1", f"no such identity: {path}")
             continue
         except OSError:

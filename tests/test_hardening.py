@@ -156,6 +156,25 @@ def test_any_option_value(driver: Driver, key: str, separator: str, value: str) 
     _one_clear_line(driver.run(*argv), argv)
 
 
+@pytest.mark.parametrize("path", ["\ud800", "a\x00b"], ids=["lone surrogate", "NUL"])
+def test_an_identity_file_no_file_can_be_named_is_skipped(driver: Driver, path: str) -> None:
+    """
+    Found by test_any_option_value: a key path no file system call takes (a lone
+    surrogate, which an in-process caller can pass, or a NUL) ended in "main function
+    encountered error" and a traceback. It is skipped as a missing key is, and ``-i``
+    warns about it as about any file it cannot access.
+    """
+    argv = [*BASE, "-o", f"IdentityFile={path}", "-R", "0:localhost:1", "--", "host.invalid"]
+    _one_clear_line(driver.run(*argv), argv)
+    argv = [*BASE, "-i", path, "-R", "0:localhost:1", "--", "host.invalid"]
+    result = driver.run(*argv)
+    assert result["status"] == 255, (argv, result)
+    lines = result["output"].splitlines()
+    assert len(lines) == 2 and "Traceback" not in result["output"], (argv, result)
+    assert lines[0].startswith("Warning: Identity file ") and "not accessible" in lines[0]
+    assert all(line.isprintable() for line in lines), lines
+
+
 @PROPERTY
 @given(ARGUMENT)
 def test_any_remote_forward(driver: Driver, spec: str) -> None:
