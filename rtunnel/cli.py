@@ -9,6 +9,7 @@ exit statuses, so it can replace ``ssh`` in scripts that keep a reverse tunnel o
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -314,7 +315,7 @@ def _apply_flag(options: ClientOptions, letter: str, value: str, warnings: list[
             raise SpecError(f"{fail} '{value}'. {error.message}") from None
         options.set_outright(CIPHERS if letter == "c" else MACS, names)
     elif letter == "i":
-        path = Path(value).expanduser()
+        path = Path(os.path.expanduser(value))
         try:
             path.stat()
         except (OSError, ValueError) as error:
