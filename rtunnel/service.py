@@ -21,7 +21,7 @@ import getpass
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
@@ -76,6 +76,8 @@ __all__ = [
 ]
 
 _log = Logger()
+
+_T = TypeVar("_T")
 
 #: The private keys tried when none is given, in OpenSSH's order (readconf.c,
 #: ``fill_default_options``), leaving out the kinds rtunnel cannot use (security keys,
@@ -391,10 +393,9 @@ async def establish_forwards(
             "DEBUG1",
             f"Remote connections from {listen} forwarded to local address {target}",
         )
-        answer: Deferred[Any] = _request_forward(tunnel, spec)
-        answer.addCallback(granted, spec)
-        answer.addErrback(refused, spec)
-        answers.append(answer)
+        answers.append(
+            _request_forward(tunnel, spec).addCallback(granted, spec).addErrback(refused, spec)
+        )
     try:
         results = await gatherResults(answers, consumeErrors=True)
     except FirstError as error:
@@ -514,7 +515,7 @@ class Options(usage.Options):
             raise usage.UsageError("no remote forwards: give -R [bind_address:]port:host:hostport")
 
 
-def _usage(parse: Callable[[str], Any], text: str) -> Any:
+def _usage(parse: Callable[[str], _T], text: str) -> _T:
     """Call ``parse(text)``, turning a SpecError into twistd's UsageError."""
     try:
         return parse(text)
