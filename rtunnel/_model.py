@@ -5,12 +5,14 @@ observer interface for the reference's channel events.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory
+
+# The states and their transitions are pure data, in the core (issue #16).
+from rtunnel._core.forwards import ForwardState
 
 __all__ = [
     "AcceptHook",
@@ -22,16 +24,6 @@ __all__ = [
     "TunnelObserver",
     "TunnelStatistics",
 ]
-
-
-class ForwardState(enum.Enum):
-    """Where a forward is in its life."""
-
-    PENDING = "pending"
-    ACTIVE = "active"
-    RETRYING = "retrying"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,13 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from rtunnel._core import wire
+from rtunnel._core.forwards import (
+    ForwardEvent,
+    allows,
+    match_forward,
+    match_socket_forward,
+    next_state,
+)
 from rtunnel._core.policy import TokenBucket
 from rtunnel._core.text import printable
 from rtunnel._model import (
@@ -866,7 +873,7 @@ class ReverseTunnel:
             except BaseException:
                 # Refused (ForwardingError) or cancelled: a forward that never worked is
                 # not kept for reconnects.
-                self._drop_unanswered(forward, ForwardState.FAILED)
+                self._drop_unanswered(forward, ForwardEvent.REFUSED)
                 raise
         if forward not in self._forwards:
             # The tunnel has stopped already (it forgets its forwards when it does).
@@ -879,15 +886,21 @@ class ReverseTunnel:
             return await answer
         except defer.CancelledError:
             self._first_answers.pop(id(forward), None)
-            self._drop_unanswered(forward, ForwardState.CANCELLED)
+            self._drop_unanswered(forward, ForwardEvent.ABANDON)
             raise
 
-    def _drop_unanswered(self, forward: Forward, state: ForwardState) -> None:
+    def _drop_unanswered(self, forward: Forward, event: ForwardEvent) -> None:
         """Forget a forward whose request was refused or given up by its caller."""
-        forward.state = state
+        self._move(forward, event)
         if forward in self._forwards:
             self._forwards.remove(forward)
         self._notify_forward(forward)
+
+    @staticmethod
+    def _move(forward: Forward, event: ForwardEvent) -> None:
+        """Move ``forward`` by ``event``, as the table in rtunnel/_core/forwards.py allows
+        (else ForwardTransitionError: a bug, not a user mistake)."""
+        forward.state = next_state(forward.state, event)
 
     def _waiting_to_reconnect(self) -> bool:
         """Between connections, with a reconnect scheduled or its logon under way."""
@@ -905,7 +918,7 @@ class ReverseTunnel:
 
     async def _establish(self, forward: Forward, conn: ForwardingConnection) -> None:
         """Send ``tcpip-forward`` for ``forward``; mark it active or raise."""
-        forward.state = ForwardState.PENDING
+        self._move(forward, ForwardEvent.REQUEST)
         requested = forward.requested_port
         try:
             if forward.listen_path is not None:
@@ -929,7 +942,7 @@ class ReverseTunnel:
                 f"remote port forwarding failed for listen {what}"
                 + ("" if isinstance(e, ForwardingError) else f": {e}")
             ) from None
-        forward.state = ForwardState.ACTIVE
+        self._move(forward, ForwardEvent.AGREED)
         self._emit_log(
             2,
             f"Remote forward of {forward.bind_address or '*'} port {forward.port} active "
@@ -1004,14 +1017,14 @@ class ReverseTunnel:
                     and f.port == port
                     and f.port
                 )
-                and f.state is not ForwardState.CANCELLED
+                and allows(f.state, ForwardEvent.CANCEL)
             ),
             None,
         )
         if forward is None:
             raise ForwardingError(f"No active forward on {where}.")
         # Refuse new opens at once: opens that race the cancel are refused (B4).
-        forward.state = ForwardState.CANCELLED
+        self._move(forward, ForwardEvent.CANCEL)
         self._forwards.remove(forward)
         try:
             if listen_path is not None:
@@ -1080,27 +1093,11 @@ class ReverseTunnel:
 
     def find_socket_forward(self, path: str) -> Forward | None:
         """The active socket forward a ``forwarded-streamlocal@openssh.com`` open names."""
-        return next(
-            (f for f in self._forwards if f.state is ForwardState.ACTIVE and f.listen_path == path),
-            None,
-        )
+        return match_socket_forward(self._forwards, path)
 
     def find_forward(self, address: str, port: int) -> Forward | None:
         """The active forward an inbound open names (see ARCHITECTURE.md step 2)."""
-        candidates = [
-            f
-            for f in self._forwards
-            if f.state is ForwardState.ACTIVE and f.port == port and f.listen_path is None
-        ]
-        for forward in candidates:
-            if forward.bind_address == address:
-                return forward
-        # Some servers report the address they bound rather than the string we sent
-        # (e.g. "127.0.0.1" for "localhost"); the port alone is then unambiguous if only
-        # one forward listens on it. The destination always comes from our forward.
-        if len(candidates) == 1:
-            return candidates[0]
-        return None
+        return match_forward(self._forwards, address, port)
 
     def open_target(
         self, forward: Forward, request: ChannelOpenRequest, channel: ForwardedChannel
@@ -1396,7 +1393,7 @@ class ReverseTunnel:
         count = self._forward_retries.get(id(forward), (0, None))[0] + 1
         delay = self._next_retry("tunnel", count, error, forward.requested_port)
         if delay is None:
-            forward.state = ForwardState.FAILED
+            self._move(forward, ForwardEvent.REFUSED)
             self._forwards.remove(forward)
             self._forward_retries.pop(id(forward), None)
             limit = ForwardRetryLimitError(
@@ -1407,7 +1404,7 @@ class ReverseTunnel:
             self._notify_forward(forward)
             self._answer_first(forward, Failure(limit))
             return
-        forward.state = ForwardState.RETRYING
+        self._move(forward, ForwardEvent.RETRY_LATER)
         self._notify_forward(forward)
 
         def retry() -> None:
