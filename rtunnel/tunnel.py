@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocol,
@@ -26,7 +25,6 @@ from twisted.internet.interfaces import (
     IReactorProcess,
     IReactorTCP,
     IReactorTime,
-    IReactorUNIX,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
@@ -58,21 +56,17 @@ from rtunnel.client.auth.credentials import UserAuthSettings
 from rtunnel.client.channels.channel import ForwardedChannel
 from rtunnel.client.channels.connection import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
-    OPEN_CONNECT_FAILED,
     ChannelRefused,
     ForwardingConnection,
 )
-from rtunnel.client.channels.dynamic import SocksChannel
 from rtunnel.client.channels.forwarder import (
-    Splice,
-    TargetFactory,
-    TargetProtocol,
     abort_with_reset,
     connect_failure_text,
     tcp_endpoint,
 )
 from rtunnel.client.channels.idle import IdleChannelReaper
 from rtunnel.client.channels.keepalive import Keepalive
+from rtunnel.client.channels.targets import target_for
 from rtunnel.client.hostkeys.verify import HostKeyPolicy, HostKeyVerifier
 from rtunnel.client.reach._proxycommand import ProxyCommandEndpoint, expand_proxy_command
 from rtunnel.client.reach.jump import jump_endpoint
@@ -434,21 +428,6 @@ class ReverseTunnel:
             "authenticated", 0, f"Logged on to {self.host} port {self.port} as {self.user!r}."
         )
         self._notify("connected")
-
-    async def _connect_unix_target(self, path: str, request: ChannelOpenRequest) -> IProtocol:
-        target = TargetProtocol()
-        endpoint = UNIXClientEndpoint(
-            cast(IReactorUNIX, self._reactor),
-            path,
-            timeout=self.options.channels.target_connect_timeout,
-        )
-        try:
-            await endpoint.connect(TargetFactory(target))
-        except (error.ConnectError, OSError) as e:
-            text = f"connect to {path} failed: {connect_failure_text(e)}"
-            self._error(ChannelError(f"Channel {request.channel_id}: {text}."))
-            raise ChannelRefused(OPEN_CONNECT_FAILED, text) from None
-        return Splice(target)
 
     def _jump_tunnel(self) -> ReverseTunnel:
         """A tunnel to the last jump host (through the hops before it), with the options
@@ -1132,42 +1111,18 @@ class ReverseTunnel:
                 ) from None
             if not answer:
                 raise ChannelRefused(OPEN_ADMINISTRATIVELY_PROHIBITED, "refused by the application")
-        if forward.factory is not None:
-            protocol = forward.factory.buildProtocol(channel.getPeer())
-            if protocol is None:
-                raise ChannelRefused(OPEN_ADMINISTRATIVELY_PROHIBITED, "refused by the factory")
-            return protocol
         channels = self.options.channels
         bind = (channels.forwarding_local_host, 0) if channels.forwarding_local_host else None
-        if forward.dynamic:
-            # The channel is confirmed now; the client's SOCKS request on it says where to.
-            return SocksChannel(
-                self._reactor,
-                channels.target_connect_timeout,
-                bind,
-                channels.permit_remote_open,
-                self._emit_log,
-            )
-        if forward.target_path is not None:
-            return await self._connect_unix_target(forward.target_path, request)
-        assert forward.host is not None and forward.host_port is not None
-        target = TargetProtocol()
-        endpoint = tcp_endpoint(
+        target = target_for(
+            forward,
             self._reactor,
-            forward.host,
-            forward.host_port,
-            channels.target_connect_timeout,
-            bind,
+            timeout=channels.target_connect_timeout,
+            bind_address=bind,
+            permitted=channels.permit_remote_open,
+            on_error=self._error,
+            log=self._emit_log,
         )
-        try:
-            await endpoint.connect(TargetFactory(target))
-        except (error.ConnectError, error.DNSLookupError, OSError) as e:
-            # OpenSSH's words (channels.c, channel_connect_to_port).
-            why = connect_failure_text(e)
-            text = f"connect to {forward.host} port {forward.host_port} failed: {why}"
-            self._error(ChannelError(f"Channel {request.channel_id}: {text}."))
-            raise ChannelRefused(OPEN_CONNECT_FAILED, text) from None
-        return Splice(target)
+        return await target.open(channel)
 
     def channel_event(self, name: str, info: ChannelInfo, data: bytes = b"") -> None:
         """Dispatch a channel event to observers."""
