@@ -171,6 +171,8 @@ class ReverseTunnel:
         self._transport: ClientTransport | None = None
         self._conn: ForwardingConnection | None = None
         self._forwards: list[Forward] = []
+        # The connection's callbacks, kept off the public API.
+        self._channel_host = _ConnectionHost(self)
         self._observers: list[TunnelObserver] = []
         self._disconnect_waiters: list[Deferred[None]] = []
         self._logging_off = False
@@ -262,7 +264,7 @@ class ReverseTunnel:
         ready: Deferred[ForwardingConnection] = Deferred()
         self._lost = Deferred()
         conn = ForwardingConnection(
-            self,
+            self._channel_host,
             window_size=channels.window_size,
             max_packet=channels.max_packet,
             max_channels=channels.max_channels,
@@ -1068,93 +1070,6 @@ class ReverseTunnel:
         """Stop receiving events."""
         self._observers.remove(observer)
 
-    # -- ChannelHost, for the connection
-
-    def find_socket_forward(self, path: str) -> Forward | None:
-        """The active socket forward a ``forwarded-streamlocal@openssh.com`` open names."""
-        return match_socket_forward(self._forwards, path)
-
-    def find_forward(self, address: str, port: int) -> Forward | None:
-        """The active forward an inbound open names (see ARCHITECTURE.md step 2)."""
-        return match_forward(self._forwards, address, port)
-
-    def open_target(
-        self, forward: Forward, request: ChannelOpenRequest, channel: ForwardedChannel
-    ) -> Deferred[IProtocol]:
-        """Run the accept hook, then connect the target or build the app's protocol."""
-        d = Deferred.fromCoroutine(self._open_target(forward, request, channel))
-        return d.addTimeout(self.options.channels.target_connect_timeout * 2, self._clock)
-
-    async def _open_target(
-        self, forward: Forward, request: ChannelOpenRequest, channel: ForwardedChannel
-    ) -> IProtocol:
-        if forward.accept is not None:
-            try:
-                answer = forward.accept(request)
-                if isinstance(answer, Deferred) or inspect.isawaitable(answer):
-                    answer = await _with_timeout(
-                        cast(Awaitable[bool], answer),
-                        self.options.channels.target_connect_timeout,
-                        self._clock,
-                    )
-            except defer.TimeoutError:
-                raise ChannelRefused(
-                    OPEN_ADMINISTRATIVELY_PROHIBITED, "accept hook did not answer"
-                ) from None
-            except Exception as e:
-                _log.failure("accept hook failed; refusing channel {id}", id=request.channel_id)
-                self._error(
-                    ChannelError(f"Channel {request.channel_id}: the accept hook failed: {e!r}")
-                )
-                raise ChannelRefused(
-                    OPEN_ADMINISTRATIVELY_PROHIBITED, "accept hook failed"
-                ) from None
-            if not answer:
-                raise ChannelRefused(OPEN_ADMINISTRATIVELY_PROHIBITED, "refused by the application")
-        channels = self.options.channels
-        bind = (channels.forwarding_local_host, 0) if channels.forwarding_local_host else None
-        target = target_for(
-            forward,
-            self._reactor,
-            timeout=channels.target_connect_timeout,
-            bind_address=bind,
-            permitted=channels.permit_remote_open,
-            on_error=self._error,
-            log=self._emit_log,
-        )
-        return await target.open(channel)
-
-    def channel_event(self, name: str, info: ChannelInfo, data: bytes = b"") -> None:
-        """Dispatch a channel event to observers."""
-        if name == "opened":
-            self._channels_opened += 1
-        elif name == "closed":
-            self._closed_bytes_sent += info.bytes_sent
-            self._closed_bytes_received += info.bytes_received
-        if self.options.log_level >= 2 and name in ("opened", "closed"):
-            self._emit_log(
-                2,
-                f"Channel {info.channel_id} {name}: from {info.origin_address} port "
-                f"{info.origin_port} to listen port {info.connected_port} "
-                f"({info.bytes_received} bytes in, {info.bytes_sent} out).",
-            )
-        if not self._observers:
-            return
-        for observer in list(self._observers):
-            try:
-                if name == "data":
-                    observer.channel_data(info, data)
-                elif name == "opened":
-                    observer.channel_opened(info)
-                elif name == "eof":
-                    observer.channel_eof(info)
-                elif name == "closed":
-                    observer.channel_closed(info)
-                elif name == "ready":
-                    observer.channel_ready_to_send(info)
-            except Exception:
-                _log.failure("observer {observer!r} failed on {name}", observer=observer, name=name)
-
     # -- internals
 
     def _require_conn(self) -> ForwardingConnection:
@@ -1410,6 +1325,105 @@ class ReverseTunnel:
                 _log.failure(
                     "observer {observer!r} failed on {event}", observer=observer, event=event
                 )
+
+
+class _ConnectionHost:
+    """
+    What the connection asks of the tunnel (``ChannelHost``): which forward an inbound
+    open names, its target, and the channel events for observers. A private object, so
+    that these callbacks are not part of :class:`ReverseTunnel`'s public API (issue #16).
+    """
+
+    def __init__(self, tunnel: ReverseTunnel) -> None:
+        self._tunnel = tunnel
+
+    def find_socket_forward(self, path: str) -> Forward | None:
+        """The active socket forward a ``forwarded-streamlocal@openssh.com`` open names."""
+        return match_socket_forward(self._tunnel._forwards, path)
+
+    def find_forward(self, address: str, port: int) -> Forward | None:
+        """The active forward an inbound open names (see ARCHITECTURE.md step 2)."""
+        return match_forward(self._tunnel._forwards, address, port)
+
+    def open_target(
+        self, forward: Forward, request: ChannelOpenRequest, channel: ForwardedChannel
+    ) -> Deferred[IProtocol]:
+        """Run the accept hook, then connect the target or build the app's protocol."""
+        tunnel = self._tunnel
+        d = Deferred.fromCoroutine(self._open_target(forward, request, channel))
+        return d.addTimeout(tunnel.options.channels.target_connect_timeout * 2, tunnel._clock)
+
+    async def _open_target(
+        self, forward: Forward, request: ChannelOpenRequest, channel: ForwardedChannel
+    ) -> IProtocol:
+        tunnel = self._tunnel
+        if forward.accept is not None:
+            try:
+                answer = forward.accept(request)
+                if isinstance(answer, Deferred) or inspect.isawaitable(answer):
+                    answer = await _with_timeout(
+                        cast(Awaitable[bool], answer),
+                        tunnel.options.channels.target_connect_timeout,
+                        tunnel._clock,
+                    )
+            except defer.TimeoutError:
+                raise ChannelRefused(
+                    OPEN_ADMINISTRATIVELY_PROHIBITED, "accept hook did not answer"
+                ) from None
+            except Exception as e:
+                _log.failure("accept hook failed; refusing channel {id}", id=request.channel_id)
+                tunnel._error(
+                    ChannelError(f"Channel {request.channel_id}: the accept hook failed: {e!r}")
+                )
+                raise ChannelRefused(
+                    OPEN_ADMINISTRATIVELY_PROHIBITED, "accept hook failed"
+                ) from None
+            if not answer:
+                raise ChannelRefused(OPEN_ADMINISTRATIVELY_PROHIBITED, "refused by the application")
+        channels = tunnel.options.channels
+        bind = (channels.forwarding_local_host, 0) if channels.forwarding_local_host else None
+        target = target_for(
+            forward,
+            tunnel._reactor,
+            timeout=channels.target_connect_timeout,
+            bind_address=bind,
+            permitted=channels.permit_remote_open,
+            on_error=tunnel._error,
+            log=tunnel._emit_log,
+        )
+        return await target.open(channel)
+
+    def channel_event(self, name: str, info: ChannelInfo, data: bytes = b"") -> None:
+        """Dispatch a channel event to observers."""
+        tunnel = self._tunnel
+        if name == "opened":
+            tunnel._channels_opened += 1
+        elif name == "closed":
+            tunnel._closed_bytes_sent += info.bytes_sent
+            tunnel._closed_bytes_received += info.bytes_received
+        if tunnel.options.log_level >= 2 and name in ("opened", "closed"):
+            tunnel._emit_log(
+                2,
+                f"Channel {info.channel_id} {name}: from {info.origin_address} port "
+                f"{info.origin_port} to listen port {info.connected_port} "
+                f"({info.bytes_received} bytes in, {info.bytes_sent} out).",
+            )
+        if not tunnel._observers:
+            return
+        for observer in list(tunnel._observers):
+            try:
+                if name == "data":
+                    observer.channel_data(info, data)
+                elif name == "opened":
+                    observer.channel_opened(info)
+                elif name == "eof":
+                    observer.channel_eof(info)
+                elif name == "closed":
+                    observer.channel_closed(info)
+                elif name == "ready":
+                    observer.channel_ready_to_send(info)
+            except Exception:
+                _log.failure("observer {observer!r} failed on {name}", observer=observer, name=name)
 
 
 class _JumpProgress(TunnelObserver):

@@ -90,7 +90,7 @@ class Harness:
         )
         self.ssh = FakeSSHTransport()
         self.conn = c.ForwardingConnection(
-            self.tunnel,
+            self.tunnel._channel_host,
             window_size=window,
             max_packet=max_packet,
             max_channels=max_channels,
@@ -700,3 +700,47 @@ def test_a_direct_tcpip_open_fails_when_the_connection_is_lost() -> None:
         _result(d)
     with pytest.raises(ConnectionLostError):
         _result(h.conn.open_direct_tcpip("t", 1, Recorder()))
+
+
+def test_the_connections_callbacks_are_not_public_methods_of_the_tunnel() -> None:
+    # Issue #16: they were public by accident; the connection gets a private object.
+    callbacks = ("find_forward", "find_socket_forward", "open_target", "channel_event")
+    assert [n for n in callbacks if hasattr(ReverseTunnel, n)] == []
+    h = Harness()
+    assert h.conn.host is h.tunnel._channel_host
+    assert all(callable(getattr(h.conn.host, n)) for n in callbacks)
+
+
+def test_the_connection_host_finds_only_active_forwards_and_counts_channels() -> None:
+    h = Harness()
+    host = h.tunnel._channel_host
+    fwd = h.forward()
+    assert host.find_forward("127.0.0.1", 40000) is fwd
+    assert host.find_forward("127.0.0.1", 40001) is None
+    assert host.find_socket_forward("127.0.0.1") is None
+    h.open(sender=7)
+    h.open(sender=8)
+    assert h.tunnel.statistics().channels_opened == 2
+    h.tunnel.close_channel(0)
+    h.feed(c.MSG_CHANNEL_CLOSE, U32.pack(0))
+    assert [i.channel_id for i in h.tunnel.channels] == [1]
+    d = h.tunnel.cancel_forwarding("127.0.0.1", 40000)
+    # Cancelled before the server answers (B4): no longer found.
+    assert fwd.state is ForwardState.CANCELLED
+    assert host.find_forward("127.0.0.1", 40000) is None
+    h.feed(c.MSG_REQUEST_SUCCESS, b"")
+    _result(d)
+
+
+def test_a_forward_no_longer_in_the_table_cannot_be_made_active() -> None:
+    # The table refuses the move instead of reviving a cancelled forward.
+    from rtunnel._core.forwards import ForwardEvent, ForwardTransitionError
+
+    h = Harness()
+    fwd = h.forward()
+    d = h.tunnel.cancel_forwarding("127.0.0.1", 40000)
+    h.feed(c.MSG_REQUEST_SUCCESS, b"")
+    _result(d)
+    with pytest.raises(ForwardTransitionError, match="a cancelled forward cannot take"):
+        ReverseTunnel._move(fwd, ForwardEvent.AGREED)
+    assert fwd.state is ForwardState.CANCELLED

@@ -347,9 +347,7 @@ def test_library_page_names_every_constructor_option() -> None:
 
 def test_library_page_names_every_public_method() -> None:
     text = _text(DOCS / "library.md")
-    # Called by the connection, not by applications (issue #16 makes them private).
-    internal = {"find_forward", "find_socket_forward", "open_target", "channel_event"}
-    names = [n for n in vars(ReverseTunnel) if not n.startswith("_") and n not in internal]
+    names = [n for n in vars(ReverseTunnel) if not n.startswith("_")]
     missing = [n for n in names if not _named(n, text)]
     assert missing == []
 
