@@ -872,9 +872,10 @@ class ReverseTunnel:
 
     def _drop_unanswered(self, forward: Forward, event: ForwardEvent) -> None:
         """Forget a forward whose request was refused or given up by its caller."""
+        if forward not in self._forwards:
+            return  # settled already: cancelled, or the tunnel stopped and said so
         self._move(forward, event)
-        if forward in self._forwards:
-            self._forwards.remove(forward)
+        self._forwards.remove(forward)
         self._notify_forward(forward)
 
     @staticmethod
@@ -901,6 +902,7 @@ class ReverseTunnel:
         """Send ``tcpip-forward`` for ``forward``; mark it active or raise."""
         self._move(forward, ForwardEvent.REQUEST)
         requested = forward.requested_port
+        port = forward.port
         try:
             if forward.listen_path is not None:
                 await conn.send_global_request(
@@ -911,7 +913,7 @@ class ReverseTunnel:
                 reply = await conn.send_global_request(
                     b"tcpip-forward", wire.encode_tcpip_forward(forward.bind_address, requested)
                 )
-                forward.port = wire.decode_tcpip_forward_reply(requested, reply)
+                port = wire.decode_tcpip_forward_reply(requested, reply)
         except (ForwardingError, wire.WireError) as e:
             # OpenSSH's words (ssh.c), so operators recognise it.
             what = (
@@ -923,6 +925,11 @@ class ReverseTunnel:
                 f"remote port forwarding failed for listen {what}"
                 + ("" if isinstance(e, ForwardingError) else f": {e}")
             ) from None
+        if not allows(forward.state, ForwardEvent.AGREED):
+            # Cancelled while the request was on its way (a re-request after a
+            # reconnect): the cancel won, and the late agreement changes nothing.
+            return
+        forward.port = port
         self._move(forward, ForwardEvent.AGREED)
         self._emit_log(
             2,
@@ -1246,6 +1253,8 @@ class ReverseTunnel:
         try:
             await self._establish(forward, conn)
         except ForwardingError as e:
+            if forward not in self._forwards:
+                return  # cancelled meanwhile: the refusal changes nothing
             if self.options.staying_up.exit_on_forward_failure:
                 self._fatal_error = e
                 self.logoff()

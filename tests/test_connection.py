@@ -744,3 +744,36 @@ def test_a_forward_no_longer_in_the_table_cannot_be_made_active() -> None:
     with pytest.raises(ForwardTransitionError, match="a cancelled forward cannot take"):
         ReverseTunnel._move(fwd, ForwardEvent.AGREED)
     assert fwd.state is ForwardState.CANCELLED
+
+
+@pytest.mark.parametrize("answer", ["agreed", "refused"])
+def test_a_forward_cancelled_while_asked_for_again_stays_cancelled(answer: str) -> None:
+    # After a reconnect the forward is asked for again (REQUEST); cancel_forwarding() in
+    # the meantime wins: the server's late answer neither revives the forward nor
+    # schedules a retry, nor breaks the re-requesting with an internal error.
+    from rtunnel._core.forwards import ForwardEvent
+
+    h = Harness()
+    watcher = _States()
+    h.tunnel.add_observer(watcher)
+    fwd = h.forward()
+    ReverseTunnel._move(fwd, ForwardEvent.LOST)
+    again = Deferred.fromCoroutine(h.tunnel._retry_forward(fwd))
+    cancelled = h.tunnel.cancel_forwarding("127.0.0.1", 40000)
+    if answer == "agreed":
+        h.feed(c.MSG_REQUEST_SUCCESS, U32.pack(40000))
+    else:
+        h.feed(c.MSG_REQUEST_FAILURE, b"")
+    h.feed(c.MSG_REQUEST_SUCCESS, b"")  # the cancel's
+    assert _result(again) is None and _result(cancelled) is None
+    assert fwd.state is ForwardState.CANCELLED and h.tunnel.forwards == []
+    assert watcher.states == [ForwardState.ACTIVE, ForwardState.CANCELLED]
+    assert h.clock.getDelayedCalls() == []
+
+
+class _States(TunnelObserver):
+    def __init__(self) -> None:
+        self.states: list[ForwardState] = []
+
+    def forward_state_changed(self, forward: Forward) -> None:
+        self.states.append(forward.state)
