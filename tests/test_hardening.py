@@ -202,19 +202,37 @@ def test_an_identity_file_no_file_can_be_named_is_skipped(driver: Driver, path: 
         ["-o", "CertificateFile=/\x1b[31m"],
         ["-i", "a\nb"],
         ["-i", "~/key\r"],
+        ["-o", "CertificateFile=\ud800"],
+        ["-o", "ProxyJump=a\nb"],
+        ["-J", "u\x1b@jump"],
     ],
-    ids=["CertificateFile LF", "CertificateFile ESC", "-i LF", "-i CR"],
+    ids=[
+        "CertificateFile LF",
+        "CertificateFile ESC",
+        "-i LF",
+        "-i CR",
+        "CertificateFile surrogate",
+        "ProxyJump LF",
+        "-J ESC user",
+    ],
 )
-def test_a_file_name_with_a_control_character_is_shown_on_one_line(
+def test_a_name_given_with_a_control_character_is_one_clear_line(
     driver: Driver, argv: list[str]
 ) -> None:
     """
     Found by test_any_option_value: ``-o CertificateFile=0<LF>0`` printed "Certificate
     file 0", then "0 not found." on a line of its own. A name the user gave is shown
-    escaped, as ssh's log does (vis(3)), so the message stays one line.
+    escaped, as ssh's log does (vis(3)), so the message stays one line. A certificate
+    name no file can have is not found (it was a traceback); a jump host's names are
+    checked as the destination's, in ssh's words (it tried to look "a<LF>b" up).
     """
     argv = [*BASE, *argv, "-R", "0:localhost:1", "--", "host.invalid"]
-    _one_clear_line(driver.run(*argv), argv)
+    result = driver.run(*argv)
+    _one_clear_line(result, argv)
+    given = argv[-5]  # the value of the option under test
+    if "ProxyJump" in given or "-J" in argv:
+        name = "remote username" if "@" in given else "hostname"
+        assert result["output"] == f"{name} contains invalid characters\n", result
 
 
 @PROPERTY

@@ -259,7 +259,8 @@ def _shown(path: Path) -> str:
 def _read_certificate(path: Path, *, required: bool) -> bytes | None:
     try:
         text = path.read_text(encoding="ascii", errors="replace")
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
+        # ValueError: a name no file can have (a NUL, a lone surrogate), so none is there.
         if not required:
             return None
         raise CredentialError(f"Certificate file {_shown(path)} not found.") from None
