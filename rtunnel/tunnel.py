@@ -36,6 +36,7 @@ from typing_extensions import override
 
 from rtunnel._core import wire
 from rtunnel._core.policy import TokenBucket
+from rtunnel._core.reconnect import Event, State, after_failure, next_state
 from rtunnel._core.text import printable
 from rtunnel._model import (
     AcceptHook,
@@ -172,9 +173,14 @@ class ReverseTunnel:
         self._forwards: list[Forward] = []
         self._observers: list[TunnelObserver] = []
         self._disconnect_waiters: list[Deferred[None]] = []
-        self._logging_off = False
+        # Where the connection is: logon, reconnect and logoff as one state machine (its
+        # transitions: rtunnel/_core/reconnect.py). The attributes below it are handles
+        # on what a state has under way, not states of their own.
+        self._state = State.STOPPED
         self._lost: Deferred[None] | None = None
+        # Fires when the logon under way (LOGGING_ON, LOGON_WAIT, RECONNECTING) settles.
         self._logon_finished: Deferred[None] | None = None
+        # Gives up the phase of that logon under way (its connect, handshake or wait).
         self._abort_logon: Callable[[], object] | None = None
         self._keepalive: Keepalive | None = None
         self._retry = 0
@@ -191,15 +197,13 @@ class ReverseTunnel:
         self._channels_opened = 0
         self._closed_bytes_sent = 0
         self._closed_bytes_received = 0
+        # The wait before a reconnect (WAITING).
         self._reconnect_call: IDelayedCall | None = None
-        # A reconnect's logon in progress (the wait before it is _reconnect_call).
-        self._reconnecting = False
         # request_forwarding() calls waiting for a reconnect to establish their forward
         # (the connection was lost before the server answered, or was being made again
         # when they were called), by id(forward).
         self._first_answers: dict[int, Deferred[Forward]] = {}
         self._forward_retries: dict[int, tuple[int, IDelayedCall | None]] = {}
-        self._stopping = False
         self._fatal_error: RTunnelError | None = None
 
     @property
@@ -216,13 +220,23 @@ class ReverseTunnel:
         :class:`~rtunnel.errors.AuthenticationError` or another
         :class:`~rtunnel.errors.RTunnelError`.
         """
-        if self._logon_finished is not None:
+        if self._state in (State.LOGGING_ON, State.LOGON_WAIT, State.WAITING, State.RECONNECTING):
             return defer.fail(AlreadyConnectedError("A logon is already in progress."))
-        if self._transport is not None:
+        if self._state is not State.STOPPED:
             return defer.fail(AlreadyConnectedError("Already logged on; log off first."))
+        self._move(Event.LOGON)
         finished: Deferred[None] = Deferred()
         self._logon_finished = finished
         return Deferred.fromCoroutine(self._logon(finished))
+
+    def _move(self, event: Event) -> None:
+        """Take the transition ``event`` leads to (IllegalTransition: a bug here)."""
+        self._state = next_state(self._state, event)
+
+    @property
+    def _reconnecting(self) -> bool:
+        """A reconnect's logon is under way (the wait before it is _reconnect_call)."""
+        return self._state is State.RECONNECTING
 
     async def _logon(self, finished: Deferred[None]) -> None:
         try:
@@ -232,16 +246,24 @@ class ReverseTunnel:
                     await self._connect_and_authenticate()
                     return
                 except RTunnelError as e:
-                    if self.options.staying_up.reconnect.mode != "always" or not _retryable(e):
+                    reconnect = self.options.staying_up.reconnect.mode
+                    then = after_failure(self._state, mode=reconnect, retryable=_retryable(e))
+                    if then is not Event.RETRY:
+                        self._move(then)
                         raise
                     retry += 1
                     delay = self._next_retry("ssh", retry, e)
+                    if self._state is not State.LOGGING_ON:
+                        raise self._abandoned() from None  # an observer logged off
                     if delay is None:
+                        self._move(Event.FAIL)
                         raise ReconnectLimitError(
                             f"Gave up connecting to {self.host} port {self.port} after "
                             f"{retry - 1} retries: {e}"
                         ) from None
+                    self._move(Event.RETRY)
                     await self._wait(delay)
+                    self._move(Event.TIMER)
         finally:
             # Fired here, inside the coroutine, not from the returned Deferred's callbacks:
             # a logoff() waiting on it must not resume in the middle of that chain.
@@ -403,6 +425,7 @@ class ReverseTunnel:
         finally:
             timer.stop()
             self._abort_logon = None
+        self._move(Event.LOGGED_ON)
         self._connected_at = self._clock.seconds()
         self._working_from = None
         self._keepalive = Keepalive(
@@ -664,11 +687,13 @@ class ReverseTunnel:
         return Deferred.fromCoroutine(self._logoff())
 
     async def _logoff(self) -> None:
-        self._stopping = True
+        self._move(Event.LOGOFF)
         try:
             await self._logoff_steps()
         finally:
-            self._stopping = False
+            # A second logoff() during this one finished it already.
+            if self._state is State.LOGGING_OFF:
+                self._move(Event.LOGGED_OFF)
 
     async def _logoff_steps(self) -> None:
         staying_up = self.options.staying_up
@@ -688,7 +713,6 @@ class ReverseTunnel:
         if transport is None or lost is None:
             self._give_up(None)
             return
-        self._logging_off = True
         if conn is not None and not conn.stopped:
             cancels = [
                 self.cancel_socket_forwarding(f.listen_path)
@@ -1226,7 +1250,7 @@ class ReverseTunnel:
         userauth = transport.userauth
         if userauth is not None and userauth.failure is not None and self._conn is None:
             return userauth.failure
-        if self._logging_off:
+        if self._state is State.LOGGING_OFF:
             return ConnectionLostError("Logged off.")
         if isinstance(reason.value, RTunnelError):
             # Said by the transport underneath (a ProxyCommand that exited).
@@ -1238,13 +1262,12 @@ class ReverseTunnel:
             return
         conn = self._conn
         was_connected = conn is not None
-        clean = self._logging_off
+        clean = self._state is State.LOGGING_OFF
         self._past_key_exchanges += transport.key_exchanges
         self._past_rekeys_by_us += transport.rekeys_by_us
         self._past_rekeys_by_server += transport.rekeys_by_peer
         self._transport = None
         self._conn = None
-        self._logging_off = False
         if self._keepalive is not None:
             self._keepalive.stop()
             self._keepalive = None
@@ -1263,12 +1286,15 @@ class ReverseTunnel:
             self._connection_status("broken", code, str(error))
             self._emit_log(1, f"Connection to {self.host} port {self.port} lost: {error}")
         self._notify("disconnected", None if clean else error)
-        if (
-            not clean
-            and not self._stopping
-            and self.options.staying_up.reconnect.mode != "off"
-            and _retryable(error)
-        ):
+        if self._state is State.LOGGING_OFF:
+            # Logged off, or an observer of "disconnected" called logoff().
+            self._give_up(None if clean else failure)
+            return
+        then = after_failure(
+            self._state, mode=self.options.staying_up.reconnect.mode, retryable=_retryable(error)
+        )
+        self._move(then)
+        if then is Event.LOST_RETRY:
             if self._worked(conn):
                 # This outage starts from the first step again (issue #12).
                 self._retry = 0
@@ -1329,9 +1355,14 @@ class ReverseTunnel:
                 d.errback(failure)
 
     def _schedule_reconnect(self, error: Exception) -> None:
+        if self._state is not State.WAITING:
+            return  # an observer of the loss called logoff(), which takes it from here
         self._retry += 1
         delay = self._next_retry("ssh", self._retry, error)
+        if self._state is not State.WAITING:
+            return  # an observer of the attempt called logoff()
         if delay is None:
+            self._move(Event.FAIL)
             self._give_up(
                 Failure(
                     ReconnectLimitError(
@@ -1345,24 +1376,26 @@ class ReverseTunnel:
 
     def _reconnect_now(self) -> None:
         self._reconnect_call = None
+        self._move(Event.TIMER)
         finished: Deferred[None] = Deferred()
         self._logon_finished = finished
         d = Deferred.fromCoroutine(self._reconnect(finished))
         d.addErrback(lambda f: _log.failure("reconnecting failed unexpectedly", f))
 
     async def _reconnect(self, finished: Deferred[None]) -> None:
-        self._reconnecting = True
         try:
             try:
                 await self._connect_and_authenticate()
             finally:
-                self._reconnecting = False
                 self._logon_finished = None
                 finished.callback(None)
         except RTunnelError as e:
-            if self._stopping:
+            if self._state is State.LOGGING_OFF:
                 return  # logoff() takes it from here
-            if _retryable(e):
+            reconnect = self.options.staying_up.reconnect.mode
+            then = after_failure(self._state, mode=reconnect, retryable=_retryable(e))
+            self._move(then)
+            if then is Event.RETRY:
                 self._schedule_reconnect(e)
             else:
                 self._give_up(Failure(e))
