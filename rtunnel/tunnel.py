@@ -2,9 +2,10 @@
 The public facade: :class:`ReverseTunnel` logs on to an SSH server, requests remote forwards
 and keeps the table of live channels.
 
-State line of one logon (after twisted.conch.endpoints):
-``DISCONNECTED -> CONNECTING (TCP) -> SECURING (kex, host key) -> AUTHENTICATING ->
-CONNECTED -> (LOGGING_OFF) -> DISCONNECTED``.
+One logon is :class:`~rtunnel.client.reach.endpoint.SSHConnectionEndpoint`'s (its phases:
+``CONNECTING -> SECURING -> AUTHENTICATING -> CONNECTED``); the life of the connection
+around it (logon, reconnect, logoff) is the state machine of
+:mod:`rtunnel._core.reconnect`, whose table holds every transition.
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ from twisted.internet.interfaces import (
     IReactorTCP,
     IReactorTime,
     IReactorUNIX,
-    IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -68,8 +67,18 @@ from rtunnel.client.channels.forwarder import (
 from rtunnel.client.channels.idle import IdleChannelReaper
 from rtunnel.client.channels.keepalive import Keepalive
 from rtunnel.client.hostkeys.verify import HostKeyPolicy, HostKeyVerifier
-from rtunnel.client.reach._proxycommand import ProxyCommandEndpoint, expand_proxy_command
-from rtunnel.client.reach.jump import jump_endpoint
+from rtunnel.client.reach._proxycommand import expand_proxy_command
+from rtunnel.client.reach.endpoint import (
+    DirectRoute,
+    JumpRoute,
+    LogonHooks,
+    LostHook,
+    ProxyCommandRoute,
+    ProxyRoute,
+    SecureHook,
+    ServerRoute,
+    SSHConnectionEndpoint,
+)
 from rtunnel.client.transport._kex import shown_mac
 from rtunnel.client.transport._sockopts import apply_tcp_options
 from rtunnel.errors import (
@@ -88,7 +97,6 @@ from rtunnel.errors import (
     ReconnectLimitError,
     RTunnelError,
     SpecError,
-    TimedOutError,
 )
 from rtunnel.options import MAX_MAX_PACKET, TunnelOptions
 
@@ -280,39 +288,26 @@ class ReverseTunnel:
         options = self.options
         channels, algorithms, reach = options.channels, options.algorithms, options.reach
         loaded_keys, passwords = load_credentials(options.authentication.auth)
-        ready: Deferred[ForwardingConnection] = Deferred()
-        self._lost = Deferred()
-        conn = ForwardingConnection(
-            self,
-            window_size=channels.window_size,
-            max_packet=channels.max_packet,
-            max_channels=channels.max_channels,
-            on_started=ready.callback,
-            on_stopped=lambda _conn: None,
-            clock=self._clock,
-        )
-        if channels.max_transfer_rate:
-            conn.rate_limit = TokenBucket(channels.max_transfer_rate, self._clock.seconds())
-        lost = self._lost
 
-        def on_lost(transport: ClientTransport, reason: Failure) -> None:
-            failure = Failure(self._describe_loss(transport, reason))
-            if not ready.called:
-                ready.errback(failure)
-            self._connection_ended(transport, failure)
-            if not lost.called:
-                lost.callback(None)
+        def new_connection(
+            on_started: Callable[[ForwardingConnection], None],
+        ) -> ForwardingConnection:
+            conn = ForwardingConnection(
+                self,
+                window_size=channels.window_size,
+                max_packet=channels.max_packet,
+                max_channels=channels.max_channels,
+                on_started=on_started,
+                on_stopped=lambda _conn: None,
+                clock=self._clock,
+            )
+            if channels.max_transfer_rate:
+                conn.rate_limit = TokenBucket(channels.max_transfer_rate, self._clock.seconds())
+            return conn
 
-        # One timer for the phase we are in: the handshake (what is left of
-        # connect_timeout), then authentication (auth_timeout). On expiry it drops the
-        # connection and remembers the phase, which turns the loss into TimedOutError.
-        timer = _PhaseTimer(self._clock)
-
-        def secure(transport: ClientTransport) -> None:
-            self._handshake_done(transport)
-            timer.start("auth", options.authentication.auth_timeout)
-
-        def build() -> ClientTransport:
+        def new_transport(
+            conn: ForwardingConnection, on_lost: LostHook, on_secure: SecureHook
+        ) -> ClientTransport:
             transport = ClientTransport(
                 user=self.user,
                 keys_to_try=loaded_keys,
@@ -333,7 +328,7 @@ class ReverseTunnel:
                 rekey_seconds=algorithms.rekey_seconds,
                 clock=self._clock,
                 compression=algorithms.compression,
-                on_secure=secure,
+                on_secure=on_secure,
                 preferred_dh_group_bits=algorithms.preferred_dh_group_bits,
                 client_version=algorithms.client_version,
                 server_version_pattern=algorithms.server_version_pattern,
@@ -342,89 +337,42 @@ class ReverseTunnel:
             transport.kex_timeout = algorithms.kex_timeout
             return transport
 
-        factory = Factory.forProtocol(build)  # type: ignore[arg-type]
-        # No "Starting factory <...>" / "Stopping factory" lines in the log per connection.
-        factory.noisy = False
-        started = self._clock.seconds()
-        timeout = reach.connect_timeout or 30
-        bind = self._bind_address()
-        proxy = self._proxy_for_connection()
-        endpoint: IStreamClientEndpoint
-        if reach.proxy_command is not None:
-            command = expand_proxy_command(
-                reach.proxy_command, host=self.host, port=self.port, user=self.user
-            )
-            # ssh's words at debug1 (sshconnect.c).
-            self._status(f"Executing proxy command: exec {command}")
-            endpoint = ProxyCommandEndpoint(cast(IReactorProcess, self._reactor), command)
-        elif reach.proxy_jump:
-            hop = reach.proxy_jump[-1]
-            self._status(f"Connecting to {self.host} port {self.port} through {hop.where}.")
-            endpoint = jump_endpoint(self._jump_tunnel, hop, self.host, self.port)
-        elif proxy is None:
-            self._status(f"Connecting to {self.host} port {self.port}.")
-            endpoint = tcp_endpoint(self._reactor, self.host, self.port, timeout, bind)
-        else:
-            self._status(
-                f"Connecting to {self.host} port {self.port} through {proxy.kind} proxy "
-                f"{proxy.host} port {proxy.port}."
-            )
-            from rtunnel.client.reach.proxy import proxy_endpoint
+        def stream_connected(transport: ClientTransport, lost: Deferred[None]) -> None:
+            self._transport, self._lost = transport, lost
+            self._apply_tcp_options(transport)
 
-            endpoint = proxy_endpoint(self._reactor, proxy, self.host, self.port, timeout, bind)
-        connecting = endpoint.connect(factory)
+        hooks = LogonHooks(
+            new_connection=new_connection,
+            new_transport=new_transport,
+            status=self._status,
+            connection_status=self._connection_status,
+            stream_connected=stream_connected,
+            secured=self._handshake_done,
+            describe_loss=self._describe_loss,
+            ended=self._connection_ended,
+            timeout_text=self._timeout_text,
+        )
+        endpoint = SSHConnectionEndpoint(
+            self._clock,
+            self.host,
+            self.port,
+            self._route(),
+            hooks,
+            connect_timeout=reach.connect_timeout,
+            auth_timeout=options.authentication.auth_timeout,
+            bind=self._bind_address(),
+        )
+        connecting = endpoint.connect()
         self._abort_logon = connecting.cancel
         try:
-            transport = cast(ClientTransport, await connecting)
-        except defer.CancelledError:
-            raise self._abandoned() from None
-        except error.ConnectBindError as e:
-            where = f"{reach.local_host or '*'}" + (
-                f" port {reach.local_port}" if reach.local_port else ""
-            )
-            raise ConnectError(
-                f"connect to host {self.host} port {self.port}: cannot use local address "
-                f"{where} ({connect_failure_text(e)}); check local_host / -b (BindAddress)."
-            ) from None
-        except (error.ConnectError, error.DNSLookupError, OSError) as e:
-            # OpenSSH's words (ssh.c), less its program name.
-            raise ConnectError(
-                f"connect to host {self.host} port {self.port}: {connect_failure_text(e)}"
-            ) from None
-        finally:
-            self._abort_logon = None
-        self._transport = transport
-        self._apply_tcp_options(transport)
-        if proxy is not None:
-            # The reference's "Firewall connection complete".
-            self._connection_status(
-                "proxy-connected",
-                0,
-                f"The {proxy.kind} proxy {proxy.host} port {proxy.port} connected us to "
-                f"{self.host} port {self.port}.",
-            )
-        self._connection_status("tcp-connected", 0, f"Connected to {self.host} port {self.port}.")
-        timer.transport = transport
-        if reach.connect_timeout:
-            timer.start("handshake", reach.connect_timeout - (self._clock.seconds() - started))
-        self._abort_logon = ready.cancel
-        try:
-            conn = await ready
-            self._conn = conn
+            session = await connecting
         except defer.CancelledError:
             # logoff() was called meanwhile.
-            tcp = transport.transport
-            if tcp is not None:
-                tcp.abortConnection()  # type: ignore[attr-defined]
-            await lost
             raise self._abandoned() from None
-        except RTunnelError:
-            if timer.expired is None:
-                raise
-            raise TimedOutError(self._timeout_text(timer.expired, transport)) from None
         finally:
-            timer.stop()
             self._abort_logon = None
+        conn, transport = session.connection, session.transport
+        self._conn = conn
         self._move(Event.LOGGED_ON)
         self._connected_at = self._clock.seconds()
         self._working_from = None
@@ -493,6 +441,23 @@ class ReverseTunnel:
         if not self.connected:
             return defer.fail(NotConnectedError("Not logged on."))
         return self._require_conn().open_direct_tcpip(host, port, protocol)
+
+    def _route(self) -> ServerRoute:
+        """How this connect reaches the server: ProxyCommand, jump host, proxy or TCP."""
+        reach = self.options.reach
+        if reach.proxy_command is not None:
+            command = expand_proxy_command(
+                reach.proxy_command, host=self.host, port=self.port, user=self.user
+            )
+            return ProxyCommandRoute(cast(IReactorProcess, self._reactor), command)
+        if reach.proxy_jump:
+            return JumpRoute(self._jump_tunnel, reach.proxy_jump[-1], self.host, self.port)
+        timeout = reach.connect_timeout or 30
+        bind = self._bind_address()
+        proxy = self._proxy_for_connection()
+        if proxy is None:
+            return DirectRoute(self._reactor, self.host, self.port, timeout, bind)
+        return ProxyRoute(self._reactor, proxy, self.host, self.port, timeout, bind)
 
     def _bind_address(self) -> tuple[str, int] | None:
         reach = self.options.reach
@@ -1575,35 +1540,3 @@ async def _with_timeout(answer: Awaitable[bool], timeout: float, clock: IReactor
     )
     d.addTimeout(timeout, clock)
     return await d
-
-
-class _PhaseTimer:
-    """
-    Bounds one phase of the logon at a time; when it runs out it aborts the TCP
-    connection and remembers which phase it was.
-    """
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self.transport: ClientTransport | None = None
-        self.phase = ""
-        self.expired: str | None = None
-        self._call: IDelayedCall | None = None
-
-    def start(self, phase: str, timeout: float | None) -> None:
-        self.stop()
-        self.phase = phase
-        if timeout is not None:
-            self._call = self._clock.callLater(max(0.0, timeout), self._expire)
-
-    def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def _expire(self) -> None:
-        self._call = None
-        self.expired = self.phase
-        tcp = self.transport.transport if self.transport is not None else None
-        if tcp is not None:
-            tcp.abortConnection()  # type: ignore[attr-defined]

@@ -40,7 +40,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("connection and channels", ("rtunnel.client.channels",)),
     # ClientTransport builds its ssh-userauth client and carries the connection service,
     # so it sits above both although it lives with the transport; the connection
-    # endpoint (issue #16, a later step) is to take that composition over.
+    # endpoint (client/reach/endpoint.py) composes it with a route to the server.
     ("client session", ("rtunnel.client.transport.client_transport",)),
     ("reaching the server", ("rtunnel.client.reach",)),
     # What the facade is told: typed groups over the client's own types.

@@ -11,7 +11,7 @@ from pathlib import Path
 from test_backoff import POLICY, ReconnectingStack
 from twisted.python.failure import Failure
 
-from rtunnel import AlreadyConnectedError, ReconnectAttempt, TunnelObserver
+from rtunnel import AlreadyConnectedError, ConnectError, ReconnectAttempt, TunnelObserver
 from rtunnel._core.reconnect import State
 
 
@@ -95,3 +95,15 @@ def test_logon_while_waiting_to_reconnect_is_refused(tmp_path: Path) -> None:
     stack.next_attempt()
     assert stack.tunnel._state is State.CONNECTED
     stack.logoff()
+
+
+def test_logoff_while_the_tcp_connect_is_under_way_abandons_the_logon(tmp_path: Path) -> None:
+    # Before, the logon failed with Twisted's ConnectingCancelledError, no RTunnelError.
+    stack = ReconnectingStack(tmp_path, reconnect=POLICY)
+    outcome: list[Failure] = []
+    stack.tunnel.logon().addErrback(outcome.append)
+    assert stack.tunnel._state is State.LOGGING_ON
+    stack.logoff()
+    assert len(outcome) == 1 and outcome[0].check(ConnectError), outcome
+    assert str(outcome[0].value) == ("Logon to 127.0.0.1 port 2222 abandoned: logoff() was called.")
+    assert stack.tunnel._state is State.STOPPED
