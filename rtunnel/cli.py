@@ -322,7 +322,8 @@ def _apply_flag(options: ClientOptions, letter: str, value: str, warnings: list[
             # ssh.c, case 'i': warn and carry on without the file. ValueError: a name no
             # file can have (a NUL, a lone surrogate).
             why = error.strerror if isinstance(error, OSError) else str(error)
-            warnings.append(f"Warning: Identity file {path} not accessible: {why}.")
+            shown = printable(str(path), None)  # one line, as ssh's log (strnvis)
+            warnings.append(f"Warning: Identity file {shown} not accessible: {why}.")
         else:
             options.identity_files.append(str(path))
 

@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from typing_extensions import override
 
+from rtunnel._core.text import printable
 from rtunnel.errors import SpecError
 
 __all__ = [
@@ -130,8 +131,11 @@ def key_file_problem(path: Path, *, check_permissions: bool = True) -> KeyFilePr
     (``ssh`` would hang on a FIFO; rtunnel says so instead).
     """
 
+    # The name on one line, as ssh's log shows it (log.c escapes with strnvis).
+    shown = printable(str(path), None)
+
     def problem(reason: str, *before: str) -> KeyFileProblem:
-        return KeyFileProblem(reason, (*before, f'Load key "{path}": {reason}'))
+        return KeyFileProblem(reason, (*before, f'Load key "{shown}": {reason}'))
 
     try:
         found = os.stat(path)
@@ -146,7 +150,7 @@ def key_file_problem(path: Path, *, check_permissions: bool = True) -> KeyFilePr
             "@" * 59,
             "@         WARNING: UNPROTECTED PRIVATE KEY FILE!          @",
             "@" * 59,
-            f"Permissions {mode:04o} for '{path}' are too open.",
+            f"Permissions {mode:04o} for '{shown}' are too open.",
             "It is required that your private key files are NOT accessible by others.",
             "This private key will be ignored.",
         )
