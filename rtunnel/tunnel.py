@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -35,7 +35,7 @@ from typing_extensions import override
 
 from rtunnel._core import wire
 from rtunnel._core.policy import TokenBucket
-from rtunnel._core.reconnect import Event, State, after_failure, next_state
+from rtunnel._core.reconnect import Event, State
 from rtunnel._core.text import printable
 from rtunnel._model import (
     AcceptHook,
@@ -47,6 +47,7 @@ from rtunnel._model import (
     TunnelObserver,
     TunnelStatistics,
 )
+from rtunnel._reconnect import Reconnector
 from rtunnel.client.auth.credentials import UserAuthSettings
 from rtunnel.client.channels.channel import ForwardedChannel
 from rtunnel.client.channels.connection import (
@@ -182,16 +183,15 @@ class ReverseTunnel:
         self._observers: list[TunnelObserver] = []
         self._disconnect_waiters: list[Deferred[None]] = []
         # Where the connection is: logon, reconnect and logoff as one state machine (its
-        # transitions: rtunnel/_core/reconnect.py). The attributes below it are handles
-        # on what a state has under way, not states of their own.
-        self._state = State.STOPPED
+        # transitions: rtunnel/_core/reconnect.py), driven with its timers on our clock.
+        self._reconnector = Reconnector(
+            self._clock,
+            _ReconnectHost(self),
+            lambda: self.options.staying_up.reconnect,
+            f"{host} port {port}",
+        )
         self._lost: Deferred[None] | None = None
-        # Fires when the logon under way (LOGGING_ON, LOGON_WAIT, RECONNECTING) settles.
-        self._logon_finished: Deferred[None] | None = None
-        # Gives up the phase of that logon under way (its connect, handshake or wait).
-        self._abort_logon: Callable[[], object] | None = None
         self._keepalive: Keepalive | None = None
-        self._retry = 0
         self._connected_at = 0.0
         # conn.packets_received once every forward was re-established after a reconnect;
         # any packet after that shows the reconnect worked (see _connection_ended).
@@ -205,8 +205,6 @@ class ReverseTunnel:
         self._channels_opened = 0
         self._closed_bytes_sent = 0
         self._closed_bytes_received = 0
-        # The wait before a reconnect (WAITING).
-        self._reconnect_call: IDelayedCall | None = None
         # request_forwarding() calls waiting for a reconnect to establish their forward
         # (the connection was lost before the server answered, or was being made again
         # when they were called), by id(forward).
@@ -228,55 +226,30 @@ class ReverseTunnel:
         :class:`~rtunnel.errors.AuthenticationError` or another
         :class:`~rtunnel.errors.RTunnelError`.
         """
-        if self._state in (State.LOGGING_ON, State.LOGON_WAIT, State.WAITING, State.RECONNECTING):
-            return defer.fail(AlreadyConnectedError("A logon is already in progress."))
-        if self._state is not State.STOPPED:
-            return defer.fail(AlreadyConnectedError("Already logged on; log off first."))
-        self._move(Event.LOGON)
-        finished: Deferred[None] = Deferred()
-        self._logon_finished = finished
-        return Deferred.fromCoroutine(self._logon(finished))
+        return self._reconnector.logon()
+
+    @property
+    def _state(self) -> State:
+        """Where the connection is (see rtunnel/_core/reconnect.py)."""
+        return self._reconnector.state
 
     def _move(self, event: Event) -> None:
         """Take the transition ``event`` leads to (IllegalTransition: a bug here)."""
-        self._state = next_state(self._state, event)
+        self._reconnector.move(event)
 
     @property
     def _reconnecting(self) -> bool:
         """A reconnect's logon is under way (the wait before it is _reconnect_call)."""
         return self._state is State.RECONNECTING
 
-    async def _logon(self, finished: Deferred[None]) -> None:
-        try:
-            retry = 0
-            while True:
-                try:
-                    await self._connect_and_authenticate()
-                    return
-                except RTunnelError as e:
-                    reconnect = self.options.staying_up.reconnect.mode
-                    then = after_failure(self._state, mode=reconnect, retryable=_retryable(e))
-                    if then is not Event.RETRY:
-                        self._move(then)
-                        raise
-                    retry += 1
-                    delay = self._next_retry("ssh", retry, e)
-                    if self._state is not State.LOGGING_ON:
-                        raise self._abandoned() from None  # an observer logged off
-                    if delay is None:
-                        self._move(Event.FAIL)
-                        raise ReconnectLimitError(
-                            f"Gave up connecting to {self.host} port {self.port} after "
-                            f"{retry - 1} retries: {e}"
-                        ) from None
-                    self._move(Event.RETRY)
-                    await self._wait(delay)
-                    self._move(Event.TIMER)
-        finally:
-            # Fired here, inside the coroutine, not from the returned Deferred's callbacks:
-            # a logoff() waiting on it must not resume in the middle of that chain.
-            self._logon_finished = None
-            finished.callback(None)
+    @property
+    def _reconnect_call(self) -> IDelayedCall | None:
+        """The wait before a reconnect (WAITING)."""
+        return self._reconnector.call
+
+    @_reconnect_call.setter
+    def _reconnect_call(self, call: IDelayedCall | None) -> None:
+        self._reconnector.call = call
 
     async def _connect_and_authenticate(self) -> None:
         # Imported here: Conch's userauth imports the global reactor, and importing
@@ -362,15 +335,11 @@ class ReverseTunnel:
             auth_timeout=options.authentication.auth_timeout,
             bind=self._bind_address(),
         )
-        connecting = endpoint.connect()
-        self._abort_logon = connecting.cancel
         try:
-            session = await connecting
+            session = await endpoint.connect()
         except defer.CancelledError:
             # logoff() was called meanwhile.
             raise self._abandoned() from None
-        finally:
-            self._abort_logon = None
         conn, transport = session.connection, session.transport
         self._conn = conn
         self._move(Event.LOGGED_ON)
@@ -550,25 +519,6 @@ class ReverseTunnel:
         if tcp is not None:
             abort_with_reset(tcp)
 
-    async def _wait(self, delay: float) -> None:
-        """Sleep ``delay`` seconds; logoff() ends the wait with ConnectError."""
-        waiting: Deferred[None] = Deferred()
-        call = self._clock.callLater(delay, waiting.callback, None)
-
-        def abandon() -> None:
-            if call.active():
-                call.cancel()
-            if not waiting.called:
-                waiting.errback(Failure(defer.CancelledError()))
-
-        self._abort_logon = abandon
-        try:
-            await waiting
-        except defer.CancelledError:
-            raise self._abandoned() from None
-        finally:
-            self._abort_logon = None
-
     def _next_retry(
         self, kind: str, retry: int, error: Exception, remote_port: int | None = None
     ) -> float | None:
@@ -652,28 +602,17 @@ class ReverseTunnel:
         return Deferred.fromCoroutine(self._logoff())
 
     async def _logoff(self) -> None:
-        self._move(Event.LOGOFF)
         try:
             await self._logoff_steps()
         finally:
-            # A second logoff() during this one finished it already.
-            if self._state is State.LOGGING_OFF:
-                self._move(Event.LOGGED_OFF)
+            self._reconnector.stopped()
 
     async def _logoff_steps(self) -> None:
         staying_up = self.options.staying_up
         self._cancel_retries()
-        if self._reconnect_call is not None:
-            # Waiting to reconnect: nothing is connected.
-            self._reconnect_call.cancel()
-            self._reconnect_call = None
-        finished = self._logon_finished
-        if finished is not None:
-            # Logging off while logging on (or reconnecting): give that up at once; it
-            # fails with ConnectError, and we wait for it to settle.
-            if self._abort_logon is not None:
-                self._abort_logon()
-            await finished
+        # Cancels a scheduled reconnect; a logon under way (or a reconnect's) is given up
+        # at once, failing with ConnectError, and settles before we go on.
+        await self._reconnector.stop()
         conn, transport, lost = self._conn, self._transport, self._lost
         if transport is None or lost is None:
             self._give_up(None)
@@ -1255,21 +1194,17 @@ class ReverseTunnel:
             # Logged off, or an observer of "disconnected" called logoff().
             self._give_up(None if clean else failure)
             return
-        then = after_failure(
-            self._state, mode=self.options.staying_up.reconnect.mode, retryable=_retryable(error)
-        )
-        self._move(then)
-        if then is Event.LOST_RETRY:
+        if self._reconnector.lost(error):
             if self._worked(conn):
                 # This outage starts from the first step again (issue #12).
-                self._retry = 0
+                self._reconnector.retry = 0
             self._cancel_retries()
             for forward in self._forwards:
                 forward.state = ForwardState.PENDING
                 self._notify_forward(forward)
-            self._schedule_reconnect(error)
+            self._reconnector.schedule(error)
             return
-        self._give_up(None if clean else failure)
+        self._give_up(failure)
 
     def _worked(self, conn: ForwardingConnection | None) -> bool:
         """
@@ -1303,7 +1238,7 @@ class ReverseTunnel:
         if self._fatal_error is not None:
             failure, self._fatal_error = Failure(self._fatal_error), None
         self._cancel_retries()
-        self._retry = 0
+        self._reconnector.retry = 0
         stopped = failure or Failure(
             ConnectionLostError("Logged off before the server agreed to the forward.")
         )
@@ -1319,52 +1254,8 @@ class ReverseTunnel:
             else:
                 d.errback(failure)
 
-    def _schedule_reconnect(self, error: Exception) -> None:
-        if self._state is not State.WAITING:
-            return  # an observer of the loss called logoff(), which takes it from here
-        self._retry += 1
-        delay = self._next_retry("ssh", self._retry, error)
-        if self._state is not State.WAITING:
-            return  # an observer of the attempt called logoff()
-        if delay is None:
-            self._move(Event.FAIL)
-            self._give_up(
-                Failure(
-                    ReconnectLimitError(
-                        f"Gave up reconnecting to {self.host} port {self.port} after "
-                        f"{self._retry - 1} retries; the last error was: {error}"
-                    )
-                )
-            )
-            return
-        self._reconnect_call = self._clock.callLater(delay, self._reconnect_now)
-
-    def _reconnect_now(self) -> None:
-        self._reconnect_call = None
-        self._move(Event.TIMER)
-        finished: Deferred[None] = Deferred()
-        self._logon_finished = finished
-        d = Deferred.fromCoroutine(self._reconnect(finished))
-        d.addErrback(lambda f: _log.failure("reconnecting failed unexpectedly", f))
-
-    async def _reconnect(self, finished: Deferred[None]) -> None:
-        try:
-            try:
-                await self._connect_and_authenticate()
-            finally:
-                self._logon_finished = None
-                finished.callback(None)
-        except RTunnelError as e:
-            if self._state is State.LOGGING_OFF:
-                return  # logoff() takes it from here
-            reconnect = self.options.staying_up.reconnect.mode
-            then = after_failure(self._state, mode=reconnect, retryable=_retryable(e))
-            self._move(then)
-            if then is Event.RETRY:
-                self._schedule_reconnect(e)
-            else:
-                self._give_up(Failure(e))
-            return
+    async def _reestablish(self) -> None:
+        """A reconnect logged on: ask for every forward the lost connection had."""
         for forward in list(self._forwards):
             if forward.state is ForwardState.PENDING:
                 await self._retry_forward(forward)
@@ -1456,6 +1347,31 @@ class ReverseTunnel:
                 _log.failure(
                     "observer {observer!r} failed on {event}", observer=observer, event=event
                 )
+
+
+class _ReconnectHost:
+    """The tunnel's side of its Reconnector (private methods, not public callbacks)."""
+
+    def __init__(self, tunnel: ReverseTunnel) -> None:
+        self._tunnel = tunnel
+
+    def connect(self) -> Coroutine[Any, Any, None]:
+        return self._tunnel._connect_and_authenticate()
+
+    def announce(self, retry: int, error: Exception) -> float | None:
+        return self._tunnel._next_retry("ssh", retry, error)
+
+    def retryable(self, error: Exception) -> bool:
+        return _retryable(error)
+
+    def abandoned(self) -> Exception:
+        return self._tunnel._abandoned()
+
+    def reconnected(self) -> Coroutine[Any, Any, None]:
+        return self._tunnel._reestablish()
+
+    def give_up(self, failure: Failure) -> None:
+        self._tunnel._give_up(failure)
 
 
 class _JumpProgress(TunnelObserver):

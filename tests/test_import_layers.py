@@ -45,7 +45,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("reaching the server", ("rtunnel.client.reach",)),
     # What the facade is told: typed groups over the client's own types.
     ("options", ("rtunnel.options",)),
-    ("facade", ("rtunnel.tunnel",)),
+    # The reconnect loop drives the pure core's state table for the facade.
+    ("facade", ("rtunnel._reconnect", "rtunnel.tunnel")),
     ("public names", ("rtunnel",)),
     ("OpenSSH grammar", ("rtunnel.openssh",)),
     ("front ends", ("rtunnel.service", "rtunnel.cli")),
