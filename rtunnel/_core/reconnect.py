@@ -7,22 +7,14 @@ feeds it events, runs the timers on its injected clock and asks
 
 ::
 
-                 logon()            logged_on
-    STOPPED ----------------> LOGGING_ON ---------------> CONNECTED
-       ^  ^                    |  ^   |                   |  |
-       |  |  fail (final)      |  |   | retry              |  | lost (final)
-       |  `--------------------'  |   v                    |  |
-       |               timer  LOGON_WAIT  (mode "always")  |  |
-       |                                                   |  |
-       |<---------------------------------------------------------'
-       |  fail (final)                         lost_retry  |
-       |<------------ RECONNECTING <--------- WAITING <-----'
-       |                 |  ^       timer       ^
-       |                 |  `-------------------'
-       |                 |  logged_on -> CONNECTED; retry -> WAITING
-       |
-       |  logged_off
-    LOGGING_OFF  <---- logoff, from every state (a logon under way is given up first)
+    STOPPED --logon--> LOGGING_ON --logged_on--> CONNECTED --lost_retry--> WAITING
+                        |     ^                    ^                        |   ^
+                  retry |     | timer    logged_on |                  timer |   | retry
+                        v     |                    |                        v   |
+                       LOGON_WAIT                  `---------------- RECONNECTING
+
+    fail (from LOGGING_ON, WAITING, RECONNECTING), lost (from CONNECTED) --> STOPPED
+    logoff (from every state) --> LOGGING_OFF --logged_off--> STOPPED
 
 While LOGGING_OFF, what the logon or the connection reports (it fails, it logs on, the
 connection ends) changes nothing: logoff decides what comes next.
