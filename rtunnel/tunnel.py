@@ -2,9 +2,10 @@
 The public facade: :class:`ReverseTunnel` logs on to an SSH server, requests remote forwards
 and keeps the table of live channels.
 
-State line of one logon (after twisted.conch.endpoints):
-``DISCONNECTED -> CONNECTING (TCP) -> SECURING (kex, host key) -> AUTHENTICATING ->
-CONNECTED -> (LOGGING_OFF) -> DISCONNECTED``.
+One logon is :class:`~rtunnel.client.reach.endpoint.SSHConnectionEndpoint`'s (its phases:
+``CONNECTING -> SECURING -> AUTHENTICATING -> CONNECTED``); the life of the connection
+around it (logon, reconnect, logoff) is the state machine of
+:mod:`rtunnel._core.reconnect`, whose table holds every transition.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -25,9 +26,7 @@ from twisted.internet.interfaces import (
     IReactorProcess,
     IReactorTCP,
     IReactorTime,
-    IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -41,6 +40,7 @@ from rtunnel._core.forwards import (
     next_state,
 )
 from rtunnel._core.policy import TokenBucket
+from rtunnel._core.reconnect import Event, State
 from rtunnel._core.text import printable
 from rtunnel._model import (
     AcceptHook,
@@ -52,6 +52,7 @@ from rtunnel._model import (
     TunnelObserver,
     TunnelStatistics,
 )
+from rtunnel._reconnect import Reconnector
 from rtunnel.client.auth.credentials import UserAuthSettings
 from rtunnel.client.channels.channel import ForwardedChannel
 from rtunnel.client.channels.connection import (
@@ -61,15 +62,23 @@ from rtunnel.client.channels.connection import (
 )
 from rtunnel.client.channels.forwarder import (
     abort_with_reset,
-    connect_failure_text,
-    tcp_endpoint,
 )
 from rtunnel.client.channels.idle import IdleChannelReaper
 from rtunnel.client.channels.keepalive import Keepalive
 from rtunnel.client.channels.targets import target_for
 from rtunnel.client.hostkeys.verify import HostKeyPolicy, HostKeyVerifier
-from rtunnel.client.reach._proxycommand import ProxyCommandEndpoint, expand_proxy_command
-from rtunnel.client.reach.jump import jump_endpoint
+from rtunnel.client.reach._proxycommand import expand_proxy_command
+from rtunnel.client.reach.endpoint import (
+    DirectRoute,
+    JumpRoute,
+    LogonHooks,
+    LostHook,
+    ProxyCommandRoute,
+    ProxyRoute,
+    SecureHook,
+    ServerRoute,
+    SSHConnectionEndpoint,
+)
 from rtunnel.client.transport._kex import shown_mac
 from rtunnel.client.transport._sockopts import apply_tcp_options
 from rtunnel.errors import (
@@ -88,7 +97,6 @@ from rtunnel.errors import (
     ReconnectLimitError,
     RTunnelError,
     SpecError,
-    TimedOutError,
 )
 from rtunnel.options import MAX_MAX_PACKET, TunnelOptions
 
@@ -175,12 +183,16 @@ class ReverseTunnel:
         self._channel_host = _ConnectionHost(self)
         self._observers: list[TunnelObserver] = []
         self._disconnect_waiters: list[Deferred[None]] = []
-        self._logging_off = False
+        # Where the connection is: logon, reconnect and logoff as one state machine (its
+        # transitions: rtunnel/_core/reconnect.py), driven with its timers on our clock.
+        self._reconnector = Reconnector(
+            self._clock,
+            _ReconnectHost(self),
+            lambda: self.options.staying_up.reconnect,
+            f"{host} port {port}",
+        )
         self._lost: Deferred[None] | None = None
-        self._logon_finished: Deferred[None] | None = None
-        self._abort_logon: Callable[[], object] | None = None
         self._keepalive: Keepalive | None = None
-        self._retry = 0
         self._connected_at = 0.0
         # conn.packets_received once every forward was re-established after a reconnect;
         # any packet after that shows the reconnect worked (see _connection_ended).
@@ -194,15 +206,11 @@ class ReverseTunnel:
         self._channels_opened = 0
         self._closed_bytes_sent = 0
         self._closed_bytes_received = 0
-        self._reconnect_call: IDelayedCall | None = None
-        # A reconnect's logon in progress (the wait before it is _reconnect_call).
-        self._reconnecting = False
         # request_forwarding() calls waiting for a reconnect to establish their forward
         # (the connection was lost before the server answered, or was being made again
         # when they were called), by id(forward).
         self._first_answers: dict[int, Deferred[Forward]] = {}
         self._forward_retries: dict[int, tuple[int, IDelayedCall | None]] = {}
-        self._stopping = False
         self._fatal_error: RTunnelError | None = None
 
     @property
@@ -219,37 +227,30 @@ class ReverseTunnel:
         :class:`~rtunnel.errors.AuthenticationError` or another
         :class:`~rtunnel.errors.RTunnelError`.
         """
-        if self._logon_finished is not None:
-            return defer.fail(AlreadyConnectedError("A logon is already in progress."))
-        if self._transport is not None:
-            return defer.fail(AlreadyConnectedError("Already logged on; log off first."))
-        finished: Deferred[None] = Deferred()
-        self._logon_finished = finished
-        return Deferred.fromCoroutine(self._logon(finished))
+        return self._reconnector.logon()
 
-    async def _logon(self, finished: Deferred[None]) -> None:
-        try:
-            retry = 0
-            while True:
-                try:
-                    await self._connect_and_authenticate()
-                    return
-                except RTunnelError as e:
-                    if self.options.staying_up.reconnect.mode != "always" or not _retryable(e):
-                        raise
-                    retry += 1
-                    delay = self._next_retry("ssh", retry, e)
-                    if delay is None:
-                        raise ReconnectLimitError(
-                            f"Gave up connecting to {self.host} port {self.port} after "
-                            f"{retry - 1} retries: {e}"
-                        ) from None
-                    await self._wait(delay)
-        finally:
-            # Fired here, inside the coroutine, not from the returned Deferred's callbacks:
-            # a logoff() waiting on it must not resume in the middle of that chain.
-            self._logon_finished = None
-            finished.callback(None)
+    @property
+    def _state(self) -> State:
+        """Where the connection is (see rtunnel/_core/reconnect.py)."""
+        return self._reconnector.state
+
+    def _move(self, event: Event) -> None:
+        """Take the transition ``event`` leads to (IllegalTransition: a bug here)."""
+        self._reconnector.move(event)
+
+    @property
+    def _reconnecting(self) -> bool:
+        """A reconnect's logon is under way (the wait before it is _reconnect_call)."""
+        return self._state is State.RECONNECTING
+
+    @property
+    def _reconnect_call(self) -> IDelayedCall | None:
+        """The wait before a reconnect (WAITING)."""
+        return self._reconnector.call
+
+    @_reconnect_call.setter
+    def _reconnect_call(self, call: IDelayedCall | None) -> None:
+        self._reconnector.call = call
 
     async def _connect_and_authenticate(self) -> None:
         # Imported here: Conch's userauth imports the global reactor, and importing
@@ -261,39 +262,26 @@ class ReverseTunnel:
         options = self.options
         channels, algorithms, reach = options.channels, options.algorithms, options.reach
         loaded_keys, passwords = load_credentials(options.authentication.auth)
-        ready: Deferred[ForwardingConnection] = Deferred()
-        self._lost = Deferred()
-        conn = ForwardingConnection(
-            self._channel_host,
-            window_size=channels.window_size,
-            max_packet=channels.max_packet,
-            max_channels=channels.max_channels,
-            on_started=ready.callback,
-            on_stopped=lambda _conn: None,
-            clock=self._clock,
-        )
-        if channels.max_transfer_rate:
-            conn.rate_limit = TokenBucket(channels.max_transfer_rate, self._clock.seconds())
-        lost = self._lost
 
-        def on_lost(transport: ClientTransport, reason: Failure) -> None:
-            failure = Failure(self._describe_loss(transport, reason))
-            if not ready.called:
-                ready.errback(failure)
-            self._connection_ended(transport, failure)
-            if not lost.called:
-                lost.callback(None)
+        def new_connection(
+            on_started: Callable[[ForwardingConnection], None],
+        ) -> ForwardingConnection:
+            conn = ForwardingConnection(
+                self._channel_host,
+                window_size=channels.window_size,
+                max_packet=channels.max_packet,
+                max_channels=channels.max_channels,
+                on_started=on_started,
+                on_stopped=lambda _conn: None,
+                clock=self._clock,
+            )
+            if channels.max_transfer_rate:
+                conn.rate_limit = TokenBucket(channels.max_transfer_rate, self._clock.seconds())
+            return conn
 
-        # One timer for the phase we are in: the handshake (what is left of
-        # connect_timeout), then authentication (auth_timeout). On expiry it drops the
-        # connection and remembers the phase, which turns the loss into TimedOutError.
-        timer = _PhaseTimer(self._clock)
-
-        def secure(transport: ClientTransport) -> None:
-            self._handshake_done(transport)
-            timer.start("auth", options.authentication.auth_timeout)
-
-        def build() -> ClientTransport:
+        def new_transport(
+            conn: ForwardingConnection, on_lost: LostHook, on_secure: SecureHook
+        ) -> ClientTransport:
             transport = ClientTransport(
                 user=self.user,
                 keys_to_try=loaded_keys,
@@ -314,7 +302,7 @@ class ReverseTunnel:
                 rekey_seconds=algorithms.rekey_seconds,
                 clock=self._clock,
                 compression=algorithms.compression,
-                on_secure=secure,
+                on_secure=on_secure,
                 preferred_dh_group_bits=algorithms.preferred_dh_group_bits,
                 client_version=algorithms.client_version,
                 server_version_pattern=algorithms.server_version_pattern,
@@ -323,89 +311,39 @@ class ReverseTunnel:
             transport.kex_timeout = algorithms.kex_timeout
             return transport
 
-        factory = Factory.forProtocol(build)  # type: ignore[arg-type]
-        # No "Starting factory <...>" / "Stopping factory" lines in the log per connection.
-        factory.noisy = False
-        started = self._clock.seconds()
-        timeout = reach.connect_timeout or 30
-        bind = self._bind_address()
-        proxy = self._proxy_for_connection()
-        endpoint: IStreamClientEndpoint
-        if reach.proxy_command is not None:
-            command = expand_proxy_command(
-                reach.proxy_command, host=self.host, port=self.port, user=self.user
-            )
-            # ssh's words at debug1 (sshconnect.c).
-            self._status(f"Executing proxy command: exec {command}")
-            endpoint = ProxyCommandEndpoint(cast(IReactorProcess, self._reactor), command)
-        elif reach.proxy_jump:
-            hop = reach.proxy_jump[-1]
-            self._status(f"Connecting to {self.host} port {self.port} through {hop.where}.")
-            endpoint = jump_endpoint(self._jump_tunnel, hop, self.host, self.port)
-        elif proxy is None:
-            self._status(f"Connecting to {self.host} port {self.port}.")
-            endpoint = tcp_endpoint(self._reactor, self.host, self.port, timeout, bind)
-        else:
-            self._status(
-                f"Connecting to {self.host} port {self.port} through {proxy.kind} proxy "
-                f"{proxy.host} port {proxy.port}."
-            )
-            from rtunnel.client.reach.proxy import proxy_endpoint
+        def stream_connected(transport: ClientTransport, lost: Deferred[None]) -> None:
+            self._transport, self._lost = transport, lost
+            self._apply_tcp_options(transport)
 
-            endpoint = proxy_endpoint(self._reactor, proxy, self.host, self.port, timeout, bind)
-        connecting = endpoint.connect(factory)
-        self._abort_logon = connecting.cancel
+        hooks = LogonHooks(
+            new_connection=new_connection,
+            new_transport=new_transport,
+            status=self._status,
+            connection_status=self._connection_status,
+            stream_connected=stream_connected,
+            secured=self._handshake_done,
+            describe_loss=self._describe_loss,
+            ended=self._connection_ended,
+            timeout_text=self._timeout_text,
+        )
+        endpoint = SSHConnectionEndpoint(
+            self._clock,
+            self.host,
+            self.port,
+            self._route(),
+            hooks,
+            connect_timeout=reach.connect_timeout,
+            auth_timeout=options.authentication.auth_timeout,
+            bind=self._bind_address(),
+        )
         try:
-            transport = cast(ClientTransport, await connecting)
-        except defer.CancelledError:
-            raise self._abandoned() from None
-        except error.ConnectBindError as e:
-            where = f"{reach.local_host or '*'}" + (
-                f" port {reach.local_port}" if reach.local_port else ""
-            )
-            raise ConnectError(
-                f"connect to host {self.host} port {self.port}: cannot use local address "
-                f"{where} ({connect_failure_text(e)}); check local_host / -b (BindAddress)."
-            ) from None
-        except (error.ConnectError, error.DNSLookupError, OSError) as e:
-            # OpenSSH's words (ssh.c), less its program name.
-            raise ConnectError(
-                f"connect to host {self.host} port {self.port}: {connect_failure_text(e)}"
-            ) from None
-        finally:
-            self._abort_logon = None
-        self._transport = transport
-        self._apply_tcp_options(transport)
-        if proxy is not None:
-            # The reference's "Firewall connection complete".
-            self._connection_status(
-                "proxy-connected",
-                0,
-                f"The {proxy.kind} proxy {proxy.host} port {proxy.port} connected us to "
-                f"{self.host} port {self.port}.",
-            )
-        self._connection_status("tcp-connected", 0, f"Connected to {self.host} port {self.port}.")
-        timer.transport = transport
-        if reach.connect_timeout:
-            timer.start("handshake", reach.connect_timeout - (self._clock.seconds() - started))
-        self._abort_logon = ready.cancel
-        try:
-            conn = await ready
-            self._conn = conn
+            session = await endpoint.connect()
         except defer.CancelledError:
             # logoff() was called meanwhile.
-            tcp = transport.transport
-            if tcp is not None:
-                tcp.abortConnection()  # type: ignore[attr-defined]
-            await lost
             raise self._abandoned() from None
-        except RTunnelError:
-            if timer.expired is None:
-                raise
-            raise TimedOutError(self._timeout_text(timer.expired, transport)) from None
-        finally:
-            timer.stop()
-            self._abort_logon = None
+        conn, transport = session.connection, session.transport
+        self._conn = conn
+        self._move(Event.LOGGED_ON)
         self._connected_at = self._clock.seconds()
         self._working_from = None
         self._keepalive = Keepalive(
@@ -458,6 +396,23 @@ class ReverseTunnel:
         if not self.connected:
             return defer.fail(NotConnectedError("Not logged on."))
         return self._require_conn().open_direct_tcpip(host, port, protocol)
+
+    def _route(self) -> ServerRoute:
+        """How this connect reaches the server: ProxyCommand, jump host, proxy or TCP."""
+        reach = self.options.reach
+        if reach.proxy_command is not None:
+            command = expand_proxy_command(
+                reach.proxy_command, host=self.host, port=self.port, user=self.user
+            )
+            return ProxyCommandRoute(cast(IReactorProcess, self._reactor), command)
+        if reach.proxy_jump:
+            return JumpRoute(self._jump_tunnel, reach.proxy_jump[-1], self.host, self.port)
+        timeout = reach.connect_timeout or 30
+        bind = self._bind_address()
+        proxy = self._proxy_for_connection()
+        if proxy is None:
+            return DirectRoute(self._reactor, self.host, self.port, timeout, bind)
+        return ProxyRoute(self._reactor, proxy, self.host, self.port, timeout, bind)
 
     def _bind_address(self) -> tuple[str, int] | None:
         reach = self.options.reach
@@ -550,25 +505,6 @@ class ReverseTunnel:
         if tcp is not None:
             abort_with_reset(tcp)
 
-    async def _wait(self, delay: float) -> None:
-        """Sleep ``delay`` seconds; logoff() ends the wait with ConnectError."""
-        waiting: Deferred[None] = Deferred()
-        call = self._clock.callLater(delay, waiting.callback, None)
-
-        def abandon() -> None:
-            if call.active():
-                call.cancel()
-            if not waiting.called:
-                waiting.errback(Failure(defer.CancelledError()))
-
-        self._abort_logon = abandon
-        try:
-            await waiting
-        except defer.CancelledError:
-            raise self._abandoned() from None
-        finally:
-            self._abort_logon = None
-
     def _next_retry(
         self, kind: str, retry: int, error: Exception, remote_port: int | None = None
     ) -> float | None:
@@ -652,31 +588,21 @@ class ReverseTunnel:
         return Deferred.fromCoroutine(self._logoff())
 
     async def _logoff(self) -> None:
-        self._stopping = True
         try:
             await self._logoff_steps()
         finally:
-            self._stopping = False
+            self._reconnector.stopped()
 
     async def _logoff_steps(self) -> None:
         staying_up = self.options.staying_up
         self._cancel_retries()
-        if self._reconnect_call is not None:
-            # Waiting to reconnect: nothing is connected.
-            self._reconnect_call.cancel()
-            self._reconnect_call = None
-        finished = self._logon_finished
-        if finished is not None:
-            # Logging off while logging on (or reconnecting): give that up at once; it
-            # fails with ConnectError, and we wait for it to settle.
-            if self._abort_logon is not None:
-                self._abort_logon()
-            await finished
+        # Cancels a scheduled reconnect; a logon under way (or a reconnect's) is given up
+        # at once, failing with ConnectError, and settles before we go on.
+        await self._reconnector.stop()
         conn, transport, lost = self._conn, self._transport, self._lost
         if transport is None or lost is None:
             self._give_up(None)
             return
-        self._logging_off = True
         if conn is not None and not conn.stopped:
             cancels = [
                 self.cancel_socket_forwarding(f.listen_path)
@@ -874,12 +800,12 @@ class ReverseTunnel:
         """Forget a forward whose request was refused or given up by its caller."""
         if forward not in self._forwards:
             return  # settled already: cancelled, or the tunnel stopped and said so
-        self._move(forward, event)
+        self._move_forward(forward, event)
         self._forwards.remove(forward)
         self._notify_forward(forward)
 
     @staticmethod
-    def _move(forward: Forward, event: ForwardEvent) -> None:
+    def _move_forward(forward: Forward, event: ForwardEvent) -> None:
         """Move ``forward`` by ``event``, as the table in rtunnel/_core/forwards.py allows
         (else ForwardTransitionError: a bug, not a user mistake)."""
         forward.state = next_state(forward.state, event)
@@ -900,7 +826,7 @@ class ReverseTunnel:
 
     async def _establish(self, forward: Forward, conn: ForwardingConnection) -> None:
         """Send ``tcpip-forward`` for ``forward``; mark it active or raise."""
-        self._move(forward, ForwardEvent.REQUEST)
+        self._move_forward(forward, ForwardEvent.REQUEST)
         requested = forward.requested_port
         port = forward.port
         try:
@@ -930,7 +856,7 @@ class ReverseTunnel:
             # reconnect): the cancel won, and the late agreement changes nothing.
             return
         forward.port = port
-        self._move(forward, ForwardEvent.AGREED)
+        self._move_forward(forward, ForwardEvent.AGREED)
         self._emit_log(
             2,
             f"Remote forward of {forward.bind_address or '*'} port {forward.port} active "
@@ -1012,7 +938,7 @@ class ReverseTunnel:
         if forward is None:
             raise ForwardingError(f"No active forward on {where}.")
         # Refuse new opens at once: opens that race the cancel are refused (B4).
-        self._move(forward, ForwardEvent.CANCEL)
+        self._move_forward(forward, ForwardEvent.CANCEL)
         self._forwards.remove(forward)
         try:
             if listen_path is not None:
@@ -1100,7 +1026,7 @@ class ReverseTunnel:
         userauth = transport.userauth
         if userauth is not None and userauth.failure is not None and self._conn is None:
             return userauth.failure
-        if self._logging_off:
+        if self._state is State.LOGGING_OFF:
             return ConnectionLostError("Logged off.")
         if isinstance(reason.value, RTunnelError):
             # Said by the transport underneath (a ProxyCommand that exited).
@@ -1112,13 +1038,12 @@ class ReverseTunnel:
             return
         conn = self._conn
         was_connected = conn is not None
-        clean = self._logging_off
+        clean = self._state is State.LOGGING_OFF
         self._past_key_exchanges += transport.key_exchanges
         self._past_rekeys_by_us += transport.rekeys_by_us
         self._past_rekeys_by_server += transport.rekeys_by_peer
         self._transport = None
         self._conn = None
-        self._logging_off = False
         if self._keepalive is not None:
             self._keepalive.stop()
             self._keepalive = None
@@ -1137,22 +1062,21 @@ class ReverseTunnel:
             self._connection_status("broken", code, str(error))
             self._emit_log(1, f"Connection to {self.host} port {self.port} lost: {error}")
         self._notify("disconnected", None if clean else error)
-        if (
-            not clean
-            and not self._stopping
-            and self.options.staying_up.reconnect.mode != "off"
-            and _retryable(error)
-        ):
+        if self._state is State.LOGGING_OFF:
+            # Logged off, or an observer of "disconnected" called logoff().
+            self._give_up(None if clean else failure)
+            return
+        if self._reconnector.lost(error):
             if self._worked(conn):
                 # This outage starts from the first step again (issue #12).
-                self._retry = 0
+                self._reconnector.retry = 0
             self._cancel_retries()
             for forward in self._forwards:
-                forward.state = ForwardState.PENDING
+                self._move_forward(forward, ForwardEvent.LOST)
                 self._notify_forward(forward)
-            self._schedule_reconnect(error)
+            self._reconnector.schedule(error)
             return
-        self._give_up(None if clean else failure)
+        self._give_up(failure)
 
     def _worked(self, conn: ForwardingConnection | None) -> bool:
         """
@@ -1186,12 +1110,14 @@ class ReverseTunnel:
         if self._fatal_error is not None:
             failure, self._fatal_error = Failure(self._fatal_error), None
         self._cancel_retries()
-        self._retry = 0
+        self._reconnector.retry = 0
         stopped = failure or Failure(
             ConnectionLostError("Logged off before the server agreed to the forward.")
         )
+        stop = ForwardEvent.STOPPED if failure is None else ForwardEvent.STOPPED_FAILING
         for forward in self._forwards:
-            forward.state = ForwardState.CANCELLED if failure is None else ForwardState.FAILED
+            if allows(forward.state, stop):  # not one already final
+                self._move_forward(forward, stop)
             self._notify_forward(forward)
             self._answer_first(forward, stopped)
         self._forwards.clear()
@@ -1202,45 +1128,8 @@ class ReverseTunnel:
             else:
                 d.errback(failure)
 
-    def _schedule_reconnect(self, error: Exception) -> None:
-        self._retry += 1
-        delay = self._next_retry("ssh", self._retry, error)
-        if delay is None:
-            self._give_up(
-                Failure(
-                    ReconnectLimitError(
-                        f"Gave up reconnecting to {self.host} port {self.port} after "
-                        f"{self._retry - 1} retries; the last error was: {error}"
-                    )
-                )
-            )
-            return
-        self._reconnect_call = self._clock.callLater(delay, self._reconnect_now)
-
-    def _reconnect_now(self) -> None:
-        self._reconnect_call = None
-        finished: Deferred[None] = Deferred()
-        self._logon_finished = finished
-        d = Deferred.fromCoroutine(self._reconnect(finished))
-        d.addErrback(lambda f: _log.failure("reconnecting failed unexpectedly", f))
-
-    async def _reconnect(self, finished: Deferred[None]) -> None:
-        self._reconnecting = True
-        try:
-            try:
-                await self._connect_and_authenticate()
-            finally:
-                self._reconnecting = False
-                self._logon_finished = None
-                finished.callback(None)
-        except RTunnelError as e:
-            if self._stopping:
-                return  # logoff() takes it from here
-            if _retryable(e):
-                self._schedule_reconnect(e)
-            else:
-                self._give_up(Failure(e))
-            return
+    async def _reestablish(self) -> None:
+        """A reconnect logged on: ask for every forward the lost connection had."""
         for forward in list(self._forwards):
             if forward.state is ForwardState.PENDING:
                 await self._retry_forward(forward)
@@ -1272,7 +1161,7 @@ class ReverseTunnel:
         count = self._forward_retries.get(id(forward), (0, None))[0] + 1
         delay = self._next_retry("tunnel", count, error, forward.requested_port)
         if delay is None:
-            self._move(forward, ForwardEvent.REFUSED)
+            self._move_forward(forward, ForwardEvent.REFUSED)
             self._forwards.remove(forward)
             self._forward_retries.pop(id(forward), None)
             limit = ForwardRetryLimitError(
@@ -1283,7 +1172,7 @@ class ReverseTunnel:
             self._notify_forward(forward)
             self._answer_first(forward, Failure(limit))
             return
-        self._move(forward, ForwardEvent.RETRY_LATER)
+        self._move_forward(forward, ForwardEvent.RETRY_LATER)
         self._notify_forward(forward)
 
         def retry() -> None:
@@ -1435,6 +1324,31 @@ class _ConnectionHost:
                 _log.failure("observer {observer!r} failed on {name}", observer=observer, name=name)
 
 
+class _ReconnectHost:
+    """The tunnel's side of its Reconnector (private methods, not public callbacks)."""
+
+    def __init__(self, tunnel: ReverseTunnel) -> None:
+        self._tunnel = tunnel
+
+    def connect(self) -> Coroutine[Any, Any, None]:
+        return self._tunnel._connect_and_authenticate()
+
+    def announce(self, retry: int, error: Exception) -> float | None:
+        return self._tunnel._next_retry("ssh", retry, error)
+
+    def retryable(self, error: Exception) -> bool:
+        return _retryable(error)
+
+    def abandoned(self) -> Exception:
+        return self._tunnel._abandoned()
+
+    def reconnected(self) -> Coroutine[Any, Any, None]:
+        return self._tunnel._reestablish()
+
+    def give_up(self, failure: Failure) -> None:
+        self._tunnel._give_up(failure)
+
+
 class _JumpProgress(TunnelObserver):
     """
     Passes a jump host's progress on to the observers of the tunnel it carries (its
@@ -1517,35 +1431,3 @@ async def _with_timeout(answer: Awaitable[bool], timeout: float, clock: IReactor
     )
     d.addTimeout(timeout, clock)
     return await d
-
-
-class _PhaseTimer:
-    """
-    Bounds one phase of the logon at a time; when it runs out it aborts the TCP
-    connection and remembers which phase it was.
-    """
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self.transport: ClientTransport | None = None
-        self.phase = ""
-        self.expired: str | None = None
-        self._call: IDelayedCall | None = None
-
-    def start(self, phase: str, timeout: float | None) -> None:
-        self.stop()
-        self.phase = phase
-        if timeout is not None:
-            self._call = self._clock.callLater(max(0.0, timeout), self._expire)
-
-    def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def _expire(self) -> None:
-        self._call = None
-        self.expired = self.phase
-        tcp = self.transport.transport if self.transport is not None else None
-        if tcp is not None:
-            tcp.abortConnection()  # type: ignore[attr-defined]

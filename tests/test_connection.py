@@ -742,7 +742,7 @@ def test_a_forward_no_longer_in_the_table_cannot_be_made_active() -> None:
     h.feed(c.MSG_REQUEST_SUCCESS, b"")
     _result(d)
     with pytest.raises(ForwardTransitionError, match="a cancelled forward cannot take"):
-        ReverseTunnel._move(fwd, ForwardEvent.AGREED)
+        ReverseTunnel._move_forward(fwd, ForwardEvent.AGREED)
     assert fwd.state is ForwardState.CANCELLED
 
 
@@ -757,7 +757,7 @@ def test_a_forward_cancelled_while_asked_for_again_stays_cancelled(answer: str) 
     watcher = _States()
     h.tunnel.add_observer(watcher)
     fwd = h.forward()
-    ReverseTunnel._move(fwd, ForwardEvent.LOST)
+    ReverseTunnel._move_forward(fwd, ForwardEvent.LOST)
     again = Deferred.fromCoroutine(h.tunnel._retry_forward(fwd))
     cancelled = h.tunnel.cancel_forwarding("127.0.0.1", 40000)
     if answer == "agreed":

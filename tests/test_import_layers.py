@@ -40,12 +40,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("connection and channels", ("rtunnel.client.channels",)),
     # ClientTransport builds its ssh-userauth client and carries the connection service,
     # so it sits above both although it lives with the transport; the connection
-    # endpoint (issue #16, a later step) is to take that composition over.
+    # endpoint (client/reach/endpoint.py) composes it with a route to the server.
     ("client session", ("rtunnel.client.transport.client_transport",)),
     ("reaching the server", ("rtunnel.client.reach",)),
     # What the facade is told: typed groups over the client's own types.
     ("options", ("rtunnel.options",)),
-    ("facade", ("rtunnel.tunnel",)),
+    # The reconnect loop drives the pure core's state table for the facade.
+    ("facade", ("rtunnel._reconnect", "rtunnel.tunnel")),
     ("public names", ("rtunnel",)),
     ("OpenSSH grammar", ("rtunnel.openssh",)),
     ("front ends", ("rtunnel.service", "rtunnel.cli")),
