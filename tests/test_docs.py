@@ -30,8 +30,8 @@ from typing_extensions import override
 
 import rtunnel
 from rtunnel import ReverseTunnel, RTunnelError, TunnelObserver, TunnelStatistics
-from rtunnel.openssh.options import SUPPORTED_OPTIONS
 from rtunnel.cli import CommandLineExit, parse_command_line
+from rtunnel.openssh.options import SUPPORTED_OPTIONS
 from rtunnel.testing import FaultProxy, SSHTestServer, pytest_plugin
 
 README = ROOT / "README.md"
