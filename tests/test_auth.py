@@ -23,7 +23,7 @@ from rtunnel.client.auth.credentials import (
     password_prompt_matches,
 )
 from rtunnel.errors import SpecError
-from rtunnel.testing._server import KbdIntPrompt, SSHTestServer
+from rtunnel.testing.server import KbdIntPrompt, SSHTestServer
 
 
 def tunnel(server: SSHTestServer, user: str, known: Path, **kw: Any) -> ReverseTunnel:

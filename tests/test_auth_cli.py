@@ -21,7 +21,7 @@ from twisted.internet.defer import TimeoutError
 from twisted.internet.task import deferLater
 
 from rtunnel.client.auth.askpass import DEFAULT_ASKPASS, password_source
-from rtunnel.testing._server import SSHTestServer
+from rtunnel.testing.server import SSHTestServer
 from tests.test_cli import PYTHON_CLI, RTunnelProcess, _clean_env
 
 

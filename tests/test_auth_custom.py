@@ -32,7 +32,7 @@ from rtunnel import (
     set_ssh_param,
 )
 from rtunnel.testing._openssh import OpenSSHServer
-from rtunnel.testing._server import SSHTestServer
+from rtunnel.testing.server import SSHTestServer
 from tests.test_auth_openssh import wait_for_log
 
 USERAUTH_REQUEST = 50

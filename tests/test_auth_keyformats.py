@@ -35,7 +35,7 @@ from twisted.internet import reactor
 from rtunnel import CredentialError, PrivateKey, PrivateKeyFile, ReverseTunnel
 from rtunnel.client.auth.userauth import load_credentials
 from rtunnel.testing._openssh import OpenSSHServer
-from rtunnel.testing._server import SSHTestServer
+from rtunnel.testing.server import SSHTestServer
 
 PASS = "sesame"
 

@@ -19,7 +19,7 @@ from twisted.internet import reactor
 from rtunnel import CredentialError, PrivateKeyFile, ReverseTunnel
 from rtunnel.client.auth.credentials import PrivateKey
 from rtunnel.client.auth.userauth import load_credentials
-from rtunnel.testing._server import SSHTestServer
+from rtunnel.testing.server import SSHTestServer
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ from rtunnel.client.auth._pubkey import (
 )
 from rtunnel.openssh.client_options import ClientOptions
 from rtunnel.testing._openssh import OpenSSHServer
-from rtunnel.testing._server import SSHTestServer
+from rtunnel.testing.server import SSHTestServer
 from tests.test_auth_cli import spawn
 
 ALL_RSA = b"rsa-sha2-512,rsa-sha2-256,ssh-rsa"

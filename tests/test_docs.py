@@ -365,12 +365,25 @@ def test_library_page_lists_every_error_with_its_code() -> None:
     assert wrong == []
 
 
+def _public_names(cls: type) -> list[str]:
+    """The public names a class of rtunnel's has, its own and its rtunnel bases' (mixins)."""
+    return sorted(
+        {
+            name
+            for klass in cls.__mro__
+            if klass.__module__.startswith("rtunnel.")
+            for name in vars(klass)
+            if not name.startswith("_")
+        }
+    )
+
+
 @pytest.mark.parametrize(
     "names",
     [
         pytest_plugin.__all__,
-        [n for n in vars(SSHTestServer) if not n.startswith("_")],
-        [n for n in vars(FaultProxy) if not n.startswith("_")],
+        _public_names(SSHTestServer),
+        _public_names(FaultProxy),
     ],
     ids=["fixtures", "SSHTestServer", "FaultProxy"],
 )

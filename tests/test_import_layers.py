@@ -370,7 +370,7 @@ def test_the_library_is_what_the_issue_calls_it() -> None:
         assert in_library(module), module
     for module in ("rtunnel.client.reach.jump", "rtunnel.client.transport.client_transport"):
         assert in_library(module), module
-    for module in ("rtunnel.openssh.options", "rtunnel.cli", "rtunnel.testing._server"):
+    for module in ("rtunnel.openssh.options", "rtunnel.cli", "rtunnel.testing.server._server"):
         assert not in_library(module), module
 
 
@@ -386,7 +386,7 @@ def test_layers_are_matched_by_the_most_specific_package() -> None:
     assert name("rtunnel.client") == "SSH transport"
     assert name("rtunnel.client.elsewhere") == "none"
     assert name("rtunnel._core.wire") == "pure core"
-    assert name("rtunnel.testing._server") == "test helpers and demo"
+    assert name("rtunnel.testing.server._server") == "test helpers and demo"
     assert name("rtunnel.elsewhere") == "none"
     assert name("rtunnelx") == "none"
 

@@ -31,15 +31,9 @@ from zope.interface.verify import verifyObject
 
 import rtunnel.testing
 from rtunnel.testing import SSHTestServer, client_key
-from rtunnel.testing._server import (
-    _MAX_PACKET,
-    _WINDOW,
-    _InboundProtocol,
-    _PasswordChecker,
-    _PublicKeyChecker,
-    _Realm,
-    listen_addresses,
-)
+from rtunnel.testing.server import listen_addresses
+from rtunnel.testing.server._auth import _PasswordChecker, _PublicKeyChecker, _Realm
+from rtunnel.testing.server._forwarding import _MAX_PACKET, _WINDOW, _InboundProtocol
 
 TIMEOUT = 20
 
@@ -684,7 +678,7 @@ def test_known_hosts(server, tmp_path) -> None:
 async def test_wait_for_forward_with_timeout_is_forgotten(server) -> None:
     with pytest.raises(defer.TimeoutError):
         await server.wait_for_forward("127.0.0.1").addTimeout(0.01, reactor)
-    assert server._waiters == []
+    assert len(server._waiters) == 0
 
 
 # The pytest plugin's fixtures -----------------------------------------------------------

@@ -32,7 +32,7 @@ from rtunnel.testing._certs import (
     read_ca_keys,
     user_certificate_refusal,
 )
-from rtunnel.testing._server import _USER_SIG_ALGS, _CertificateCredentials, _PublicKeyChecker
+from rtunnel.testing.server._auth import _USER_SIG_ALGS, _CertificateCredentials, _PublicKeyChecker
 
 USER = "alice"
 CA = Key(ed25519.Ed25519PrivateKey.generate())

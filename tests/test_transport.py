@@ -46,7 +46,7 @@ from rtunnel._core.text import printable
 from rtunnel.client.transport import _algorithms, _groups, _kex
 from rtunnel.client.transport._packet import make_sealer
 from rtunnel.client.transport.client_transport import ClientTransport
-from rtunnel.testing._server import _ServerTransport
+from rtunnel.testing.server._transport import _ServerTransport
 
 
 @pytest.mark.parametrize("cipher", _algorithms.SUPPORTED_CIPHERS)

@@ -20,14 +20,17 @@ if TYPE_CHECKING:
     from rtunnel.testing._keys import KeyKind, client_key, generate_client_key, host_key
     from rtunnel.testing._openssh import OpenSSHServer
     from rtunnel.testing._proxy import FaultProxy
-    from rtunnel.testing._server import ForwardListener, SSHTestServer
+    from rtunnel.testing._waiting import WaitTimeoutError
+    from rtunnel.testing.server import ForwardListener, KbdIntPrompt, SSHTestServer
 
 __all__ = [
     "FaultProxy",
     "ForwardListener",
+    "KbdIntPrompt",
     "KeyKind",
     "OpenSSHServer",
     "SSHTestServer",
+    "WaitTimeoutError",
     "certificate_line",
     "client_key",
     "generate_client_key",
@@ -38,8 +41,10 @@ __all__ = [
 _WHERE = {
     "FaultProxy": "rtunnel.testing._proxy",
     "OpenSSHServer": "rtunnel.testing._openssh",
-    "ForwardListener": "rtunnel.testing._server",
-    "SSHTestServer": "rtunnel.testing._server",
+    "ForwardListener": "rtunnel.testing.server",
+    "SSHTestServer": "rtunnel.testing.server",
+    "KbdIntPrompt": "rtunnel.testing.server",
+    "WaitTimeoutError": "rtunnel.testing._waiting",
     "KeyKind": "rtunnel.testing._keys",
     "client_key": "rtunnel.testing._keys",
     "generate_client_key": "rtunnel.testing._keys",

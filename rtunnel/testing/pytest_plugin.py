@@ -32,7 +32,7 @@ import pytest_twisted  # type: ignore[import-untyped]  # ships no type informati
 
 if TYPE_CHECKING:
     from rtunnel.testing._proxy import FaultProxy
-    from rtunnel.testing._server import SSHTestServer
+    from rtunnel.testing.server import SSHTestServer
 
 __all__ = ["ssh_client_key", "ssh_fault_proxy", "ssh_known_hosts", "ssh_test_server", "ssh_user"]
 
@@ -74,7 +74,7 @@ async def ssh_test_server(ssh_client_key: Path, ssh_user: str) -> AsyncGenerator
     from twisted.conch.ssh.keys import Key
     from twisted.internet import reactor
 
-    from rtunnel.testing._server import SSHTestServer
+    from rtunnel.testing.server import SSHTestServer
 
     server = SSHTestServer(reactor)
     public = Key.fromFile(str(ssh_client_key) + ".pub")
