@@ -8,149 +8,15 @@ cap holds.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from memory_stack import Upper, result_of
-from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.protocol import Factory
-from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
-from twisted.test import iosim
+from memory_stack import ReconnectingStack
 
 from rtunnel import (
-    ForwardState,
-    PrivateKeyFile,
     ReconnectAttempt,
     ReconnectPolicy,
-    ReverseTunnel,
-    TunnelObserver,
 )
-from rtunnel.testing import SSHTestServer, client_key, generate_client_key
 
 POLICY = ReconnectPolicy(initial_delay=1.0, max_delay=60.0, factor=2.0, jitter=0.2)
-
-
-class Attempts(TunnelObserver):
-    def __init__(self) -> None:
-        self.attempts: list[ReconnectAttempt] = []
-
-    def reconnect_attempt(self, attempt: ReconnectAttempt) -> None:
-        self.attempts.append(attempt)
-
-
-class ReconnectingStack:
-    """
-    A ReverseTunnel and the bundled server in memory, where every connect the tunnel
-    makes is joined to the server by a new pump (or refused, while ``down``).
-    """
-
-    def __init__(self, tmp_path: Path, **tunnel_kw: Any) -> None:
-        self.reactor = MemoryReactorClock()
-        self.server = SSHTestServer(self.reactor, port=2222)
-        key_path = generate_client_key("ed25519", tmp_path)
-        self.server.add_user("alice", authorized_keys=[client_key("ed25519").public()])
-        result_of(self.server.start())
-        known_hosts = tmp_path / "known_hosts"
-        known_hosts.write_text(
-            f"[127.0.0.1]:2222 {self.server.known_hosts_line.split(' ', 1)[1]}\n"
-        )
-        self.tunnel = ReverseTunnel(
-            self.reactor,
-            "127.0.0.1",
-            2222,
-            user="alice",
-            auth=[PrivateKeyFile(key_path)],
-            known_hosts=known_hosts,
-            **tunnel_kw,
-        )
-        self.watcher = Attempts()
-        self.tunnel.add_observer(self.watcher)
-        self.pump: iosim.IOPump | None = None
-        self.joined = 0
-        self.down = False
-
-    def join(self) -> bool:
-        """Join the tunnel's newest connect, if there is one not joined yet."""
-        if self.joined == len(self.reactor.tcpClients):
-            return False
-        _host, _port, client_factory, _timeout, _bind = self.reactor.tcpClients[self.joined]
-        self.joined += 1
-        if self.down:
-            client_factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
-            return True
-        server_factory = self.reactor.tcpServers[0][1]
-        client_address = IPv4Address("TCP", "127.0.0.1", 50000 + self.joined)
-        server_address = IPv4Address("TCP", "127.0.0.1", 2222)
-        client = client_factory.buildProtocol(server_address)
-        server = server_factory.buildProtocol(client_address)
-        self.pump = iosim.connect(
-            server,
-            iosim.FakeTransport(
-                server, isServer=True, hostAddress=server_address, peerAddress=client_address
-            ),
-            client,
-            iosim.FakeTransport(
-                client, isServer=False, hostAddress=client_address, peerAddress=server_address
-            ),
-            clock=self.reactor,
-        )
-        self.pump.flush()
-        return True
-
-    def logon_with_forward(self) -> None:
-        d = self.tunnel.logon()
-        assert self.join()
-        result_of(d)
-        forwarding = self.tunnel.request_forwarding(
-            "127.0.0.1", 8080, factory=Factory.forProtocol(Upper)
-        )
-        assert self.pump is not None
-        self.pump.flush()
-        result_of(forwarding)
-
-    def round_trip(self, data: bytes) -> bytes:
-        """A client of the server's forward listener sends ``data``; what comes back."""
-        assert self.pump is not None
-        listener_factory = self.reactor.tcpServers[-1][1]
-        origin = IPv4Address("TCP", "203.0.113.5", 40000)
-        remote = listener_factory.buildProtocol(origin)
-        wire = StringTransport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080), peerAddress=origin
-        )
-        remote.makeConnection(wire)
-        self.pump.flush()
-        remote.dataReceived(data)
-        self.pump.flush()
-        out: bytes = wire.value()
-        remote.connectionLost(Failure(Exception("done")))
-        self.pump.flush()
-        return out
-
-    def kill(self) -> None:
-        """The server's side of the session goes away (sshd killed)."""
-        assert self.pump is not None
-        self.pump.serverIO.abortConnection()
-        self.pump.flush()
-
-    def next_attempt(self) -> ReconnectAttempt:
-        """Wait out the reconnect the tunnel scheduled; return its announcement."""
-        attempt = self.watcher.attempts[-1]
-        self.reactor.advance(attempt.retry_interval - 1e-6)
-        assert not self.join(), "a connect before the announced wait was over"
-        self.reactor.advance(2e-6)
-        assert self.join(), "no connect after the announced wait"
-        return attempt
-
-    def logoff(self) -> None:
-        d = self.tunnel.logoff()
-        if self.pump is not None:
-            self.pump.flush()
-        result_of(d)
-        assert self.reactor.getDelayedCalls() == []
-
-    def forward_active(self) -> bool:
-        return [f.state for f in self.tunnel.forwards] == [ForwardState.ACTIVE]
 
 
 def first_step(attempt: ReconnectAttempt) -> bool:

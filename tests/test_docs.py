@@ -32,7 +32,13 @@ import rtunnel
 from rtunnel import ReverseTunnel, RTunnelError, TunnelObserver, TunnelStatistics
 from rtunnel.cli import CommandLineExit, parse_command_line
 from rtunnel.openssh.options import SUPPORTED_OPTIONS
-from rtunnel.testing import FaultProxy, SSHTestServer, pytest_plugin
+from rtunnel.testing import (
+    FaultProxy,
+    InboundConnection,
+    MemoryPair,
+    SSHTestServer,
+    pytest_plugin,
+)
 
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
@@ -384,10 +390,25 @@ def _public_names(cls: type) -> list[str]:
         pytest_plugin.__all__,
         _public_names(SSHTestServer),
         _public_names(FaultProxy),
+        _public_names(MemoryPair),
+        ["client_key", "directory", "known_hosts", "reactor", "server", "tunnel", "user"],
+        [n for n in _public_names(InboundConnection) if n.islower()],
     ],
-    ids=["fixtures", "SSHTestServer", "FaultProxy"],
+    ids=["fixtures", "SSHTestServer", "FaultProxy", "MemoryPair", "pair", "InboundConnection"],
 )
 def test_testing_page_names_every_fixture_and_control(names: list[str]) -> None:
     text = _text(DOCS / "testing.md")
     missing = [n for n in names if not re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", text)]
     assert missing == []
+
+
+def test_testing_page_memory_pair_example_passes() -> None:
+    """The memory pair's example runs as it is written, each of its tests."""
+    code = _block(_text(DOCS / "testing.md"), "In memory: `MemoryPair`", "python")
+    namespace: dict[str, object] = {}
+    exec(compile(code, "docs/testing.md: In memory", "exec"), namespace)
+    tests = [value for name, value in namespace.items() if name.startswith("test_")]
+    assert len(tests) == 2
+    for test in tests:
+        assert callable(test)
+        test()

@@ -163,3 +163,77 @@ def test_importing_rtunnel_silences_conchs_dsa_warning() -> None:
     assert done.returncode == 0, done.stderr
     assert "DSA is deprecated and support" not in done.stderr
     assert done.stderr.count("UserWarning: another warning") == 1, done.stderr
+
+
+def test_testing_public_names() -> None:
+    """rtunnel.testing's surface: what users import to test their code (issue #16)."""
+    import rtunnel.testing
+    from rtunnel.testing import pytest_plugin
+
+    assert sorted(rtunnel.testing.__all__) == [
+        "FaultProxy",
+        "ForwardListener",
+        "InboundConnection",
+        "KbdIntPrompt",
+        "KeyKind",
+        "MemoryPair",
+        "OpenSSHServer",
+        "SSHTestServer",
+        "WaitTimeoutError",
+        "certificate_line",
+        "client_key",
+        "generate_client_key",
+        "host_key",
+        "make_certificate",
+    ]
+    for name in rtunnel.testing.__all__:
+        assert getattr(rtunnel.testing, name) is not None
+    assert sorted(pytest_plugin.__all__) == [
+        "ssh_client_key",
+        "ssh_fault_proxy",
+        "ssh_known_hosts",
+        "ssh_memory_pair",
+        "ssh_test_server",
+        "ssh_user",
+    ]
+    assert issubclass(rtunnel.testing.WaitTimeoutError, TimeoutError)
+
+
+def test_memory_pair_surface() -> None:
+    """The memory pair's public methods and attributes, as docs/testing.md lists them."""
+    from rtunnel.testing import InboundConnection, MemoryPair
+
+    assert sorted(n for n in vars(MemoryPair) if not n.startswith("_")) == [
+        "advance",
+        "close",
+        "connect",
+        "connection_attempts",
+        "connections",
+        "drop",
+        "flush",
+        "host",
+        "kill",
+        "logon",
+        "make_tunnel",
+        "port",
+        "refuse_connections",
+        "run",
+    ]
+    pair = MemoryPair()
+    try:
+        attributes = {"client_key", "directory", "known_hosts", "reactor", "server"}
+        attributes |= {"tunnel", "user"}
+        assert attributes <= set(vars(pair)), attributes - set(vars(pair))
+    finally:
+        pair.close()
+    assert sorted(n for n in vars(InboundConnection) if not n.startswith("_")) == [
+        "abort",
+        "close",
+        "closed",
+        "connectionLost",
+        "dataReceived",
+        "readConnectionLost",
+        "write",
+        "writeConnectionLost",
+        "write_eof",
+    ]

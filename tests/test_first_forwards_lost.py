@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from memory_stack import Upper, result_of
-from test_backoff import ReconnectingStack
+from memory_stack import ReconnectingStack, Upper, result_of
 from test_cli import PYTHON_CLI, RTunnelProcess, _clean_env, exchange
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred

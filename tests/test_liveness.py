@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from memory_stack import Stack, result_of
-from test_backoff import ReconnectingStack
+from memory_stack import ReconnectingStack, Stack, result_of
 
 from rtunnel import KeepaliveError, ReconnectPolicy, TunnelObserver
 

@@ -7,6 +7,7 @@ saw. On a Clock, so the seconds are simulated.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from rtunnel.testing import FaultProxy, SSHTestServer, WaitTimeoutError
+from rtunnel.testing import FaultProxy, MemoryPair, SSHTestServer, WaitTimeoutError
 from rtunnel.testing._waiting import DEFAULT_TIMEOUT, Waiters
 
 
@@ -129,3 +130,27 @@ def test_a_negative_timeout_is_refused(timeout: float) -> None:
     _reactor, server = _server()
     with pytest.raises(ValueError, match="timeout must be None or 0 or more seconds"):
         server.wait_for_connections(1, timeout=timeout)
+
+
+def test_waits_with_a_client_name_what_is_there(tmp_path: Path) -> None:
+    pair = MemoryPair(tmp_path)
+    pair.logon()
+    pair.run(pair.tunnel.request_forwarding("127.0.0.1", 8080, "127.0.0.1", 1))
+    server = pair.server
+    # Run in memory, the server's wait gives up on the pair's clock, and says why.
+    with pytest.raises(WaitTimeoutError) as caught:
+        pair.run(server.wait_for_forward_closed("127.0.0.1", 8080, timeout=3))
+    assert str(caught.value) == (
+        "SSHTestServer.wait_for_forward_closed('127.0.0.1', 8080): gave up after 3 s; "
+        "the forwards are [127.0.0.1:8080]"
+    )
+    other = _outcome(server.wait_for_forward("127.0.0.1", 9090, timeout=1))
+    connections = _outcome(server.wait_for_connections(0, timeout=1))
+    pair.advance(1)
+    assert str(other[0].value).endswith("; the forwards are [127.0.0.1:8080]")
+    assert str(connections[0].value).endswith(
+        "; 1 SSH connections are live, not exactly 0 (1 accepted since the server was made)"
+    )
+    # And a wait that is met fires with what it waited for.
+    assert pair.run(server.wait_for_forward("127.0.0.1")) == 8080
+    pair.close()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rtunnel.testing._certs import certificate_line, make_certificate
     from rtunnel.testing._keys import KeyKind, client_key, generate_client_key, host_key
+    from rtunnel.testing._memory import InboundConnection, MemoryPair
     from rtunnel.testing._openssh import OpenSSHServer
     from rtunnel.testing._proxy import FaultProxy
     from rtunnel.testing._waiting import WaitTimeoutError
@@ -26,8 +27,10 @@ if TYPE_CHECKING:
 __all__ = [
     "FaultProxy",
     "ForwardListener",
+    "InboundConnection",
     "KbdIntPrompt",
     "KeyKind",
+    "MemoryPair",
     "OpenSSHServer",
     "SSHTestServer",
     "WaitTimeoutError",
@@ -45,6 +48,8 @@ _WHERE = {
     "SSHTestServer": "rtunnel.testing.server",
     "KbdIntPrompt": "rtunnel.testing.server",
     "WaitTimeoutError": "rtunnel.testing._waiting",
+    "MemoryPair": "rtunnel.testing._memory",
+    "InboundConnection": "rtunnel.testing._memory",
     "KeyKind": "rtunnel.testing._keys",
     "client_key": "rtunnel.testing._keys",
     "generate_client_key": "rtunnel.testing._keys",
