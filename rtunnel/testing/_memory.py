@@ -573,6 +573,9 @@ class MemoryPair:
     :param key_kind: the client key's kind: ``"ed25519"``, ``"ecdsa"`` or ``"rsa"``.
     :param server_options: keyword arguments for :class:`~rtunnel.testing.SSHTestServer`
         (``host_key_type``, ``keyboard_interactive``, ``rekey_bytes``, ...).
+    :param start_time: what the clock reads at first (``reactor.seconds()``): 0, as
+        Twisted's ``Clock``; ``time.time()`` where certificates' validity is checked
+        against it.
     :param tunnel_options: keyword arguments for :attr:`tunnel` (see :meth:`make_tunnel`).
     """
 
@@ -585,6 +588,7 @@ class MemoryPair:
         port: int = 22,
         key_kind: KeyKind = "ed25519",
         server_options: Mapping[str, Any] | None = None,
+        start_time: float = 0.0,
         **tunnel_options: Any,
     ) -> None:
         from rtunnel.testing._keys import client_key
@@ -598,6 +602,7 @@ class MemoryPair:
         self.directory = Path(directory)
         #: The clock, and the network the tunnel and the server are on.
         self.reactor = _MemoryNetwork()
+        self.reactor.advance(start_time)
         #: The user name the server knows.
         self.user = user
         #: The server, started.

@@ -287,10 +287,13 @@ def test_close_removes_the_directory_it_made() -> None:
 
 
 def test_the_server_takes_its_options(tmp_path: Path) -> None:
-    pair = MemoryPair(tmp_path, server_options={"host_key_type": "ecdsa"}, port=2200)
+    pair = MemoryPair(
+        tmp_path, server_options={"host_key_type": "ecdsa"}, port=2200, start_time=1e9
+    )
     assert pair.known_hosts.read_text().startswith("[127.0.0.1]:2200 ecdsa-sha2-nistp256 ")
+    assert pair.reactor.seconds() == 1e9
     pair.logon()
-    assert pair.tunnel.connected
+    assert pair.tunnel.connected and pair.reactor.seconds() == 1e9
     pair.close()
 
 

@@ -1,13 +1,14 @@
 """
 OpenSSH user certificates against the bundled server's ``trusted_user_ca_keys``, with the
-real rtunnel client: which certificates it accepts and refuses and why, and the same
-certificates against a real sshd with ``TrustedUserCAKeys`` so both servers agree.
+real rtunnel client: which certificates it accepts and refuses and why (in memory, a
+MemoryPair whose clock reads the real time), and the same certificates against a real sshd
+with ``TrustedUserCAKeys`` so both servers agree (over loopback).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from rtunnel import AuthenticationError, PrivateKeyFile, ReverseTunnel
 from rtunnel.client.hostkeys.certificates import parse_certificate
 from rtunnel.errors import ForwardingError
-from rtunnel.testing import OpenSSHServer, SSHTestServer, generate_client_key
+from rtunnel.testing import MemoryPair, OpenSSHServer, SSHTestServer, generate_client_key
 from rtunnel.testing._certs import (
     certificate_line,
     make_certificate,
@@ -66,16 +67,32 @@ def key_with_cert(directory: Path, cert: bytes | None, kind: str = "ed25519") ->
     return key
 
 
-@pytest_twisted.async_yield_fixture
-async def server(tmp_path: Path) -> AsyncGenerator[SSHTestServer]:
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[MemoryPair]:
+    """
+    The bundled server in memory, trusting the test CAs; its clock at the real time, for
+    the certificates' validity. The pair's own user is not USER: USER has no key.
+    """
     ca_file = tmp_path / "user_ca.pub"
     ca_file.write_text("# the test CAs\n\n" + RSA_CA.public().toString("openssh").decode() + "\n")
     # One CA as a Key, one as a public key line, one in a file.
-    test_server = SSHTestServer(
-        reactor,
-        trusted_user_ca_keys=[CA, OTHER_CA.public().toString("openssh").decode(), ca_file],
+    cas = [CA, OTHER_CA.public().toString("openssh").decode(), ca_file]
+    pair = MemoryPair(
+        tmp_path / "pair",
+        user="pair",
+        start_time=time.time(),
+        server_options={"trusted_user_ca_keys": cas},
     )
     # Only publickey, as the sshd harness: the refusal is "Permission denied (publickey)."
+    pair.server.add_user(USER, auth_methods="publickey")
+    yield pair
+    pair.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def server(tmp_path: Path) -> AsyncGenerator[SSHTestServer]:
+    """The same server on 127.0.0.1, for OpenSSH's own client."""
+    test_server = SSHTestServer(reactor, trusted_user_ca_keys=[CA])
     test_server.add_user(USER, auth_methods="publickey")
     await test_server.start()
     try:
@@ -113,25 +130,27 @@ async def outcome(t: ReverseTunnel, methods: str = "publickey") -> str:
     return "accepted"
 
 
-async def bundled_outcome(server: SSHTestServer, tmp_path: Path, key: PrivateKeyFile) -> str:
-    known_hosts = server.write_known_hosts(tmp_path / "known_hosts_bundled")
-    return await outcome(tunnel(server.host, server.port, USER, known_hosts, key))
+def bundled_outcome(pair: MemoryPair, key: PrivateKeyFile, user: str = USER) -> str:
+    """The outcome against the bundled server, in memory."""
+    t = pair.make_tunnel(user=user, auth=[key], connect_timeout=30)
+    methods = "publickey" if user == USER else "publickey,password"
+    return pair.run(outcome(t, methods))
 
 
 # -- accepted
 
 
 @pytest.mark.parametrize("kind", ["ed25519", "ecdsa", "rsa"])
-@pytest_twisted.ensureDeferred
-async def test_certificate_beside_the_key_is_accepted(
-    server: SSHTestServer, tmp_path: Path, kind: str
+def test_certificate_beside_the_key_is_accepted(
+    pair: MemoryPair, tmp_path: Path, kind: str
 ) -> None:
+    server = pair.server
     key = key_with_cert(tmp_path / "bare", None, kind)
     # The key alone is not authorized...
-    assert await bundled_outcome(server, tmp_path, PrivateKeyFile(key)) == "refused"
+    assert bundled_outcome(pair, PrivateKeyFile(key)) == "refused"
     # ... with its certificate beside it, it logs on and may forward.
     key = key_with_cert(tmp_path / "cert", user_cert(USER, kind), kind)
-    assert await bundled_outcome(server, tmp_path, PrivateKeyFile(key)) == "accepted"
+    assert bundled_outcome(pair, PrivateKeyFile(key)) == "accepted"
     assert server.certificate_refusals == []
     # One publickey request per logon: the certificate went in at the first try.
     methods = [m for u, m in server.auth_attempts if u == USER]
@@ -139,15 +158,14 @@ async def test_certificate_beside_the_key_is_accepted(
 
 
 @pytest.mark.parametrize("ca", [OTHER_CA, RSA_CA], ids=["ca-as-line", "ca-in-file"])
-@pytest_twisted.ensureDeferred
-async def test_certificate_given_explicitly_and_cas_given_as_text(
-    server: SSHTestServer, tmp_path: Path, ca: Key
+def test_certificate_given_explicitly_and_cas_given_as_text(
+    pair: MemoryPair, tmp_path: Path, ca: Key
 ) -> None:
     key = key_with_cert(tmp_path, None)
     elsewhere = tmp_path / "elsewhere-cert.pub"
     elsewhere.write_text(certificate_line(user_cert(USER, ca=ca)))
     key_file = PrivateKeyFile(key, certificate=elsewhere)
-    assert await bundled_outcome(server, tmp_path, key_file) == "accepted"
+    assert bundled_outcome(pair, key_file) == "accepted"
 
 
 @pytest.mark.parametrize(
@@ -159,28 +177,25 @@ async def test_certificate_given_explicitly_and_cas_given_as_text(
     ],
     ids=["listed", "user-name-not-listed", "default-is-user-name"],
 )
-@pytest_twisted.ensureDeferred
-async def test_principals_as_authorized_principals_file(
-    server: SSHTestServer,
+def test_principals_as_authorized_principals_file(
+    pair: MemoryPair,
     tmp_path: Path,
     principals: list[str] | None,
     certified: list[str],
     expected: str,
 ) -> None:
-    server.add_user(USER, auth_methods="publickey", principals=principals)
+    pair.server.add_user(USER, auth_methods="publickey", principals=principals)
     key = key_with_cert(tmp_path, user_cert(USER, principals=certified))
-    assert await bundled_outcome(server, tmp_path, PrivateKeyFile(key)) == expected
+    assert bundled_outcome(pair, PrivateKeyFile(key)) == expected
 
 
-@pytest_twisted.ensureDeferred
-async def test_certificate_for_another_key_is_refused(
-    server: SSHTestServer, tmp_path: Path
-) -> None:
+def test_certificate_for_another_key_is_refused(pair: MemoryPair, tmp_path: Path) -> None:
+    server = pair.server
     # A good certificate for the ecdsa key, presented with the ed25519 key's signature.
     key = key_with_cert(tmp_path, None, "ed25519")
     cert = tmp_path / "ecdsa-cert.pub"
     cert.write_text(certificate_line(user_cert(USER, "ecdsa")))
-    result = await bundled_outcome(server, tmp_path, PrivateKeyFile(key, certificate=cert))
+    result = bundled_outcome(pair, PrivateKeyFile(key, certificate=cert))
     assert result == "refused"
     assert server.certificate_refusals[-1] in (
         "bad signature",
@@ -234,38 +249,28 @@ REFUSALS: dict[str, tuple[Callable[[], bytes], str]] = {
 
 
 @pytest.mark.parametrize("case", list(REFUSALS))
-@pytest_twisted.ensureDeferred
-async def test_bad_certificates_are_refused(
-    server: SSHTestServer, tmp_path: Path, case: str
-) -> None:
+def test_bad_certificates_are_refused(pair: MemoryPair, tmp_path: Path, case: str) -> None:
+    server = pair.server
     make, reason = REFUSALS[case]
     key = key_with_cert(tmp_path, make())
-    assert await bundled_outcome(server, tmp_path, PrivateKeyFile(key)) == "refused"
+    assert bundled_outcome(pair, PrivateKeyFile(key)) == "refused"
     assert len(server.certificate_refusals) == 1
     assert reason in server.certificate_refusals[0]
 
 
-@pytest_twisted.ensureDeferred
-async def test_unknown_user_is_refused(server: SSHTestServer, tmp_path: Path) -> None:
+def test_unknown_user_is_refused(pair: MemoryPair, tmp_path: Path) -> None:
     # sshd wants an existing account; here, one added with add_user.
     key = key_with_cert(tmp_path, user_cert("bob"))
-    known_hosts = server.write_known_hosts(tmp_path / "known_hosts")
-    t = tunnel(server.host, server.port, "bob", known_hosts, PrivateKeyFile(key))
     # (An unknown user is offered the server's default methods.)
-    assert await outcome(t, "publickey,password") == "refused"
-    assert server.certificate_refusals == ["Invalid user bob"]
+    assert bundled_outcome(pair, PrivateKeyFile(key), user="bob") == "refused"
+    assert pair.server.certificate_refusals == ["Invalid user bob"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_without_trusted_cas_no_certificate_is_accepted(tmp_path: Path) -> None:
-    bare = SSHTestServer(reactor)
-    bare.add_user(USER, auth_methods="publickey")
-    await bare.start()
-    try:
+def test_without_trusted_cas_no_certificate_is_accepted(tmp_path: Path) -> None:
+    with MemoryPair(tmp_path / "bare", user="pair", start_time=time.time()) as bare:
+        bare.server.add_user(USER, auth_methods="publickey")
         key = key_with_cert(tmp_path, user_cert(USER))
-        assert await bundled_outcome(bare, tmp_path, PrivateKeyFile(key)) == "refused"
-    finally:
-        await bare.stop()
+        assert bundled_outcome(bare, PrivateKeyFile(key)) == "refused"
 
 
 @pytest.mark.parametrize(
@@ -278,9 +283,8 @@ async def test_without_trusted_cas_no_certificate_is_accepted(tmp_path: Path) ->
     ],
     ids=["source-address", "force-command", "no-extensions", "permit-port-forwarding-only"],
 )
-@pytest_twisted.ensureDeferred
-async def test_options_and_extensions(
-    server: SSHTestServer,
+def test_options_and_extensions(
+    pair: MemoryPair,
     tmp_path: Path,
     options: list[tuple[str, bytes]],
     extensions: list[tuple[str, bytes]] | None,
@@ -288,7 +292,7 @@ async def test_options_and_extensions(
 ) -> None:
     cert = user_cert(USER, critical_options=options, extensions=extensions)
     key = key_with_cert(tmp_path, cert)
-    assert await bundled_outcome(server, tmp_path, PrivateKeyFile(key)) == expected
+    assert bundled_outcome(pair, PrivateKeyFile(key)) == expected
 
 
 # -- the pure check and the CA key reader

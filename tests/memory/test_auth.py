@@ -1,19 +1,20 @@
 """
-User authentication end to end against the bundled server: keyboard-interactive (callback
-and the password prompt pattern), multi-step logons with partial success, the password
-change request, password callbacks, method preference, and refusals without retry loops.
+User authentication end to end against the bundled server, in memory (MemoryPair):
+keyboard-interactive (callback and the password prompt pattern), multi-step logons with
+partial success, the password change request, password callbacks, method preference, and
+refusals without retry loops. What the server decides needs no socket to show.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_twisted
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
 
 from rtunnel import AuthenticationError, Password, PrivateKeyFile, ReverseTunnel
 from rtunnel.client.auth.credentials import (
@@ -23,11 +24,38 @@ from rtunnel.client.auth.credentials import (
     password_prompt_matches,
 )
 from rtunnel.errors import SpecError
+from rtunnel.testing import MemoryPair
 from rtunnel.testing.server import KbdIntPrompt, SSHTestServer
 
 
+# The plugin's fixtures, in memory: the same user, password, key and known_hosts.
+@pytest.fixture
+def pair(tmp_path: Path, ssh_user: str) -> Iterator[MemoryPair]:
+    pair = MemoryPair(tmp_path / "pair", user=ssh_user)
+    pair.server.add_user(ssh_user, password="password")
+    yield pair
+    pair.close()
+
+
+@pytest.fixture
+def ssh_test_server(pair: MemoryPair) -> SSHTestServer:
+    return pair.server
+
+
+@pytest.fixture
+def ssh_known_hosts(pair: MemoryPair) -> Path:
+    return pair.known_hosts
+
+
+@pytest.fixture
+def ssh_client_key(pair: MemoryPair) -> Path:
+    return pair.client_key
+
+
 def tunnel(server: SSHTestServer, user: str, known: Path, **kw: Any) -> ReverseTunnel:
-    return ReverseTunnel(reactor, server.host, server.port, user=user, known_hosts=known, **kw)
+    return ReverseTunnel(
+        server._reactor, server.host, server.port, user=user, known_hosts=known, **kw
+    )
 
 
 async def logon_ok(t: ReverseTunnel) -> None:
@@ -72,26 +100,26 @@ def test_password_prompt_pattern(pattern: str, prompt: str, matches: bool) -> No
 
 def test_unknown_preferred_method_is_a_spec_error() -> None:
     with pytest.raises(SpecError, match="hostbased"):
-        ReverseTunnel(reactor, "h", preferred_authentications=["hostbased"])
+        ReverseTunnel(MemoryReactorClock(), "h", preferred_authentications=["hostbased"])
 
 
 # -- keyboard-interactive ---------------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_kbdint_password_prompt_answered_with_password(
-    ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
+def test_kbdint_password_prompt_answered_with_password(
+    pair: MemoryPair, ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
 ) -> None:
     # Only keyboard-interactive allowed (as sshd with PAM and PasswordAuthentication no).
     ssh_test_server.add_user(ssh_user, "s3cret", auth_methods="keyboard-interactive")
-    await logon_ok(tunnel(ssh_test_server, ssh_user, ssh_known_hosts, auth=[Password("s3cret")]))
+    pair.run(
+        logon_ok(tunnel(ssh_test_server, ssh_user, ssh_known_hosts, auth=[Password("s3cret")]))
+    )
     assert ssh_test_server.keyboard_interactive_answers == [["s3cret"]]
     assert "keyboard-interactive" in [m for _, m in ssh_test_server.auth_attempts]
 
 
-@pytest_twisted.ensureDeferred
-async def test_kbdint_callback_sees_every_prompt_and_may_be_async(
-    ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
+def test_kbdint_callback_sees_every_prompt_and_may_be_async(
+    pair: MemoryPair, ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
 ) -> None:
     ssh_test_server.add_user(
         ssh_user,
@@ -106,18 +134,20 @@ async def test_kbdint_callback_sees_every_prompt_and_may_be_async(
 
     async def respond(challenge: KeyboardInteractiveChallenge) -> list[str]:
         seen.append(challenge)
-        await deferLater(reactor, 0.01, lambda: None)
+        await deferLater(pair.reactor, 0.01, lambda: None)
         return [
             p.answer if p.answer is not None else {"Token: ": "123456"}.get(p.text, "blue")
             for p in challenge.prompts
         ]
 
-    await logon_ok(
-        tunnel(
-            ssh_test_server,
-            ssh_user,
-            ssh_known_hosts,
-            auth=[Password("pw"), KeyboardInteractive(respond)],
+    pair.run(
+        logon_ok(
+            tunnel(
+                ssh_test_server,
+                ssh_user,
+                ssh_known_hosts,
+                auth=[Password("pw"), KeyboardInteractive(respond)],
+            )
         )
     )
     assert [[(p.text, p.echo, p.answer) for p in c.prompts] for c in seen] == [
@@ -129,9 +159,8 @@ async def test_kbdint_callback_sees_every_prompt_and_may_be_async(
     assert ssh_test_server.keyboard_interactive_answers == [["pw", "123456"], ["blue"]]
 
 
-@pytest_twisted.ensureDeferred
-async def test_kbdint_wrong_answers_end_without_a_retry_loop(
-    ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
+def test_kbdint_wrong_answers_end_without_a_retry_loop(
+    pair: MemoryPair, ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
 ) -> None:
     ssh_test_server.add_user(ssh_user, "right", auth_methods="keyboard-interactive")
     calls: list[int] = []
@@ -150,16 +179,15 @@ async def test_kbdint_wrong_answers_end_without_a_retry_loop(
     with pytest.raises(
         AuthenticationError, match=r"^Permission denied \(keyboard-interactive\)\.$"
     ):
-        await t.logon()
+        pair.run(t.logon())
     # Two rounds (NumberOfPasswordPrompts), then it stops.
     assert len(calls) == 2
     methods = [m for _, m in ssh_test_server.auth_attempts]
     assert methods == ["none", "keyboard-interactive", "keyboard-interactive"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_kbdint_unanswerable_prompt_is_abandoned(
-    ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
+def test_kbdint_unanswerable_prompt_is_abandoned(
+    pair: MemoryPair, ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
 ) -> None:
     # A password but a prompt that does not look like a password prompt, and no callback.
     ssh_test_server.add_user(
@@ -172,7 +200,7 @@ async def test_kbdint_unanswerable_prompt_is_abandoned(
         ssh_test_server, ssh_user, ssh_known_hosts, auth=[Password("pw")], password_prompt="Pass*"
     )
     with pytest.raises(AuthenticationError, match="Permission denied") as e:
-        await t.logon()
+        pair.run(t.logon())
     assert e.value.code == 1032
     assert ssh_test_server.keyboard_interactive_answers == []
 
@@ -180,9 +208,12 @@ async def test_kbdint_unanswerable_prompt_is_abandoned(
 # -- multi-step, preference, password callbacks -------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_publickey_then_password_partial_success(
-    ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path, ssh_client_key: Path
+def test_publickey_then_password_partial_success(
+    pair: MemoryPair,
+    ssh_test_server: SSHTestServer,
+    ssh_user: str,
+    ssh_known_hosts: Path,
+    ssh_client_key: Path,
 ) -> None:
     ssh_test_server.add_user(ssh_user, "pw", auth_methods="publickey,password")
     t = tunnel(
@@ -192,14 +223,17 @@ async def test_publickey_then_password_partial_success(
         auth=[PrivateKeyFile(ssh_client_key), Password("pw")],
         preferred_authentications=["password", "publickey"],
     )
-    await logon_ok(t)
+    pair.run(logon_ok(t))
     methods = [m for _, m in ssh_test_server.auth_attempts]
     assert methods == ["none", "publickey", "password"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_partial_success_then_wrong_password_is_refused(
-    ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path, ssh_client_key: Path
+def test_partial_success_then_wrong_password_is_refused(
+    pair: MemoryPair,
+    ssh_test_server: SSHTestServer,
+    ssh_user: str,
+    ssh_known_hosts: Path,
+    ssh_client_key: Path,
 ) -> None:
     ssh_test_server.add_user(ssh_user, "pw", auth_methods="publickey,password")
     t = tunnel(
@@ -211,12 +245,15 @@ async def test_partial_success_then_wrong_password_is_refused(
         password_prompt=None,
     )
     with pytest.raises(AuthenticationError, match=r"^Permission denied \(password\)\.$"):
-        await t.logon()
+        pair.run(t.logon())
 
 
-@pytest_twisted.ensureDeferred
-async def test_preferred_authentications_order_and_restriction(
-    ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path, ssh_client_key: Path
+def test_preferred_authentications_order_and_restriction(
+    pair: MemoryPair,
+    ssh_test_server: SSHTestServer,
+    ssh_user: str,
+    ssh_known_hosts: Path,
+    ssh_client_key: Path,
 ) -> None:
     # Password first when preferred, although a good key is there too.
     t = tunnel(
@@ -226,7 +263,7 @@ async def test_preferred_authentications_order_and_restriction(
         auth=[PrivateKeyFile(ssh_client_key), Password("password")],
         preferred_authentications=["password", "publickey"],
     )
-    await logon_ok(t)
+    pair.run(logon_ok(t))
     assert [m for _, m in ssh_test_server.auth_attempts] == ["none", "password"]
     # Only password preferred, and it is wrong: the key is not tried...
     t = tunnel(
@@ -237,7 +274,7 @@ async def test_preferred_authentications_order_and_restriction(
         preferred_authentications=["password"],
     )
     with pytest.raises(AuthenticationError):
-        await t.logon()
+        pair.run(t.logon())
     # ...unless every available method may be tried (TryAllAvailableAuthMethods).
     t = tunnel(
         ssh_test_server,
@@ -247,19 +284,18 @@ async def test_preferred_authentications_order_and_restriction(
         preferred_authentications=["password"],
         try_all_auth_methods=True,
     )
-    await logon_ok(t)
+    pair.run(logon_ok(t))
 
 
-@pytest_twisted.ensureDeferred
-async def test_ask_password_is_asked_up_to_the_limit(
-    ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
+def test_ask_password_is_asked_up_to_the_limit(
+    pair: MemoryPair, ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
 ) -> None:
     prompts: list[str] = []
 
     def ask(prompt: str) -> Deferred[str | None]:
         prompts.append(prompt)
         answer = "password" if len(prompts) == 2 else "wrong"
-        return deferLater(reactor, 0, lambda: answer)
+        return deferLater(pair.reactor, 0, lambda: answer)
 
     t = tunnel(
         ssh_test_server,
@@ -268,7 +304,7 @@ async def test_ask_password_is_asked_up_to_the_limit(
         auth=[AskPassword(ask)],
         preferred_authentications=["password"],
     )
-    await logon_ok(t)
+    pair.run(logon_ok(t))
     assert prompts == [f"{ssh_user}@{ssh_test_server.host}'s password: "] * 2
 
     prompts.clear()
@@ -281,13 +317,12 @@ async def test_ask_password_is_asked_up_to_the_limit(
         number_of_password_prompts=3,
     )
     with pytest.raises(AuthenticationError, match="Permission denied"):
-        await t.logon()
+        pair.run(t.logon())
     assert len(prompts) == 3
 
 
-@pytest_twisted.ensureDeferred
-async def test_password_change_request_is_a_clear_error(
-    ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
+def test_password_change_request_is_a_clear_error(
+    pair: MemoryPair, ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
 ) -> None:
     ssh_test_server.add_user(ssh_user, "old", password_expired=True)
     t = tunnel(
@@ -298,50 +333,43 @@ async def test_password_change_request_is_a_clear_error(
         preferred_authentications=["password"],
     )
     with pytest.raises(AuthenticationError, match="requires a new password") as e:
-        await t.logon()
+        pair.run(t.logon())
     assert e.value.code == 1032
     assert "expired" in str(e.value)
     assert [m for _, m in ssh_test_server.auth_attempts] == ["none", "password"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_nothing_to_try_is_permission_denied(
-    ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
+def test_nothing_to_try_is_permission_denied(
+    pair: MemoryPair, ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
 ) -> None:
     t = tunnel(ssh_test_server, ssh_user, ssh_known_hosts, auth=[])
     with pytest.raises(AuthenticationError, match=r"^Permission denied \(") as e:
-        await t.logon()
+        pair.run(t.logon())
     assert set(e.value.methods) == {"publickey", "password"}
     assert [m for _, m in ssh_test_server.auth_attempts] == ["none"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_server_wide_keyboard_interactive_asks_for_the_password(
-    ssh_user: str, ssh_client_key: Path, tmp_path: Path
+def test_server_wide_keyboard_interactive_asks_for_the_password(
+    ssh_user: str, tmp_path: Path
 ) -> None:
-    server = SSHTestServer(reactor, keyboard_interactive=True)
-    server.add_user(ssh_user, "pw")
-    await server.start()
-    try:
-        known = server.write_known_hosts(tmp_path / "kh")
-        t = tunnel(server, ssh_user, known, auth=[Password("pw")])
-        await logon_ok(t)
+    with MemoryPair(tmp_path, user=ssh_user, server_options={"keyboard_interactive": True}) as pair:
+        server = pair.server
+        server.add_user(ssh_user, "pw")
+        t = tunnel(server, ssh_user, pair.known_hosts, auth=[Password("pw")])
+        pair.run(logon_ok(t))
         assert server.keyboard_interactive_answers == [["pw"]]
         assert [m for _, m in server.auth_attempts] == ["none", "keyboard-interactive"]
-    finally:
-        await server.stop()
 
 
-@pytest_twisted.ensureDeferred
-async def test_password_change_callback_sets_a_new_password(
-    ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
+def test_password_change_callback_sets_a_new_password(
+    pair: MemoryPair, ssh_test_server: SSHTestServer, ssh_user: str, ssh_known_hosts: Path
 ) -> None:
     ssh_test_server.add_user(ssh_user, "old", password_expired=True)
     prompts: list[str] = []
 
     async def change(prompt: str) -> str:
         prompts.append(prompt)
-        await deferLater(reactor, 0, lambda: None)
+        await deferLater(pair.reactor, 0, lambda: None)
         return "new"
 
     t = tunnel(
@@ -352,7 +380,7 @@ async def test_password_change_callback_sets_a_new_password(
         preferred_authentications=["password"],
         password_change=change,
     )
-    await logon_ok(t)
+    pair.run(logon_ok(t))
     assert prompts == ["Your password has expired; choose a new one:"]
     # The server took the new password.
     t = tunnel(
@@ -362,4 +390,4 @@ async def test_password_change_callback_sets_a_new_password(
         auth=[Password("new")],
         preferred_authentications=["password"],
     )
-    await logon_ok(t)
+    pair.run(logon_ok(t))
