@@ -8,7 +8,8 @@ from __future__ import annotations
 import hashlib
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +32,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import rtunnel.testing
-from rtunnel.testing import SSHTestServer, client_key
+from rtunnel.testing import MemoryPair, SSHTestServer, client_key
 from rtunnel.testing.server import listen_addresses
 from rtunnel.testing.server._auth import _PasswordChecker, _PublicKeyChecker, _Realm
 from rtunnel.testing.server._forwarding import _MAX_PACKET, _WINDOW, _InboundProtocol
@@ -727,6 +728,23 @@ async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[MemoryPair]:
+    """The ``server`` fixture's server (alice: a key, or the password s3cret), in memory."""
+    pair = MemoryPair(tmp_path / "pair", user="alice")
+    pair.server.add_user("alice", password="s3cret")
+    yield pair
+    pair.close()
+
+
+def memory_tunnel(pair: MemoryPair, **kw: Any) -> Any:
+    """A ReverseTunnel for alice on the pair's server (reconnect off unless given)."""
+    from rtunnel import ReconnectPolicy
+
+    kw.setdefault("reconnect", ReconnectPolicy.off())
+    return pair.make_tunnel(**kw)
+
+
 @pytest_twisted.ensureDeferred
 async def test_freeze_holds_every_reply_until_thaw(server, tmp_path) -> None:
     from sockets import TargetServer, echo
@@ -756,77 +774,68 @@ async def test_freeze_holds_every_reply_until_thaw(server, tmp_path) -> None:
         target.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_freeze_is_noticed_by_keepalive_then_reconnected(server, tmp_path) -> None:
-    import time
-
+def test_freeze_is_noticed_by_keepalive_then_reconnected(pair: MemoryPair) -> None:
     from e2e_support import Recorder
 
     from rtunnel import KeepaliveError
 
     k, n = 0.5, 1
     watcher = Recorder()
-    t = tunnel_to(
-        server, tmp_path, keepalive_interval=k, keepalive_count_max=n, reconnect=fast_reconnect()
-    )
+    t = memory_tunnel(pair, keepalive_interval=k, keepalive_count_max=n, reconnect=fast_reconnect())
     t.add_observer(watcher)
-    await t.logon()
-    try:
-        server.freeze()
-        frozen_at = time.monotonic()
-        await until(lambda: bool(watcher.losses))
-        assert time.monotonic() - frozen_at <= k * (n + 1) + 1 + 1.0  # slack for CI
-        assert isinstance(watcher.losses[0], KeepaliveError)
-        # Connections made after the freeze are not frozen.
-        await until(lambda: watcher.connects == 2)
-        assert server.accepted_connections == 2
-        # Thawed, the old connection reads the client's reset and goes.
-        server.thaw()
-        await server.wait_for_connections(1).addTimeout(TIMEOUT, reactor)
-    finally:
-        await t.logoff()
+    pair.run(t.logon())
+    pair.server.freeze()
+    # Gone after k * (n + 1) seconds without an answer, not before.
+    pair.advance(k * (n + 1) - 0.01)
+    assert watcher.losses == []
+    pair.advance(0.02)
+    assert len(watcher.losses) == 1 and isinstance(watcher.losses[0], KeepaliveError)
+    # Connections made after the freeze are not frozen.
+    pair.advance(0.2)
+    assert watcher.connects == 2 and pair.server.accepted_connections == 2
+    # Thawed, the old connection reads the client's close and goes.
+    assert pair.server.connections == 2
+    pair.server.thaw()
+    pair.flush()
+    assert pair.server.connections == 1
+    pair.run(t.logoff())
 
 
-@pytest_twisted.ensureDeferred
-async def test_refuse_forwards_for_all_or_one_port(server, tmp_path) -> None:
+def test_refuse_forwards_for_all_or_one_port(pair: MemoryPair) -> None:
     from rtunnel import ForwardingError
 
-    t = tunnel_to(server, tmp_path)
-    await t.logon()
-    try:
-        port = free_port()
-        server.refuse_forwards(port)
-        with pytest.raises(ForwardingError):
-            await t.request_forwarding("127.0.0.1", port, "127.0.0.1", 9)
-        dynamic = await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9)
-        server.refuse_forwards()
-        with pytest.raises(ForwardingError):
-            await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9)
-        # Forwards already listening are not touched.
-        assert server.forwards == [rtunnel.testing.ForwardListener("127.0.0.1", dynamic.port)]
-        server.allow_forwards()
-        fixed = await t.request_forwarding("127.0.0.1", port, "127.0.0.1", 9)
-        assert fixed.port == port
-    finally:
-        await t.logoff()
+    server = pair.server
+    t = memory_tunnel(pair)
+    pair.run(t.logon())
+    port = 4242
+    server.refuse_forwards(port)
+    with pytest.raises(ForwardingError):
+        pair.run(t.request_forwarding("127.0.0.1", port, "127.0.0.1", 9))
+    dynamic = pair.run(t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9))
+    server.refuse_forwards()
+    with pytest.raises(ForwardingError):
+        pair.run(t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9))
+    # Forwards already listening are not touched.
+    assert server.forwards == [rtunnel.testing.ForwardListener("127.0.0.1", dynamic.port)]
+    server.allow_forwards()
+    fixed = pair.run(t.request_forwarding("127.0.0.1", port, "127.0.0.1", 9))
+    assert fixed.port == port
+    pair.run(t.logoff())
 
 
-@pytest_twisted.ensureDeferred
-async def test_allow_forwards_for_one_port(server, tmp_path) -> None:
+def test_allow_forwards_for_one_port(pair: MemoryPair) -> None:
     from rtunnel import ForwardingError
 
-    t = tunnel_to(server, tmp_path)
-    await t.logon()
-    try:
-        ports = [free_port(), free_port()]
-        for port in ports:
-            server.refuse_forwards(port)
-        server.allow_forwards(ports[0])
-        assert (await t.request_forwarding("127.0.0.1", ports[0], "127.0.0.1", 9)).port == ports[0]
-        with pytest.raises(ForwardingError):
-            await t.request_forwarding("127.0.0.1", ports[1], "127.0.0.1", 9)
-    finally:
-        await t.logoff()
+    t = memory_tunnel(pair)
+    pair.run(t.logon())
+    ports = [4242, 4243]
+    for port in ports:
+        pair.server.refuse_forwards(port)
+    pair.server.allow_forwards(ports[0])
+    assert pair.run(t.request_forwarding("127.0.0.1", ports[0], "127.0.0.1", 9)).port == ports[0]
+    with pytest.raises(ForwardingError):
+        pair.run(t.request_forwarding("127.0.0.1", ports[1], "127.0.0.1", 9))
+    pair.run(t.logoff())
 
 
 def stale(port: int) -> bool:
@@ -876,21 +885,23 @@ async def test_hold_port_as_a_stale_session_until_released(server, tmp_path) -> 
         target.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_hold_a_port_nobody_uses(server, tmp_path) -> None:
+def test_hold_a_port_nobody_uses(pair: MemoryPair) -> None:
     from rtunnel import ForwardingError
 
-    t = tunnel_to(server, tmp_path)
-    await t.logon()
-    try:
-        port = free_port()
-        server.hold_port(port)
-        with pytest.raises(ForwardingError):
-            await t.request_forwarding("127.0.0.1", port, "127.0.0.1", 9)
-        await server.release_port(port)
-        assert (await t.request_forwarding("127.0.0.1", port, "127.0.0.1", 9)).port == port
-    finally:
-        await t.logoff()
+    t = memory_tunnel(pair)
+    pair.run(t.logon())
+    port = 4242
+    pair.server.hold_port(port)
+    with pytest.raises(ForwardingError):
+        pair.run(t.request_forwarding("127.0.0.1", port, "127.0.0.1", 9))
+    # The held port accepts, and says nothing.
+    waiting = pair.connect(port)
+    pair.advance(60)
+    assert waiting.received == b"" and not waiting.closed
+    pair.run(pair.server.release_port(port))
+    assert waiting.closed
+    assert pair.run(t.request_forwarding("127.0.0.1", port, "127.0.0.1", 9)).port == port
+    pair.run(t.logoff())
 
 
 @pytest_twisted.ensureDeferred
@@ -904,63 +915,62 @@ async def test_stop_releases_held_ports(server) -> None:
     await server.start()  # for the fixture's stop()
 
 
-@pytest_twisted.ensureDeferred
-async def test_refuse_authentication(server, tmp_path) -> None:
+def test_refuse_authentication(pair: MemoryPair) -> None:
     from rtunnel import AuthenticationError, Password
 
+    server = pair.server
     server.refuse_authentication()
-    t = tunnel_to(server, tmp_path)
+    t = memory_tunnel(pair)
     with pytest.raises(AuthenticationError):
-        await t.logon()
+        pair.run(t.logon())
     assert ("alice", "publickey") in server.auth_attempts
     # The right password is refused too.
     with pytest.raises(AuthenticationError):
-        await tunnel_to(server, tmp_path, auth=[Password("s3cret")]).logon()
+        pair.run(memory_tunnel(pair, auth=[Password("s3cret")]).logon())
     assert ("alice", "password") in server.auth_attempts
     server.refuse_authentication(False)
-    await t.logon()
-    await t.logoff()
+    pair.run(t.logon())
+    pair.run(t.logoff())
 
 
-@pytest_twisted.ensureDeferred
-async def test_restart_keeps_the_port_and_by_default_the_key(server, tmp_path) -> None:
+def test_restart_keeps_the_port_and_by_default_the_key(pair: MemoryPair) -> None:
     from e2e_support import Recorder
 
+    server = pair.server
     watcher = Recorder()
-    t = tunnel_to(server, tmp_path, reconnect=fast_reconnect())
+    t = memory_tunnel(pair, reconnect=fast_reconnect())
     t.add_observer(watcher)
-    await t.logon()
+    pair.run(t.logon())
     port, key = server.port, server.host_key
-    try:
-        await server.restart()
-        assert server.port == port and server.host_key == key
-        await until(lambda: watcher.connects == 2)
-    finally:
-        await t.logoff()
+    pair.run(server.restart())
+    assert server.port == port and server.host_key == key
+    pair.advance(0.2)
+    assert watcher.connects == 2
+    pair.run(t.logoff())
 
 
-@pytest_twisted.ensureDeferred
-async def test_restart_with_another_host_key_is_refused_for_good(server, tmp_path) -> None:
+def test_restart_with_another_host_key_is_refused_for_good(pair: MemoryPair) -> None:
     # RELIABILITY.md A14 on the bundled server.
     from e2e_support import Recorder
 
     from rtunnel import HostKeyError
 
+    server = pair.server
     watcher = Recorder()
-    t = tunnel_to(server, tmp_path, reconnect=fast_reconnect())
+    t = memory_tunnel(pair, reconnect=fast_reconnect())
     t.add_observer(watcher)
-    await t.logon()
+    pair.run(t.logon())
     ended: list[Any] = []
     t.when_disconnected().addErrback(ended.append)
     old_key = server.host_key
-    await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9)
-    await server.restart("ed25519")
+    pair.run(t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9))
+    pair.run(server.restart("ed25519"))
     assert server.host_key != old_key and server.host_key.sshType() == b"ssh-ed25519"
-    await until(lambda: bool(ended))
-    assert ended[0].check(HostKeyError)
+    pair.advance(0.2)
+    assert len(ended) == 1 and ended[0].check(HostKeyError)
     assert "CHANGED" in str(ended[0].value)
-    # Refused at key exchange: nothing more, and no retry loop.
-    await sleep(1.0)
+    # Refused at key exchange: nothing more, and no retry loop, however long we wait.
+    pair.advance(600)
     assert server.accepted_connections == 2 and len(watcher.attempts) == 1
     assert server.auth_attempts.count(("alice", "publickey")) == 1
     assert server.forwards == [] and not t.connected
@@ -979,38 +989,34 @@ async def test_restart_with_a_given_key(server) -> None:
     await close(client)
 
 
-@pytest_twisted.ensureDeferred
-async def test_delay_replies_to_global_requests_keeps_them_in_order(server, tmp_path) -> None:
-    import time
-
+def test_delay_replies_to_global_requests_keeps_them_in_order(pair: MemoryPair) -> None:
     from rtunnel import ForwardingError
 
-    t = tunnel_to(server, tmp_path)
-    await t.logon()
-    try:
-        server.delay_replies(global_requests=0.5)
-        refused, fixed_port = free_port(), free_port()
-        server.refuse_forwards(refused)
-        started = time.monotonic()
-        requests = [
-            t.request_forwarding("127.0.0.1", refused, "127.0.0.1", 9),
-            t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9),
-            t.request_forwarding("127.0.0.1", fixed_port, "127.0.0.1", 9),
-        ]
-        await sleep(0.3)
-        assert server.forwards == []  # not even handled yet
-        with pytest.raises(ForwardingError):
-            await requests[0]
-        dynamic, fixed = await requests[1], await requests[2]
-        assert time.monotonic() - started >= 0.5
-        assert fixed.port == fixed_port
-        assert sorted(f.port for f in server.forwards) == sorted([dynamic.port, fixed_port])
-        server.delay_replies()
-        started = time.monotonic()
-        await t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9)
-        assert time.monotonic() - started < 0.5
-    finally:
-        await t.logoff()
+    server = pair.server
+    t = memory_tunnel(pair, keepalive_interval=0)
+    pair.run(t.logon())
+    server.delay_replies(global_requests=0.5)
+    refused, fixed_port = 4242, 4243
+    server.refuse_forwards(refused)
+    started = pair.reactor.seconds()
+    requests = [
+        t.request_forwarding("127.0.0.1", refused, "127.0.0.1", 9),
+        t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9),
+        t.request_forwarding("127.0.0.1", fixed_port, "127.0.0.1", 9),
+    ]
+    pair.advance(0.499)
+    assert server.forwards == [] and not any(d.called for d in requests)  # not handled yet
+    with pytest.raises(ForwardingError):
+        pair.run(requests[0])
+    dynamic, fixed = pair.run(requests[1]), pair.run(requests[2])
+    assert pair.reactor.seconds() - started == pytest.approx(0.5)
+    assert fixed.port == fixed_port
+    assert sorted(f.port for f in server.forwards) == sorted([dynamic.port, fixed_port])
+    server.delay_replies()
+    started = pair.reactor.seconds()
+    pair.run(t.request_forwarding("127.0.0.1", 0, "127.0.0.1", 9))
+    assert pair.reactor.seconds() == started
+    pair.run(t.logoff())
 
 
 class OpenedChannel(SSHChannel):
