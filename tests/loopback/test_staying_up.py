@@ -10,13 +10,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from e2e_support import Server
+from e2e_support import Server, openssh_only
 from sockets import (
     TargetServer,
     echo,
@@ -26,7 +25,6 @@ from sockets import (
     sleep,
 )
 from twisted.internet import reactor
-from twisted.internet.task import Clock
 
 from rtunnel import (
     ChannelError,
@@ -36,8 +34,6 @@ from rtunnel import (
     TimedOutError,
     TunnelObserver,
 )
-from rtunnel._core.policy import channel_idle_deadline
-from rtunnel.client.channels.idle import IdleChannelReaper
 from rtunnel.client.transport._sockopts import TCPOptions, apply_tcp_options
 from rtunnel.errors import SpecError
 from rtunnel.testing._openssh import OpenSSHServer
@@ -87,230 +83,7 @@ def test_bad_tcp_options_are_named(kwargs: dict[str, Any]) -> None:
         TCPOptions(**kwargs)
 
 
-# -- the idle-channel timeout, pure and on a Clock ------------------------------------
-
-
-def test_channel_idle_deadline() -> None:
-    assert channel_idle_deadline(10, 25, 30, absolute=False) == 55
-    assert channel_idle_deadline(10, 25, 30, absolute=True) == 40
-    assert channel_idle_deadline(10, 25, 0, absolute=False) == float("inf")
-
-
-@dataclass
-class _Info:
-    origin_address: str = "127.0.0.1"
-    origin_port: int = 1
-    bytes_sent: int = 0
-    bytes_received: int = 0
-
-
-@dataclass
-class _Channel:
-    local_id: int
-    info: _Info = field(default_factory=_Info)
-    confirmed: bool = True
-    finished: bool = False
-    close_sent: bool = False
-    closed_at: float | None = None
-    clock: Clock | None = None
-
-    def loseConnection(self) -> None:  # noqa: N802 (ITransport)
-        self.close_sent = True
-        assert self.clock is not None
-        self.closed_at = self.clock.seconds()
-
-    __hash__ = object.__hash__
-
-
-@dataclass
-class _Conn:
-    channels: dict[int, _Channel] = field(default_factory=dict)
-    stopped: bool = False
-
-
-def _reaper(timeout: float, absolute: bool) -> tuple[Clock, _Conn, list[int]]:
-    clock = Clock()
-    conn = _Conn()
-    expired: list[int] = []
-    reaper = IdleChannelReaper(
-        conn,  # type: ignore[arg-type]
-        clock,
-        timeout,
-        absolute,
-        lambda ch: expired.append(ch.local_id),
-    )
-    reaper.start()
-    return clock, conn, expired
-
-
-def _run(clock: Clock, until: float, step: float = 0.05, each: Any = None) -> None:
-    while clock.seconds() < until:
-        clock.advance(step)
-        if each is not None:
-            each()
-
-
-def test_idle_channels_close_within_ten_percent_and_activity_resets_the_timer() -> None:
-    clock, conn, expired = _reaper(10, absolute=False)
-    idle = _Channel(1, clock=clock)
-    busy = _Channel(2, clock=clock)
-    conn.channels = {1: idle, 2: busy}
-
-    def chatter() -> None:
-        if clock.seconds() < 15:
-            busy.info.bytes_received += 1
-
-    _run(clock, 40, each=chatter)
-    assert idle.closed_at is not None and 10 <= idle.closed_at <= 11
-    # Busy until 15, then idle: closed 10 s later.
-    assert busy.closed_at is not None and 25 <= busy.closed_at <= 26.5
-    assert expired == [1, 2]
-
-
-def test_absolute_timeout_closes_busy_channels_too() -> None:
-    clock, conn, expired = _reaper(5, absolute=True)
-    busy = _Channel(7, clock=clock)
-    conn.channels = {7: busy}
-
-    def chatter() -> None:
-        busy.info.bytes_sent += 10
-
-    _run(clock, 8, each=chatter)
-    assert busy.closed_at is not None and 5 <= busy.closed_at <= 5.6
-    assert expired == [7]
-
-
-def test_zero_timeout_never_schedules_anything() -> None:
-    clock, _conn, _expired = _reaper(0, absolute=False)
-    assert clock.getDelayedCalls() == []
-
-
-# -- the logon's timeouts, on real sockets --------------------------------------------
-
-
-class _Listener:
-    """A TCP server on 127.0.0.1 that sends ``greeting`` to each client, then nothing."""
-
-    def __init__(self, greeting: bytes) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.greeting = greeting
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            if self.greeting:
-                conn.sendall(self.greeting)
-
-    def close(self) -> None:
-        self.sock.close()
-        for c in self.conns:
-            c.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_server_without_a_banner_times_out_in_the_handshake() -> None:
-    # RELIABILITY.md A2: TCP accepted, no banner.
-    mute = _Listener(b"")
-    t = ReverseTunnel(reactor, "127.0.0.1", mute.port, known_hosts=[], connect_timeout=0.5)
-    try:
-        started = time.monotonic()
-        with pytest.raises(TimedOutError) as e:
-            await t.logon()
-        assert time.monotonic() - started < 3
-        assert e.value.code == 201
-        assert isinstance(e.value, ConnectError)
-        assert "timed out during the SSH handshake (after 0.5 s)" in str(e.value)
-        assert "no SSH version banner" in str(e.value)
-    finally:
-        mute.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_server_that_stops_after_its_banner_times_out_in_the_key_exchange() -> None:
-    stuck = _Listener(b"SSH-2.0-OpenSSH_9.2\r\n")
-    t = ReverseTunnel(reactor, "127.0.0.1", stuck.port, known_hosts=[], connect_timeout=0.5)
-    try:
-        with pytest.raises(TimedOutError, match="the key exchange did not finish"):
-            await t.logon()
-    finally:
-        stuck.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_authentication_has_its_own_timeout(
-    ssh_test_server: Any, ssh_user: str, ssh_known_hosts: Path
-) -> None:
-    from twisted.internet.defer import Deferred
-
-    from rtunnel import AskPassword
-
-    # The password callback never answers: the handshake is done, authentication hangs.
-    # (The harness's sshd allows public keys only, so the bundled server serves this.)
-    never: Deferred[str] = Deferred()
-    t = ReverseTunnel(
-        reactor,
-        ssh_test_server.host,
-        ssh_test_server.port,
-        user=ssh_user,
-        auth=[AskPassword(lambda prompt: never)],
-        known_hosts=ssh_known_hosts,
-        global_known_hosts=[],
-        auth_timeout=0.5,
-    )
-    started = time.monotonic()
-    with pytest.raises(TimedOutError, match=r"timed out during authentication \(after 0.5 s\)"):
-        await t.logon()
-    assert time.monotonic() - started < 5
-    assert not t.connected
-
-
-@pytest.mark.parametrize("how", ["logoff", "cancel"])
-@pytest_twisted.ensureDeferred
-async def test_giving_up_a_retrying_logon_stops_the_retries(how: str) -> None:
-    # Mode "always" retries the first logon; logoff() (or cancelling logon()'s Deferred)
-    # in the middle of an attempt must end the loop, not count as one more failure.
-    from rtunnel import ReconnectAttempt, ReconnectPolicy
-
-    mute = _Listener(b"")
-    t = ReverseTunnel(
-        reactor,
-        "127.0.0.1",
-        mute.port,
-        known_hosts=[],
-        connect_timeout=5,
-        reconnect=ReconnectPolicy.fixed(0.3, max_retries=5, mode="always"),
-    )
-    attempts: list[ReconnectAttempt] = []
-
-    class Attempts(TunnelObserver):
-        def reconnect_attempt(self, attempt: ReconnectAttempt) -> None:
-            attempts.append(attempt)
-
-    t.add_observer(Attempts())
-    try:
-        logon = t.logon()
-        await sleep(0.5)  # inside the first attempt's handshake
-        started = time.monotonic()
-        if how == "logoff":
-            await t.logoff()
-        else:
-            logon.cancel()
-        with pytest.raises(ConnectError, match="abandoned: logoff"):
-            await logon
-        assert time.monotonic() - started < 2
-        await sleep(1)
-        assert attempts == []
-        assert len(mute.conns) == 1
-        assert not t.connected
-    finally:
-        mute.close()
+# -- the logon's timeouts: on a clock, in tests/memory/test_staying_up_in_memory.py ----
 
 
 def test_max_packet_must_fit_the_packet_layer() -> None:
@@ -517,6 +290,7 @@ def _connect_and_wait_for_close(port: int, chatter_for: float) -> float:
         return time.monotonic() - last
 
 
+@openssh_only  # the bundled server's: tests/memory/test_staying_up_in_memory.py
 @pytest_twisted.ensureDeferred
 async def test_idle_channels_are_closed_and_activity_keeps_them_open(server: Server) -> None:
     # RELIABILITY.md C12: closed at T +- 10 % (plus scheduling slack), activity resets.
@@ -536,6 +310,7 @@ async def test_idle_channels_are_closed_and_activity_keeps_them_open(server: Ser
         target.close()
 
 
+@openssh_only  # the bundled server's: tests/memory/test_staying_up_in_memory.py
 @pytest_twisted.ensureDeferred
 async def test_absolute_timeout_closes_a_busy_channel(server: Server) -> None:
     target = TargetServer(echo)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
@@ -28,6 +29,12 @@ from rtunnel import (
 )
 from rtunnel._core.policy import ReconnectPolicy
 from rtunnel.testing import OpenSSHServer
+
+#: For a test on the ``server`` fixture whose bundled-server variant runs in memory
+#: elsewhere: only the real sshd's variant, marked as the fixture marks it.
+openssh_only = pytest.mark.parametrize(
+    "server", [pytest.param("openssh", marks=pytest.mark.openssh)], indirect=True
+)
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """
-Staying up: keepalive on a Clock, and reconnect with re-forwarding against the bundled
-server and a real sshd (dropped sessions, restarts, a frozen session holding the port).
+Staying up against a real sshd: reconnect with re-forwarding (dropped sessions,
+restarts, a frozen session holding the port). Keepalive on a Clock and the same
+reconnects against the bundled server, in memory: tests/memory/test_reconnect_in_memory.py.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import socket
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from e2e_support import Recorder, Server
+from e2e_support import Recorder, Server, openssh_only
 from sockets import (
     TargetServer,
     echo,
@@ -23,8 +23,6 @@ from sockets import (
     in_thread,
 )
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 
 from rtunnel import (
     AuthenticationError,
@@ -35,147 +33,8 @@ from rtunnel import (
     ReverseTunnel,
 )
 from rtunnel._core.policy import ReconnectPolicy
-from rtunnel.client.channels.keepalive import Keepalive
 
 FAST = ReconnectPolicy(initial_delay=0.2, max_delay=1.0, jitter=0.0)
-
-
-class FakeConn:
-    """
-    The keepalive's view of a connection. ``reply_after`` seconds after each keepalive
-    the server's answer arrives (None: a dead server never answers).
-    """
-
-    def __init__(self, clock: Clock, reply_after: float | None = None) -> None:
-        self.clock = clock
-        self.stopped = False
-        self.last_received = clock.seconds()
-        self.packets_received = 0
-        self.requests: list[float] = []
-        self.replies: list[float] = []
-        self.reply_after = reply_after
-
-    def send_global_request(self, name: bytes, data: bytes) -> Deferred[bytes]:
-        assert name == b"keepalive@openssh.com"
-        self.requests.append(self.clock.seconds())
-        d: Deferred[bytes] = Deferred()
-        if self.reply_after is not None:
-            self.clock.callLater(self.reply_after, self.reply, d)
-        return d
-
-    def reply(self, d: Deferred[bytes]) -> None:
-        if self.reply_after is None:
-            return  # the server died meanwhile
-        self.packets_received += 1
-        self.last_received = self.clock.seconds()
-        self.replies.append(self.last_received)
-        d.errback(Exception("REQUEST_FAILURE"))  # OpenSSH's answer to keepalive@openssh.com
-
-
-class LateClock:
-    """The Keepalive's view of ``clock`` on a busy reactor: its timers fire ``lateness``
-    seconds after they are due (the server's replies are not delayed)."""
-
-    def __init__(self, clock: Clock, lateness: float) -> None:
-        self.clock = clock
-        self.lateness = lateness
-
-    def seconds(self) -> float:
-        return self.clock.seconds()
-
-    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:  # noqa: N802
-        return self.clock.callLater(delay + self.lateness, callable, *args, **kw)
-
-
-def run_until(clock: Clock, end: float) -> None:
-    """Advance to each timer in turn (so each runs at its own time) until ``end``."""
-    while True:
-        due = [c.getTime() for c in clock.getDelayedCalls()]
-        if not due or min(due) > end:
-            clock.advance(max(0.0, end - clock.seconds()))
-            return
-        clock.advance(max(0.0, min(due) - clock.seconds()))
-
-
-def test_keepalive_sends_after_silence_and_gives_up_after_count_max() -> None:
-    clock = Clock()
-    conn = FakeConn(clock)
-    dead: list[float] = []
-    keepalive = Keepalive(conn, clock, 10, 3, lambda: dead.append(clock.seconds()))  # type: ignore[arg-type]
-    keepalive.start()
-    clock.advance(5)
-    conn.last_received = clock.seconds()  # traffic at t=5 defers the first keepalive
-    conn.packets_received += 1
-    for _ in range(100):
-        clock.advance(1)
-        if dead:
-            break
-    assert conn.requests == [15, 25, 35]
-    assert dead == [45]  # last traffic at 5; K * (N + 1) = 40 later
-    assert clock.getDelayedCalls() == []
-
-
-@pytest.mark.parametrize(("interval", "count_max"), [(2, 3), (1, 3), (1, 1), (30, 3)])
-def test_answered_keepalives_on_a_late_clock_never_give_up(interval: int, count_max: int) -> None:
-    # Issue #12, defect 2: ServerAliveInterval=2 gave up after ~8 s on a healthy idle
-    # server, because the check one interval after a keepalive still saw "idle >= interval"
-    # and only a check seeing less idleness reset the count, never the reply. Replies
-    # arrive in 1 ms, checks run 3 ms late: 1,000 idle intervals, no give-up, exactly one
-    # keepalive per interval, each answered.
-    clock = Clock()
-    conn = FakeConn(clock, reply_after=0.001)
-    dead: list[float] = []
-    keepalive = Keepalive(
-        conn,  # type: ignore[arg-type]
-        LateClock(clock, 0.003),  # type: ignore[arg-type]
-        interval,
-        count_max,
-        lambda: dead.append(clock.seconds()),
-    )
-    keepalive.start()
-    run_until(clock, 1000 * interval)
-    assert dead == []
-    period = interval + 0.003  # sent, answered 1 ms later, checked an interval + 3 ms on
-    expected = int(1000 * interval / period)
-    assert expected - 1 <= len(conn.requests) <= expected + 1
-    assert keepalive.sent == len(conn.requests)
-    assert len(conn.replies) in (len(conn.requests), len(conn.requests) - 1)
-    gaps = [b - a for a, b in itertools.pairwise(conn.requests)]
-    assert all(interval <= g <= interval + 0.0041 for g in gaps), (min(gaps), max(gaps))
-    # Then the server dies: noticed K * (N + 1) after its last packet, plus lateness.
-    conn.reply_after = None
-    last_packet = conn.last_received
-    run_until(clock, clock.seconds() + 10 * interval * (count_max + 2))
-    assert len(dead) == 1
-    took = dead[0] - last_packet
-    assert interval * (count_max + 1) - 0.001 <= took <= (interval + 0.003) * (count_max + 1)
-    assert len(conn.requests) - len(conn.replies) == count_max  # unanswered, then give-up
-    assert clock.getDelayedCalls() == []
-
-
-def test_a_reply_at_the_same_clock_reading_counts() -> None:
-    # In memory (iosim) the answer arrives without the clock moving: a count of packets,
-    # not a comparison of times, tells that it came after the keepalive.
-    clock = Clock()
-    conn = FakeConn(clock, reply_after=0)
-    dead: list[float] = []
-    keepalive = Keepalive(conn, clock, 1, 1, lambda: dead.append(clock.seconds()))  # type: ignore[arg-type]
-    keepalive.start()
-    run_until(clock, 100)
-    assert dead == [] and 99 <= len(conn.requests) <= 100
-    keepalive.stop()
-    assert clock.getDelayedCalls() == []
-
-
-def test_our_own_traffic_is_not_an_answer() -> None:
-    # RELIABILITY.md A8: the server is silent while we send; only what we receive counts.
-    clock = Clock()
-    conn = FakeConn(clock)
-    dead: list[float] = []
-    keepalive = Keepalive(conn, clock, 1, 3, lambda: dead.append(clock.seconds()))  # type: ignore[arg-type]
-    keepalive.start()
-    run_until(clock, 10)
-    assert conn.requests == [1, 2, 3] and dead == [4]
 
 
 def free_port() -> int:
@@ -186,6 +45,7 @@ def free_port() -> int:
     return port
 
 
+@openssh_only  # the bundled server's: tests/memory/test_reconnect_in_memory.py
 @pytest_twisted.ensureDeferred
 async def test_reconnects_and_requests_every_forward_again(server: Server) -> None:
     # A4/B3: the session dies; rtunnel reconnects; the fixed port comes back on the same
@@ -216,6 +76,7 @@ async def test_reconnects_and_requests_every_forward_again(server: Server) -> No
         target.close()
 
 
+@openssh_only  # the bundled server's: tests/memory/test_reconnect_in_memory.py
 @pytest_twisted.ensureDeferred
 async def test_authentication_refusal_is_never_retried(server: Server, tmp_path: Any) -> None:
     # A17: a refusal is final, even with mode "always".
@@ -232,40 +93,7 @@ async def test_authentication_refusal_is_never_retried(server: Server, tmp_path:
     assert watcher.attempts == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_first_logon_retried_until_the_server_is_up(
-    ssh_test_server: Any, ssh_user: str, ssh_client_key: Any, ssh_known_hosts: Any
-) -> None:
-    # A1: mode "always" retries the first logon while nothing listens.
-    port = ssh_test_server.port
-    await ssh_test_server.stop()
-    watcher = Recorder()
-    t = ReverseTunnel(
-        reactor,
-        "127.0.0.1",
-        port,
-        user=ssh_user,
-        auth=[PrivateKeyFile(ssh_client_key)],
-        known_hosts=ssh_known_hosts,
-        reconnect=ReconnectPolicy(mode="always", initial_delay=0.2, max_delay=0.4, jitter=0),
-    )
-    t.add_observer(watcher)
-    attempt = t.logon()
-    await eventually(lambda: len(watcher.attempts) >= 2, timeout=5)
-    from rtunnel.testing import SSHTestServer, client_key
-
-    revived = SSHTestServer(reactor, port=port)
-    revived.add_user(ssh_user, authorized_keys=[client_key("ed25519").public()])
-    await revived.start()
-    try:
-        await attempt
-        assert t.connected and watcher.connects == 1
-        assert all(a.retry_type == "ssh" for a in watcher.attempts)
-    finally:
-        await t.logoff()
-        await revived.stop()
-
-
+@openssh_only  # the bundled server's: tests/memory/test_reconnect_in_memory.py
 @pytest_twisted.ensureDeferred
 async def test_retry_limit_gives_up_with_1037(server: Server) -> None:
     t = server.tunnel(
@@ -287,6 +115,7 @@ async def test_retry_limit_gives_up_with_1037(server: Server) -> None:
     assert not t.connected
 
 
+@openssh_only  # the bundled server's: tests/memory/test_reconnect_in_memory.py
 @pytest_twisted.ensureDeferred
 async def test_observer_can_cancel_reconnecting(server: Server) -> None:
     t = server.tunnel(reconnect=FAST)
@@ -376,18 +205,7 @@ async def test_sshd_restart(openssh_server: Any, openssh_client_key: Any) -> Non
         target.close()
 
 
-def test_logoff_while_waiting_to_reconnect_stops_cleanly() -> None:
-    from twisted.internet.testing import MemoryReactorClock
-
-    clock = MemoryReactorClock()
-    t = ReverseTunnel(clock, "example.invalid", 22, reconnect=FAST)
-    t._reconnect_call = clock.callLater(5, lambda: None)
-    done: list[Any] = []
-    t.when_disconnected().addBoth(done.append)
-    t.logoff().addBoth(done.append)
-    assert done == [None, None] and clock.getDelayedCalls() == []
-
-
+@openssh_only  # the bundled server's: tests/memory/test_reconnect_in_memory.py
 @pytest_twisted.ensureDeferred
 async def test_exit_on_forward_failure_after_a_reconnect(server: Server) -> None:
     # A re-forward refused after a reconnect ends the tunnel with ForwardingError, instead
