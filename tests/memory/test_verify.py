@@ -1,23 +1,23 @@
 """
 Host key verification policies: fingerprints in every form, keys given directly, the
 callback (synchronous and asynchronous), @revoked, the global file and hashed accept-new
-writing; unit tests on HostKeyVerifier, and end to end against the bundled server and
-OpenSSH sshd (the ``server`` fixture of test_tunnel_e2e).
+writing; unit tests on HostKeyVerifier, and end to end against the bundled server in
+memory (MemoryPair). Against OpenSSH sshd: tests/interop/test_verify_openssh.py.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_twisted
-from e2e_support import Server
 from twisted.conch.ssh.keys import FingerprintFormats, Key
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
+from twisted.python.failure import Failure
 
 from rtunnel import HostKeyError
 from rtunnel.client.hostkeys.known_hosts import (
@@ -29,7 +29,7 @@ from rtunnel.client.hostkeys.known_hosts import (
 )
 from rtunnel.client.hostkeys.verify import HostKeyInfo, HostKeyVerifier
 from rtunnel.errors import SpecError
-from rtunnel.testing import host_key
+from rtunnel.testing import MemoryPair, host_key
 
 KEY = host_key("ed25519").public()
 BLOB = KEY.blob()
@@ -187,17 +187,28 @@ def test_fingerprint_hash_choice_in_messages(tmp_path: Path) -> None:
         verifier(tmp_path, fingerprint_hash="sha512")
 
 
-@pytest_twisted.ensureDeferred
-async def test_callback_sees_the_key_and_decides(tmp_path: Path) -> None:
+def _settle(clock: Clock, d: Deferred[Any]) -> Any:
+    """What ``d`` fires with once ``clock``'s due calls have run (or its exception)."""
+    box: list[Any] = []
+    d.addBoth(box.append)
+    clock.advance(0)
+    assert box, "not settled"
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]
+
+
+def test_callback_sees_the_key_and_decides(tmp_path: Path) -> None:
+    clock = Clock()
     seen: list[HostKeyInfo] = []
 
     async def decide(info: HostKeyInfo) -> bool:
         seen.append(info)
-        await deferLater(reactor, 0, lambda: None)
+        await deferLater(clock, 0, lambda: None)
         return info.fingerprints["md5-hex"] == colon_hex("md5", BLOB)
 
     v = verifier(tmp_path, callback=decide, fingerprint_hash="sha1")
-    assert await v.verify(BLOB) is True
+    assert _settle(clock, v.verify(BLOB)) is True
     info = seen[0]
     assert (info.algorithm, info.blob, info.key) == ("ssh-ed25519", BLOB, KEY)
     assert info.fingerprint == fingerprint(BLOB, "sha1")
@@ -206,80 +217,84 @@ async def test_callback_sees_the_key_and_decides(tmp_path: Path) -> None:
     assert info.known is HostKeyCheck.UNKNOWN and info.accepted is False
     assert "Host key verification failed" in info.status
     with pytest.raises(HostKeyError, match="refused by the host key callback"):
-        await v.verify(OTHER.blob())
+        _settle(clock, v.verify(OTHER.blob()))
     # The callback can also refuse a key known_hosts trusts.
     (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:2222 {LINE}\n")
     with pytest.raises(HostKeyError, match="refused by the host key callback"):
-        await verifier(tmp_path, callback=lambda info: False).verify(BLOB)
-    assert await verifier(tmp_path, callback=lambda info: info.accepted).verify(BLOB)
+        _settle(clock, verifier(tmp_path, callback=lambda info: False).verify(BLOB))
+    assert _settle(clock, verifier(tmp_path, callback=lambda info: info.accepted).verify(BLOB))
 
 
-@pytest_twisted.ensureDeferred
-async def test_failing_callback_refuses(tmp_path: Path) -> None:
+def test_failing_callback_refuses(tmp_path: Path) -> None:
     def boom(info: HostKeyInfo) -> bool:
         raise RuntimeError("boom")
 
     with pytest.raises(HostKeyError, match=r"callback failed.*boom"):
-        await verifier(tmp_path, callback=boom).verify(BLOB)
+        _settle(Clock(), verifier(tmp_path, callback=boom).verify(BLOB))
 
 
-# -- end to end: bundled server and OpenSSH ------------------------------------------------
+# -- end to end: the bundled server, in memory (sshd: tests/interop/test_verify_openssh.py)
 
 
-def server_blob(server: Server) -> bytes:
-    line = server.known_hosts.read_text().splitlines()[0]
-    return base64.b64decode(line.split()[2])
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[MemoryPair]:
+    pair = MemoryPair(tmp_path / "pair")
+    yield pair
+    pair.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_e2e_accepted_fingerprint_and_key(server: Server, tmp_path: Path) -> None:
-    blob = server_blob(server)
+def server_blob(pair: MemoryPair) -> bytes:
+    return bytes(pair.server.host_key.blob())
+
+
+def test_e2e_accepted_fingerprint_and_key(pair: MemoryPair, tmp_path: Path) -> None:
+    blob = server_blob(pair)
     empty = tmp_path / "empty"
     for kw in [
         {"accepted_fingerprints": [fingerprint(blob)]},
         {"accepted_fingerprints": [colon_hex("md5", blob)]},
         {"accepted_host_keys": [Key.fromString(blob)]},
     ]:
-        t = server.tunnel(known_hosts=empty, global_known_hosts=[], **kw)
-        await t.logon()
-        await t.logoff()
+        t = pair.make_tunnel(known_hosts=empty, global_known_hosts=[], **kw)
+        pair.run(t.logon())
+        pair.run(t.logoff())
     with pytest.raises(HostKeyError, match="Host key verification failed") as e:
-        await server.tunnel(
-            known_hosts=empty, global_known_hosts=[], accepted_fingerprints=[fingerprint(b"x")]
-        ).logon()
+        pair.run(
+            pair.make_tunnel(
+                known_hosts=empty, global_known_hosts=[], accepted_fingerprints=[fingerprint(b"x")]
+            ).logon()
+        )
     assert e.value.code == 1030
     assert not empty.exists()
 
 
-@pytest_twisted.ensureDeferred
-async def test_e2e_async_callback(server: Server, tmp_path: Path) -> None:
-    blob = server_blob(server)
+def test_e2e_async_callback(pair: MemoryPair, tmp_path: Path) -> None:
+    blob = server_blob(pair)
     seen: list[HostKeyInfo] = []
 
     def decide(info: HostKeyInfo) -> Any:
         seen.append(info)
-        return deferLater(reactor, 0.01, lambda: info.blob == blob)
+        return deferLater(pair.reactor, 0.01, lambda: info.blob == blob)
 
-    t = server.tunnel(known_hosts=tmp_path / "kh", host_key_callback=decide)
-    await t.logon()
-    await t.logoff()
+    t = pair.make_tunnel(known_hosts=tmp_path / "kh", host_key_callback=decide)
+    pair.run(t.logon())
+    pair.run(t.logoff())
     assert seen[0].fingerprint == fingerprint(blob)
     with pytest.raises(HostKeyError, match="refused by the host key callback"):
-        await server.tunnel(host_key_callback=lambda info: False).logon()
+        pair.run(pair.make_tunnel(host_key_callback=lambda info: False).logon())
 
 
-@pytest_twisted.ensureDeferred
-async def test_e2e_revoked_and_hashed_global(server: Server, tmp_path: Path) -> None:
-    blob = server_blob(server)
-    line = server.known_hosts.read_text().splitlines()[0]
+def test_e2e_revoked_and_hashed_global(pair: MemoryPair, tmp_path: Path) -> None:
+    blob = server_blob(pair)
+    line = pair.known_hosts.read_text().splitlines()[0]
     name, key_type, b64 = line.split()[:3]
     revoked = tmp_path / "revoked"
     revoked.write_text(f"@revoked * {key_type} {b64}\n{line}\n")
     with pytest.raises(HostKeyError, match="revoked"):
-        await server.tunnel(known_hosts=revoked).logon()
+        pair.run(pair.make_tunnel(known_hosts=revoked).logon())
     glob = tmp_path / "global"
     glob.write_text(f"{hash_host_name(name)} {key_type} {b64}\n")
-    t = server.tunnel(known_hosts=tmp_path / "none", global_known_hosts=glob)
-    await t.logon()
-    await t.logoff()
+    t = pair.make_tunnel(known_hosts=tmp_path / "none", global_known_hosts=glob)
+    pair.run(t.logon())
+    pair.run(t.logoff())
     assert fingerprint_matches(blob, fingerprint(blob))
