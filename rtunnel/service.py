@@ -108,12 +108,14 @@ def _identity_files(options: ClientOptions, report: Report) -> list[Path]:
     from rtunnel.client.auth.credentials import key_file_problem
 
     given = options.identity_files
-    candidates = [Path(p).expanduser() for p in (given or DEFAULT_IDENTITY_FILES)]
+    # os.path.expanduser leaves an unknown "~user" as it is, where Path.expanduser raises.
+    candidates = [Path(os.path.expanduser(p)) for p in (given or DEFAULT_IDENTITY_FILES)]
     found = []
     for path in candidates:
         try:
             path.stat()
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            # ValueError: a name no file can have (a NUL, a lone surrogate).
             report("DEBUG1", f"no such identity: {path}")
             continue
         except OSError:

@@ -400,7 +400,7 @@ class ReverseTunnel:
             paths = [Path(known_hosts)]
         else:
             paths = [Path(p) for p in known_hosts]
-        self.known_hosts = [p.expanduser() for p in paths]
+        self.known_hosts = [Path(os.path.expanduser(p)) for p in paths]
         self.host_key_policy: HostKeyPolicy = host_key_policy
         self._host_key_verifier = HostKeyVerifier(
             self.host,
@@ -1795,7 +1795,7 @@ def _paths(value: str | Path | Sequence[str | Path] | None) -> list[Path] | None
         return None
     if isinstance(value, (str, Path)):
         value = [value]
-    return [Path(p).expanduser() for p in value]
+    return [Path(os.path.expanduser(p)) for p in value]
 
 
 class _JumpProgress(TunnelObserver):

@@ -103,7 +103,14 @@ def _one_clear_line(result: dict[str, Any], argv: list[str]) -> None:
     assert result["status"] == 255, (argv, result)
     assert "Traceback" not in output and "internal error" not in output, (argv, output)
     assert all(c == "\n" or c.isprintable() for c in output), (argv, output)
-    assert len(output.splitlines()) == 1, (argv, output)
+    # ssh's own error lines about an identity file ("Load key ...: Is a directory",
+    # "Warning: Identity file ... not accessible") may come before the one that ends it.
+    lines = [
+        line
+        for line in output.splitlines()
+        if not line.startswith(("Load key ", "Warning: Identity file "))
+    ]
+    assert len(lines) == 1, (argv, output)
 
 
 def _no_address(text: str) -> None:
@@ -154,6 +161,34 @@ _KEYS = sorted(set(SUPPORTED_OPTIONS.values()) - {"ProxyCommand"})
 def test_any_option_value(driver: Driver, key: str, separator: str, value: str) -> None:
     argv = [*BASE, "-o", f"{key}{separator}{value}", "-R", "0:localhost:1", "--", "host.invalid"]
     _one_clear_line(driver.run(*argv), argv)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["\ud800", "a\x00b", "~0", "~no-such-user-here/key", "~"],
+    ids=["lone surrogate", "NUL", "~0", "unknown user", "home directory"],
+)
+def test_an_identity_file_no_file_can_be_named_is_skipped(driver: Driver, path: str) -> None:
+    """
+    Found by test_any_option_value: a key path no file system call takes (a lone
+    surrogate, which an in-process caller can pass, or a NUL) or "~user" for no such
+    user (Path.expanduser raises) ended in "main function encountered error" and a
+    traceback. It is skipped as a missing key is, and ``-i`` warns about it as about
+    any file it cannot access; a directory is reported as ssh reports it.
+    """
+    argv = [*BASE, "-o", f"IdentityFile={path}", "-R", "0:localhost:1", "--", "host.invalid"]
+    _one_clear_line(driver.run(*argv), argv)
+    argv = [*BASE, "-i", path, "-R", "0:localhost:1", "--", "host.invalid"]
+    result = driver.run(*argv)
+    assert result["status"] == 255, (argv, result)
+    lines = result["output"].splitlines()
+    assert len(lines) == 2 and "Traceback" not in result["output"], (argv, result)
+    if path == "~":
+        # A directory: ssh's load_identity_file says so ("Load key ...: Is a directory").
+        assert lines[0].startswith("Load key ") and "Is a directory" in lines[0]
+    else:
+        assert lines[0].startswith("Warning: Identity file ") and "not accessible" in lines[0]
+    assert all(line.isprintable() for line in lines), lines
 
 
 @PROPERTY

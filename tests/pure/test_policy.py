@@ -203,3 +203,22 @@ def test_token_bucket_never_lets_more_through_than_rate_times_time_plus_burst() 
         total += n
         assert total <= 3000 * now + bucket.burst
     assert total >= 3000 * now - 3000 * 0.013
+
+
+def test_a_reconnect_attempt_reads_as_sentences() -> None:
+    from rtunnel import ForwardingError, ReconnectAttempt
+
+    forward = ReconnectAttempt(
+        "gw", 22, 2, -1, 0, 1.5, "tunnel", 8080,
+        ForwardingError("remote port forwarding failed for listen port 8080"),
+    )  # fmt: skip
+    assert forward.describe() == (
+        "remote port forwarding failed for listen port 8080. Retrying the remote forward "
+        "of listen port 8080 in 1.5 s (attempt 2)."
+    )
+    ssh = ReconnectAttempt(
+        "gw", 22, 1, 2, 3, 1.0, "ssh", error=Exception("Timeout, server gw not responding.")
+    )
+    assert ssh.describe() == (
+        "Timeout, server gw not responding. Reconnecting to gw port 22 in 1.0 s (attempt 1 of 3)."
+    )

@@ -93,10 +93,10 @@ class PrivateKeyFile:
         certificate: str | Path | None = None,
         check_permissions: bool = True,
     ) -> None:
-        object.__setattr__(self, "path", Path(path).expanduser())
+        object.__setattr__(self, "path", Path(os.path.expanduser(path)))
         object.__setattr__(self, "passphrase", passphrase)
         object.__setattr__(
-            self, "certificate", Path(certificate).expanduser() if certificate else None
+            self, "certificate", Path(os.path.expanduser(certificate)) if certificate else None
         )
         object.__setattr__(self, "check_permissions", check_permissions)
         object.__setattr__(self, "_unlocked", {})
@@ -342,7 +342,7 @@ class CertificateFile:
     path: Path
 
     def __init__(self, path: str | Path) -> None:
-        object.__setattr__(self, "path", Path(path).expanduser())
+        object.__setattr__(self, "path", Path(os.path.expanduser(path)))
 
 
 @dataclass(frozen=True)
