@@ -69,8 +69,10 @@ class Example(ProcessProtocol):
             d.errback(AssertionError(f"exited without printing {_pattern.pattern!r}"))
         self.ended.callback(code if code is not None else -1)
 
-    def wait_for(self, pattern: re.Pattern[bytes]) -> Deferred[re.Match[bytes]]:
-        """Fires with the match once the output matches ``pattern``."""
+    def wait_for(
+        self, pattern: re.Pattern[bytes], timeout: float = TIMEOUT
+    ) -> Deferred[re.Match[bytes]]:
+        """Fires with the match once the output matches ``pattern`` (fails after ``timeout`` s)."""
         match = pattern.search(self.out)
         d: Deferred[re.Match[bytes]] = Deferred()
         if match is not None:
@@ -81,11 +83,11 @@ class Example(ProcessProtocol):
         def explain(failure: Failure) -> Failure:
             if failure.check(defer.TimeoutError):
                 raise AssertionError(
-                    f"no {pattern.pattern!r} within {TIMEOUT:g} s; {self.describe()}"
+                    f"no {pattern.pattern!r} within {timeout:g} s; {self.describe()}"
                 )
             return failure
 
-        return d.addTimeout(TIMEOUT, _clock).addErrback(explain)
+        return d.addTimeout(timeout, _clock).addErrback(explain)
 
     def describe(self) -> str:
         """The output, for assertion messages."""
@@ -149,8 +151,8 @@ class Collect(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closed.callback(None)
 
-    def wait_for(self, count: int) -> Deferred[bytes]:
-        """Fires once ``count`` bytes have arrived."""
+    def wait_for(self, count: int, timeout: float = TIMEOUT) -> Deferred[bytes]:
+        """Fires once ``count`` bytes have arrived (fails after ``timeout`` s)."""
         d: Deferred[bytes] = Deferred()
         if len(self.received) >= count:
             d.callback(self.received)
@@ -160,12 +162,12 @@ class Collect(Protocol):
         def explain(failure: Failure) -> Failure:
             if failure.check(defer.TimeoutError):
                 raise AssertionError(
-                    f"{len(self.received)} bytes after {TIMEOUT:g} s, not {count}: "
+                    f"{len(self.received)} bytes after {timeout:g} s, not {count}: "
                     f"{self.received[:200]!r}"
                 )
             return failure
 
-        return d.addTimeout(TIMEOUT, _clock).addErrback(explain)
+        return d.addTimeout(timeout, _clock).addErrback(explain)
 
 
 async def http_get(url: str) -> tuple[int, bytes]:

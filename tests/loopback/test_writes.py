@@ -28,7 +28,7 @@ class Collect(Protocol):
             d, self.waiting = self.waiting[1], None
             d.callback(self.data)
 
-    def wait_for(self, n: int) -> defer.Deferred[bytes]:
+    def wait_for(self, n: int, timeout: float = 10) -> defer.Deferred[bytes]:
         d: defer.Deferred[bytes] = defer.Deferred()
         self.waiting = (n, d)
         self.dataReceived(b"")
@@ -36,10 +36,10 @@ class Collect(Protocol):
         # Lost or reordered bytes make the count never match: fail instead of hanging.
         def explain(failure: Failure) -> Failure:
             if failure.check(defer.TimeoutError):
-                raise AssertionError(f"{len(self.data)} bytes after 10 s, not {n}")
+                raise AssertionError(f"{len(self.data)} bytes after {timeout:g} s, not {n}")
             return failure
 
-        return d.addTimeout(10, reactor).addErrback(explain)
+        return d.addTimeout(timeout, reactor).addErrback(explain)
 
 
 async def _connected_pair() -> tuple[Any, Collect, Any]:
