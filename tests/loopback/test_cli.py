@@ -35,12 +35,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, LogLevel
 from twisted.protocols.wire import Echo
 from twisted.python.failure import Failure
+from typing_extensions import override
 from zope.interface.verify import verifyObject
 
 from rtunnel.cli import (
@@ -872,14 +873,30 @@ async def test_server_alive_notices_a_frozen_server(
             os.kill(pid, signal.SIGKILL)
 
 
+class _Silent(Factory):
+    """Accepts connections and never says a word; ``accepted`` fires at the first."""
+
+    protocol = Protocol
+
+    def __init__(self) -> None:
+        self.accepted: Deferred[None] = Deferred()
+
+    @override
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+        if not self.accepted.called:
+            self.accepted.callback(None)
+        return super().buildProtocol(addr)
+
+
 @pytest_twisted.async_yield_fixture
-async def silent_port() -> AsyncIterator[int]:
+async def silent_server() -> AsyncIterator[tuple[int, _Silent]]:
     """A TCP server that accepts connections and never says a word (a hung sshd)."""
+    factory = _Silent()
     listening: IListeningPort = reactor.listenTCP(  # type: ignore[attr-defined]
-        0, Factory.forProtocol(Protocol), interface="127.0.0.1"
+        0, factory, interface="127.0.0.1"
     )
     try:
-        yield listening.getHost().port  # type: ignore[attr-defined]
+        yield listening.getHost().port, factory  # type: ignore[attr-defined]
     finally:
         await listening.stopListening()
 
@@ -896,17 +913,20 @@ def _spawn_plain(tmp_path: Path, *args: str) -> RTunnelProcess:
 @pytest.mark.parametrize(("signals", "within"), [(["TERM"], STOP_WITHIN), (["TERM", "TERM"], 2.0)])
 @pytest_twisted.ensureDeferred
 async def test_signal_while_connecting(
-    silent_port: int, tmp_path: Path, signals: list[str], within: float
+    silent_server: tuple[int, _Silent], tmp_path: Path, signals: list[str], within: float
 ) -> None:
     """
     A signal while the SSH handshake hangs still stops rtunnel within a few seconds, and
     a second signal at once.
     """
+    silent_port, factory = silent_server
     child = _spawn_plain(
         tmp_path, "-o", "BatchMode=yes", "-p", str(silent_port), "-R", "0:127.0.0.1:9", "127.0.0.1"
     )
     try:
-        await deferLater(reactor, 1.0, lambda: None)
+        # Once it has connected its reactor runs, so its signal handlers are in place (a
+        # fixed one-second wait was too short on a loaded machine: SIGTERM killed it).
+        await factory.accepted.addTimeout(30, reactor)
         assert child.running, child.stderr
         started = reactor.seconds()  # type: ignore[attr-defined]
         for name in signals:
