@@ -272,6 +272,19 @@ def test_match_host_sees_the_hostname_and_originalhost_the_name_given(tmp_path: 
     assert resolved.values("identityfile") == ()
 
 
+@pytest.mark.parametrize(
+    "line",
+    ["CanonicalizeHostname yes", "CanonicalizeMaxDots 3", "CanonicalizeFallbackLocal no"],
+)
+def test_the_second_pass_cannot_set_what_canonicalisation_fixed(tmp_path: Path, line: str) -> None:
+    # ssh.c fills these three in between the passes (found by the generated comparison).
+    resolved = read(tmp_path, f"Match final\n  {line}\n  Port 2\n")
+    assert resolved.final_pass
+    assert resolved.port == 2
+    assert resolved.get(line.split()[0]) is None
+    assert read(tmp_path, f"{line}\n").get(line.split()[0]) is not None
+
+
 def test_match_final_reads_the_files_again_with_the_hostname(tmp_path: Path) -> None:
     text = (
         "Host gw\n  HostName %h.example.com\n  SendEnv A\n"
@@ -866,6 +879,11 @@ CASES = [
     Case(
         "match canonical",
         "Match canonical\n  User canon\nMatch !canonical\n  Port 2\nMatch final\n  Port 3\n",
+    ),
+    Case(
+        "canonicalisation options in the second pass",
+        "Match final\n  CanonicalizeHostname yes\n  CanonicalizeMaxDots 3\n"
+        "  CanonicalizeFallbackLocal no\n  User second\n",
     ),
     Case(
         "canonicalize hostname without domains",

@@ -2377,6 +2377,9 @@ def _resolve(
         reader.read_file(system_file, host_now, extra, _Active(True), 0, final=final)
 
     read_all(host, final=False)
+    # ssh.c fill_default_options_for_canonicalization: between the passes these take
+    # ssh's defaults when unset, so a second pass's lines for them change nothing.
+    reader.set.update(("canonicalizehostname", "canonicalizemaxdots", "canonicalizefallbacklocal"))
     if reader.hostname is not None:
         try:
             host = _percent_expand(reader.hostname, {"h": host})
