@@ -650,6 +650,41 @@ def test_what_ssh_finds_fatal_stops_reading(tmp_path: Path, text: str, message: 
     assert refusal(tmp_path, text) == message.replace("F", str(tmp_path / "config"), 1)
 
 
+@pytest.mark.parametrize(
+    ("text", "destination", "message"),
+    [
+        ("ConnectionAttempts 0\n", "gw", "Invalid number of ConnectionAttempts"),
+        ("ProxyJump gw\n", "gw", "jumphost loop via gw"),
+        ("ProxyJump alice@gw:22\n", "gw", "jumphost loop via gw"),
+        ("Host gw\n  HostName real\nProxyJump real\n", "gw", "jumphost loop via real"),
+        (
+            "ProxyCommand -\nProxyUseFDPass yes\n",
+            "gw",
+            "ProxyCommand=- and ProxyUseFDPass are incompatible",
+        ),
+    ],
+)
+def test_what_ssh_refuses_of_the_values_together(
+    tmp_path: Path, text: str, destination: str, message: str
+) -> None:
+    assert refusal(tmp_path, text, destination) == message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ConnectionAttempts 1\n",
+        "ProxyJump GW\n",  # ssh compares the names as written
+        "ProxyJump gw:2222\n",
+        "ProxyJump bob@gw\n",
+        "ProxyJump none\n",
+        "ProxyCommand -\n",
+    ],
+)
+def test_what_ssh_accepts_of_the_values_together(tmp_path: Path, text: str) -> None:
+    assert read(tmp_path, text).entries
+
+
 def test_a_missing_dash_f_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SSHConfigError) as caught:
         resolve("gw", config_file=str(tmp_path / "missing"))
@@ -1015,6 +1050,10 @@ CASES = [
     Case("bad jump", "ProxyJump a@\n"),
     Case("bad permitremoteopen", "PermitRemoteOpen host\n"),
     Case("match all combined", "Match all host x\n"),
+    Case("no connection attempts", "ConnectionAttempts 0\n"),
+    Case("jump loop", "Host gw\n  HostName Real\nProxyJump real:22\n"),
+    Case("jump no loop", "ProxyJump GW\n"),
+    Case("proxy command dash", "ProxyCommand -\nProxyUseFDPass yes\n"),
 ]
 
 

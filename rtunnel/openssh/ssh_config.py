@@ -1211,6 +1211,10 @@ def _is_flag(value: str) -> bool:
     return _ascii_lower(value) in dict(_FLAG)
 
 
+def _is_true(value: str) -> bool:
+    return dict(_FLAG).get(_ascii_lower(value)) == 1
+
+
 def _canonical(keyword: str) -> str:
     name = _ascii_lower(keyword)
     found = _BY_NAME.get(name)
@@ -1381,8 +1385,8 @@ class _Reader:
             self.ignored.append(IgnoredLine(keyword, filename, linenum, "Ignored unknown option"))
             return
         assert found is not None
-        state = _LineState(self, found, keyword, args, rest, filename, linenum, active.value)
-        state.written = written
+        state = _LineState(self, found, keyword, written, args, rest, filename, linenum)
+        state.active = active.value
         state.user_conf = bool(flags & _USERCONF)
         if found.kind in ("host", "match", "include"):
             if command_line:
@@ -1592,24 +1596,26 @@ class _LineState:
         self,
         reader: _Reader,
         keyword: Keyword,
+        lowered: str,
         written: str,
         args: list[str],
         rest: str,
         filename: str,
         linenum: int,
-        active: bool,
     ) -> None:
         self.reader = reader
         self.kw = keyword
-        self.keyword = written
+        # ssh's messages name the keyword lower-cased; an entry keeps it as written.
+        self.keyword = lowered
+        self.written = written
         self.args = args
         self.at = 0
         self.rest = rest
         self.filename = filename
         self.linenum = linenum
-        self.active = active
         self.where = f"{filename} line {linenum}"
-        self.written = written
+        self.active = True
+        # Whether a user file (not the system file) holds the line: add_identity_file.
         self.user_conf = False
 
     def next(self) -> str | None:
@@ -1617,9 +1623,6 @@ class _LineState:
             return None
         self.at += 1
         return self.args[self.at - 1]
-
-    def peek(self) -> str | None:
-        return self.args[self.at] if self.at < len(self.args) else None
 
     def consume(self) -> None:
         self.at = len(self.args)
@@ -2152,10 +2155,6 @@ def _ignore(state: _LineState) -> None:
     )
 
 
-def _not_here(state: _LineState) -> None:  # pragma: no cover - dispatched in process_line
-    raise AssertionError(state.kw.name)
-
-
 _HANDLERS: Final[dict[str, Callable[[_LineState], None]]] = {
     "multistate": _multistate,
     "time": _time,
@@ -2189,9 +2188,6 @@ _HANDLERS: Final[dict[str, Callable[[_LineState], None]]] = {
     "streamlocalbindmask": _streamlocalbindmask,
     "fingerprinthash": _fingerprinthash,
     "ignore": _ignore,
-    "host": _not_here,
-    "match": _not_here,
-    "include": _not_here,
 }
 
 
@@ -2396,7 +2392,7 @@ def _resolve(
         reader.want_final_pass = False
         read_all(host, final=True)
     port = reader.port if reader.port > 0 else 22
-    return ResolvedConfig(
+    resolved = ResolvedConfig(
         destination=destination,
         original_host=context.host_arg,
         host=host,
@@ -2412,6 +2408,33 @@ def _resolve(
         local_hostname=context.local_hostname,
         environ=context.environ,
     )
+    _check_combined(resolved)
+    return resolved
+
+
+def _check_combined(config: ResolvedConfig) -> None:
+    """
+    What ``ssh`` refuses after reading, from the values together (ssh.c main, in its
+    order). Left to the caller: "Cannot fork into background without a command", which
+    depends on the command line.
+    """
+    jump = config.value("proxyjump")
+    if jump is not None and _ascii_lower(jump) != "none":
+        parts = _jump_parts(jump)
+        assert parts is not None  # checked when the line was read
+        jump_user, jump_host, jump_port, _ = parts
+        if (
+            jump_host == config.host
+            and (jump_port if jump_port > 0 else 22) == config.port
+            and (jump_user if jump_user is not None else config.user) == config.user
+        ):
+            raise _Fatal(f"jumphost loop via {jump_host}")
+    fdpass = config.value("proxyusefdpass")
+    if config.value("proxycommand") == "-" and fdpass is not None and _is_true(fdpass):
+        raise _Fatal("ProxyCommand=- and ProxyUseFDPass are incompatible")
+    attempts = config.value("connectionattempts")
+    if attempts is not None and _strtonum(attempts, 0, _INT_MAX)[0] == 0:
+        raise _Fatal("Invalid number of ConnectionAttempts")
 
 
 # --------------------------------------------------------------------------------------
@@ -2540,11 +2563,7 @@ def format_like_ssh_G(config: ResolvedConfig) -> list[str]:  # noqa: N802 - ssh'
         f"hostname {config.host}",
         f"port {config.port}",
     ]
-    clear_forwards = (
-        (value := config.value("clearallforwardings")) is not None
-        and _is_flag(value)
-        and dict(_FLAG)[_ascii_lower(value)] == 1
-    )
+    clear_forwards = (value := config.value("clearallforwardings")) is not None and _is_true(value)
     for name in _G_ORDER:
         keyword = _BY_NAME[name]
         entry = config.get(name)
