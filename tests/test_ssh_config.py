@@ -1054,6 +1054,13 @@ CASES = [
     Case("jump loop", "Host gw\n  HostName Real\nProxyJump real:22\n"),
     Case("jump no loop", "ProxyJump GW\n"),
     Case("proxy command dash", "ProxyCommand -\nProxyUseFDPass yes\n"),
+    Case("update host keys ask", "UpdateHostKeys ask\n"),
+    Case("fd passing and a jump", "ProxyUseFDPass yes\nProxyJump j\n"),
+    Case("ask, control persist", "UpdateHostKeys ask\nControlPersist 0\nControlPath /cm\n"),
+    Case("ask, control path none", "UpdateHostKeys ask\nControlPersist 1\nControlPath none\n"),
+    Case("ask, no tty", "UpdateHostKeys ask\nRequestTTY false\n"),
+    Case("ask, remote command", "UpdateHostKeys ask\nRemoteCommand true\n"),
+    Case("ask, quiet", "UpdateHostKeys ask\nLogLevel error\n"),
 ]
 
 
@@ -1157,6 +1164,17 @@ _OPTIONS = [
     "ClearAllForwardings yes",
     "HostKeyAlias Alias",
     "ChallengeResponseAuthentication no",
+    "UpdateHostKeys ask",
+    "ControlPersist yes",
+    "RequestTTY no",
+    "LogLevel ERROR",
+    "BatchMode yes",
+    "ProxyUseFDPass yes",
+    "ProxyCommand -",
+    "CanonicalizeMaxDots 3",
+    "ConnectionAttempts 3",
+    "HostName %%h",
+    "ProxyJump gw.example.com",
 ]
 
 

@@ -2416,7 +2416,8 @@ def _check_combined(config: ResolvedConfig) -> None:
     """
     What ``ssh`` refuses after reading, from the values together (ssh.c main, in its
     order). Left to the caller: "Cannot fork into background without a command", which
-    depends on the command line.
+    depends on the command line, and the ``ForwardAgent`` socket that must exist with
+    ``ExitOnForwardFailure``, which depends on the file system when connecting.
     """
     jump = config.value("proxyjump")
     if jump is not None and _ascii_lower(jump) != "none":
@@ -2573,7 +2574,13 @@ def format_like_ssh_G(config: ResolvedConfig) -> list[str]:  # noqa: N802 - ssh'
         first = values[0] if values else ""
         if name in _CLEAR_ON_NONE and _ascii_lower(first) == "none":
             continue
-        if keyword.kind == "multistate":
+        if name == "updatehostkeys" and _ask_disabled(config, first):
+            lines.append(f"{name} false")
+        elif (
+            name == "proxyusefdpass" and _ascii_lower(config.value("proxyjump") or "none") != "none"
+        ):
+            lines.append(f"{name} no")  # ssh.c: "Never use FD passing for ProxyJump"
+        elif keyword.kind == "multistate":
             lines.append(f"{name} {_multistate_word(keyword, first)}")
         elif keyword.kind == "time":
             lines.append(f"{name} {_g_time(first)}")
@@ -2647,6 +2654,28 @@ def format_like_ssh_G(config: ResolvedConfig) -> list[str]:  # noqa: N802 - ssh'
             if shown_jump is not None:
                 lines.append(f"{name} {shown_jump}")
     return lines
+
+
+def _ask_disabled(config: ResolvedConfig, value: str) -> bool:
+    """
+    ssh.c main turns ``UpdateHostKeys ask`` off with ``ControlPersist`` and a
+    ``ControlPath``, with a remote command or ``RequestTTY no``, or below ``LogLevel
+    INFO`` (as ``ssh -G`` without a command on its command line).
+    """
+    if _ascii_lower(value) != "ask":
+        return False
+    persist = config.value("controlpersist")
+    path = config.value("controlpath")
+    if persist not in (None, "no", "false") and path is not None and _ascii_lower(path) != "none":
+        return True
+    command = config.value("remotecommand")
+    if command is not None and _ascii_lower(command) != "none":
+        return True
+    tty = config.value("requesttty")
+    if tty is not None and dict(_REQUEST_TTY)[_ascii_lower(tty)] == 1:
+        return True
+    level = config.value("loglevel")
+    return level is not None and dict(_LOG_LEVELS)[_ascii_upper(level)] < 3
 
 
 def _g_addkeystoagent(values: Sequence[str]) -> str:
