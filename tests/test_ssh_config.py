@@ -1221,6 +1221,28 @@ def test_generated_configurations_resolve_as_ssh_G(  # noqa: N802 - ssh's flag
     shutil.rmtree(home)
 
 
+def test_this_machines_own_files_resolve_as_ssh_G(  # noqa: N802 - ssh's flag
+    ssh_g: Callable[..., subprocess.CompletedProcess[str]], openssh_ssh: str
+) -> None:
+    """No ``-F``: the user's ``~/.ssh/config`` (if any), then ``/etc/ssh/ssh_config``."""
+    done = subprocess.run(
+        [openssh_ssh, "-G", "bob@gw"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    resolved = resolve("bob@gw", run=run_in_shell)
+    assert resolved.files  # Debian's system file, at least
+    ours = by_keyword(format_like_ssh_G(resolved))
+    theirs = by_keyword(done.stdout.splitlines())
+    assert {k: v for k, v in ours.items() if theirs.get(k) != v} == {}
+    # host, user, hostname, port, and at most each keyword the files set (Debian's: 3).
+    assert 4 <= len(ours) <= 4 + len({entry.keyword for entry in resolved.entries})
+
+
 def test_the_comparison_can_fail(
     ssh_g: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
