@@ -685,6 +685,27 @@ def test_what_ssh_accepts_of_the_values_together(tmp_path: Path, text: str) -> N
     assert read(tmp_path, text).entries
 
 
+def test_a_message_shows_bytes_as_ssh_does(tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    path.write_bytes(b'Port 2\xff\nPort "a\\\\b\x01\x1b\r\x7f\t"\n')
+    path.chmod(0o600)
+    with pytest.raises(SSHConfigError) as caught:
+        resolve("gw", config_file=str(path), environ={})
+    assert str(caught.value).splitlines() == [
+        f"{path} line 1: Bad port '2\\377'.",
+        f"{path} line 2: Bad port 'a\\\\b\\001\\033\\015\\177\t'.",
+        f"{path}: terminating, 2 bad configuration options",
+    ]
+
+
+def test_a_directory_reads_as_an_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "conf.d").mkdir()
+    assert resolve("gw", config_file=str(tmp_path / "conf.d"), environ={}).entries == ()
+    resolved = read(tmp_path, f"Include {tmp_path}/conf.d\nPort 3\n")
+    assert resolved.files == (str(tmp_path / "config"), str(tmp_path / "conf.d"))
+    assert resolved.port == 3
+
+
 def test_a_missing_dash_f_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SSHConfigError) as caught:
         resolve("gw", config_file=str(tmp_path / "missing"))
@@ -1050,6 +1071,8 @@ CASES = [
     Case("bad jump", "ProxyJump a@\n"),
     Case("bad permitremoteopen", "PermitRemoteOpen host\n"),
     Case("match all combined", "Match all host x\n"),
+    Case("bytes in messages", 'Port 2\u00ff\nPort "a\\\\b\x01\x1b\x7f\t"\n'),
+    Case("include a directory", "Include ~/inc\nPort 3\n", includes={"inc/.keep": ""}),
     Case("no connection attempts", "ConnectionAttempts 0\n"),
     Case("jump loop", "Host gw\n  HostName Real\nProxyJump real:22\n"),
     Case("jump no loop", "ProxyJump GW\n"),

@@ -1160,7 +1160,7 @@ class ResolvedConfig:
             if name == "globalknownhostsfile":
                 return _tilde_expand(value, self.home)
         except ValueError as error:
-            raise SSHConfigError(f"{entry.where}: {entry.written}: {error}") from None
+            raise SSHConfigError(_vis(f"{entry.where}: {entry.written}: {error}")) from None
         return value
 
     def forwards(self, keyword: str) -> tuple[Forward, ...]:
@@ -1182,7 +1182,8 @@ class ResolvedConfig:
                     connect_path=_maybe_expand(forward.connect_path, tokens),
                 )
             except ValueError as error:
-                raise SSHConfigError(f"{entry.where}: {entry.written}: {error}") from None
+                message = _vis(f"{entry.where}: {entry.written}: {error}")
+                raise SSHConfigError(message) from None
             result.append(forward)
         return tuple(result)
 
@@ -1205,6 +1206,23 @@ def _forward_spec(values: Sequence[str]) -> str:
     # readconf.c builds "arg:arg2" in a 256-byte buffer (snprintf truncates).
     spec = values[0] if len(values) == 1 else f"{values[0]}:{values[1]}"
     return spec.encode("utf-8", "surrogateescape")[:255].decode("utf-8", "surrogateescape")
+
+
+def _vis(message: str) -> str:
+    """
+    A message as ssh's log shows it (log.c, strnvis with ``VIS_SAFE | VIS_OCTAL``): a
+    backslash doubled, other bytes outside printable ASCII as ``\\ooo``. Unlike ssh, a
+    backspace, bell or carriage return is escaped too, so none reaches the terminal.
+    """
+    out: list[str] = []
+    for byte in message.encode("utf-8", "surrogateescape"):
+        if byte == 0x5C:
+            out.append("\\\\")
+        elif 0x20 <= byte < 0x7F or byte in (0x09, 0x0A):
+            out.append(chr(byte))
+        else:
+            out.append(f"\\{byte:03o}")
+    return "".join(out)
 
 
 def _is_flag(value: str) -> bool:
@@ -1301,18 +1319,18 @@ class _Reader:
         if depth < 0 or depth > _MAX_INCLUDE_DEPTH:
             raise _Fatal("Too many recursive configuration includes")
         try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed below, after the fstat
+            # os.open, not open(): ssh's fopen() opens a directory, which then reads as
+            # an empty file (getline fails), where Python's open() refuses it.
+            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as error:
             return error
-        with handle:
-            if flags & _CHECKPERM:
-                info = os.fstat(handle.fileno())
-                if (info.st_uid not in (0, os.getuid())) or info.st_mode & 0o022:
-                    raise _Fatal(f"Bad owner or permissions on {path}")
-            try:
-                data = b"" if stat.S_ISDIR(os.fstat(handle.fileno()).st_mode) else handle.read()
-            except OSError:
-                data = b""
+        try:
+            info = os.fstat(descriptor)
+            if flags & _CHECKPERM and (info.st_uid not in (0, os.getuid()) or info.st_mode & 0o022):
+                raise _Fatal(f"Bad owner or permissions on {path}")
+            data = b"" if stat.S_ISDIR(info.st_mode) else _read_all(descriptor)
+        finally:
+            os.close(descriptor)
         self.files.append(path)
         text = data.decode("utf-8", "surrogateescape")
         bad = 0
@@ -1567,6 +1585,17 @@ class _Reader:
                 if error is not None:
                     why = error.strerror or str(error)
                     raise _BadLine(f"Can't open user config file {path}: {why}")
+
+
+def _read_all(descriptor: int) -> bytes:
+    """The file's bytes; a read error ends it, as a failing getline() ends ssh's loop."""
+    chunks: list[bytes] = []
+    try:
+        while chunk := os.read(descriptor, 65536):
+            chunks.append(chunk)
+    except OSError:
+        pass
+    return b"".join(chunks)
 
 
 def _glob_tilde(pattern: str, context: _Context) -> list[str]:
@@ -2315,11 +2344,12 @@ def resolve(
             reader, context, destination, config_file, user_file, system_file, command_line
         )
     except _BadLine as problem:  # a -o option: ssh exits at the first bad one
-        message = str(problem)
+        message = _vis(str(problem))
         raise SSHConfigError(message, [("command-line", 0, message)]) from None
     except _Fatal as fatal:
-        lines = [message for _, _, message in reader.problems]
-        raise SSHConfigError("\n".join([*lines, str(fatal)]), reader.problems) from None
+        problems = [(path, line, _vis(message)) for path, line, message in reader.problems]
+        message = "\n".join([*(m for _, _, m in problems), _vis(str(fatal))])
+        raise SSHConfigError(message, problems) from None
 
 
 def _resolve(
