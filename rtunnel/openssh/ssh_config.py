@@ -2110,6 +2110,8 @@ def _ipqos(state: _LineState) -> None:
 
 
 _LOG_LEVELS: Final = (
+    # ssh 9.2 accepts SILENT and prints it for QUIET (checked with its ssh -G).
+    ("SILENT", 0),
     ("QUIET", 0),
     ("FATAL", 1),
     ("ERROR", 2),
@@ -2544,7 +2546,8 @@ _G_ORDER: Final = (  # noqa: SIM905 - a word list reads better than 97 string li
     "compression controlmaster enablesshkeysign clearallforwardings exitonforwardfailure "
     "fingerprinthash forwardx11 forwardx11trusted gatewayports gssapiauthentication "
     "gssapikeyexchange gssapidelegatecredentials gssapitrustdns gssapirenewalforcesrekey "
-    "gssapikexalgorithms gssapiclientidentity hashknownhosts hostbasedauthentication "
+    "gssapikexalgorithms gssapiclientidentity gssapiserveridentity hashknownhosts "
+    "hostbasedauthentication "
     "identitiesonly kbdinteractiveauthentication nohostauthenticationforlocalhost "
     "passwordauthentication permitlocalcommand proxyusefdpass pubkeyauthentication "
     "requesttty sessiontype stdinnull forkafterauthentication streamlocalbindunlink "
@@ -2597,8 +2600,9 @@ def format_like_ssh_G(config: ResolvedConfig) -> list[str]:  # noqa: N802 - ssh'
     clear_forwards = (value := config.value("clearallforwardings")) is not None and _is_true(value)
     for name in _G_ORDER:
         keyword = _BY_NAME[name]
-        entry = config.get(name)
-        if entry is None:
+        # (A LocalForward can print as a dynamicforward too: _g_forwards.)
+        shared = name == "dynamicforward" and config.get("localforward") is not None
+        if config.get(name) is None and not shared:
             continue
         values = config.values(name)
         first = values[0] if values else ""
@@ -2627,7 +2631,7 @@ def format_like_ssh_G(config: ResolvedConfig) -> list[str]:  # noqa: N802 - ssh'
             lines.append(f"{name} {first}")
         elif keyword.kind == "forward":
             if not clear_forwards:
-                lines.extend(_g_forward(name, f) for f in config.forwards(name))
+                lines.extend(_g_forward(name, f) for f in _g_forwards(config, name))
         elif name in ("identityfile", "certificatefile", "sendenv", "setenv"):
             lines.extend(f"{name} {value}" for value in values)
         elif name == "userknownhostsfile":
@@ -2708,12 +2712,34 @@ def _ask_disabled(config: ResolvedConfig, value: str) -> bool:
     return level is not None and dict(_LOG_LEVELS)[_ascii_upper(level)] < 3
 
 
+def _g_forwards(config: ResolvedConfig, name: str) -> list[Forward]:
+    """
+    The forwards ``ssh -G`` prints under ``name``. LocalForward and DynamicForward share
+    one list, which readconf.c dump_cfg_forwards splits by the target: "socks" is
+    dynamic, and a Unix-socket target (no host) is printed under both (ssh 9.2).
+    """
+    if name == "remoteforward":
+        return list(config.forwards(name))
+    placed: list[tuple[int, Forward]] = []
+    for keyword in ("localforward", "dynamicforward"):
+        positions = [i for i, entry in enumerate(config.entries) if entry.keyword == keyword]
+        placed.extend(zip(positions, config.forwards(keyword), strict=True))
+    listed = [forward for _, forward in sorted(placed, key=lambda pair: pair[0])]
+    if name == "dynamicforward":
+        return [f for f in listed if f.connect_host in (None, "socks")]
+    return [f for f in listed if f.connect_host != "socks"]
+
+
 def _g_addkeystoagent(values: Sequence[str]) -> str:
-    number = dict(_YESNOASKCONFIRM).get(_ascii_lower(values[0]), -1)
-    if number == -1:
-        return f"addkeystoagent {_convtime(values[0])}"
-    if number == 3 and len(values) == 2:
-        return f"addkeystoagent confirm {_convtime(values[1])}"
+    words = dict(_YESNOASKCONFIRM)
+    if _ascii_lower(values[0]) in words:
+        number = words[_ascii_lower(values[0])]
+        lifetime = _convtime(values[1]) if len(values) == 2 else 0
+    else:  # a lone time: yes, with that lifetime
+        number, lifetime = 1, _convtime(values[0])
+    # readconf.c dump_client_config: a lifetime of 0 is not printed.
+    if lifetime > 0:
+        return f"addkeystoagent{' confirm' if number == 3 else ''} {lifetime}"
     return f"addkeystoagent {next(w for w, n in _YESNOASKCONFIRM if n == number)}"
 
 
