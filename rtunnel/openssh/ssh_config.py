@@ -1823,8 +1823,10 @@ def _none_alone_list(state: _LineState) -> list[str]:
 
 def _logverbose(state: _LineState) -> None:
     values = _none_alone_list(state)
+    # ssh 9.2 keeps only the first argument: its loop stops adding once the list holds
+    # one (readconf.c, oLogVerbose; its ssh -G prints "logverbose a" for "a b").
     if values:
-        state.record(values)
+        state.record(values[:1])
 
 
 def _canonicaldomains(state: _LineState) -> None:
