@@ -706,6 +706,13 @@ def test_a_directory_reads_as_an_empty_file(tmp_path: Path) -> None:
     assert resolved.port == 3
 
 
+def test_an_included_dangling_link_is_skipped_as_ssh_skips_it(tmp_path: Path) -> None:
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "dangling").symlink_to(tmp_path / "nowhere")
+    text = f"Include {tmp_path}/inc/dangling\nInclude {tmp_path}/inc/*\nPort 3\n"
+    assert read(tmp_path, text).port == 3
+
+
 def test_a_missing_dash_f_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SSHConfigError) as caught:
         resolve("gw", config_file=str(tmp_path / "missing"))

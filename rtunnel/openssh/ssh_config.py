@@ -27,6 +27,7 @@ database for the defaults of ``home`` and ``local_user``.
 
 from __future__ import annotations
 
+import errno
 import glob as _glob
 import hashlib
 import os
@@ -1582,7 +1583,8 @@ class _Reader:
                 error = self.read_file(path, host, inner, active, depth + 1, final=final)
                 # "don't let Match in includes clobber the containing file's Match state"
                 active.value = outer
-                if error is not None:
+                # A file gone since the glob (or a dangling link) is skipped: ENOENT.
+                if error is not None and error.errno != errno.ENOENT:
                     why = error.strerror or str(error)
                     raise _BadLine(f"Can't open user config file {path}: {why}")
 
