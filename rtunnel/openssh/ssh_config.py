@@ -17,9 +17,12 @@ returned whatever it is; which of them rtunnel implements is the option table's 
 not this module's (:meth:`ResolvedConfig.not_in`).
 
 What it does not do: look anything up in the DNS (``CanonicalizeHostname`` canonicalises
-nothing here, its second pass still happens, as in ssh), check the names in algorithm
-lists (they depend on how ssh was built), or run a ``Match exec`` command unless given a
-``run`` callable (:func:`run_in_shell` runs one as ssh does).
+nothing here, its second pass still happens, as in ssh; ``CanonicalizePermittedCNAMEs``
+follows no CNAME; a host without a dot is not replaced by the resolver's canonical name
+as ``ssh -G`` prints it), check the names in algorithm lists (they depend on how ssh was
+built), or run a ``Match exec`` command unless given a ``run`` callable
+(:func:`run_in_shell` runs one as ssh does). A bad ``%`` token or ``${VAR}`` is named
+with its file and line, where ssh says only ``percent_expand: failed``.
 
 Pure: no reactor, no network. It reads the files it is pointed at, and the password
 database for the defaults of ``home`` and ``local_user``.
