@@ -9,6 +9,7 @@ keyword, for a table of configurations and for generated ones.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from rtunnel.errors import SpecError
 from rtunnel.openssh.ssh_config import (
     KEYWORDS,
+    ConfigEntry,
     Forward,
     ResolvedConfig,
     SSHConfigError,
@@ -1109,7 +1111,7 @@ def test_the_same_as_ssh_G(  # noqa: N802 - ssh's flag
         assert 4 <= compared <= 4 + len(set_here)
 
 
-def _resolved_or_none(path: Path, case: Case, home: Path) -> tuple[object, ...]:
+def _resolved_or_none(path: Path, case: Case, home: Path) -> tuple[ConfigEntry, ...]:
     try:
         resolved = resolve(
             case.destination,
@@ -1614,7 +1616,5 @@ def test_the_comparison_can_fail(
     assert "port 1" in done.stdout.splitlines()
     assert "port 2" not in done.stdout.splitlines()
     resolved = resolve("gw", config_file=str(path), environ={})
-    wrong = format_like_ssh_G(
-        ResolvedConfig(**{**resolved.__dict__, "port": 2})  # type: ignore[arg-type]
-    )
+    wrong = format_like_ssh_G(dataclasses.replace(resolved, port=2))
     assert by_keyword(wrong)["port"] != by_keyword(done.stdout.splitlines())["port"]
