@@ -40,6 +40,7 @@ from rtunnel import (
     ReconnectPolicy,
     ReverseTunnel,
     TunnelObserver,
+    TunnelOptions,
 )
 
 
@@ -108,18 +109,20 @@ async def run(reactor: Any, config: dict[str, Any]) -> None:
         reactor,
         config["host"],
         config["port"],
-        user=config["user"],
-        auth=[PrivateKeyFile(config["key"])],
-        known_hosts=config["known_hosts"],
-        global_known_hosts=[],
-        ciphers=[config["cipher"]],
-        window_size=config["window_size"],
-        max_packet=config["max_packet"],
-        rekey_bytes=config["rekey_bytes"],
-        keepalive_interval=config["keepalive_interval"],
-        keepalive_count_max=config["keepalive_count_max"],
-        reconnect=policy,
-        local_host=config.get("local_host"),
+        options=TunnelOptions.create(
+            user=config["user"],
+            auth=[PrivateKeyFile(config["key"])],
+            known_hosts=config["known_hosts"],
+            global_known_hosts=[],
+            ciphers=[config["cipher"]],
+            window_size=config["window_size"],
+            max_packet=config["max_packet"],
+            rekey_bytes=config["rekey_bytes"],
+            keepalive_interval=config["keepalive_interval"],
+            keepalive_count_max=config["keepalive_count_max"],
+            reconnect=policy,
+            local_host=config.get("local_host"),
+        ),
     )
     tunnel.add_observer(_Events())
     try:

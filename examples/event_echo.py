@@ -30,7 +30,14 @@ from twisted.internet.task import react
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from rtunnel import AcceptHook, ChannelOpenRequest, PrivateKeyFile, ReverseTunnel, RTunnelError
+from rtunnel import (
+    AcceptHook,
+    ChannelOpenRequest,
+    PrivateKeyFile,
+    ReverseTunnel,
+    RTunnelError,
+    TunnelOptions,
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -144,9 +151,9 @@ async def main(reactor: Any, argv: list[str]) -> int:
         cast(IReactorTCP, reactor),
         args.host,
         args.port,
-        user=args.user,
-        auth=[PrivateKeyFile(args.identity)],
-        known_hosts=args.known_hosts,
+        options=TunnelOptions.create(
+            user=args.user, auth=[PrivateKeyFile(args.identity)], known_hosts=args.known_hosts
+        ),
     )
     factory = EchoFactory()
     try:

@@ -30,7 +30,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from typing_extensions import override
 
-from rtunnel import ChannelInfo, PrivateKeyFile, ReverseTunnel, RTunnelError, TunnelObserver
+from rtunnel import (
+    ChannelInfo,
+    PrivateKeyFile,
+    ReverseTunnel,
+    RTunnelError,
+    TunnelObserver,
+    TunnelOptions,
+)
 
 
 class Hello(Resource):
@@ -142,9 +149,9 @@ async def main(reactor: Any, argv: list[str]) -> int:
         tcp,
         args.host,
         args.port,
-        user=args.user,
-        auth=[PrivateKeyFile(args.identity)],
-        known_hosts=args.known_hosts,
+        options=TunnelOptions.create(
+            user=args.user, auth=[PrivateKeyFile(args.identity)], known_hosts=args.known_hosts
+        ),
     )
     log = ConnectionLog()
     tunnel.add_observer(log)

@@ -40,6 +40,7 @@ from rtunnel import (
     HostKeyError,
     PrivateKeyFile,
     ReverseTunnel,
+    TunnelOptions,
 )
 from rtunnel.testing import SSHTestServer
 
@@ -104,9 +105,9 @@ def make_tunnel(server: SSHTestServer, user: str, key: Path, known_hosts: Path) 
         cast(IReactorTCP, reactor),
         server.host,
         server.port,
-        user=user,
-        auth=[PrivateKeyFile(key)],
-        known_hosts=known_hosts,
+        options=TunnelOptions.create(
+            user=user, auth=[PrivateKeyFile(key)], known_hosts=known_hosts
+        ),
     )
 
 

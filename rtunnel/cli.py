@@ -42,6 +42,16 @@ from rtunnel.client.transport._algorithms import resolve
 from rtunnel.errors import RTunnelError, SpecError
 from rtunnel.openssh.client_options import ClientOptions
 from rtunnel.openssh.forwards import parse_remote_forward
+from rtunnel.openssh.keywords import (
+    BIND_ADDRESS,
+    CIPHERS,
+    COMPRESSION,
+    GSSAPI_AUTHENTICATION,
+    GSSAPI_DELEGATE_CREDENTIALS,
+    MACS,
+    PROXY_JUMP,
+    help_lines,
+)
 from rtunnel.openssh.values import check_host_name, check_user_name, parse_port
 from rtunnel.service import (
     ReconnectReporter,
@@ -98,33 +108,11 @@ listens on for us are forwarded to host:hostport from this machine.
   -K              GSSAPI (Kerberos) authentication with credential delegation, as
                   -o GSSAPIAuthentication=yes -o GSSAPIDelegateCredentials=yes.
   -p port         Port to connect to on the server (default: 22).
-  -o option       An ssh_config option, "Key=Value" or "Key Value". Supported:
-                  BatchMode, BindAddress, CertificateFile, Ciphers, Compression,
-                  ConnectTimeout, ProxyCommand (%h, %p, %r, %n, %% expanded), ProxyJump,
-                  ExitOnForwardFailure, FingerprintHash, GlobalKnownHostsFile,
-                  GSSAPIAuthentication, GSSAPIDelegateCredentials,
-                  HashKnownHosts, HostKeyAlgorithms, IdentitiesOnly, IdentityAgent,
-                  IdentityFile, KbdInteractiveAuthentication,
-                  KexAlgorithms, LogLevel, MACs, NumberOfPasswordPrompts,
-                  PasswordAuthentication, PermitRemoteOpen, Port,
-                  PreferredAuthentications,
-                  PubkeyAcceptedAlgorithms, PubkeyAuthentication, RekeyLimit,
-                  RemoteForward, ServerAliveCountMax, ServerAliveInterval,
-                  StrictHostKeyChecking, TCPKeepAlive, User, UserKnownHostsFile,
-                  ChannelTimeout (forwarded-tcpip=TIME closes idle connections), and
-                  rtunnel's own: AutoReconnect=no|yes|always (yes, the default:
-                  reconnect and re-request the forwards when the connection breaks;
-                  always: also retry the first connection; no: exit as ssh does),
-                  MaxRetryCount=N (0: no limit), RetryInterval=TIME (the first wait;
-                  it doubles up to a minute, and starts again once a reconnect has
-                  carried traffic),
-                  Proxy=URL (socks4://, socks4a://, socks5://[user:pw@]host[:port] or
-                  http://[user:pw@]host[:port] for an HTTP CONNECT proxy; auto: the
-                  one ALL_PROXY or all_proxy names, less NO_PROXY's hosts),
-                  ProxyExceptionsList=HOST;HOST (reached directly),
-                  ForwardingLocalHost=ADDRESS (connect to targets from it),
-                  MaxTransferRate=N[K|M|G] (bytes per second to the server).
-                  rtunnel reads no ssh_config files.
+  -o option       An ssh_config option, "Key=Value" or "Key Value"; rtunnel reads no
+                  ssh_config files. Understood, by topic:
+"""
+    + "\n".join(help_lines(indent=18, width=88))
+    + """
   -v              Verbose; repeat for more (up to -vvv).
   -q              Quiet: no warnings, no "Allocated port" lines, no error messages
                   (the exit status still tells).
@@ -250,11 +238,11 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
                     options.quiet()
                 elif letter == "C":
                     # ssh.c, case 'C': sets it outright, over -o Compression.
-                    options.compression = True
+                    options.set_outright(COMPRESSION, True)
                 elif letter == "K":
                     # ssh.c, case 'K': both set outright, over -o.
-                    options.gssapi_authentication = True
-                    options.gssapi_delegate_credentials = True
+                    options.set_outright(GSSAPI_AUTHENTICATION, True)
+                    options.set_outright(GSSAPI_DELEGATE_CREDENTIALS, True)
                 # -N, -n and -T describe what rtunnel always does.
                 continue
             if letter not in _WITH_ARGUMENT:
@@ -310,25 +298,22 @@ def _apply_flag(options: ClientOptions, letter: str, value: str, warnings: list[
         options.set_default_user(value)
     elif letter == "b":
         # ssh.c, case 'b': set outright, over -o BindAddress.
-        options.bind_address = value
+        options.set_outright(BIND_ADDRESS, value)
     elif letter == "J":
         # ssh.c, case 'J': one -J only; then as -o ProxyJump.
         if options.jump_given:
             raise SpecError("Only a single -J option is permitted")
         options.jump_given = True
-        options.apply_option(f"ProxyJump={value}")
+        options.apply_option(f"{PROXY_JUMP.name}={value}")
     elif letter in "cm":
         # ssh.c, cases 'c' and 'm': checked at once, and the flag overrides -o.
         kind = "cipher" if letter == "c" else "mac"
         try:
-            resolve(kind, value)
+            names = tuple(resolve(kind, value))
         except SpecError as error:
             fail = "Unknown cipher type" if letter == "c" else "Unknown mac type"
             raise SpecError(f"{fail} '{value}'. {error.message}") from None
-        if letter == "c":
-            options.ciphers = value
-        else:
-            options.macs = value
+        options.set_outright(CIPHERS if letter == "c" else MACS, names)
     elif letter == "i":
         path = Path(os.path.expanduser(value))
         try:
@@ -337,7 +322,8 @@ def _apply_flag(options: ClientOptions, letter: str, value: str, warnings: list[
             # ssh.c, case 'i': warn and carry on without the file. ValueError: a name no
             # file can have (a NUL, a lone surrogate).
             why = error.strerror if isinstance(error, OSError) else str(error)
-            warnings.append(f"Warning: Identity file {path} not accessible: {why}.")
+            shown = printable(str(path), None)  # one line, as ssh's log (strnvis)
+            warnings.append(f"Warning: Identity file {shown} not accessible: {why}.")
         else:
             options.identity_files.append(str(path))
 
@@ -583,7 +569,7 @@ async def _session(reactor: IReactorCore, invocation: Invocation, console: _Cons
         console.say("FATAL", f"rtunnel: {printable(error.message, None)}")
         return FAILURE
 
-    if tunnel.reconnect.mode != "off":
+    if tunnel.options.staying_up.reconnect.mode != "off":
         tunnel.add_observer(ReconnectReporter(host, console.say))
 
     def lost(failure: Failure) -> None:

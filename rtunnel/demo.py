@@ -34,7 +34,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from typing_extensions import override
 
-from rtunnel import ChannelInfo, PrivateKeyFile, ReverseTunnel, TunnelObserver
+from rtunnel import ChannelInfo, PrivateKeyFile, ReverseTunnel, TunnelObserver, TunnelOptions
 
 __all__ = ["BODY", "ChannelRecorder", "main", "run"]
 
@@ -168,9 +168,9 @@ async def main(reactor: Any, out: Any = None) -> int:
             tcp,
             server.host,
             server.port,
-            user=USER,
-            auth=[PrivateKeyFile(key_path)],
-            known_hosts=known_hosts,
+            options=TunnelOptions.create(
+                user=USER, auth=[PrivateKeyFile(key_path)], known_hosts=known_hosts
+            ),
         )
         recorder = ChannelRecorder()
         tunnel.add_observer(recorder)

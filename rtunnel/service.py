@@ -21,7 +21,7 @@ import getpass
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
@@ -34,8 +34,7 @@ from typing_extensions import override
 from rtunnel._core.policy import ReconnectPolicy
 from rtunnel._core.syntax import parse_destination
 from rtunnel._model import ForwardState, ReconnectAttempt, TunnelObserver
-from rtunnel.client.auth.credentials import SUPPORTED_METHODS
-from rtunnel.client.transport._sockopts import TCPOptions
+from rtunnel.client.auth.credentials import SUPPORTED_METHODS, Credential
 from rtunnel.errors import (
     AuthenticationError,
     ConnectError,
@@ -47,6 +46,7 @@ from rtunnel.errors import (
 )
 from rtunnel.openssh.client_options import ClientOptions
 from rtunnel.openssh.forwards import RemoteForwardSpec, parse_remote_forward
+from rtunnel.openssh.keywords import BATCH_MODE, KEYWORDS, twistd_summary
 from rtunnel.openssh.messages import (
     HOST_KEY_VERIFICATION_FAILED,
     format_allocated,
@@ -54,9 +54,12 @@ from rtunnel.openssh.messages import (
     format_permission_denied,
 )
 from rtunnel.openssh.values import parse_port
+from rtunnel.options import TunnelOptions
 
 if TYPE_CHECKING:
+    from rtunnel._core.policy import ReconnectMode
     from rtunnel._model import Forward
+    from rtunnel.options import TunnelSettings
     from rtunnel.tunnel import ReverseTunnel
 
 __all__ = [
@@ -69,9 +72,12 @@ __all__ = [
     "establish_forwards",
     "local_user",
     "makeService",
+    "tunnel_options",
 ]
 
 _log = Logger()
+
+_T = TypeVar("_T")
 
 #: The private keys tried when none is given, in OpenSSH's order (readconf.c,
 #: ``fill_default_options``), leaving out the kinds rtunnel cannot use (security keys,
@@ -129,16 +135,14 @@ def _identity_files(options: ClientOptions, report: Report) -> list[Path]:
     return found
 
 
-def _auth_settings(options: ClientOptions) -> dict[str, Any]:
+def _preferred_methods(options: ClientOptions) -> tuple[str, ...] | None:
     """
-    ReverseTunnel's authentication and host key settings for the ``-o`` options given:
     PreferredAuthentications less the methods turned off (PubkeyAuthentication,
-    PasswordAuthentication, KbdInteractiveAuthentication), NumberOfPasswordPrompts,
-    GlobalKnownHostsFile, FingerprintHash, HashKnownHosts.
+    PasswordAuthentication, KbdInteractiveAuthentication) and the ones rtunnel does not
+    speak (ssh skips those too); None when that is the library's default.
     """
-    settings: dict[str, Any] = {}
     methods = list(options.preferred_authentications or SUPPORTED_METHODS)
-    # gssapi-with-mic needs the GSSAPI credential build_tunnel adds for -o
+    # gssapi-with-mic needs the GSSAPI credential _credentials adds for -o
     # GSSAPIAuthentication=yes (ssh's default is no).
     off = {
         "publickey": options.pubkey_authentication,
@@ -146,86 +150,20 @@ def _auth_settings(options: ClientOptions) -> dict[str, Any]:
         "keyboard-interactive": options.kbd_interactive_authentication,
     }
     methods = [m for m in methods if m in SUPPORTED_METHODS and off.get(m) is not False]
-    if methods != list(SUPPORTED_METHODS):
-        # An empty list leaves only "none" (ssh: "No more authentication methods to try.").
-        settings["preferred_authentications"] = methods or ["none"]
-    if options.number_of_password_prompts is not None:
-        settings["number_of_password_prompts"] = options.number_of_password_prompts
-    if options.global_known_hosts_files is not None:
-        settings["global_known_hosts"] = list(options.global_known_hosts_files)
-    if options.fingerprint_hash is not None:
-        settings["fingerprint_hash"] = options.fingerprint_hash
-    if options.hash_known_hosts:
-        settings["hash_known_hosts"] = True
-    if options.pubkey_accepted_algorithms is not None:
-        settings["pubkey_accepted_algorithms"] = options.pubkey_accepted_algorithms
-    return settings
+    if methods == list(SUPPORTED_METHODS):
+        return None
+    # An empty list leaves only "none" (ssh: "No more authentication methods to try.").
+    return tuple(methods or ["none"])
 
 
-def _transport_settings(options: ClientOptions) -> dict[str, Any]:
+def _credentials(options: ClientOptions, report: Report) -> list[Credential]:
     """
-    ReverseTunnel's algorithm lists, compression and rekey limits for ``-c``, ``-m``,
-    ``-C`` and the ``-o`` options Ciphers, MACs, KexAlgorithms, HostKeyAlgorithms,
-    Compression and RekeyLimit.
+    What ssh would log on with for these options: a GSSAPI ticket (``-K``), the identity
+    files and certificates, the agent, and asking for passwords and keyboard-interactive
+    answers, each unless turned off.
     """
-    settings: dict[str, Any] = {}
-    for name in ("ciphers", "macs", "kex_algorithms", "host_key_algorithms"):
-        value = getattr(options, name)
-        if value is not None:
-            settings[name] = value
-    if options.compression:
-        settings["compression"] = True
-    if options.rekey_limit is not None:
-        size, seconds = options.rekey_limit
-        if size:
-            settings["rekey_bytes"] = int(size)
-        if seconds and seconds != "none":
-            settings["rekey_seconds"] = float(seconds)
-    return settings
-
-
-def build_tunnel(
-    reactor: IReactorTCP,
-    host: str,
-    options: ClientOptions,
-    *,
-    report: Report,
-) -> ReverseTunnel:
-    """
-    A :class:`~rtunnel.ReverseTunnel` configured the way ``ssh`` would be by these options.
-
-    :param reactor: the reactor.
-    :param host: the SSH server.
-    :param options: the invocation's options (user and port already defaulted from the
-        destination).
-    :param report: where debug messages go.
-    :raises SpecError: if the tunnel refuses the settings.
-    """
-    from rtunnel.client.auth.credentials import (
-        GSSAPI,
-        CertificateFile,
-        Credential,
-        PrivateKeyFile,
-        SSHAgent,
-    )
-    from rtunnel.tunnel import ReverseTunnel
-
-    known_hosts: list[str] | None
-    if options.known_hosts_files is None:
-        known_hosts = None
-    elif options.known_hosts_files:
-        known_hosts = list(options.known_hosts_files)
-    else:
-        # UserKnownHostsFile=none: nothing is known; with accept-new the key is "recorded"
-        # nowhere, as OpenSSH connects without being able to record it.
-        known_hosts = [os.devnull]
-    extra: dict[str, Any] = {}
-    if options.connect_timeout_given:
-        extra["connect_timeout"] = options.connect_timeout
-    extra.update(_auth_settings(options))
-    extra.update(_transport_settings(options))
-    extra.update(_network_settings(options))
     from rtunnel.client.auth.askpass import keyboard_interactive_source, never_ask, password_source
+    from rtunnel.client.auth.credentials import GSSAPI, CertificateFile, PrivateKeyFile, SSHAgent
 
     asker = password_source(batch_mode=bool(options.batch_mode))
     auth: list[Credential] = []
@@ -235,7 +173,11 @@ def build_tunnel(
     if options.pubkey_authentication is not False:
         # A passphrase is asked when its key is tried, as ssh asks (an encrypted key is
         # skipped when nothing can ask: BatchMode, no terminal, no askpass).
-        why = "BatchMode=yes" if options.batch_mode else "no terminal, and no SSH_ASKPASS to run"
+        why = (
+            f"{BATCH_MODE.name}=yes"
+            if options.batch_mode
+            else "no terminal, and no SSH_ASKPASS to run"
+        )
         passphrase = asker or never_ask(why)
         auth += [PrivateKeyFile(path, passphrase) for path in _identity_files(options, report)]
         auth += [CertificateFile(path) for path in options.certificate_files]
@@ -259,47 +201,57 @@ def build_tunnel(
         responder = keyboard_interactive_source(batch_mode=bool(options.batch_mode))
         if responder is not None:
             auth.append(responder)
-    return ReverseTunnel(
-        reactor,
-        host,
-        options.port if options.port is not None else 22,
-        user=options.user if options.user is not None else local_user(),
-        auth=auth,
-        known_hosts=known_hosts,
-        host_key_policy=options.host_key_policy,
-        reconnect=reconnect_policy(options),
-        tcp_options=TCPOptions(keepalive=options.tcp_keepalive is not False),
-        channel_idle_timeout=options.channel_timeout or 0,
-        # OpenSSH's defaults: no keepalives unless asked, 3 unanswered ones end it.
-        keepalive_interval=options.server_alive_interval or 0,
-        keepalive_count_max=(
-            options.server_alive_count_max if options.server_alive_count_max is not None else 3
-        ),
-        **extra,
-    )
+    return auth
 
 
-def _network_settings(options: ClientOptions) -> dict[str, Any]:
-    """-b / BindAddress, ForwardingLocalHost, Proxy, ProxyExceptionsList, ProxyCommand
-    and -J / ProxyJump."""
-    settings: dict[str, Any] = {}
-    if options.bind_address:
-        settings["local_host"] = options.bind_address
-    if options.forwarding_local_host:
-        settings["forwarding_local_host"] = options.forwarding_local_host
-    if options.proxy and options.proxy.lower() != "none":
-        settings["proxy"] = "auto" if options.proxy.lower() == "auto" else options.proxy
-    if options.proxy_exceptions:
-        settings["proxy_exceptions"] = options.proxy_exceptions
-    if options.proxy_command and options.proxy_command.lower() != "none":
-        settings["proxy_command"] = options.proxy_command
-    if options.proxy_jump and options.proxy_jump.lower() != "none":
-        settings["proxy_jump"] = options.proxy_jump
-    if options.max_transfer_rate:
-        settings["max_transfer_rate"] = options.max_transfer_rate
-    if options.permit_remote_open is not None:
-        settings["permit_remote_open"] = options.permit_remote_open
-    return settings
+def tunnel_options(options: ClientOptions, *, report: Report) -> TunnelOptions:
+    """
+    The :class:`~rtunnel.TunnelOptions` ``ssh`` would use for these options: the settings
+    the keywords gave, ssh's own defaults where they differ from the library's (no
+    keepalives unless asked), and what the command puts together itself (the user, the
+    credentials, the authentication methods, the reconnect policy).
+
+    :param options: the invocation's options (user already defaulted from the
+        destination).
+    :param report: where debug messages go.
+    :raises SpecError: if a setting is refused.
+    """
+    settings: TunnelSettings = {}
+    for row in KEYWORDS:
+        if row.default is not None and row.competes_as not in options.given:
+            settings.update(row.settings(row.default))
+    settings.update(options.tunnel)
+    settings["user"] = options.user if options.user is not None else local_user()
+    settings["auth"] = _credentials(options, report)
+    methods = _preferred_methods(options)
+    if methods is not None:
+        settings["preferred_authentications"] = methods
+    settings["reconnect"] = reconnect_policy(options)
+    return TunnelOptions.create(**settings)
+
+
+def build_tunnel(
+    reactor: IReactorTCP,
+    host: str,
+    options: ClientOptions,
+    *,
+    report: Report,
+) -> ReverseTunnel:
+    """
+    A :class:`~rtunnel.ReverseTunnel` configured the way ``ssh`` would be by these options
+    (:func:`tunnel_options`).
+
+    :param reactor: the reactor.
+    :param host: the SSH server.
+    :param options: the invocation's options (user and port already defaulted from the
+        destination).
+    :param report: where debug messages go.
+    :raises SpecError: if the tunnel refuses the settings.
+    """
+    from rtunnel.tunnel import ReverseTunnel
+
+    port = options.port if options.port is not None else 22
+    return ReverseTunnel(reactor, host, port, options=tunnel_options(options, report=report))
 
 
 def reconnect_policy(options: ClientOptions) -> ReconnectPolicy:
@@ -317,7 +269,7 @@ def reconnect_policy(options: ClientOptions) -> ReconnectPolicy:
         return ReconnectPolicy.off()
     initial = float(options.retry_interval or 1)
     return ReconnectPolicy(
-        mode=cast(Any, mode),
+        mode=cast("ReconnectMode", mode),
         initial_delay=initial,
         max_delay=max(60.0, initial),
         max_retries=options.max_retry_count or 0,
@@ -409,7 +361,7 @@ async def establish_forwards(
             report(
                 "INFO", format_allocated(forward.port, spec.host, spec.host_port, spec.target_path)
             )
-        if spec.dynamic and tunnel.permit_remote_open is None:
+        if spec.dynamic and tunnel.options.channels.permit_remote_open is None:
             # OpenSSH's default, kept; but an open proxy should not go unsaid (issue 13).
             report(
                 "INFO",
@@ -441,10 +393,9 @@ async def establish_forwards(
             "DEBUG1",
             f"Remote connections from {listen} forwarded to local address {target}",
         )
-        answer: Deferred[Any] = _request_forward(tunnel, spec)
-        answer.addCallback(granted, spec)
-        answer.addErrback(refused, spec)
-        answers.append(answer)
+        answers.append(
+            _request_forward(tunnel, spec).addCallback(granted, spec).addErrback(refused, spec)
+        )
     try:
         results = await gatherResults(answers, consumeErrors=True)
     except FirstError as error:
@@ -505,23 +456,11 @@ class Options(usage.Options):
     longdesc = (
         "Keep SSH reverse tunnels (ssh -R) open to host. Options follow OpenSSH's ssh: "
         "-R [bind_address:]port:host:hostport (repeatable), -i identity_file "
-        "(repeatable), -o Option=value (repeatable; BatchMode, CertificateFile, "
-        "Ciphers, Compression, "
-        "ConnectTimeout, ServerAliveInterval, ServerAliveCountMax, ExitOnForwardFailure, "
-        "FingerprintHash, GlobalKnownHostsFile, "
-        "HashKnownHosts, HostKeyAlgorithms, IdentitiesOnly, IdentityAgent, IdentityFile, "
-        "KbdInteractiveAuthentication, KexAlgorithms, LogLevel, MACs, "
-        "NumberOfPasswordPrompts, "
-        "PasswordAuthentication, Port, PreferredAuthentications, "
-        "PubkeyAcceptedAlgorithms, PubkeyAuthentication, RekeyLimit, "
-        "RemoteForward, StrictHostKeyChecking, User, UserKnownHostsFile), -p port, "
-        "-l login_name. "
-        "AutoReconnect=no|yes|always, MaxRetryCount, RetryInterval, ChannelTimeout, "
-        "TCPKeepAlive, BindAddress, ForwardingLocalHost, GSSAPIAuthentication, "
-        "GSSAPIDelegateCredentials, MaxTransferRate, PermitRemoteOpen, Proxy, "
-        "ProxyCommand, ProxyExceptionsList and ProxyJump are also understood. "
-        "A lost connection is made again with backoff (up to a minute between tries) and "
-        "the forwards requested again; AutoReconnect=always also retries the first "
+        "(repeatable), -p port, -l login_name, and -o Option=value (repeatable) with "
+        "these options, by topic. "
+        + twistd_summary()
+        + " A lost connection is made again with backoff (up to a minute between tries) "
+        "and the forwards requested again; AutoReconnect=always also retries the first "
         "logon. If the first connection fails, or the connection drops with "
         "AutoReconnect=no, the error is logged and twistd exits."
     )
@@ -576,7 +515,7 @@ class Options(usage.Options):
             raise usage.UsageError("no remote forwards: give -R [bind_address:]port:host:hostport")
 
 
-def _usage(parse: Callable[[str], Any], text: str) -> Any:
+def _usage(parse: Callable[[str], _T], text: str) -> _T:
     """Call ``parse(text)``, turning a SpecError into twistd's UsageError."""
     try:
         return parse(text)
@@ -641,7 +580,7 @@ class TunnelService(Service):
             self._tunnel = tunnel = build_tunnel(
                 self._reactor, self._host, options, report=self._report
             )
-            if tunnel.reconnect.mode != "off":
+            if tunnel.options.staying_up.reconnect.mode != "off":
                 # The tunnel logs each attempt itself, once.
                 tunnel.add_observer(ReconnectReporter(self._host, self._report, attempts=False))
             await tunnel.logon()

@@ -13,8 +13,8 @@ import contextlib
 import inspect
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
@@ -35,8 +35,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from rtunnel._core import wire
-from rtunnel._core.policy import ReconnectPolicy, TokenBucket
-from rtunnel._core.syntax import parse_permit_remote_open
+from rtunnel._core.policy import TokenBucket
 from rtunnel._core.text import printable
 from rtunnel._model import (
     AcceptHook,
@@ -48,12 +47,7 @@ from rtunnel._model import (
     TunnelObserver,
     TunnelStatistics,
 )
-from rtunnel.client.auth.credentials import (
-    SUPPORTED_METHODS,
-    AuthOptions,
-    Credential,
-    PasswordCallback,
-)
+from rtunnel.client.auth.credentials import UserAuthSettings
 from rtunnel.client.channels.channel import ForwardedChannel
 from rtunnel.client.channels.connection import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -72,13 +66,11 @@ from rtunnel.client.channels.forwarder import (
 )
 from rtunnel.client.channels.idle import IdleChannelReaper
 from rtunnel.client.channels.keepalive import Keepalive
-from rtunnel.client.hostkeys.verify import HostKeyCallback, HostKeyPolicy, HostKeyVerifier
+from rtunnel.client.hostkeys.verify import HostKeyPolicy, HostKeyVerifier
 from rtunnel.client.reach._proxycommand import ProxyCommandEndpoint, expand_proxy_command
-from rtunnel.client.reach.jump import JumpHosts, jump_endpoint, jump_hosts
-from rtunnel.client.transport import _algorithms
+from rtunnel.client.reach.jump import jump_endpoint
 from rtunnel.client.transport._kex import shown_mac
-from rtunnel.client.transport._packet import MAX_PACKET_LENGTH
-from rtunnel.client.transport._sockopts import TCPOptions, apply_tcp_options
+from rtunnel.client.transport._sockopts import apply_tcp_options
 from rtunnel.errors import (
     AlreadyConnectedError,
     AuthenticationError,
@@ -97,23 +89,14 @@ from rtunnel.errors import (
     SpecError,
     TimedOutError,
 )
+from rtunnel.options import MAX_MAX_PACKET, TunnelOptions
 
 if TYPE_CHECKING:
-    from twisted.conch.ssh.keys import Key
-
     from rtunnel.client.reach.proxy import Proxy
     from rtunnel.client.transport.client_transport import ClientTransport
 
-__all__ = ["HostKeyPolicy", "ReverseTunnel"]
+__all__ = ["MAX_MAX_PACKET", "HostKeyPolicy", "ReverseTunnel"]
 
-
-DEFAULT_WINDOW_SIZE = 2 * 1024 * 1024
-DEFAULT_MAX_PACKET = 32 * 1024
-#: The largest ``max_packet``: the packet layer's length limit less room for the message
-#: header, padding and MAC (OpenSSH likewise advertises far below its 256 KiB limit).
-MAX_MAX_PACKET = MAX_PACKET_LENGTH - 1024
-# How long logoff waits for cancels and channel closes before it drops the connection.
-LOGOFF_TIMEOUT = 5.0
 
 _log = Logger()
 
@@ -125,174 +108,12 @@ class ReverseTunnel:
     :param reactor: the reactor (TCP and time) to use.
     :param host: the SSH server.
     :param port: its port.
-    :param user: the user name to log on as (default: the local user).
-    :param auth: credentials to try, in order: key files, passwords, and callbacks
-        (:class:`~rtunnel.AskPassword`, :class:`~rtunnel.KeyboardInteractive`), and
-        :class:`~rtunnel.client.auth.credentials.SSHAgent` for an agent's keys.
-    :param preferred_authentications: the methods to try, in order (OpenSSH
-        ``PreferredAuthentications``; default gssapi-with-mic, publickey,
-        keyboard-interactive, password, OpenSSH's order).
-    :param try_all_auth_methods: after those, also try any other method the server offers
-        that there are credentials for (the reference's TryAllAvailableAuthMethods).
-    :param password_prompt: keyboard-interactive prompts that match this pattern (``?``,
-        ``*``, ``[a-z]``, ``\\``; the reference's PasswordPrompt) are answered with the
-        password; None: never.
-    :param number_of_password_prompts: how often an :class:`~rtunnel.AskPassword` is asked
-        and how many keyboard-interactive rounds are started (OpenSSH
-        ``NumberOfPasswordPrompts``).
-    :param password_change: answers a password change request for an expired password:
-        gets the server's prompt, returns the new password (may be async) or None; without
-        it such a request fails the logon with :class:`~rtunnel.errors.AuthenticationError`.
-    :param pubkey_accepted_algorithms: the public key signature algorithms to use, in
-        order: a list, or a string in OpenSSH's ``PubkeyAcceptedAlgorithms`` syntax (``+``,
-        ``-``, ``^``); keys none of them fits are skipped. None (default): RSA keys sign
-        with the best SHA-2 algorithm the server lists (the reference's
-        SSHPubKeyAuthSigAlgorithms).
-    :param known_hosts: known_hosts file(s) to check the host key against
-        (default ``~/.ssh/known_hosts``).
-    :param host_key_policy: ``"strict"`` (default: unknown keys are refused),
-        ``"accept-new"`` (unknown keys are trusted and written to the first known_hosts
-        file; changed keys are refused) or ``"accept-any"`` (no check, with a warning).
-    :param global_known_hosts: known_hosts file(s) read but never written (OpenSSH's
-        ``GlobalKnownHostsFile``; default ``/etc/ssh/ssh_known_hosts{,2}``).
-    :param accepted_host_keys: host keys trusted for this server whatever known_hosts says
-        (``Key`` objects or OpenSSH public key lines; the reference's
-        SSHAcceptServerHostKey).
-    :param accepted_fingerprints: host key fingerprints trusted likewise: OpenSSH's
-        ``SHA256:...`` or colon-hex SHA256/SHA1/MD5 (the reference's
-        SSHAcceptServerHostKeyFingerPrint).
-    :param accepted_ca_keys: CA keys trusted to sign this server's host certificate, as a
-        ``@cert-authority`` line in known_hosts would be (the reference's
-        SSHAcceptServerCAKey); the certificate must still be a valid host certificate
-        naming ``host``.
-    :param host_key_callback: decides last on the host key (may return a Deferred or an
-        awaitable), seeing a :class:`~rtunnel.client.hostkeys.verify.HostKeyInfo` with what rtunnel
-        would decide; a revoked key is refused without asking (the reference's
-        SSHServerAuthentication event).
-    :param fingerprint_hash: ``"sha256"`` (default), ``"sha1"`` or ``"md5"``: the
-        fingerprint shown in messages and to the callback (OpenSSH's ``FingerprintHash``).
-    :param hash_known_hosts: hash the host name of keys ``accept-new`` writes (OpenSSH's
-        ``HashKnownHosts``).
-    :param connect_timeout: seconds for the TCP connect plus the SSH handshake (version
-        banners and the first key exchange, host-key check included); past it the logon
-        fails with :class:`~rtunnel.errors.TimedOutError` (OpenSSH's ``ConnectTimeout``,
-        the reference's ConnectionTimeout). None: 30 s for the TCP connect, no limit
-        after.
-    :param auth_timeout: seconds for authentication once the keys are in use (default 120,
-        sshd's own ``LoginGraceTime``; None: no limit); past it the logon fails with
-        :class:`~rtunnel.errors.TimedOutError`.
-    :param tcp_options: socket options for the SSH connection
-        (:class:`~rtunnel.client.transport._sockopts.TCPOptions`: TCP_NODELAY and TCP keep-alive,
-        both on by default; the reference's TcpNoDelay, TCPKeepAlive, KeepAliveTime and
-        KeepAliveInterval).
-    :param channel_idle_timeout: close a channel (and its local connection) that carried
-        no data either way for this many seconds (0: never; the reference's
-        DefaultChannelIdleTimeout).
-    :param absolute_timeout: with ``channel_idle_timeout``, close each channel that long
-        after it opened, busy or not (the reference's AbsoluteTimeout).
-    :param wait_for_channel_close: :meth:`logoff` waits (at most ``logoff_timeout``) for
-        the server to answer each channel's CLOSE before it disconnects (default; the
-        reference's WaitForChannelClose).
-    :param wait_for_server_disconnect: :meth:`logoff` sends DISCONNECT and waits (at most
-        ``logoff_timeout``) for the server to close the TCP connection, which leaves the
-        TIME_WAIT state on the server (the reference's WaitForServerDisconnect). Default:
-        close it ourselves.
-    :param logoff_timeout: the bound on each of :meth:`logoff`'s waits.
-    :param kex_timeout: seconds a re-key may take before the connection is dropped (a
-        server that starts one and goes silent; default 60; None: no limit). The first key
-        exchange is bounded by ``connect_timeout``.
-    :param log_level: what :meth:`TunnelObserver.log` receives and rtunnel logs through
-        ``twisted.logger``: 0 nothing, 1 (default) connection events, 2 also channel and
-        request events, 3 also debug detail (the reference's LogLevel).
-    :param local_host: the local address the SSH connection (or the connection to the
-        proxy) is made from, on a machine with more than one (the reference's LocalHost;
-        OpenSSH's ``BindAddress``, ``-b``). Default: the system's choice.
-    :param local_port: the local port to bind it to (the reference's LocalPort; 0, the
-        default: the system's choice). What was used is :attr:`local_address`.
-    :param forwarding_local_host: the local address connections to targets are made from
-        (the reference's ForwardingLocalHost). Default: the system's choice.
-    :param proxy: reach the SSH server through a proxy (the reference's firewall): a
-        :class:`~rtunnel.client.reach.proxy.Proxy` (SOCKS4, SOCKS4A, SOCKS5 or an HTTP CONNECT
-        tunnel, with optional credentials), a URL such as ``"socks5://user:pw@host:1080"``,
-        or ``"auto"`` for the one ``ALL_PROXY`` / ``all_proxy`` names, minus the hosts
-        ``NO_PROXY`` lists, read at every connect (the reference's FirewallAutoDetect).
-        Default None: connect directly.
-    :param proxy_exceptions: hosts reached directly even when ``proxy`` is set (the
-        reference's ProxyExceptionsList): a list, or one string separated by ``;``. Names
-        match the host and its subdomains (``*`` wildcards allowed), addresses and CIDR
-        blocks match addresses.
-    :param proxy_command: run this command and speak SSH over its standard input and
-        output instead of connecting (OpenSSH's ``ProxyCommand``, e.g. ``"ssh -W %h:%p
-        jumphost"``): run as ``$SHELL -c "exec COMMAND"`` with ``%h``, ``%p``, ``%r``,
-        ``%n`` and ``%%`` expanded, its standard error left as this program's, sent SIGHUP
-        when the connection ends. Not with ``proxy`` or ``local_host``/``local_port``.
-    :param proxy_jump: reach the server through jump hosts, natively (OpenSSH's
-        ``ProxyJump``, ``-J``): a :class:`~rtunnel.client.reach.jump.JumpHost`, a string
-        ``"[user@]host[:port][,...]"`` or a list of either, first hop first. rtunnel logs on
-        to each with this tunnel's credentials and host-key settings (unless the
-        ``JumpHost`` overrides them) and opens a ``direct-tcpip`` channel to the next; no
-        ``ssh`` binary is run. Not with ``proxy``, ``proxy_command`` or
-        ``local_host``/``local_port``.
-    :param permit_remote_open: where a dynamic forward's SOCKS clients may connect
-        (OpenSSH's PermitRemoteOpen): ``host:port`` entries (``*`` for any host or port), a
-        list or one string separated by spaces; ``"none"``: nowhere; None or ``"any"`` (the
-        default): anywhere this machine can reach.
-    :param max_transfer_rate: at most this many bytes of channel data per second sent to
-        the server, all channels together (the reference's MaxTransferRate; 0, the default:
-        no limit). Targets are paused while their data waits, so nothing piles up.
-    :param target_connect_timeout: seconds to wait for a local target to accept (and for an
-        accept hook to answer) before the channel is refused.
-    :param window_size: the SSH channel window we grant (how much the server may send
-        before we have passed it on).
-    :param max_packet: the largest channel data packet we accept (at most 255 KiB).
-    :param max_channels: at most this many channels at once; more are refused with
-        "resource shortage".
+    :param options: everything else: credentials, host keys, algorithms, how the server is
+        reached, channel limits, reconnecting (a :class:`~rtunnel.TunnelOptions`; default:
+        the defaults, which log on as the local user with no credentials). Make one with
+        :meth:`TunnelOptions.create(user=..., auth=..., known_hosts=...)
+        <rtunnel.TunnelOptions.create>`.
     :param clock: the clock for timeouts (default: ``reactor``).
-    :param reconnect: when to reconnect (default :class:`ReconnectPolicy` ``"on-loss"``:
-        an established connection that breaks is re-made with backoff and every forward
-        requested again; host-key and authentication refusals are never retried). The
-        backoff starts from its first step again for the next outage once a reconnect
-        has proved to work: every forward re-established and then any message from the
-        server on that connection (a forwarded connection, channel data, a keepalive
-        reply), or the connection lasted ``reset_after`` seconds. A server that drops
-        each connection right after the logon or the forward requests keeps the waits
-        growing up to ``max_delay``.
-    :param keepalive_interval: after this many seconds with nothing received, send an
-        SSH keepalive (0: never; OpenSSH's ServerAliveInterval).
-    :param keepalive_count_max: drop the connection (:class:`~rtunnel.errors.KeepaliveError`,
-        then reconnect) when this many keepalives go unanswered (ServerAliveCountMax).
-    :param exit_on_forward_failure: a forward the server refuses again after a reconnect
-        ends the tunnel instead of being retried on its own (OpenSSH's
-        ExitOnForwardFailure).
-    :param ciphers: the ciphers to offer, in order: a list of names, or a string in
-        OpenSSH's ``Ciphers`` syntax (``+`` appends to the default, ``-`` removes, ``^``
-        puts first). Default: AES-GCM, chacha20-poly1305, AES-CTR (chacha20-poly1305
-        first on a processor without AES instructions). No name in common with
-        the server fails the logon with :class:`~rtunnel.errors.NegotiationError`.
-    :param macs: the MACs to offer, likewise (default: the SHA-2 encrypt-then-MAC ones
-        first).
-    :param kex_algorithms: the key exchange methods to offer, likewise.
-    :param host_key_algorithms: the host key algorithms to accept, likewise. Unless given
-        outright (a plain list, not ``+...``/``-...``), they are ordered per connection
-        after the keys known_hosts holds for the host, with the host certificate
-        algorithms in front when a CA is trusted for it, as OpenSSH does.
-    :param require_strict_kex: refuse a server that does not offer strict key exchange
-        (the Terrapin fix, CVE-2023-48795; always used when the server offers it).
-    :param rekey_bytes: exchange new keys once this many bytes have gone one way since
-        the last exchange, each direction counted on its own as OpenSSH's RekeyLimit
-        (default 1 GiB; 0: only the cipher's own limit); see also :meth:`rekey`.
-    :param rekey_seconds: exchange new keys after this many seconds (None: never).
-    :param compression: offer zlib compression (``zlib@openssh.com``, started after
-        authentication, then ``zlib``); off by default, as in OpenSSH.
-    :param preferred_dh_group_bits: the group size (1024-8192) to ask for in
-        ``diffie-hellman-group-exchange-*`` (the reference's PreferredDHGroupBits);
-        default None: as OpenSSH, 2048-8192 by the strength of the negotiated cipher.
-    :param client_version: our SSH identification line (the reference's
-        ClientSSHVersionString; default ``SSH-2.0-rtunnel_<version>``).
-    :param server_version_pattern: comma-separated patterns (``*``, ``?``) the server's
-        version line must match, else the logon fails with
-        :class:`~rtunnel.errors.VersionError` (the reference's SSHVersionPattern; default
-        ``*SSH-1.99-*,*SSH-2.0-*``). The line itself is :attr:`server_version`.
     """
 
     def __init__(
@@ -301,209 +122,51 @@ class ReverseTunnel:
         host: str,
         port: int = 22,
         *,
-        user: str | None = None,
-        auth: Sequence[Credential] = (),
-        preferred_authentications: Sequence[str] | None = None,
-        try_all_auth_methods: bool = False,
-        password_prompt: str | None = "*assword*",
-        number_of_password_prompts: int = 3,
-        password_change: PasswordCallback | None = None,
-        pubkey_accepted_algorithms: str | Sequence[str] | None = None,
-        known_hosts: str | Path | Sequence[str | Path] | None = None,
-        host_key_policy: HostKeyPolicy = "strict",
-        global_known_hosts: str | Path | Sequence[str | Path] | None = None,
-        accepted_host_keys: Sequence[Key | str | bytes] = (),
-        accepted_fingerprints: Sequence[str] = (),
-        accepted_ca_keys: Sequence[Key | str | bytes] = (),
-        host_key_callback: HostKeyCallback | None = None,
-        fingerprint_hash: str = "sha256",
-        hash_known_hosts: bool = False,
-        connect_timeout: float | None = 30.0,
-        auth_timeout: float | None = 120.0,
-        tcp_options: TCPOptions | None = None,
-        channel_idle_timeout: float = 0.0,
-        absolute_timeout: bool = False,
-        wait_for_channel_close: bool = True,
-        wait_for_server_disconnect: bool = False,
-        logoff_timeout: float = LOGOFF_TIMEOUT,
-        kex_timeout: float | None = 60.0,
-        log_level: int = 1,
-        local_host: str | None = None,
-        local_port: int = 0,
-        forwarding_local_host: str | None = None,
-        proxy: Proxy | str | None = None,
-        proxy_exceptions: str | Sequence[str] = (),
-        proxy_command: str | None = None,
-        proxy_jump: JumpHosts | None = None,
-        max_transfer_rate: int = 0,
-        permit_remote_open: str | Sequence[str] | None = None,
-        target_connect_timeout: float = 10.0,
-        window_size: int = DEFAULT_WINDOW_SIZE,
-        max_packet: int = DEFAULT_MAX_PACKET,
-        max_channels: int = 1024,
+        options: TunnelOptions | None = None,
         clock: IReactorTime | None = None,
-        reconnect: ReconnectPolicy | None = None,
-        keepalive_interval: float = 30.0,
-        keepalive_count_max: int = 5,
-        exit_on_forward_failure: bool = False,
-        ciphers: str | Sequence[str] | None = None,
-        macs: str | Sequence[str] | None = None,
-        kex_algorithms: str | Sequence[str] | None = None,
-        host_key_algorithms: str | Sequence[str] | None = None,
-        require_strict_kex: bool = False,
-        rekey_bytes: int = _algorithms.DEFAULT_REKEY_BYTES,
-        rekey_seconds: float | None = None,
-        compression: bool = False,
-        preferred_dh_group_bits: int | None = None,
-        client_version: str | None = None,
-        server_version_pattern: str | Sequence[str] = _algorithms.DEFAULT_VERSION_PATTERN,
     ) -> None:
-        # The arguments as given (locals() holds only them here): a jump host's tunnel is
-        # made from them (_jump_tunnel).
-        self._arguments: dict[str, Any] = dict(locals())
-        del self._arguments["self"]
         if not host:
             raise SpecError("No SSH host given.")
         if not 0 < port <= 65535:
             raise SpecError(f"Bad SSH port {port}: give 1-65535.")
-        if host_key_policy not in ("strict", "accept-new", "accept-any"):
-            raise SpecError(
-                f"Unknown host key policy {host_key_policy!r}: "
-                "use 'strict', 'accept-new' or 'accept-any'."
-            )
-        if not 1024 <= max_packet <= window_size <= 0xFFFFFFFF:
-            raise SpecError("Need 1024 <= max_packet <= window_size < 2^32.")
-        if max_packet > MAX_MAX_PACKET:
-            # The whole SSH packet (header, padding, MAC) must fit the packet layer's
-            # limit, or the server's full-size packets would be refused as too long.
-            raise SpecError(f"max_packet {max_packet} is too large: at most {MAX_MAX_PACKET}.")
+        options = options if options is not None else TunnelOptions()
+        self._options = options
         self._reactor = reactor
         self._clock: IReactorTime = clock or cast(IReactorTime, reactor)
         self.host = host
         self.port = port
-        self.user = user or _local_user()
-        self._auth = list(auth)
-        self._auth_options = AuthOptions(
-            credentials=tuple(self._auth),
-            preferred=tuple(preferred_authentications or SUPPORTED_METHODS),
-            try_all_methods=try_all_auth_methods,
-            password_prompt=password_prompt,
-            number_of_password_prompts=number_of_password_prompts,
-            password_change=password_change,
-            pubkey_accepted_algorithms=pubkey_accepted_algorithms,
+        #: The user logged on as: the options', else the local user.
+        self.user = options.authentication.user or _local_user()
+        auth = options.authentication
+        self._auth_settings = UserAuthSettings(
+            credentials=auth.auth,
+            preferred=auth.preferred_authentications,
+            try_all_methods=auth.try_all_auth_methods,
+            password_prompt=auth.password_prompt,
+            number_of_password_prompts=auth.number_of_password_prompts,
+            password_change=auth.password_change,
+            pubkey_accepted_algorithms=auth.pubkey_accepted_algorithms,
             host=host,
             reactor=reactor,
         )
-        if known_hosts is None:
-            paths = [Path("~/.ssh/known_hosts")]
-        elif isinstance(known_hosts, (str, Path)):
-            paths = [Path(known_hosts)]
-        else:
-            paths = [Path(p) for p in known_hosts]
-        self.known_hosts = [Path(os.path.expanduser(p)) for p in paths]
-        self.host_key_policy: HostKeyPolicy = host_key_policy
+        host_keys = options.host_keys
         self._host_key_verifier = HostKeyVerifier(
             self.host,
             self.port,
-            self.known_hosts,
-            host_key_policy,
-            global_known_hosts=_paths(global_known_hosts),
-            accepted_keys=accepted_host_keys,
-            accepted_fingerprints=accepted_fingerprints,
-            accepted_ca_keys=accepted_ca_keys,
-            callback=host_key_callback,
-            fingerprint_hash=fingerprint_hash,
-            hash_known_hosts=hash_known_hosts,
+            host_keys.known_hosts,
+            host_keys.host_key_policy,
+            global_known_hosts=host_keys.global_known_hosts,
+            accepted_keys=host_keys.accepted_host_keys,
+            accepted_fingerprints=host_keys.accepted_fingerprints,
+            accepted_ca_keys=host_keys.accepted_ca_keys,
+            callback=host_keys.host_key_callback,
+            fingerprint_hash=host_keys.fingerprint_hash,
+            hash_known_hosts=host_keys.hash_known_hosts,
         )
-        for name, value in (
-            ("connect_timeout", connect_timeout),
-            ("auth_timeout", auth_timeout),
-        ):
-            if value is not None and value <= 0:
-                raise SpecError(f"{name} must be a positive number of seconds, or None.")
-        if channel_idle_timeout < 0 or logoff_timeout < 0:
-            raise SpecError("channel_idle_timeout and logoff_timeout must not be negative.")
-        if log_level not in (0, 1, 2, 3):
-            raise SpecError(f"Bad log_level {log_level!r}: give 0, 1, 2 or 3.")
-        self.connect_timeout = connect_timeout
-        self.auth_timeout = auth_timeout
-        self.tcp_options = tcp_options if tcp_options is not None else TCPOptions()
-        self.channel_idle_timeout = channel_idle_timeout
-        self.absolute_timeout = absolute_timeout
-        self.wait_for_channel_close = wait_for_channel_close
-        self.wait_for_server_disconnect = wait_for_server_disconnect
-        self.logoff_timeout = logoff_timeout
-        if kex_timeout is not None and kex_timeout <= 0:
-            raise SpecError("kex_timeout must be a positive number of seconds, or None.")
-        self.kex_timeout = kex_timeout
-        self.log_level = log_level
         self._idle_reaper: IdleChannelReaper | None = None
         #: The server's SSH version string (the reference's ServerSSHVersionString), once
         #: the handshake is done.
         self.server_version: str | None = None
-        if not 0 <= local_port <= 65535:
-            raise SpecError(f"Bad local_port {local_port}: give 0-65535 (0: any).")
-        self.local_host = local_host or None
-        self.local_port = local_port
-        self.forwarding_local_host = forwarding_local_host or None
-        if isinstance(proxy, str) and proxy != "auto":
-            from rtunnel.client.reach.proxy import Proxy
-
-            proxy = Proxy.from_url(proxy)
-        self.proxy: Proxy | Literal["auto"] | None = proxy  # type: ignore[assignment]
-        if isinstance(proxy_exceptions, str):
-            proxy_exceptions = proxy_exceptions.split(";")
-        self.proxy_exceptions = tuple(e.strip() for e in proxy_exceptions if e.strip())
-        if proxy_command is not None and proxy_command.strip().lower() in ("", "none"):
-            proxy_command = None
-        if proxy_command is not None:
-            if self.proxy is not None:
-                raise SpecError("Give proxy or proxy_command, not both.")
-            if self.local_host is not None or self.local_port:
-                raise SpecError(
-                    "local_host and local_port do not apply with proxy_command (the command "
-                    "makes the connection)."
-                )
-            # Unknown tokens are refused now rather than at the first connect.
-            expand_proxy_command(proxy_command, host=host, port=port, user=self.user)
-        self.proxy_command = proxy_command
-        #: The jump hosts, first hop first (empty: none).
-        self.proxy_jump = jump_hosts(proxy_jump)
-        if self.proxy_jump:
-            if self.proxy is not None or self.proxy_command is not None:
-                raise SpecError("Give proxy_jump, proxy or proxy_command, not several.")
-            if self.local_host is not None or self.local_port:
-                raise SpecError(
-                    "local_host and local_port do not apply with proxy_jump (the jump host "
-                    "makes the connection)."
-                )
-        if max_transfer_rate < 0:
-            raise SpecError(
-                f"Bad max_transfer_rate {max_transfer_rate}: give bytes per second (0: no limit)."
-            )
-        self.max_transfer_rate = max_transfer_rate
-        self.permit_remote_open = parse_permit_remote_open(permit_remote_open)
-        self.target_connect_timeout = target_connect_timeout
-        self.window_size = window_size
-        self.max_packet = max_packet
-        self.max_channels = max_channels
-        self.ciphers = _algorithms.resolve("cipher", ciphers)
-        self.macs = _algorithms.resolve("mac", macs)
-        self.kex_algorithms = _algorithms.resolve("kex", kex_algorithms)
-        self.host_key_algorithms = _algorithms.resolve("host key", host_key_algorithms)
-        # OpenSSH reorders HostKeyAlgorithms after known_hosts unless given outright.
-        self._order_host_key_algorithms = host_key_algorithms is None or (
-            isinstance(host_key_algorithms, str) and host_key_algorithms.strip()[:1] in "+-"
-        )
-        self.require_strict_kex = require_strict_kex
-        if rekey_bytes < 0 or (rekey_seconds is not None and rekey_seconds <= 0):
-            raise SpecError("rekey_bytes must be >= 0 and rekey_seconds > 0 (or None).")
-        self.rekey_bytes = rekey_bytes
-        self.rekey_seconds = rekey_seconds
-        self.compression = compression
-        self.preferred_dh_group_bits = _algorithms.check_dh_group_bits(preferred_dh_group_bits)
-        self.client_version = client_version and _algorithms.check_client_version(client_version)
-        self.server_version_pattern = _algorithms.parse_version_pattern(server_version_pattern)
         self._transport: ClientTransport | None = None
         self._conn: ForwardingConnection | None = None
         self._forwards: list[Forward] = []
@@ -513,12 +176,6 @@ class ReverseTunnel:
         self._lost: Deferred[None] | None = None
         self._logon_finished: Deferred[None] | None = None
         self._abort_logon: Callable[[], object] | None = None
-        self.reconnect = reconnect if reconnect is not None else ReconnectPolicy()
-        if keepalive_interval < 0 or keepalive_count_max < 0:
-            raise SpecError("Keepalive interval and count must not be negative.")
-        self.keepalive_interval = keepalive_interval
-        self.keepalive_count_max = keepalive_count_max
-        self.exit_on_forward_failure = exit_on_forward_failure
         self._keepalive: Keepalive | None = None
         self._retry = 0
         self._connected_at = 0.0
@@ -545,6 +202,11 @@ class ReverseTunnel:
         self._stopping = False
         self._fatal_error: RTunnelError | None = None
 
+    @property
+    def options(self) -> TunnelOptions:
+        """The tunnel's options (:meth:`set_window_size` replaces the channel window)."""
+        return self._options
+
     # -- logon / logoff
 
     def logon(self) -> Deferred[None]:
@@ -570,7 +232,7 @@ class ReverseTunnel:
                     await self._connect_and_authenticate()
                     return
                 except RTunnelError as e:
-                    if self.reconnect.mode != "always" or not _retryable(e):
+                    if self.options.staying_up.reconnect.mode != "always" or not _retryable(e):
                         raise
                     retry += 1
                     delay = self._next_retry("ssh", retry, e)
@@ -593,20 +255,22 @@ class ReverseTunnel:
         from rtunnel.client.auth.userauth import load_credentials
         from rtunnel.client.transport.client_transport import ClientTransport
 
-        loaded_keys, passwords = load_credentials(self._auth)
+        options = self.options
+        channels, algorithms, reach = options.channels, options.algorithms, options.reach
+        loaded_keys, passwords = load_credentials(options.authentication.auth)
         ready: Deferred[ForwardingConnection] = Deferred()
         self._lost = Deferred()
         conn = ForwardingConnection(
             self,
-            window_size=self.window_size,
-            max_packet=self.max_packet,
-            max_channels=self.max_channels,
+            window_size=channels.window_size,
+            max_packet=channels.max_packet,
+            max_channels=channels.max_channels,
             on_started=ready.callback,
             on_stopped=lambda _conn: None,
             clock=self._clock,
         )
-        if self.max_transfer_rate:
-            conn.rate_limit = TokenBucket(self.max_transfer_rate, self._clock.seconds())
+        if channels.max_transfer_rate:
+            conn.rate_limit = TokenBucket(channels.max_transfer_rate, self._clock.seconds())
         lost = self._lost
 
         def on_lost(transport: ClientTransport, reason: Failure) -> None:
@@ -624,7 +288,7 @@ class ReverseTunnel:
 
         def secure(transport: ClientTransport) -> None:
             self._handshake_done(transport)
-            timer.start("auth", self.auth_timeout)
+            timer.start("auth", options.authentication.auth_timeout)
 
         def build() -> ClientTransport:
             transport = ClientTransport(
@@ -634,44 +298,45 @@ class ReverseTunnel:
                 verify_host_key=self._host_key_verifier.verify,
                 connection=conn,
                 on_lost=on_lost,
-                auth_options=self._auth_options,
-                ciphers=self.ciphers,
-                macs=self.macs,
-                kex_algorithms=self.kex_algorithms,
+                auth_options=self._auth_settings,
+                ciphers=algorithms.ciphers,
+                macs=algorithms.macs,
+                kex_algorithms=algorithms.kex_algorithms,
                 host_key_algorithms=self._host_key_verifier.host_key_algorithms(
-                    self.host_key_algorithms, follow_known_hosts=self._order_host_key_algorithms
+                    algorithms.host_key_algorithms,
+                    follow_known_hosts=algorithms.order_host_key_algorithms is not False,
                 ),
-                require_strict_kex=self.require_strict_kex,
-                rekey_bytes=self.rekey_bytes,
-                rekey_seconds=self.rekey_seconds,
+                require_strict_kex=algorithms.require_strict_kex,
+                rekey_bytes=algorithms.rekey_bytes,
+                rekey_seconds=algorithms.rekey_seconds,
                 clock=self._clock,
-                compression=self.compression,
+                compression=algorithms.compression,
                 on_secure=secure,
-                preferred_dh_group_bits=self.preferred_dh_group_bits,
-                client_version=self.client_version,
-                server_version_pattern=self.server_version_pattern,
+                preferred_dh_group_bits=algorithms.preferred_dh_group_bits,
+                client_version=algorithms.client_version,
+                server_version_pattern=algorithms.server_version_pattern,
                 on_server_version=self._server_version_seen,
             )
-            transport.kex_timeout = self.kex_timeout
+            transport.kex_timeout = algorithms.kex_timeout
             return transport
 
         factory = Factory.forProtocol(build)  # type: ignore[arg-type]
         # No "Starting factory <...>" / "Stopping factory" lines in the log per connection.
         factory.noisy = False
         started = self._clock.seconds()
-        timeout = self.connect_timeout or 30
+        timeout = reach.connect_timeout or 30
         bind = self._bind_address()
         proxy = self._proxy_for_connection()
         endpoint: IStreamClientEndpoint
-        if self.proxy_command is not None:
+        if reach.proxy_command is not None:
             command = expand_proxy_command(
-                self.proxy_command, host=self.host, port=self.port, user=self.user
+                reach.proxy_command, host=self.host, port=self.port, user=self.user
             )
             # ssh's words at debug1 (sshconnect.c).
             self._status(f"Executing proxy command: exec {command}")
             endpoint = ProxyCommandEndpoint(cast(IReactorProcess, self._reactor), command)
-        elif self.proxy_jump:
-            hop = self.proxy_jump[-1]
+        elif reach.proxy_jump:
+            hop = reach.proxy_jump[-1]
             self._status(f"Connecting to {self.host} port {self.port} through {hop.where}.")
             endpoint = jump_endpoint(self._jump_tunnel, hop, self.host, self.port)
         elif proxy is None:
@@ -692,8 +357,8 @@ class ReverseTunnel:
         except defer.CancelledError:
             raise self._abandoned() from None
         except error.ConnectBindError as e:
-            where = f"{self.local_host or '*'}" + (
-                f" port {self.local_port}" if self.local_port else ""
+            where = f"{reach.local_host or '*'}" + (
+                f" port {reach.local_port}" if reach.local_port else ""
             )
             raise ConnectError(
                 f"connect to host {self.host} port {self.port}: cannot use local address "
@@ -718,8 +383,8 @@ class ReverseTunnel:
             )
         self._connection_status("tcp-connected", 0, f"Connected to {self.host} port {self.port}.")
         timer.transport = transport
-        if self.connect_timeout:
-            timer.start("handshake", self.connect_timeout - (self._clock.seconds() - started))
+        if reach.connect_timeout:
+            timer.start("handshake", reach.connect_timeout - (self._clock.seconds() - started))
         self._abort_logon = ready.cancel
         try:
             conn = await ready
@@ -743,16 +408,16 @@ class ReverseTunnel:
         self._keepalive = Keepalive(
             conn,
             self._clock,
-            self.keepalive_interval,
-            self.keepalive_count_max,
+            options.staying_up.keepalive_interval,
+            options.staying_up.keepalive_count_max,
             lambda: self._keepalive_expired(transport),
         )
         self._keepalive.start()
         self._idle_reaper = IdleChannelReaper(
             conn,
             self._clock,
-            self.channel_idle_timeout,
-            self.absolute_timeout,
+            channels.channel_idle_timeout,
+            channels.absolute_timeout,
             self._channel_idle,
         )
         self._idle_reaper.start()
@@ -766,7 +431,9 @@ class ReverseTunnel:
     async def _connect_unix_target(self, path: str, request: ChannelOpenRequest) -> IProtocol:
         target = TargetProtocol()
         endpoint = UNIXClientEndpoint(
-            cast(IReactorUNIX, self._reactor), path, timeout=self.target_connect_timeout
+            cast(IReactorUNIX, self._reactor),
+            path,
+            timeout=self.options.channels.target_connect_timeout,
         )
         try:
             await endpoint.connect(TargetFactory(target))
@@ -777,33 +444,16 @@ class ReverseTunnel:
         return Splice(target)
 
     def _jump_tunnel(self) -> ReverseTunnel:
-        """A tunnel to the last jump host (through the hops before it), made with this
-        tunnel's arguments: credentials, known_hosts, algorithms and timeouts carry over
-        (ssh -J uses the same), what belongs to this server or its channels does not."""
-        *before, hop = self.proxy_jump
-        arguments = {
-            **self._arguments,
-            "host": hop.host,
-            "port": hop.port,
-            "user": hop.user,
-            "proxy_jump": before or None,
-            # Pinned for this server, not for the jump host.
-            "accepted_host_keys": (),
-            "accepted_fingerprints": (),
-            "accepted_ca_keys": (),
-            # The jump connection lives as long as the channel; this tunnel reconnects.
-            "reconnect": ReconnectPolicy.off(),
-            "channel_idle_timeout": 0.0,
-            "absolute_timeout": False,
-            "max_transfer_rate": 0,
-        }
-        if hop.auth is not None:
-            arguments["auth"] = hop.auth
-        if hop.known_hosts is not None:
-            arguments["known_hosts"] = hop.known_hosts
-        if hop.host_key_policy is not None:
-            arguments["host_key_policy"] = hop.host_key_policy
-        jump = ReverseTunnel(**arguments)
+        """A tunnel to the last jump host (through the hops before it), with the options
+        :meth:`TunnelOptions.for_jump_host` derives from this tunnel's."""
+        *before, hop = self.options.reach.proxy_jump
+        jump = ReverseTunnel(
+            self._reactor,
+            hop.host,
+            hop.port,
+            options=self.options.for_jump_host(hop, before),
+            clock=self._clock,
+        )
         jump.add_observer(_JumpProgress(self, hop.where))
         return jump
 
@@ -822,22 +472,24 @@ class ReverseTunnel:
         return self._require_conn().open_direct_tcpip(host, port, protocol)
 
     def _bind_address(self) -> tuple[str, int] | None:
-        if self.local_host is None and not self.local_port:
+        reach = self.options.reach
+        if reach.local_host is None and not reach.local_port:
             return None
-        return (self.local_host or "", self.local_port)
+        return (reach.local_host or "", reach.local_port)
 
     def _proxy_for_connection(self) -> Proxy | None:
-        if self.proxy is None:
+        reach = self.options.reach
+        if reach.proxy is None:
             return None
         from rtunnel.client.reach.proxy import Proxy, bypasses
 
         proxy: Proxy | None
-        if self.proxy == "auto":
+        if reach.proxy == "auto":
             # FirewallAutoDetect: what the environment says now, as curl reads it.
             proxy = Proxy.from_environment(os.environ, self.host)
         else:
-            proxy = self.proxy
-        if proxy is None or bypasses(self.proxy_exceptions, self.host):
+            proxy = reach.proxy
+        if proxy is None or bypasses(reach.proxy_exceptions, self.host):
             return None
         return proxy
 
@@ -849,7 +501,7 @@ class ReverseTunnel:
         """
         transport = self._transport
         tcp = getattr(transport, "transport", None)
-        if self.proxy_jump:
+        if self.options.reach.proxy_jump:
             return None  # the jump host's socket, not ours
         try:
             host = tcp.getHost()  # type: ignore[union-attr]
@@ -860,7 +512,7 @@ class ReverseTunnel:
     def _apply_tcp_options(self, transport: ClientTransport) -> None:
         tcp = transport.transport
         try:
-            apply_tcp_options(tcp.getHandle(), self.tcp_options)  # type: ignore[union-attr]
+            apply_tcp_options(tcp.getHandle(), self.options.reach.tcp_options)  # type: ignore[union-attr]
         except (AttributeError, OSError) as e:
             # Not a TCP socket (a test transport), or the kernel refused an option: the
             # connection works without it.
@@ -884,19 +536,22 @@ class ReverseTunnel:
     def _timeout_text(self, phase: str, transport: ClientTransport) -> str:
         where = f"Connection to {self.host} port {self.port} timed out"
         if phase == "auth":
-            return f"{where} during authentication (after {self.auth_timeout} s)."
+            timeout = self.options.authentication.auth_timeout
+            return f"{where} during authentication (after {timeout} s)."
         if not getattr(transport, "otherVersionString", b""):
             why = "the server sent no SSH version banner"
         else:
             why = "the key exchange did not finish"
-        return f"{where} during the SSH handshake (after {self.connect_timeout} s): {why}."
+        timeout = self.options.reach.connect_timeout
+        return f"{where} during the SSH handshake (after {timeout} s): {why}."
 
     def _channel_idle(self, channel: ForwardedChannel) -> None:
-        kind = "open" if self.absolute_timeout else "idle"
+        channels = self.options.channels
+        kind = "open" if channels.absolute_timeout else "idle"
         self._emit_log(
             1,
             f"Channel {channel.local_id} ({channel.info.origin_address} port "
-            f"{channel.info.origin_port}) was {kind} for {self.channel_idle_timeout} s: "
+            f"{channel.info.origin_port}) was {kind} for {channels.channel_idle_timeout} s: "
             "closing it.",
         )
 
@@ -930,7 +585,7 @@ class ReverseTunnel:
         self, kind: str, retry: int, error: Exception, remote_port: int | None = None
     ) -> float | None:
         """The delay before retry ``retry``, after telling observers; None to give up."""
-        policy = self.reconnect
+        policy = self.options.staying_up.reconnect
         if policy.exhausted(retry):
             return None
         delay = policy.delay(retry)
@@ -973,13 +628,14 @@ class ReverseTunnel:
 
         :raises SpecError: for a smaller window or one of 2^32 bytes or more.
         """
-        if not self.window_size <= window_size <= 0xFFFFFFFF:
+        channels = self.options.channels
+        if not channels.window_size <= window_size <= 0xFFFFFFFF:
             raise SpecError(
                 f"The window can only grow, up to 2^32 - 1: {window_size} is not between "
-                f"{self.window_size} and 4294967295."
+                f"{channels.window_size} and 4294967295."
             )
-        delta = window_size - self.window_size
-        self.window_size = window_size
+        delta = window_size - channels.window_size
+        self._options = replace(self.options, channels=replace(channels, window_size=window_size))
         conn = self._conn
         if conn is None or delta == 0:
             return
@@ -1015,6 +671,7 @@ class ReverseTunnel:
             self._stopping = False
 
     async def _logoff_steps(self) -> None:
+        staying_up = self.options.staying_up
         self._cancel_retries()
         if self._reconnect_call is not None:
             # Waiting to reconnect: nothing is connected.
@@ -1040,25 +697,25 @@ class ReverseTunnel:
                 for f in list(self._forwards)
                 if f.state is ForwardState.ACTIVE
             ]
-            await _settle(cancels, self.logoff_timeout, self._clock)
+            await _settle(cancels, staying_up.logoff_timeout, self._clock)
             for channel in list(conn.channels.values()):
                 if channel.confirmed:
                     channel.loseConnection()
-            if self.wait_for_channel_close:
-                await _settle([conn.when_idle()], self.logoff_timeout, self._clock)
+            if staying_up.wait_for_channel_close:
+                await _settle([conn.when_idle()], staying_up.logoff_timeout, self._clock)
             if not conn.stopped:
                 # DISCONNECT by application; not Conch's sendDisconnect, which logs a
                 # clean logoff as "Disconnecting with error".
                 transport.announce_disconnect("logoff")
                 tcp = transport.transport
-                if not self.wait_for_server_disconnect and tcp is not None:
+                if not staying_up.wait_for_server_disconnect and tcp is not None:
                     tcp.loseConnection()
         if not lost.called:
             # DISCONNECT was sent, and the TCP close started unless the server is to close
             # it; past logoff_timeout we drop it ourselves.
             tcp = transport.transport
             fallback = (
-                self._clock.callLater(self.logoff_timeout, _abort_if_open, tcp)
+                self._clock.callLater(staying_up.logoff_timeout, _abort_if_open, tcp)
                 if tcp is not None
                 else None
             )
@@ -1450,7 +1107,7 @@ class ReverseTunnel:
     ) -> Deferred[IProtocol]:
         """Run the accept hook, then connect the target or build the app's protocol."""
         d = Deferred.fromCoroutine(self._open_target(forward, request, channel))
-        return d.addTimeout(self.target_connect_timeout * 2, self._clock)
+        return d.addTimeout(self.options.channels.target_connect_timeout * 2, self._clock)
 
     async def _open_target(
         self, forward: Forward, request: ChannelOpenRequest, channel: ForwardedChannel
@@ -1460,7 +1117,9 @@ class ReverseTunnel:
                 answer = forward.accept(request)
                 if isinstance(answer, Deferred) or inspect.isawaitable(answer):
                     answer = await _with_timeout(
-                        cast(Awaitable[bool], answer), self.target_connect_timeout, self._clock
+                        cast(Awaitable[bool], answer),
+                        self.options.channels.target_connect_timeout,
+                        self._clock,
                     )
             except defer.TimeoutError:
                 raise ChannelRefused(
@@ -1481,23 +1140,27 @@ class ReverseTunnel:
             if protocol is None:
                 raise ChannelRefused(OPEN_ADMINISTRATIVELY_PROHIBITED, "refused by the factory")
             return protocol
+        channels = self.options.channels
+        bind = (channels.forwarding_local_host, 0) if channels.forwarding_local_host else None
         if forward.dynamic:
             # The channel is confirmed now; the client's SOCKS request on it says where to.
-            bind = (self.forwarding_local_host, 0) if self.forwarding_local_host else None
             return SocksChannel(
                 self._reactor,
-                self.target_connect_timeout,
+                channels.target_connect_timeout,
                 bind,
-                self.permit_remote_open,
+                channels.permit_remote_open,
                 self._emit_log,
             )
         if forward.target_path is not None:
             return await self._connect_unix_target(forward.target_path, request)
         assert forward.host is not None and forward.host_port is not None
         target = TargetProtocol()
-        bind = (self.forwarding_local_host, 0) if self.forwarding_local_host else None
         endpoint = tcp_endpoint(
-            self._reactor, forward.host, forward.host_port, self.target_connect_timeout, bind
+            self._reactor,
+            forward.host,
+            forward.host_port,
+            channels.target_connect_timeout,
+            bind,
         )
         try:
             await endpoint.connect(TargetFactory(target))
@@ -1516,7 +1179,7 @@ class ReverseTunnel:
         elif name == "closed":
             self._closed_bytes_sent += info.bytes_sent
             self._closed_bytes_received += info.bytes_received
-        if self.log_level >= 2 and name in ("opened", "closed"):
+        if self.options.log_level >= 2 and name in ("opened", "closed"):
             self._emit_log(
                 2,
                 f"Channel {info.channel_id} {name}: from {info.origin_address} port "
@@ -1600,7 +1263,12 @@ class ReverseTunnel:
             self._connection_status("broken", code, str(error))
             self._emit_log(1, f"Connection to {self.host} port {self.port} lost: {error}")
         self._notify("disconnected", None if clean else error)
-        if not clean and not self._stopping and self.reconnect.mode != "off" and _retryable(error):
+        if (
+            not clean
+            and not self._stopping
+            and self.options.staying_up.reconnect.mode != "off"
+            and _retryable(error)
+        ):
             if self._worked(conn):
                 # This outage starts from the first step again (issue #12).
                 self._retry = 0
@@ -1620,7 +1288,10 @@ class ReverseTunnel:
         alone is not enough: a server that drops each session right after them must
         still meet a growing backoff.
         """
-        if self._clock.seconds() - self._connected_at >= self.reconnect.reset_after:
+        if (
+            self._clock.seconds() - self._connected_at
+            >= self.options.staying_up.reconnect.reset_after
+        ):
             return True
         mark = self._working_from
         return conn is not None and mark is not None and conn.packets_received > mark
@@ -1708,7 +1379,7 @@ class ReverseTunnel:
         try:
             await self._establish(forward, conn)
         except ForwardingError as e:
-            if self.exit_on_forward_failure:
+            if self.options.staying_up.exit_on_forward_failure:
                 self._fatal_error = e
                 self.logoff()
             else:
@@ -1753,7 +1424,7 @@ class ReverseTunnel:
 
     def _emit_log(self, level: int, message: str) -> None:
         """A log message at the reference's ``level`` (1 info, 2 verbose, 3 debug)."""
-        if level > self.log_level:
+        if level > self.options.log_level:
             return
         if level <= 1:
             _log.info("{message}", message=message)
@@ -1787,15 +1458,6 @@ class ReverseTunnel:
                 _log.failure(
                     "observer {observer!r} failed on {event}", observer=observer, event=event
                 )
-
-
-def _paths(value: str | Path | Sequence[str | Path] | None) -> list[Path] | None:
-    """One path or several, ``~`` expanded; ``None`` stays ``None`` (the default files)."""
-    if value is None:
-        return None
-    if isinstance(value, (str, Path)):
-        value = [value]
-    return [Path(os.path.expanduser(p)) for p in value]
 
 
 class _JumpProgress(TunnelObserver):

@@ -50,7 +50,7 @@ from rtunnel.testing._keys import KeyKind, generate_client_key
 from rtunnel.testing._waiting import DEFAULT_TIMEOUT, WaitTimeoutError, check_timeout
 
 if TYPE_CHECKING:
-    from rtunnel import ReverseTunnel
+    from rtunnel import ReverseTunnel, TunnelOptions
     from rtunnel.testing.server import SSHTestServer
 
 __all__ = ["InboundConnection", "MemoryPair"]
@@ -576,7 +576,8 @@ class MemoryPair:
     :param start_time: what the clock reads at first (``reactor.seconds()``): 0, as
         Twisted's ``Clock``; ``time.time()`` where certificates' validity is checked
         against it.
-    :param tunnel_options: keyword arguments for :attr:`tunnel` (see :meth:`make_tunnel`).
+    :param tunnel_options: settings for :attr:`tunnel` by their flat names (see
+        :meth:`make_tunnel`).
     """
 
     def __init__(
@@ -629,22 +630,38 @@ class MemoryPair:
         """The port the server listens on."""
         return self.server.port
 
-    def make_tunnel(self, **options: Any) -> ReverseTunnel:
+    def make_tunnel(self, options: TunnelOptions | None = None, **settings: Any) -> ReverseTunnel:
         """
         A new :class:`~rtunnel.ReverseTunnel` on :attr:`reactor` to the server, logging on
         as :attr:`user` with :attr:`client_key` and checking the host key against
-        :attr:`known_hosts`; ``options`` are its keyword arguments and override those.
-        Not logged on yet.
+        :attr:`known_hosts`, unless ``options`` or ``settings`` say otherwise. Not logged
+        on yet::
 
-        :param options: keyword arguments of ``ReverseTunnel``.
+            pair.make_tunnel(keepalive_interval=5)
+            pair.make_tunnel(TunnelOptions.create(user="bob"), log_level=3)
+
+        :param options: the tunnel's options (default: the defaults).
+        :param settings: settings by their flat names (:class:`~rtunnel.TunnelSettings`),
+            applied over ``options`` with :meth:`~rtunnel.TunnelOptions.create`.
         :return: the tunnel.
         """
-        from rtunnel import PrivateKeyFile, ReverseTunnel
+        from rtunnel import PrivateKeyFile, ReverseTunnel, TunnelOptions
 
-        options.setdefault("user", self.user)
-        options.setdefault("auth", [PrivateKeyFile(self.client_key)])
-        options.setdefault("known_hosts", self.known_hosts)
-        tunnel = ReverseTunnel(self.reactor, self.host, self.port, **options)
+        base = options if options is not None else TunnelOptions()
+        # The pair's own user, key and known_hosts where neither the options nor the
+        # settings name others.
+        if "user" not in settings and base.authentication.user is None:
+            settings["user"] = self.user
+        if "auth" not in settings and not base.authentication.auth:
+            settings["auth"] = [PrivateKeyFile(self.client_key)]
+        if "known_hosts" not in settings and base.host_keys == TunnelOptions().host_keys:
+            settings["known_hosts"] = self.known_hosts
+        tunnel = ReverseTunnel(
+            self.reactor,
+            self.host,
+            self.port,
+            options=TunnelOptions.create(base=base, **settings),
+        )
         self._tunnels.append(tunnel)
         return tunnel
 

@@ -9,6 +9,7 @@ test-server control the code has, so a new one cannot go undocumented.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import re
@@ -29,7 +30,14 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from typing_extensions import override
 
 import rtunnel
-from rtunnel import ReverseTunnel, RTunnelError, TunnelObserver, TunnelStatistics
+from rtunnel import (
+    ReverseTunnel,
+    RTunnelError,
+    TunnelObserver,
+    TunnelOptions,
+    TunnelSettings,
+    TunnelStatistics,
+)
 from rtunnel.cli import CommandLineExit, parse_command_line
 from rtunnel.openssh.options import SUPPORTED_OPTIONS
 from rtunnel.testing import (
@@ -331,9 +339,15 @@ def test_command_page_names_every_option_keyword() -> None:
 
 
 def test_library_page_names_every_constructor_option() -> None:
+    """The constructor's parameters, every setting TunnelOptions.create() takes, and the
+    option groups."""
     text = _text(DOCS / "library.md")
     parameters = inspect.signature(ReverseTunnel).parameters
-    missing = [name for name in parameters if name != "reactor" and not _named(name, text)]
+    settings = list(TunnelSettings.__annotations__)
+    groups = [f.name for f in dataclasses.fields(TunnelOptions)]
+    classes = [type(getattr(TunnelOptions(), name)).__name__ for name in groups[:-1]]
+    names = [*parameters, *settings, *groups, *classes]
+    missing = [name for name in names if name != "reactor" and not _named(name, text)]
     assert missing == []
 
 

@@ -708,14 +708,16 @@ async def test_plugin_fixtures(ssh_test_server, ssh_client_key, ssh_known_hosts,
 
 def tunnel_to(server: SSHTestServer, tmp_path: Any, **kw: Any) -> Any:
     """A ReverseTunnel for alice on ``server`` (reconnect off unless given)."""
-    from rtunnel import PrivateKeyFile, ReconnectPolicy, ReverseTunnel
+    from rtunnel import PrivateKeyFile, ReconnectPolicy, ReverseTunnel, TunnelOptions
     from rtunnel.testing import generate_client_key
 
     kw.setdefault("reconnect", ReconnectPolicy.off())
     kw.setdefault("known_hosts", server.write_known_hosts(tmp_path / "known_hosts"))
     if "auth" not in kw:
         kw["auth"] = [PrivateKeyFile(generate_client_key("ed25519", tmp_path / "keys"))]
-    return ReverseTunnel(reactor, server.host, server.port, user="alice", **kw)
+    return ReverseTunnel(
+        reactor, server.host, server.port, options=TunnelOptions.create(user="alice", **kw)
+    )
 
 
 def fast_reconnect() -> Any:
@@ -1051,7 +1053,13 @@ async def test_delay_replies_to_channel_opens(server, client) -> None:
 async def test_plugin_fault_proxy_fixture(
     ssh_test_server, ssh_fault_proxy, ssh_client_key, ssh_user, tmp_path
 ) -> None:
-    from rtunnel import ConnectionLostError, PrivateKeyFile, ReconnectPolicy, ReverseTunnel
+    from rtunnel import (
+        ConnectionLostError,
+        PrivateKeyFile,
+        ReconnectPolicy,
+        ReverseTunnel,
+        TunnelOptions,
+    )
 
     known_hosts = ssh_test_server.write_known_hosts(
         tmp_path / "known_hosts", port=ssh_fault_proxy.port
@@ -1061,10 +1069,12 @@ async def test_plugin_fault_proxy_fixture(
         reactor,
         ssh_fault_proxy.host,
         ssh_fault_proxy.port,
-        user=ssh_user,
-        auth=[PrivateKeyFile(ssh_client_key)],
-        known_hosts=known_hosts,
-        reconnect=ReconnectPolicy.off(),
+        options=TunnelOptions.create(
+            user=ssh_user,
+            auth=[PrivateKeyFile(ssh_client_key)],
+            known_hosts=known_hosts,
+            reconnect=ReconnectPolicy.off(),
+        ),
     )
     await t.logon()
     ended: list[Any] = []

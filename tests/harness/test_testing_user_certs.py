@@ -23,7 +23,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from rtunnel import AuthenticationError, PrivateKeyFile, ReverseTunnel
+from rtunnel import AuthenticationError, PrivateKeyFile, ReverseTunnel, TunnelOptions
 from rtunnel.client.hostkeys.certificates import parse_certificate
 from rtunnel.errors import ForwardingError
 from rtunnel.testing import MemoryPair, OpenSSHServer, SSHTestServer, generate_client_key
@@ -106,10 +106,9 @@ def tunnel(host: str, port: int, user: str, known_hosts: Path, key: PrivateKeyFi
         reactor,
         host,
         port,
-        user=user,
-        known_hosts=known_hosts,
-        auth=[key],
-        connect_timeout=30,
+        options=TunnelOptions.create(
+            user=user, known_hosts=known_hosts, auth=[key], connect_timeout=30
+        ),
     )
 
 

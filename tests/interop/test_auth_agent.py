@@ -15,7 +15,7 @@ from e2e_support import Agent, Server
 from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
-from rtunnel import AuthenticationError, PrivateKeyFile, ReverseTunnel
+from rtunnel import AuthenticationError, PrivateKeyFile, ReverseTunnel, TunnelOptions
 from rtunnel.client.auth.credentials import AskPassword, CertificateFile, SSHAgent
 from rtunnel.testing._openssh import OpenSSHServer
 
@@ -180,12 +180,14 @@ async def test_a_certificate_whose_key_only_the_agent_holds(
                 reactor,
                 sshd.host,
                 sshd.port,
-                user=sshd.user,
-                known_hosts=sshd.known_hosts_path,
-                auth=[
-                    CertificateFile(elsewhere),
-                    SSHAgent(str(ssh_agent.socket), identities_only=identities_only),
-                ],
+                options=TunnelOptions.create(
+                    user=sshd.user,
+                    known_hosts=sshd.known_hosts_path,
+                    auth=[
+                        CertificateFile(elsewhere),
+                        SSHAgent(str(ssh_agent.socket), identities_only=identities_only),
+                    ],
+                ),
             )
             await t.logon()
             await t.logoff()

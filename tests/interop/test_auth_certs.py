@@ -17,7 +17,13 @@ import pytest_twisted
 from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
-from rtunnel import AuthenticationError, CredentialError, PrivateKeyFile, ReverseTunnel
+from rtunnel import (
+    AuthenticationError,
+    CredentialError,
+    PrivateKeyFile,
+    ReverseTunnel,
+    TunnelOptions,
+)
 from rtunnel.client.auth.credentials import CertificateFile
 from rtunnel.client.auth.userauth import certificate_public_blob, load_credentials
 from rtunnel.testing._openssh import OpenSSHServer
@@ -63,9 +69,9 @@ def tunnel(server: OpenSSHServer, key: PrivateKeyFile) -> ReverseTunnel:
         reactor,
         server.host,
         server.port,
-        user=server.user,
-        known_hosts=server.known_hosts_path,
-        auth=[key],
+        options=TunnelOptions.create(
+            user=server.user, known_hosts=server.known_hosts_path, auth=[key]
+        ),
     )
 
 
@@ -156,9 +162,11 @@ async def test_certificate_file_credential_pairs_with_its_key(
         reactor,
         cert_sshd.host,
         cert_sshd.port,
-        user=cert_sshd.user,
-        known_hosts=cert_sshd.known_hosts_path,
-        auth=[PrivateKeyFile(other), PrivateKeyFile(key), CertificateFile(elsewhere)],
+        options=TunnelOptions.create(
+            user=cert_sshd.user,
+            known_hosts=cert_sshd.known_hosts_path,
+            auth=[PrivateKeyFile(other), PrivateKeyFile(key), CertificateFile(elsewhere)],
+        ),
     )
     await t.logon()
     await t.logoff()

@@ -16,7 +16,7 @@ from openssh_log import wait_for_log
 from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
-from rtunnel import CustomAuth, CustomAuthStep, ReverseTunnel, set_ssh_param
+from rtunnel import CustomAuth, CustomAuthStep, ReverseTunnel, TunnelOptions, set_ssh_param
 from rtunnel.testing._openssh import OpenSSHServer
 
 
@@ -40,9 +40,11 @@ async def test_the_hook_signs_a_publickey_request_for_openssh(
         reactor,
         openssh_server.host,
         openssh_server.port,
-        user=openssh_server.user,
-        known_hosts=openssh_server.known_hosts_path,
-        auth=[CustomAuth(respond)],
+        options=TunnelOptions.create(
+            user=openssh_server.user,
+            known_hosts=openssh_server.known_hosts_path,
+            auth=[CustomAuth(respond)],
+        ),
     )
     await t.logon()
     await t.logoff()
@@ -65,9 +67,9 @@ async def test_the_hook_sends_a_password_to_openssh_with_pam(
         reactor,
         pam_sshd.host,
         pam_sshd.port,
-        user=local_user.name,
-        known_hosts=pam_sshd.known_hosts_path,
-        auth=[CustomAuth(respond)],
+        options=TunnelOptions.create(
+            user=local_user.name, known_hosts=pam_sshd.known_hosts_path, auth=[CustomAuth(respond)]
+        ),
     )
     await t.logon()
     await t.logoff()

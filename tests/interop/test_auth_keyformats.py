@@ -32,7 +32,7 @@ from cryptography.x509.oid import NameOID
 from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
-from rtunnel import CredentialError, PrivateKey, PrivateKeyFile, ReverseTunnel
+from rtunnel import CredentialError, PrivateKey, PrivateKeyFile, ReverseTunnel, TunnelOptions
 from rtunnel.client.auth.userauth import load_credentials
 from rtunnel.testing._openssh import OpenSSHServer
 from rtunnel.testing.server import SSHTestServer
@@ -362,9 +362,9 @@ async def test_logon_with_ppk_and_pfx_against_the_bundled_server(
             reactor,
             ssh_test_server.host,
             ssh_test_server.port,
-            user=ssh_user,
-            known_hosts=ssh_known_hosts,
-            auth=[credential],
+            options=TunnelOptions.create(
+                user=ssh_user, known_hosts=ssh_known_hosts, auth=[credential]
+            ),
         )
         await t.logon()
         await t.logoff()
@@ -382,9 +382,11 @@ async def test_logon_with_a_puttygen_rsa_key_against_openssh(
         reactor,
         openssh_server.host,
         openssh_server.port,
-        user=openssh_server.user,
-        known_hosts=openssh_server.known_hosts_path,
-        auth=[PrivateKeyFile(ppk, PASS)],
+        options=TunnelOptions.create(
+            user=openssh_server.user,
+            known_hosts=openssh_server.known_hosts_path,
+            auth=[PrivateKeyFile(ppk, PASS)],
+        ),
     )
     await t.logon()
     await t.logoff()

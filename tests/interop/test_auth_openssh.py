@@ -19,7 +19,7 @@ from e2e_support import LocalUser
 from openssh_log import wait_for_log
 from twisted.internet import reactor
 
-from rtunnel import AuthenticationError, Password, PrivateKeyFile, ReverseTunnel
+from rtunnel import AuthenticationError, Password, PrivateKeyFile, ReverseTunnel, TunnelOptions
 from rtunnel.client.auth.credentials import KeyboardInteractive, KeyboardInteractiveChallenge
 from rtunnel.testing._openssh import OpenSSHServer
 
@@ -29,9 +29,7 @@ def tunnel(server: OpenSSHServer, user: LocalUser, **kw: object) -> ReverseTunne
         reactor,
         server.host,
         server.port,
-        user=user.name,
-        known_hosts=server.known_hosts_path,
-        **kw,  # type: ignore[arg-type]
+        options=TunnelOptions.create(user=user.name, known_hosts=server.known_hosts_path, **kw),
     )
 
 

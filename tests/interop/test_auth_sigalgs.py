@@ -17,7 +17,7 @@ from command_support import spawn_with_env as spawn
 from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
-from rtunnel import AuthenticationError, PrivateKeyFile, ReverseTunnel, SpecError
+from rtunnel import AuthenticationError, PrivateKeyFile, ReverseTunnel, SpecError, TunnelOptions
 from rtunnel.client.auth._pubkey import (
     DEFAULT_PUBKEY_ALGORITHMS,
     choose_signature_algorithm,
@@ -103,11 +103,13 @@ def test_the_list_syntax() -> None:
     with pytest.raises(SpecError, match="give algorithm names"):
         resolve_pubkey_algorithms(["+ssh-rsa"])
     with pytest.raises(SpecError, match="Unsupported public key algorithm"):
-        ReverseTunnel(reactor, "h", pubkey_accepted_algorithms="rsa-sha2-1024")
+        ReverseTunnel(
+            reactor, "h", options=TunnelOptions.create(pubkey_accepted_algorithms="rsa-sha2-1024")
+        )
     options = ClientOptions()
     options.apply_option("PubkeyAcceptedAlgorithms=+ssh-rsa")
     options.apply_option("PubkeyAcceptedAlgorithms=ssh-ed25519")  # the first one wins
-    assert options.pubkey_accepted_algorithms == "+ssh-rsa"
+    assert options.tunnel["pubkey_accepted_algorithms"] == resolve_pubkey_algorithms("+ssh-rsa")
     with pytest.raises(SpecError, match="Bad key types 'x'"):
         ClientOptions().apply_option("PubkeyAcceptedAlgorithms x")
 
@@ -134,10 +136,12 @@ async def test_the_bundled_server_sees_the_configured_choice(
             reactor,
             ssh_test_server.host,
             ssh_test_server.port,
-            user=ssh_user,
-            known_hosts=ssh_known_hosts,
-            auth=[PrivateKeyFile(key)],
-            pubkey_accepted_algorithms=accepted,
+            options=TunnelOptions.create(
+                user=ssh_user,
+                known_hosts=ssh_known_hosts,
+                auth=[PrivateKeyFile(key)],
+                pubkey_accepted_algorithms=accepted,
+            ),
         )
 
     # An RSA key with only ed25519 accepted: skipped, nothing sent for it.
@@ -172,10 +176,12 @@ async def test_openssh_gets_the_algorithm_asked_for(openssh_sshd: str, tmp_path:
                 reactor,
                 sshd.host,
                 sshd.port,
-                user=sshd.user,
-                known_hosts=sshd.known_hosts_path,
-                auth=[PrivateKeyFile(key)],
-                pubkey_accepted_algorithms=accepted,
+                options=TunnelOptions.create(
+                    user=sshd.user,
+                    known_hosts=sshd.known_hosts_path,
+                    auth=[PrivateKeyFile(key)],
+                    pubkey_accepted_algorithms=accepted,
+                ),
             )
             await t.logon()
             await t.logoff()

@@ -38,6 +38,7 @@ from rtunnel import (
     ReconnectLimitError,
     ReverseTunnel,
     TimedOutError,
+    TunnelOptions,
 )
 from rtunnel._core.policy import ReconnectPolicy
 from rtunnel.testing import FaultProxy
@@ -74,10 +75,9 @@ def tunnel(
         reactor,
         "127.0.0.1",
         port,
-        user=sshd.user,
-        auth=[PrivateKeyFile(key)],
-        known_hosts=known_hosts,
-        **kw,
+        options=TunnelOptions.create(
+            user=sshd.user, auth=[PrivateKeyFile(key)], known_hosts=known_hosts, **kw
+        ),
     )
 
 
@@ -440,7 +440,12 @@ async def test_a18_dns_failure_backs_off_and_names_the_failure(tmp_path: Path) -
     policy = ReconnectPolicy(
         mode="always", initial_delay=0.2, factor=2, max_delay=1, jitter=0, max_retries=2
     )
-    t = ReverseTunnel(reactor, "no-such-host.invalid", 22, known_hosts=empty, reconnect=policy)
+    t = ReverseTunnel(
+        reactor,
+        "no-such-host.invalid",
+        22,
+        options=TunnelOptions.create(known_hosts=empty, reconnect=policy),
+    )
     t.add_observer(watcher)
     started = time.monotonic()
     with pytest.raises(ReconnectLimitError) as raised:

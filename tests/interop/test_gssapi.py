@@ -54,6 +54,7 @@ from rtunnel import (
     PrivateKey,
     ReverseTunnel,
     SpecError,
+    TunnelOptions,
 )
 from rtunnel.client.auth._gssapi import (
     KRB5_MECH,
@@ -65,7 +66,7 @@ from rtunnel.client.auth._gssapi import (
     request_data,
     target_name,
 )
-from rtunnel.client.auth.credentials import AuthOptions
+from rtunnel.client.auth.credentials import UserAuthSettings
 from rtunnel.testing._kdc import KerberosKDC, find_kdc
 from rtunnel.testing._openssh import OpenSSHServer
 
@@ -192,7 +193,7 @@ def test_parse_error() -> None:
 
 def test_gssapi_is_tried_first_by_default() -> None:
     # OpenSSH's default PreferredAuthentications (readconf.c): gssapi-with-mic first.
-    assert AuthOptions().preferred[0] == "gssapi-with-mic"
+    assert UserAuthSettings().preferred[0] == "gssapi-with-mic"
 
 
 def test_missing_python_gssapi(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -378,10 +379,9 @@ def _tunnel(sshd: Sshd, kerberos: Kerberos, auth: list[Any], **kw: Any) -> Rever
         reactor,
         "localhost",
         sshd.server.port,
-        user=kerberos.user,
-        auth=auth,
-        known_hosts=sshd.known_hosts,
-        **kw,
+        options=TunnelOptions.create(
+            user=kerberos.user, auth=auth, known_hosts=sshd.known_hosts, **kw
+        ),
     )
 
 
@@ -678,7 +678,7 @@ async def _client(
 
     credentials = auth or (GSSAPI(),)
     loaded, passwords = load_credentials(credentials)
-    options = AuthOptions(credentials=tuple(credentials), host="localhost", reactor=reactor)
+    options = UserAuthSettings(credentials=tuple(credentials), host="localhost", reactor=reactor)
     client = UserAuthClient(kerberos.user, _Connection(), loaded, passwords, options)
     wire = _Wire()
     client.transport = wire

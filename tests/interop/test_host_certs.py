@@ -26,7 +26,7 @@ from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
-from rtunnel import HostKeyError, HostKeyInfo, ReverseTunnel
+from rtunnel import HostKeyError, HostKeyInfo, ReverseTunnel, TunnelOptions
 from rtunnel.client.hostkeys._hostcert import verify_exchange_signature
 from rtunnel.client.hostkeys.certificates import (
     CertificateError,
@@ -517,10 +517,9 @@ class CertServer:
             reactor,
             self.sshd.host,
             self.sshd.port,
-            user=self.sshd.user,
-            auth=[PrivateKeyFile(client_key_path)],
-            known_hosts=known,
-            **kw,
+            options=TunnelOptions.create(
+                user=self.sshd.user, auth=[PrivateKeyFile(client_key_path)], known_hosts=known, **kw
+            ),
         )
 
 
@@ -760,12 +759,14 @@ async def test_bundled_server_presents_a_host_certificate(
                 reactor,
                 "127.0.0.1",
                 server.port,
-                user="alice",
-                auth=[PrivateKeyFile(user_key)],
-                known_hosts=tmp_path / "known_hosts",
-                global_known_hosts=[],
-                host_key_callback=lambda info: seen.append(info) or info.accepted,
-                **kw,
+                options=TunnelOptions.create(
+                    user="alice",
+                    auth=[PrivateKeyFile(user_key)],
+                    known_hosts=tmp_path / "known_hosts",
+                    global_known_hosts=[],
+                    host_key_callback=lambda info: seen.append(info) or info.accepted,
+                    **kw,
+                ),
             )
 
         ca_line = ca.public().toString("openssh").decode()

@@ -29,6 +29,7 @@ from rtunnel import (
     ReverseTunnel,
     SpecError,
     TunnelObserver,
+    TunnelOptions,
 )
 from rtunnel.client.reach.jump import JumpHost, jump_hosts
 from rtunnel.testing._openssh import OpenSSHServer
@@ -94,10 +95,15 @@ def test_proxy_jump_excludes_the_other_ways_of_connecting() -> None:
         {"local_port": 2000},
     ):
         with pytest.raises(SpecError, match="proxy_jump"):
-            ReverseTunnel(reactor, "h", proxy_jump="j", **kw)  # type: ignore[arg-type]
+            ReverseTunnel(reactor, "h", options=TunnelOptions.create(proxy_jump="j", **kw))  # type: ignore[arg-type]
     with pytest.raises(SpecError, match="ProxyJump"):
-        ReverseTunnel(reactor, "h", proxy_jump="@j")
-    assert ReverseTunnel(reactor, "h", proxy_jump="none").proxy_jump == ()
+        ReverseTunnel(reactor, "h", options=TunnelOptions.create(proxy_jump="@j"))
+    assert (
+        ReverseTunnel(
+            reactor, "h", options=TunnelOptions.create(proxy_jump="none")
+        ).options.reach.proxy_jump
+        == ()
+    )
 
 
 @pytest.mark.openssh

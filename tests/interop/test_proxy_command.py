@@ -14,7 +14,7 @@ import pytest_twisted
 from e2e_support import Server, _echo_once, _jump_command
 from twisted.internet.threads import deferToThread
 
-from rtunnel import ConnectionLostError, ReverseTunnel, SpecError
+from rtunnel import ConnectionLostError, JumpHost, ReverseTunnel, SpecError, TunnelOptions
 from rtunnel._core.syntax import Destination, parse_proxy_jump
 from rtunnel.cli import CommandLineExit, parse_command_line
 from rtunnel.client.reach._proxycommand import expand_proxy_command
@@ -71,16 +71,19 @@ def test_bad_jump_specs_are_refused(spec: str) -> None:
 
 def test_the_command_line_takes_j_and_proxycommand_first_one_wins() -> None:
     forward = ["-R", "0:127.0.0.1:80"]
-    options = parse_command_line(["-J", "u@j:2", *forward, "dest"]).options
-    assert (options.proxy_jump, options.proxy_command) == ("u@j:2", None)
+    options = parse_command_line(["-J", "u@j:2", *forward, "dest"]).options.tunnel
+    assert (options.get("proxy_jump"), options.get("proxy_command")) == (
+        (JumpHost("j", 2, "u"),),
+        None,
+    )
     options = parse_command_line(
         ["-o", "ProxyCommand=nc %h %p", "-J", "j", *forward, "dest"]
-    ).options
-    assert (options.proxy_jump, options.proxy_command) == (None, "nc %h %p")
+    ).options.tunnel
+    assert (options.get("proxy_jump"), options.get("proxy_command")) == (None, "nc %h %p")
     options = parse_command_line(
         ["-J", "j", "-o", "ProxyCommand=nc %h %p", *forward, "dest"]
-    ).options
-    assert (options.proxy_jump, options.proxy_command) == ("j", None)
+    ).options.tunnel
+    assert (options.get("proxy_jump"), options.get("proxy_command")) == ((JumpHost("j"),), None)
     assert parse_option("ProxyCommand none") == ("ProxyCommand", "none")
     with pytest.raises(CommandLineExit, match="Only a single -J"):
         parse_command_line(["-J", "a", "-J", "b", *forward, "dest"])
@@ -92,11 +95,17 @@ def test_proxy_command_excludes_the_other_ways_of_connecting() -> None:
     from twisted.internet import reactor
 
     with pytest.raises(SpecError, match="not both"):
-        ReverseTunnel(reactor, "h", proxy="socks5://p", proxy_command="nc %h %p")
+        ReverseTunnel(
+            reactor, "h", options=TunnelOptions.create(proxy="socks5://p", proxy_command="nc %h %p")
+        )
     with pytest.raises(SpecError, match="local_host"):
-        ReverseTunnel(reactor, "h", local_host="127.0.0.2", proxy_command="nc %h %p")
+        ReverseTunnel(
+            reactor,
+            "h",
+            options=TunnelOptions.create(local_host="127.0.0.2", proxy_command="nc %h %p"),
+        )
     with pytest.raises(SpecError, match="unknown token"):
-        ReverseTunnel(reactor, "h", proxy_command="nc %z")
+        ReverseTunnel(reactor, "h", options=TunnelOptions.create(proxy_command="nc %z"))
 
 
 @pytest.mark.openssh

@@ -31,6 +31,7 @@ from rtunnel import (
     PrivateKeyFile,
     ReconnectLimitError,
     ReverseTunnel,
+    TunnelOptions,
 )
 from rtunnel._core.policy import ReconnectPolicy
 
@@ -144,12 +145,14 @@ async def test_frozen_server_noticed_by_keepalive_and_stale_port_retried(
         reactor,
         openssh_server.host,
         openssh_server.port,
-        user=openssh_server.user,
-        auth=[PrivateKeyFile(openssh_client_key)],
-        known_hosts=openssh_server.known_hosts_path,
-        keepalive_interval=1,
-        keepalive_count_max=2,
-        reconnect=ReconnectPolicy(initial_delay=0.2, max_delay=0.5, jitter=0),
+        options=TunnelOptions.create(
+            user=openssh_server.user,
+            auth=[PrivateKeyFile(openssh_client_key)],
+            known_hosts=openssh_server.known_hosts_path,
+            keepalive_interval=1,
+            keepalive_count_max=2,
+            reconnect=ReconnectPolicy(initial_delay=0.2, max_delay=0.5, jitter=0),
+        ),
     )
     t.add_observer(watcher)
     await t.logon()
@@ -188,10 +191,12 @@ async def test_sshd_restart(openssh_server: Any, openssh_client_key: Any) -> Non
         reactor,
         openssh_server.host,
         openssh_server.port,
-        user=openssh_server.user,
-        auth=[PrivateKeyFile(openssh_client_key)],
-        known_hosts=openssh_server.known_hosts_path,
-        reconnect=FAST,
+        options=TunnelOptions.create(
+            user=openssh_server.user,
+            auth=[PrivateKeyFile(openssh_client_key)],
+            known_hosts=openssh_server.known_hosts_path,
+            reconnect=FAST,
+        ),
     )
     t.add_observer(watcher)
     await t.logon()

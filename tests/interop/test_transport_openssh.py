@@ -24,7 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 import rtunnel
-from rtunnel import NegotiationError, PrivateKeyFile, ReverseTunnel
+from rtunnel import NegotiationError, PrivateKeyFile, ReverseTunnel, TunnelOptions
 from rtunnel.client.transport._cpu import HAS_AES_INSTRUCTIONS
 from rtunnel.testing._openssh import OpenSSHServer
 
@@ -36,10 +36,9 @@ def _tunnel(server: OpenSSHServer, key: Path, **kw: Any) -> ReverseTunnel:
         reactor,
         server.host,
         server.port,
-        user=server.user,
-        auth=[PrivateKeyFile(key)],
-        known_hosts=server.known_hosts_path,
-        **kw,
+        options=TunnelOptions.create(
+            user=server.user, auth=[PrivateKeyFile(key)], known_hosts=server.known_hosts_path, **kw
+        ),
     )
 
 

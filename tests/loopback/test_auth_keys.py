@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
 
-from rtunnel import CredentialError, PrivateKeyFile, ReverseTunnel
+from rtunnel import CredentialError, PrivateKeyFile, ReverseTunnel, TunnelOptions
 from rtunnel.client.auth.credentials import PrivateKey
 from rtunnel.client.auth.userauth import load_credentials
 from rtunnel.testing.server import SSHTestServer
@@ -109,10 +109,12 @@ async def test_encrypted_pkcs8_key_logs_on(
         reactor,
         ssh_test_server.host,
         ssh_test_server.port,
-        user=ssh_user,
-        known_hosts=ssh_known_hosts,
-        auth=[PrivateKeyFile(path, lambda p: "sesame")],
-        preferred_authentications=["publickey"],
+        options=TunnelOptions.create(
+            user=ssh_user,
+            known_hosts=ssh_known_hosts,
+            auth=[PrivateKeyFile(path, lambda p: "sesame")],
+            preferred_authentications=["publickey"],
+        ),
     )
     await t.logon()
     await t.logoff()
@@ -148,9 +150,11 @@ async def test_key_value_logs_on(
         reactor,
         ssh_test_server.host,
         ssh_test_server.port,
-        user=ssh_user,
-        known_hosts=ssh_known_hosts,
-        auth=[PrivateKey(ssh_client_key.read_bytes())],
+        options=TunnelOptions.create(
+            user=ssh_user,
+            known_hosts=ssh_known_hosts,
+            auth=[PrivateKey(ssh_client_key.read_bytes())],
+        ),
     )
     await t.logon()
     await t.logoff()

@@ -17,7 +17,7 @@ from e2e_support import Server
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
-from rtunnel import ConnectError, ReverseTunnel, SpecError
+from rtunnel import ConnectError, ReverseTunnel, SpecError, TunnelOptions
 
 
 def _free_port(host: str) -> int:
@@ -120,4 +120,4 @@ def test_a_bad_local_port_is_a_spec_error(port: int) -> None:
     from twisted.internet import reactor
 
     with pytest.raises(SpecError, match="local_port"):
-        ReverseTunnel(reactor, "h", local_port=port)
+        ReverseTunnel(reactor, "h", options=TunnelOptions.create(local_port=port))

@@ -73,7 +73,7 @@ def test_options() -> None:
     assert options.host == "example.com"
     assert (settings.port, settings.user) == (2222, "alice")
     assert settings.identity_files == ["/k1", "/k2"]
-    assert settings.host_key_policy == "accept-new"
+    assert settings.tunnel["host_key_policy"] == "accept-new"
     assert settings.exit_on_forward_failure is True
     assert settings.remote_forwards == [
         RemoteForwardSpec("localhost", 0, "127.0.0.1", 80),
@@ -188,28 +188,26 @@ def test_build_tunnel(tmp_path: Path) -> None:
     key.write_text("not read until log-on")
     key.chmod(0o600)  # as ssh wants a key file (a readable one is skipped, with its warning)
     options = ClientOptions(
-        user="alice",
-        port=2222,
-        identity_files=[str(key), str(tmp_path / "missing")],
-        known_hosts_files=(str(tmp_path / "kh"),),
-        strict_host_key_checking="no",
-        connect_timeout=7,
-        connect_timeout_given=True,
+        user="alice", port=2222, identity_files=[str(key), str(tmp_path / "missing")]
     )
+    for text in [f"UserKnownHostsFile={tmp_path / 'kh'}", "StrictHostKeyChecking=no"]:
+        options.apply_option(text)
+    options.apply_option("ConnectTimeout=7")
     reported: list[tuple[str, str]] = []
     tunnel = service.build_tunnel(
         reactor, "example.com", options, report=lambda *a: reported.append(a)
     )
-    assert tunnel.host_key_policy == "accept-new"
-    assert tunnel.connect_timeout == 7
+    assert tunnel.options.host_keys.host_key_policy == "accept-new"
+    assert tunnel.options.reach.connect_timeout == 7
     assert reported == [("DEBUG1", f"no such identity: {tmp_path / 'missing'}")]
 
 
 def test_build_tunnel_known_hosts_none(tmp_path: Path) -> None:
     """UserKnownHostsFile=none checks against (and records to) nothing."""
-    options = ClientOptions(known_hosts_files=())
+    options = ClientOptions()
+    options.apply_option("UserKnownHostsFile=none")
     tunnel = service.build_tunnel(reactor, "h", options, report=lambda *a: None)
-    assert [str(p) for p in tunnel.known_hosts] == ["/dev/null"]
+    assert [str(p) for p in tunnel.options.host_keys.known_hosts] == ["/dev/null"]
 
 
 # --------------------------------------------------------------------------------------

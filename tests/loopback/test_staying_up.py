@@ -33,6 +33,7 @@ from rtunnel import (
     ReverseTunnel,
     TimedOutError,
     TunnelObserver,
+    TunnelOptions,
 )
 from rtunnel.client.transport._sockopts import TCPOptions, apply_tcp_options
 from rtunnel.errors import SpecError
@@ -90,8 +91,13 @@ def test_max_packet_must_fit_the_packet_layer() -> None:
     from rtunnel.tunnel import MAX_MAX_PACKET
 
     with pytest.raises(SpecError, match="max_packet 262144 is too large"):
-        ReverseTunnel(reactor, "localhost", max_packet=256 * 1024)
-    assert ReverseTunnel(reactor, "localhost", max_packet=MAX_MAX_PACKET).max_packet > 250_000
+        ReverseTunnel(reactor, "localhost", options=TunnelOptions.create(max_packet=256 * 1024))
+    assert (
+        ReverseTunnel(
+            reactor, "localhost", options=TunnelOptions.create(max_packet=MAX_MAX_PACKET)
+        ).options.channels.max_packet
+        > 250_000
+    )
 
 
 def test_the_largest_max_packet_fits_the_packet_layer() -> None:
@@ -136,11 +142,13 @@ async def test_authentication_timeout_against_sshd(tmp_path: Path, openssh_sshd:
             reactor,
             sshd.host,
             sshd.port,
-            user=sshd.user,
-            auth=[AskPassword(lambda prompt: never)],
-            known_hosts=sshd.known_hosts_path,
-            global_known_hosts=[],
-            auth_timeout=0.5,
+            options=TunnelOptions.create(
+                user=sshd.user,
+                auth=[AskPassword(lambda prompt: never)],
+                known_hosts=sshd.known_hosts_path,
+                global_known_hosts=[],
+                auth_timeout=0.5,
+            ),
         )
         started = time.monotonic()
         with pytest.raises(TimedOutError, match="during authentication"):
@@ -152,9 +160,9 @@ async def test_authentication_timeout_against_sshd(tmp_path: Path, openssh_sshd:
 
 def test_timeouts_are_checked() -> None:
     with pytest.raises(SpecError, match="auth_timeout"):
-        ReverseTunnel(reactor, "localhost", auth_timeout=0)
+        ReverseTunnel(reactor, "localhost", options=TunnelOptions.create(auth_timeout=0))
     with pytest.raises(SpecError, match="log_level"):
-        ReverseTunnel(reactor, "localhost", log_level=7)
+        ReverseTunnel(reactor, "localhost", options=TunnelOptions.create(log_level=7))
 
 
 # -- events and socket options on a live connection -----------------------------------
@@ -386,11 +394,13 @@ def _policy_tunnel(sshd: OpenSSHServer, key: Path, **kw: Any) -> ReverseTunnel:
         reactor,
         sshd.host,
         sshd.port,
-        user=sshd.user,
-        auth=[PrivateKeyFile(key)],
-        known_hosts=sshd.known_hosts_path,
-        global_known_hosts=[],
-        **kw,
+        options=TunnelOptions.create(
+            user=sshd.user,
+            auth=[PrivateKeyFile(key)],
+            known_hosts=sshd.known_hosts_path,
+            global_known_hosts=[],
+            **kw,
+        ),
     )
 
 
@@ -486,7 +496,7 @@ def test_the_window_grows_for_open_and_new_channels(tmp_path: Path) -> None:
         if i.channel.is_open and i.channel is not server_channel
     ]
     assert [c.remoteWindowLeft for c in newest] == [1024 * 1024]
-    assert stack.tunnel.window_size == 1024 * 1024
+    assert stack.tunnel.options.channels.window_size == 1024 * 1024
 
 
 # -- staying up against a real sshd (issue #12) ------------------------------------------
@@ -513,12 +523,14 @@ async def test_an_idle_tunnel_with_keepalives_keeps_one_session(
         reactor,
         openssh_server.host,
         openssh_server.port,
-        user=openssh_server.user,
-        auth=[PrivateKeyFile(openssh_client_key)],
-        known_hosts=openssh_server.known_hosts_path,
-        keepalive_interval=1,
-        keepalive_count_max=3,
-        reconnect=ReconnectPolicy(initial_delay=0.2, max_delay=1, jitter=0),
+        options=TunnelOptions.create(
+            user=openssh_server.user,
+            auth=[PrivateKeyFile(openssh_client_key)],
+            known_hosts=openssh_server.known_hosts_path,
+            keepalive_interval=1,
+            keepalive_count_max=3,
+            reconnect=ReconnectPolicy(initial_delay=0.2, max_delay=1, jitter=0),
+        ),
     )
     await t.logon()
     try:
@@ -567,11 +579,13 @@ async def test_six_session_kills_each_come_back_from_the_first_backoff_step(
         reactor,
         openssh_server.host,
         openssh_server.port,
-        user=openssh_server.user,
-        auth=[PrivateKeyFile(openssh_client_key)],
-        known_hosts=openssh_server.known_hosts_path,
-        keepalive_interval=1,
-        keepalive_count_max=3,
+        options=TunnelOptions.create(
+            user=openssh_server.user,
+            auth=[PrivateKeyFile(openssh_client_key)],
+            known_hosts=openssh_server.known_hosts_path,
+            keepalive_interval=1,
+            keepalive_count_max=3,
+        ),
     )
     t.add_observer(watcher)
     await t.logon()
@@ -631,9 +645,11 @@ async def test_logoff_cancels_socket_forwards_too(
         reactor,
         openssh_server.host,
         openssh_server.port,
-        user=openssh_server.user,
-        auth=[PrivateKeyFile(openssh_client_key)],
-        known_hosts=openssh_server.known_hosts_path,
+        options=TunnelOptions.create(
+            user=openssh_server.user,
+            auth=[PrivateKeyFile(openssh_client_key)],
+            known_hosts=openssh_server.known_hosts_path,
+        ),
     )
     await t.logon()
     since = len(openssh_server.log_text())

@@ -23,11 +23,11 @@ def test_the_option_reaches_the_tunnel() -> None:
     options = ClientOptions(user="u", port=22)
     options.apply_option("MaxTransferRate=512K")
     tunnel = build_tunnel(MemoryReactorClock(), "h", options, report=lambda *a: None)
-    assert tunnel.max_transfer_rate == 512 * 1024
+    assert tunnel.options.channels.max_transfer_rate == 512 * 1024
     tunnel = build_tunnel(
         MemoryReactorClock(), "h", ClientOptions(user="u", port=22), report=lambda *a: None
     )
-    assert tunnel.max_transfer_rate == 0
+    assert tunnel.options.channels.max_transfer_rate == 0
 
 
 def _download(port: int, nbytes: int) -> tuple[int, float]:

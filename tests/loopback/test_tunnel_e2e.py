@@ -36,6 +36,7 @@ from rtunnel import (
     PrivateKeyFile,
     ReverseTunnel,
     TunnelObserver,
+    TunnelOptions,
 )
 
 MiB = 1024 * 1024
@@ -479,9 +480,9 @@ async def test_password_auth_on_bundled_server(
             reactor,
             ssh_test_server.host,
             ssh_test_server.port,
-            user=ssh_user,
-            auth=[Password(password)],
-            known_hosts=ssh_known_hosts,
+            options=TunnelOptions.create(
+                user=ssh_user, auth=[Password(password)], known_hosts=ssh_known_hosts
+            ),
         )
         if ok:
             await t.logon()
@@ -516,9 +517,11 @@ async def test_memory_stays_bounded_when_one_side_stalls(
         reactor,
         openssh_server.host,
         openssh_server.port,
-        user=openssh_server.user,
-        auth=[PrivateKeyFile(openssh_client_key)],
-        known_hosts=openssh_server.known_hosts_path,
+        options=TunnelOptions.create(
+            user=openssh_server.user,
+            auth=[PrivateKeyFile(openssh_client_key)],
+            known_hosts=openssh_server.known_hosts_path,
+        ),
     )
     await t.logon()
     pushed = [0]
@@ -600,7 +603,12 @@ async def test_target_that_never_answers_syn_times_out(server: Server) -> None:
 async def test_logon_twice_and_logoff_during_a_hung_handshake() -> None:
     # A TCP listener that never speaks SSH: logon hangs in the handshake.
     mute = TargetServer(lambda conn: time.sleep(30))
-    t = ReverseTunnel(reactor, "127.0.0.1", mute.port, known_hosts=[], connect_timeout=60)
+    t = ReverseTunnel(
+        reactor,
+        "127.0.0.1",
+        mute.port,
+        options=TunnelOptions.create(known_hosts=[], connect_timeout=60),
+    )
     try:
         attempt = t.logon()
         with pytest.raises(AlreadyConnectedError) as e:
@@ -620,7 +628,12 @@ async def test_logon_twice_and_logoff_during_a_hung_handshake() -> None:
 @pytest_twisted.ensureDeferred
 async def test_handshake_timeout_is_a_connect_error() -> None:
     mute = TargetServer(lambda conn: time.sleep(30))
-    t = ReverseTunnel(reactor, "127.0.0.1", mute.port, known_hosts=[], connect_timeout=0.5)
+    t = ReverseTunnel(
+        reactor,
+        "127.0.0.1",
+        mute.port,
+        options=TunnelOptions.create(known_hosts=[], connect_timeout=0.5),
+    )
     try:
         with pytest.raises(ConnectError, match="timed out during the SSH handshake"):
             await t.logon()

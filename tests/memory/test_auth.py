@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 
-from rtunnel import AuthenticationError, Password, PrivateKeyFile, ReverseTunnel
+from rtunnel import AuthenticationError, Password, PrivateKeyFile, ReverseTunnel, TunnelOptions
 from rtunnel.client.auth.credentials import (
     AskPassword,
     KeyboardInteractive,
@@ -54,7 +54,10 @@ def ssh_client_key(pair: MemoryPair) -> Path:
 
 def tunnel(server: SSHTestServer, user: str, known: Path, **kw: Any) -> ReverseTunnel:
     return ReverseTunnel(
-        server._reactor, server.host, server.port, user=user, known_hosts=known, **kw
+        server._reactor,
+        server.host,
+        server.port,
+        options=TunnelOptions.create(user=user, known_hosts=known, **kw),
     )
 
 
@@ -100,7 +103,11 @@ def test_password_prompt_pattern(pattern: str, prompt: str, matches: bool) -> No
 
 def test_unknown_preferred_method_is_a_spec_error() -> None:
     with pytest.raises(SpecError, match="hostbased"):
-        ReverseTunnel(MemoryReactorClock(), "h", preferred_authentications=["hostbased"])
+        ReverseTunnel(
+            MemoryReactorClock(),
+            "h",
+            options=TunnelOptions.create(preferred_authentications=["hostbased"]),
+        )
 
 
 # -- keyboard-interactive ---------------------------------------------------------------

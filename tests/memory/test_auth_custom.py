@@ -31,6 +31,7 @@ from rtunnel import (
     PrivateKeyFile,
     ReverseTunnel,
     SpecError,
+    TunnelOptions,
     encode_packet,
     get_ssh_param,
     read_ssh_params,
@@ -66,7 +67,10 @@ def ssh_client_key(pair: MemoryPair) -> Path:
 
 def tunnel(server: Any, user: str, known: Path, **kw: Any) -> ReverseTunnel:
     return ReverseTunnel(
-        server._reactor, server.host, server.port, user=user, known_hosts=known, **kw
+        server._reactor,
+        server.host,
+        server.port,
+        options=TunnelOptions.create(user=user, known_hosts=known, **kw),
     )
 
 

@@ -17,7 +17,14 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rtunnel import ChannelOpenRequest, Forward, ForwardState, ReverseTunnel, TunnelObserver
+from rtunnel import (
+    ChannelOpenRequest,
+    Forward,
+    ForwardState,
+    ReverseTunnel,
+    TunnelObserver,
+    TunnelOptions,
+)
 from rtunnel._core import wire
 from rtunnel._core.policy import TokenBucket
 from rtunnel._model import ChannelInfo
@@ -74,10 +81,12 @@ class Harness:
             self.clock,
             "server",
             22,
-            window_size=window,
-            max_packet=max_packet,
-            max_channels=max_channels,
-            target_connect_timeout=5,
+            options=TunnelOptions.create(
+                window_size=window,
+                max_packet=max_packet,
+                max_channels=max_channels,
+                target_connect_timeout=5,
+            ),
         )
         self.ssh = FakeSSHTransport()
         self.conn = c.ForwardingConnection(

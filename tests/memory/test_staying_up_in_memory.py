@@ -28,6 +28,7 @@ from rtunnel import (
     ReverseTunnel,
     TimedOutError,
     TunnelObserver,
+    TunnelOptions,
 )
 from rtunnel._core.policy import channel_idle_deadline
 from rtunnel.client.channels.idle import IdleChannelReaper
@@ -171,7 +172,12 @@ def pair(tmp_path: Path) -> Iterator[MemoryPair]:
 def test_a_server_without_a_banner_times_out_in_the_handshake(pair: MemoryPair) -> None:
     # RELIABILITY.md A2: TCP accepted, no banner.
     _listener(pair, 2300, b"")
-    t = ReverseTunnel(pair.reactor, "127.0.0.1", 2300, known_hosts=[], connect_timeout=0.5)
+    t = ReverseTunnel(
+        pair.reactor,
+        "127.0.0.1",
+        2300,
+        options=TunnelOptions.create(known_hosts=[], connect_timeout=0.5),
+    )
     logon = t.logon()
     pair.advance(0.499)
     assert not logon.called
@@ -187,7 +193,12 @@ def test_a_server_that_stops_after_its_banner_times_out_in_the_key_exchange(
     pair: MemoryPair,
 ) -> None:
     _listener(pair, 2300, b"SSH-2.0-OpenSSH_9.2\r\n")
-    t = ReverseTunnel(pair.reactor, "127.0.0.1", 2300, known_hosts=[], connect_timeout=0.5)
+    t = ReverseTunnel(
+        pair.reactor,
+        "127.0.0.1",
+        2300,
+        options=TunnelOptions.create(known_hosts=[], connect_timeout=0.5),
+    )
     with pytest.raises(TimedOutError, match="the key exchange did not finish"):
         pair.run(t.logon())
     assert pair.reactor.seconds() == pytest.approx(0.5)
@@ -215,9 +226,11 @@ def test_giving_up_a_retrying_logon_stops_the_retries(pair: MemoryPair, how: str
         pair.reactor,
         "127.0.0.1",
         2300,
-        known_hosts=[],
-        connect_timeout=5,
-        reconnect=ReconnectPolicy.fixed(0.3, max_retries=5, mode="always"),
+        options=TunnelOptions.create(
+            known_hosts=[],
+            connect_timeout=5,
+            reconnect=ReconnectPolicy.fixed(0.3, max_retries=5, mode="always"),
+        ),
     )
     attempts: list[ReconnectAttempt] = []
 

@@ -40,6 +40,7 @@ from rtunnel import (
     ReverseTunnel,
     SpecError,
     TunnelObserver,
+    TunnelOptions,
     VersionError,
 )
 from rtunnel._core.text import printable
@@ -269,7 +270,7 @@ def test_lists_for_every_kind() -> None:
     )
     assert _algorithms.resolve("host key", ["ssh-ed25519"]) == ["ssh-ed25519"]
     with pytest.raises(SpecError):
-        ReverseTunnel(MemoryReactorClock(), "h", ciphers="nope")
+        ReverseTunnel(MemoryReactorClock(), "h", options=TunnelOptions.create(ciphers="nope"))
 
 
 def test_rekey_by_time_on_the_tunnel_clock(tmp_path: Path) -> None:
@@ -587,7 +588,9 @@ def test_dh_group_request(preferred: int | None, need: int, expected: tuple[int,
 
 def test_preferred_dh_group_bits_is_checked() -> None:
     with pytest.raises(SpecError, match="1024 to 8192"):
-        ReverseTunnel(MemoryReactorClock(), "h", preferred_dh_group_bits=512)
+        ReverseTunnel(
+            MemoryReactorClock(), "h", options=TunnelOptions.create(preferred_dh_group_bits=512)
+        )
 
 
 # -- rekeying before the RFC 4344 limits -------------------------------------------------
@@ -677,7 +680,9 @@ def test_our_version_line_default_and_configured() -> None:
 )
 def test_a_bad_client_version_is_a_spec_error(version: str) -> None:
     with pytest.raises(SpecError):
-        ReverseTunnel(MemoryReactorClock(), "h", client_version=version)
+        ReverseTunnel(
+            MemoryReactorClock(), "h", options=TunnelOptions.create(client_version=version)
+        )
 
 
 @pytest.mark.parametrize(

@@ -18,19 +18,28 @@ from rtunnel.openssh.options import parse_option, parse_rekey_limit
 from rtunnel.service import build_tunnel, describe_error
 
 
+def _resolved(kind: str, spec: str) -> tuple[str, ...]:
+    return tuple(_algorithms.resolve(kind, spec))
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("Ciphers=aes128-ctr", ("Ciphers", "aes128-ctr")),
-        ("ciphers +aes128-cbc", ("Ciphers", "+aes128-cbc")),
-        ("MACs -hmac-sha2-512*", ("MACs", "-hmac-sha2-512*")),
+        # The lists come resolved, OpenSSH's modifiers applied, as the tunnel takes them.
+        ("Ciphers=aes128-ctr", ("Ciphers", _resolved("cipher", "aes128-ctr"))),
+        ("ciphers +aes128-cbc", ("Ciphers", _resolved("cipher", "+aes128-cbc"))),
+        ("MACs -hmac-sha2-512*", ("MACs", _resolved("mac", "-hmac-sha2-512*"))),
         (
             "KexAlgorithms=^diffie-hellman-group14-sha1",
-            ("KexAlgorithms", "^diffie-hellman-group14-sha1"),
+            ("KexAlgorithms", _resolved("kex", "^diffie-hellman-group14-sha1")),
         ),
         (
             "HostKeyAlgorithms ssh-ed25519,rsa-sha2-256",
-            ("HostKeyAlgorithms", "ssh-ed25519,rsa-sha2-256"),
+            ("HostKeyAlgorithms", (("ssh-ed25519", "rsa-sha2-256"), False)),
+        ),
+        (
+            "HostKeyAlgorithms -ssh-rsa",
+            ("HostKeyAlgorithms", (_resolved("host key", "-ssh-rsa"), True)),
         ),
         ("RekeyLimit 1M", ("RekeyLimit", (str(1 << 20), ""))),
         ("RekeyLimit=default 1h", ("RekeyLimit", ("", "3600"))),
@@ -71,8 +80,8 @@ def test_parse_rekey_limit_suffixes() -> None:
 def test_cipher_and_mac_flags_override_options_and_are_checked() -> None:
     inv = parse_command_line(["-o", "Ciphers=aes128-ctr", "-c", "^aes256-gcm@openssh.com", "-m",
                               "hmac-sha2-512", "-R", "0:h:1", "host"])  # fmt: skip
-    assert inv.options.ciphers == "^aes256-gcm@openssh.com"
-    assert inv.options.macs == "hmac-sha2-512"
+    assert inv.options.tunnel["ciphers"] == _resolved("cipher", "^aes256-gcm@openssh.com")
+    assert inv.options.tunnel["macs"] == ("hmac-sha2-512",)
     with pytest.raises(CommandLineExit) as info:
         parse_command_line(["-c", "twofish-cbc", "-R", "0:h:1", "host"])
     assert info.value.text.startswith("Unknown cipher type 'twofish-cbc'.")
@@ -93,19 +102,27 @@ def test_first_option_wins_and_everything_reaches_the_tunnel() -> None:
     ]:
         options.apply_option(text)
     tunnel = build_tunnel(MemoryReactorClock(), "h", options, report=lambda *a: None)
-    assert tunnel.ciphers == [c for c in _algorithms.DEFAULT_CIPHERS if "chacha" not in c]
-    assert tunnel.macs == [*_algorithms.DEFAULT_MACS, "hmac-sha1"]
-    assert tunnel.kex_algorithms == ["curve25519-sha256"]
-    assert tunnel.host_key_algorithms[-1] == "ssh-rsa"
-    assert (tunnel.rekey_bytes, tunnel.rekey_seconds) == (64 << 20, 600.0)
+    assert list(tunnel.options.algorithms.ciphers) == [
+        c for c in _algorithms.DEFAULT_CIPHERS if "chacha" not in c
+    ]
+    assert list(tunnel.options.algorithms.macs) == [*_algorithms.DEFAULT_MACS, "hmac-sha1"]
+    assert list(tunnel.options.algorithms.kex_algorithms) == ["curve25519-sha256"]
+    assert tunnel.options.algorithms.host_key_algorithms[-1] == "ssh-rsa"
+    assert (tunnel.options.algorithms.rekey_bytes, tunnel.options.algorithms.rekey_seconds) == (
+        64 << 20,
+        600.0,
+    )
 
 
 def test_defaults_reach_the_tunnel() -> None:
     tunnel = build_tunnel(
         MemoryReactorClock(), "h", ClientOptions(user="u", port=22), report=lambda *a: None
     )
-    assert tunnel.ciphers == list(_algorithms.DEFAULT_CIPHERS)
-    assert (tunnel.rekey_bytes, tunnel.rekey_seconds) == (_algorithms.DEFAULT_REKEY_BYTES, None)
+    assert list(tunnel.options.algorithms.ciphers) == list(_algorithms.DEFAULT_CIPHERS)
+    assert (tunnel.options.algorithms.rekey_bytes, tunnel.options.algorithms.rekey_seconds) == (
+        _algorithms.DEFAULT_REKEY_BYTES,
+        None,
+    )
 
 
 def test_negotiation_error_is_printed_as_is() -> None:
@@ -121,15 +138,15 @@ def test_negotiation_error_is_printed_as_is() -> None:
 
 def test_compression_flag_and_option_reach_the_tunnel() -> None:
     inv = parse_command_line(["-C", "-R", "0:h:1", "host"])
-    assert inv.options.compression is True
+    assert inv.options.tunnel["compression"] is True
     options = ClientOptions(user="u", port=22)
     options.apply_option("Compression=yes")
     tunnel = build_tunnel(MemoryReactorClock(), "h", options, report=lambda *a: None)
-    assert tunnel.compression is True
+    assert tunnel.options.algorithms.compression is True
     off = build_tunnel(
         MemoryReactorClock(), "h", ClientOptions(user="u", port=22), report=lambda *a: None
     )
-    assert off.compression is False
+    assert off.options.algorithms.compression is False
 
 
 _X86_CPUINFO = """processor\t: 0

@@ -18,7 +18,15 @@ def test_public_names() -> None:
     assert sorted(rtunnel.__all__) == sorted(
         [
             "AcceptHook",
+            "AlgorithmOptions",
             "AlreadyConnectedError",
+            "AuthOptions",
+            "ChannelOptions",
+            "HostKeyOptions",
+            "ReachOptions",
+            "StayingUpOptions",
+            "TunnelOptions",
+            "TunnelSettings",
             "AskPassword",
             "AuthenticationError",
             "CertificateFile",

@@ -43,6 +43,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # endpoint (issue #16, a later step) is to take that composition over.
     ("client session", ("rtunnel.client.transport.client_transport",)),
     ("reaching the server", ("rtunnel.client.reach",)),
+    # What the facade is told: typed groups over the client's own types.
+    ("options", ("rtunnel.options",)),
     ("facade", ("rtunnel.tunnel",)),
     ("public names", ("rtunnel",)),
     ("OpenSSH grammar", ("rtunnel.openssh",)),
@@ -366,7 +368,13 @@ def test_cycles_are_found_and_named() -> None:
 
 
 def test_the_library_is_what_the_issue_calls_it() -> None:
-    for module in ("rtunnel", "rtunnel.tunnel", "rtunnel._core.wire", "rtunnel.errors"):
+    for module in (
+        "rtunnel",
+        "rtunnel.tunnel",
+        "rtunnel.options",
+        "rtunnel._core.wire",
+        "rtunnel.errors",
+    ):
         assert in_library(module), module
     for module in ("rtunnel.client.reach.jump", "rtunnel.client.transport.client_transport"):
         assert in_library(module), module

@@ -22,6 +22,7 @@ from rtunnel.openssh.messages import (
 )
 from rtunnel.openssh.options import LOG_LEVELS, SUPPORTED_OPTIONS, parse_option, split_arguments
 from rtunnel.openssh.values import parse_port, parse_time
+from rtunnel.service import tunnel_options
 
 # --------------------------------------------------------------------------------------
 # -R
@@ -651,11 +652,11 @@ def test_first_value_wins() -> None:
     options.set_default_user("c")
     options.set_default_port(3)
     assert (options.port, options.user) == (1, "a")
-    assert options.strict_host_key_checking == "no"
-    assert options.known_hosts_files == ("/a",)
+    assert options.tunnel["host_key_policy"] == "accept-new"  # StrictHostKeyChecking=no
+    assert options.tunnel["known_hosts"] == ("/a",)
     assert options.exit_on_forward_failure is True
     assert options.batch_mode is True
-    assert (options.connect_timeout, options.connect_timeout_given) == (None, True)
+    assert (options.tunnel["connect_timeout"], "ConnectTimeout" in options.given) == (None, True)
     assert options.log_level == "ERROR"
 
 
@@ -667,7 +668,7 @@ def test_defaults_apply_when_unset() -> None:
     options.set_default_user(None)
     assert (options.user, options.port) == ("c", 3)
     assert options.effective_log_level == "INFO"
-    assert options.connect_timeout_given is False
+    assert "connect_timeout" not in options.tunnel
 
 
 def test_accumulating_options() -> None:
@@ -705,7 +706,10 @@ def test_blank_options_ignored(text: str) -> None:
 )
 def test_host_key_policy(setting: str | None, policy: str) -> None:
     """StrictHostKeyChecking maps to the tunnel's host key policy."""
-    assert ClientOptions(strict_host_key_checking=setting).host_key_policy == policy
+    options = ClientOptions()
+    if setting is not None:
+        options.apply_option(f"StrictHostKeyChecking={setting}")
+    assert tunnel_options(options, report=lambda *a: None).host_keys.host_key_policy == policy
 
 
 @pytest.mark.parametrize(

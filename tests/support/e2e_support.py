@@ -26,6 +26,7 @@ from rtunnel import (
     ReconnectAttempt,
     ReverseTunnel,
     TunnelObserver,
+    TunnelOptions,
 )
 from rtunnel._core.policy import ReconnectPolicy
 from rtunnel.testing import OpenSSHServer
@@ -54,7 +55,7 @@ class Server:
         kw.setdefault("known_hosts", self.known_hosts)
         kw.setdefault("user", self.user)
         kw.setdefault("reconnect", ReconnectPolicy.off())  # test_reconnect.py covers it
-        return ReverseTunnel(reactor, self.host, self.port, **kw)
+        return ReverseTunnel(reactor, self.host, self.port, options=TunnelOptions.create(**kw))
 
 
 class Agent:

@@ -17,12 +17,12 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from typing_extensions import override
 
+from rtunnel._core.text import printable
 from rtunnel.errors import SpecError
 
 __all__ = [
     "GSSAPI",
     "AskPassword",
-    "AuthOptions",
     "CertificateFile",
     "Credential",
     "CustomAuth",
@@ -35,6 +35,9 @@ __all__ = [
     "PrivateKey",
     "PrivateKeyFile",
     "SSHAgent",
+    "UserAuthSettings",
+    "check_methods",
+    "check_password_prompts",
     "key_file_problem",
     "password_prompt_matches",
 ]
@@ -128,8 +131,11 @@ def key_file_problem(path: Path, *, check_permissions: bool = True) -> KeyFilePr
     (``ssh`` would hang on a FIFO; rtunnel says so instead).
     """
 
+    # The name on one line, as ssh's log shows it (log.c escapes with strnvis).
+    shown = printable(str(path), None)
+
     def problem(reason: str, *before: str) -> KeyFileProblem:
-        return KeyFileProblem(reason, (*before, f'Load key "{path}": {reason}'))
+        return KeyFileProblem(reason, (*before, f'Load key "{shown}": {reason}'))
 
     try:
         found = os.stat(path)
@@ -144,7 +150,7 @@ def key_file_problem(path: Path, *, check_permissions: bool = True) -> KeyFilePr
             "@" * 59,
             "@         WARNING: UNPROTECTED PRIVATE KEY FILE!          @",
             "@" * 59,
-            f"Permissions {mode:04o} for '{path}' are too open.",
+            f"Permissions {mode:04o} for '{shown}' are too open.",
             "It is required that your private key files are NOT accessible by others.",
             "This private key will be ignored.",
         )
@@ -468,10 +474,33 @@ def _compile_prompt_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.DOTALL)
 
 
-@dataclass(frozen=True)
-class AuthOptions:
+def check_methods(methods: Sequence[str]) -> None:
     """
-    How to log on, beyond the credentials.
+    Refuse a method rtunnel does not speak in a ``PreferredAuthentications`` list
+    (``none`` is allowed: it asks only which methods the server takes).
+
+    :raises SpecError: naming the unknown methods and the ones rtunnel speaks.
+    """
+    unknown = [m for m in methods if m not in SUPPORTED_METHODS and m != "none"]
+    if unknown:
+        raise SpecError(
+            f"Unknown authentication method(s) {', '.join(unknown)}: rtunnel speaks "
+            + ", ".join(SUPPORTED_METHODS)
+            + "."
+        )
+
+
+def check_password_prompts(count: int) -> None:
+    """:raises SpecError: for a negative ``NumberOfPasswordPrompts``."""
+    if count < 0:
+        raise SpecError("number_of_password_prompts must be 0 or more.")
+
+
+@dataclass(frozen=True)
+class UserAuthSettings:
+    """
+    How the user authentication client logs on, beyond the credentials: made by the
+    tunnel from its :class:`~rtunnel.options.AuthOptions`, which checked every value.
 
     :ivar credentials: what to log on with (keys are loaded separately, before
         connecting; the callbacks of :class:`AskPassword` and :class:`KeyboardInteractive`
@@ -490,9 +519,9 @@ class AuthOptions:
         give up; without it the request is an AuthenticationError.
     :ivar host: the server's name, for the password prompt.
     :ivar pubkey_accepted_algorithms: the public key signature algorithms to use, in
-        order (OpenSSH ``PubkeyAcceptedAlgorithms`` syntax, or a list); a key none of them
-        fits is skipped. None: automatic (RSA signs with the best SHA-2 algorithm the
-        server's ``server-sig-algs`` lists).
+        order, resolved (:func:`~rtunnel.client.auth._pubkey.resolve_pubkey_algorithms`);
+        a key none of them fits is skipped. None: automatic (RSA signs with the best SHA-2
+        algorithm the server's ``server-sig-algs`` lists).
     """
 
     credentials: tuple[Credential, ...] = ()
@@ -503,22 +532,4 @@ class AuthOptions:
     password_change: PasswordCallback | None = None
     host: str = ""
     reactor: Any = None
-    pubkey_accepted_algorithms: str | Sequence[str] | None = None
-
-    def __post_init__(self) -> None:
-        from rtunnel.client.auth._pubkey import resolve_pubkey_algorithms
-
-        object.__setattr__(
-            self,
-            "pubkey_accepted_algorithms",
-            resolve_pubkey_algorithms(self.pubkey_accepted_algorithms),
-        )
-        unknown = [m for m in self.preferred if m not in SUPPORTED_METHODS and m != "none"]
-        if unknown:
-            raise SpecError(
-                f"Unknown authentication method(s) {', '.join(unknown)}: rtunnel speaks "
-                + ", ".join(SUPPORTED_METHODS)
-                + "."
-            )
-        if self.number_of_password_prompts < 0:
-            raise SpecError("number_of_password_prompts must be 0 or more.")
+    pubkey_accepted_algorithms: tuple[str, ...] | None = None

@@ -78,6 +78,8 @@ __all__ = [
     "HostKeyInfo",
     "HostKeyPolicy",
     "HostKeyVerifier",
+    "check_fingerprint_hash",
+    "host_key_blob",
 ]
 
 HostKeyPolicy = Literal["strict", "accept-new", "accept-any"]
@@ -138,8 +140,22 @@ class HostKeyInfo:
 HostKeyCallback = Callable[[HostKeyInfo], "bool | Deferred[bool] | Awaitable[bool]"]
 
 
-def _as_blob(key: keys.Key | str | bytes) -> bytes:
-    """A host key given directly: a Key, an OpenSSH public key line or its wire blob."""
+def check_fingerprint_hash(name: str) -> None:
+    """:raises SpecError: unless ``name`` is a fingerprint hash rtunnel shows (OpenSSH's
+    ``FingerprintHash``, plus sha1)."""
+    if name not in FINGERPRINT_HASHES:
+        from rtunnel.errors import SpecError
+
+        raise SpecError(f"Unknown fingerprint hash {name!r}: use sha256, sha1 or md5.")
+
+
+def host_key_blob(key: keys.Key | str | bytes) -> bytes:
+    """
+    The wire blob of a host key given directly: a Key, an OpenSSH public key line (or a
+    known_hosts line) or its wire blob.
+
+    :raises SpecError: for anything else.
+    """
     if isinstance(key, keys.Key):
         return bytes(key.public().blob())
     data = key.encode("ascii") if isinstance(key, str) else key
@@ -213,12 +229,7 @@ class HostKeyVerifier:
         hash_known_hosts: bool = False,
         now: Callable[[], float] = time.time,
     ) -> None:
-        if fingerprint_hash not in FINGERPRINT_HASHES:
-            from rtunnel.errors import SpecError
-
-            raise SpecError(
-                f"Unknown fingerprint hash {fingerprint_hash!r}: use sha256, sha1 or md5."
-            )
+        check_fingerprint_hash(fingerprint_hash)
         self.host = host
         self.port = port
         self.known_hosts = list(known_hosts)
@@ -226,9 +237,9 @@ class HostKeyVerifier:
             DEFAULT_GLOBAL_KNOWN_HOSTS if global_known_hosts is None else global_known_hosts
         )
         self.policy: HostKeyPolicy = policy
-        self.accepted_blobs = [_as_blob(k) for k in accepted_keys]
+        self.accepted_blobs = [host_key_blob(k) for k in accepted_keys]
         self.accepted_fingerprints = [f for f in accepted_fingerprints if f.strip()]
-        self.accepted_ca_blobs = [_as_blob(k) for k in accepted_ca_keys]
+        self.accepted_ca_blobs = [host_key_blob(k) for k in accepted_ca_keys]
         self.callback = callback
         self.fingerprint_hash = fingerprint_hash
         self.hash_known_hosts = hash_known_hosts

@@ -161,12 +161,13 @@ SUPPORTED_HOST_KEY_ALGORITHMS: tuple[str, ...] = (
     "ssh-dss",
 )
 
-#: kind -> (the option's name in ssh_config, default, supported)
-KINDS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
-    "cipher": ("Ciphers", DEFAULT_CIPHERS, SUPPORTED_CIPHERS),
-    "mac": ("MACs", DEFAULT_MACS, SUPPORTED_MACS),
-    "kex": ("KexAlgorithms", DEFAULT_KEX, SUPPORTED_KEX),
-    "host key": ("HostKeyAlgorithms", DEFAULT_HOST_KEY_ALGORITHMS, SUPPORTED_HOST_KEY_ALGORITHMS),
+#: kind -> (default, supported). The ssh_config keywords for these lists are in
+#: rtunnel/openssh/keywords.py.
+KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "cipher": (DEFAULT_CIPHERS, SUPPORTED_CIPHERS),
+    "mac": (DEFAULT_MACS, SUPPORTED_MACS),
+    "kex": (DEFAULT_KEX, SUPPORTED_KEX),
+    "host key": (DEFAULT_HOST_KEY_ALGORITHMS, SUPPORTED_HOST_KEY_ALGORITHMS),
 }
 
 
@@ -228,7 +229,7 @@ def resolve(kind: str, value: str | Sequence[str] | None) -> list[str]:
     The list to offer for ``kind`` (a key of :data:`KINDS`): the default for None, a
     sequence of names as given (checked), a string through :func:`apply_modifiers`.
     """
-    _option, default, supported = KINDS[kind]
+    default, supported = KINDS[kind]
     if value is None:
         return list(default)
     if isinstance(value, str):

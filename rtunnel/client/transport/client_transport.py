@@ -23,7 +23,7 @@ from typing_extensions import override
 
 from rtunnel._core.text import printable
 from rtunnel._core.version import __version__
-from rtunnel.client.auth.userauth import AuthOptions, LoadedKey, UserAuthClient
+from rtunnel.client.auth.userauth import LoadedKey, UserAuthClient, UserAuthSettings
 from rtunnel.client.channels.connection import ForwardingConnection
 from rtunnel.client.hostkeys._hostcert import HostCertificateMixin, verify_exchange_signature
 from rtunnel.client.transport import _algorithms
@@ -91,7 +91,7 @@ class ClientTransport(HostCertificateMixin, SecureTransportMixin, transport.SSHC
         verify_host_key: HostKeyVerifier,
         connection: ForwardingConnection,
         on_lost: Callable[[ClientTransport, Failure], None],
-        auth_options: AuthOptions | None = None,
+        auth_options: UserAuthSettings | None = None,
         ciphers: Sequence[str] = _algorithms.DEFAULT_CIPHERS,
         macs: Sequence[str] = _algorithms.DEFAULT_MACS,
         kex_algorithms: Sequence[str] = _algorithms.DEFAULT_KEX,
