@@ -544,7 +544,7 @@ class TunnelSettings(TypedDict, total=False):
     """
     Every setting of :class:`TunnelOptions` by its flat name, with the forms
     :meth:`TunnelOptions.create` accepts (the group that holds it keeps the resolved
-    value). A name belongs to exactly one group; ``tests/test_options.py`` keeps this list
+    value). A name belongs to exactly one group; ``tests/pure/test_options.py`` keeps this list
     and the groups' fields the same.
     """
 

@@ -6,7 +6,7 @@ first value given wins, and its line of help.
 
 The ``-o`` parser (:func:`rtunnel.openssh.options.parse_option`), ``rtunnel --help``,
 ``twistd rtunnel --help`` and (issue #14) the configuration file readers are generated
-from :data:`KEYWORDS`; a keyword is spelled nowhere else (``tests/test_keywords.py``).
+from :data:`KEYWORDS`; a keyword is spelled nowhere else (``tests/pure/test_keywords.py``).
 Adding an option is one field in :mod:`rtunnel.options` and one row here.
 
 Every message copied from OpenSSH names the source file it comes from (openssh-portable:
