@@ -46,6 +46,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # What the facade is told: typed groups over the client's own types.
     ("options", ("rtunnel.options",)),
     ("facade", ("rtunnel.tunnel",)),
+    # The blocking and asyncio front doors over the facade, and the reactor thread they share.
+    ("other front doors", ("rtunnel._bridge", "rtunnel.blocking", "rtunnel.aio")),
     ("public names", ("rtunnel",)),
     ("OpenSSH grammar", ("rtunnel.openssh",)),
     ("front ends", ("rtunnel.service", "rtunnel.cli")),
