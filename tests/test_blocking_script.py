@@ -158,3 +158,80 @@ def test_ctrl_c_while_blocked_logs_off_and_exits(
         pass
     else:
         raise AssertionError("the server still listens after the program ended")
+
+
+def _readme_example(
+    heading_index: int, server: OpenSSHServer, key: Path, echo_port: int, tmp_path: Path
+) -> subprocess.Popen[str]:
+    from test_docs import README, _blocks, _text
+
+    blocks = [
+        code
+        for heading, info, code in _blocks(_text(README))
+        if heading == "From blocking code or asyncio" and info == "python"
+    ]
+    assert len(blocks) == 2
+    code = blocks[heading_index]
+    for old, new in {
+        '"gateway.example.com", 22,': f'"127.0.0.1", {server.port},',
+        'user="tunnel"': f"user={server.user!r}",
+        'PrivateKeyFile("~/.ssh/id_ed25519")]': (
+            f"PrivateKeyFile({str(key)!r})], known_hosts={str(server.known_hosts_path)!r}"
+        ),
+        '"127.0.0.1", 8000)': f'"127.0.0.1", {echo_port})',
+    }.items():
+        if heading_index == 1 and "8000" in old:
+            continue
+        assert old in code, old
+        code = code.replace(old, new)
+    script = tmp_path / "readme_example.py"
+    script.write_text(code)
+    return subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _shout_through(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(b"quiet\n")
+        return s.recv(100)
+
+
+def test_readme_blocking_example_runs(
+    tmp_path: Path, openssh_server: OpenSSHServer, openssh_client_key: Path, threaded_echo_port: int
+) -> None:
+    child = _readme_example(0, openssh_server, openssh_client_key, threaded_echo_port, tmp_path)
+    try:
+        assert child.stdout is not None
+        first = child.stdout.readline().split()
+        assert first[:2] == ["Allocated", "port"], first
+        assert echo_through(int(first[2]), b"readme") == b"readme"
+        second = child.stdout.readline().split()
+        assert second[:3] == ["Listening", "on", "port"], second
+        assert _shout_through(int(second[3])) == b"QUIET\n"
+        stdout, stderr = child.communicate(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+    assert (child.returncode, stdout, stderr) == (0, "", "")
+
+
+def test_readme_asyncio_example_runs(
+    tmp_path: Path, openssh_server: OpenSSHServer, openssh_client_key: Path
+) -> None:
+    child = _readme_example(1, openssh_server, openssh_client_key, 0, tmp_path)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline().split()
+        assert line[:3] == ["Listening", "on", "port"], line
+        assert _shout_through(int(line[3])) == b"QUIET\n"
+        stdout, stderr = child.communicate(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+    assert (child.returncode, stdout, stderr) == (0, "", "")
