@@ -333,3 +333,13 @@ def test_closed_tunnel_refuses_calls(
     with pytest.raises(NotConnectedError, match="closed"):
         tunnel.statistics()
     assert reactor_threads() == 0
+
+
+def test_channel_stream_provides_what_twisted_calls() -> None:
+    from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+    from zope.interface.verify import verifyObject
+
+    from rtunnel._bridge import ChannelStream
+
+    assert verifyObject(IHalfCloseableProtocol, ChannelStream())
+    assert verifyObject(IPushProducer, ChannelStream())
