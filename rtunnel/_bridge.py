@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
-import contextlib
 import sys
 import threading
 from collections import deque
@@ -138,10 +137,18 @@ class ReactorThread:
             self._users = 1
         self.release()
 
-    def submit(self, function: Callable[[], Deferred[_T]]) -> concurrent.futures.Future[_T]:
+    def submit(
+        self,
+        function: Callable[[], Deferred[_T]],
+        undo: Callable[[_T], object] | None = None,
+    ) -> concurrent.futures.Future[_T]:
         """
         Run ``function`` in the reactor thread; the future has its result (a Deferred's
         result once it fires). Cancelling the future cancels that Deferred.
+
+        :param undo: called (in the reactor thread) with a result that came too late, the
+            future having been cancelled (a timeout) while the result was on its way: a
+            read puts its bytes back, an accept its channel, so nothing is lost.
         """
         future: concurrent.futures.Future[_T] = concurrent.futures.Future()
         reactor = self._reactor
@@ -151,14 +158,17 @@ class ReactorThread:
 
         # The future stays PENDING until the result is in (never set_running), so the
         # caller can still cancel() it while the Deferred waits; that cancels the Deferred.
-        def settle(value: object) -> None:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):
+        def settle(value: object) -> bool:
+            try:
                 if isinstance(value, Failure):
                     future.set_exception(value.value)
                 elif isinstance(value, BaseException):
                     future.set_exception(value)
                 else:
                     future.set_result(cast(_T, value))
+            except concurrent.futures.InvalidStateError:
+                return False
+            return True
 
         def run() -> None:
             if future.cancelled():
@@ -172,7 +182,8 @@ class ReactorThread:
             def done(value: _T | Failure) -> None:
                 if isinstance(value, Failure) and value.check(CancelledError) and future.done():
                     return None
-                settle(value)
+                if not settle(value) and undo is not None and not isinstance(value, Failure):
+                    undo(value)
                 return None
 
             d.addBoth(done)
@@ -294,6 +305,13 @@ class ChannelStream(Protocol):
             cast(IPushProducer, self.transport).resumeProducing()
         return head
 
+    def unread(self, data: bytes) -> None:
+        """Put back bytes a reader gave up on (see :meth:`ReactorThread.submit`)."""
+        if data:
+            self._buffer.appendleft(data)
+            self._buffered += len(data)
+            _settle_waiters(self._readers, None)
+
     def write(self, data: bytes) -> Deferred[None]:
         """Hand ``data`` to the channel; fires once the channel can take more."""
         return Deferred.fromCoroutine(self._write(data))
@@ -371,6 +389,14 @@ class ChannelStreamFactory(Factory):
             waiter: Deferred[None] = Deferred(lambda d: self._accepters.remove(d))
             self._accepters.append(waiter)
             await waiter
+
+    def unaccept(self, stream: ChannelStream) -> None:
+        """Put back a channel an accept gave up on (see :meth:`ReactorThread.submit`)."""
+        if self._closed:
+            stream.abort()
+            return
+        self._ready.appendleft(stream)
+        _settle_waiters(self._accepters, None)
 
     def close(self) -> None:
         """Refuse new channels, abort those never accepted, fail waiting accepts."""

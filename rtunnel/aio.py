@@ -64,9 +64,17 @@ DEFAULT_TIMEOUT = 60.0
 Handler = Callable[["ChannelReader", "ChannelWriter"], Awaitable[object]]
 
 
-async def _wait(what: str, function: Callable[[], Deferred[_T]], timeout: float | None) -> _T:
-    """Run ``function`` in the reactor thread; await its result, at most ``timeout`` s."""
-    future = asyncio.wrap_future(runner.submit(function))
+async def _wait(
+    what: str,
+    function: Callable[[], Deferred[_T]],
+    timeout: float | None,
+    undo: Callable[[_T], object] | None = None,
+) -> _T:
+    """
+    Run ``function`` in the reactor thread; await its result, at most ``timeout`` s.
+    ``undo`` takes a result that arrives after the call was given up (timeout, cancel).
+    """
+    future = asyncio.wrap_future(runner.submit(function, undo))
     try:
         return await asyncio.wait_for(future, timeout)
     except TimeoutError:
@@ -335,7 +343,7 @@ class Listener:
         The next connection as a (reader, writer) pair; ``timeout`` ``None`` waits as long
         as it takes. :class:`ListenerClosed` once the listener or the tunnel is closed.
         """
-        stream = await _wait("accept", self._factory.accept, timeout)
+        stream = await _wait("accept", self._factory.accept, timeout, self._factory.unaccept)
         return ChannelReader(stream), ChannelWriter(stream)
 
     @property
@@ -403,7 +411,7 @@ class ChannelReader:
         """Read more into the buffer; False at EOF."""
         if self._eof:
             return False
-        data = await _wait("read", lambda: self._stream.read(max_bytes), None)
+        data = await _wait("read", lambda: self._stream.read(max_bytes), None, self._stream.unread)
         if not data:
             self._eof = True
             return False

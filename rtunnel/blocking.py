@@ -57,19 +57,25 @@ _T = TypeVar("_T")
 DEFAULT_TIMEOUT = 60.0
 
 
-def _wait(what: str, function: Callable[[], Deferred[_T]], timeout: float | None) -> _T:
+def _wait(
+    what: str,
+    function: Callable[[], Deferred[_T]],
+    timeout: float | None,
+    undo: Callable[[_T], object] | None = None,
+) -> _T:
     """
     Run ``function`` in the reactor thread and wait for its result.
 
     :param what: the call's name, for the timeout error.
     :param timeout: seconds, or ``None`` to wait as long as it takes.
+    :param undo: what to do with a result that arrives after the call was given up.
     """
     if runner.in_reactor_thread():
         raise RuntimeError(
             f"rtunnel.blocking: {what}() called from the reactor thread (an observer or "
             "accept hook?) would wait for itself; use the ReverseTunnel there."
         )
-    future = runner.submit(function)
+    future = runner.submit(function, undo)
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
@@ -335,7 +341,7 @@ class Listener:
         ``socket.accept`` does); raises :class:`ListenerClosed` once the listener or the
         tunnel is closed.
         """
-        stream = _wait("accept", self._factory.accept, timeout)
+        stream = _wait("accept", self._factory.accept, timeout, self._factory.unaccept)
         return Channel(stream)
 
     @property
@@ -413,7 +419,7 @@ class Channel:
         """
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be at least 1, not {max_bytes}.")
-        return _wait("recv", lambda: self._stream.read(max_bytes), timeout)
+        return _wait("recv", lambda: self._stream.read(max_bytes), timeout, self._stream.unread)
 
     def sendall(self, data: bytes, timeout: float | None = None) -> None:
         """
