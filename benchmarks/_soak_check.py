@@ -1,7 +1,7 @@
 """
 The soak harness's arithmetic, with no processes or sockets: what ``sshd``'s log says
 about key exchanges, what the rekey count should be, which failed transfers a fault
-explains, and the checks themselves. Tested as plain functions (``tests/test_soak.py``).
+explains, and the checks themselves. Tested as plain functions (``tests/harness/test_soak.py``).
 """
 
 from __future__ import annotations

@@ -187,8 +187,13 @@ class ReconnectAttempt:
             what = f"Reconnecting to {self.host} port {self.port}"
         else:
             what = f"Retrying the remote forward of listen port {self.remote_port}"
+        why = str(self.error) if self.error is not None else "unknown error"
+        if not why.endswith((".", "!", "?")):
+            # ssh's own words often have no full stop ("remote port forwarding failed
+            # for listen port 8080"); the next sentence follows on the same line.
+            why += "."
         return {
-            "why": str(self.error) if self.error is not None else "unknown error",
+            "why": why,
             "what": what,
             "delay": self.retry_interval,
             "retry": self.retry_count,

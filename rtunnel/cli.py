@@ -9,6 +9,7 @@ exit statuses, so it can replace ``ssh`` in scripts that keep a reverse tunnel o
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -314,14 +315,15 @@ def _apply_flag(options: ClientOptions, letter: str, value: str, warnings: list[
             raise SpecError(f"{fail} '{value}'. {error.message}") from None
         options.set_outright(CIPHERS if letter == "c" else MACS, names)
     elif letter == "i":
-        path = Path(value).expanduser()
+        path = Path(os.path.expanduser(value))
         try:
             path.stat()
         except (OSError, ValueError) as error:
             # ssh.c, case 'i': warn and carry on without the file. ValueError: a name no
             # file can have (a NUL, a lone surrogate).
             why = error.strerror if isinstance(error, OSError) else str(error)
-            warnings.append(f"Warning: Identity file {path} not accessible: {why}.")
+            shown = printable(str(path), None)  # one line, as ssh's log (strnvis)
+            warnings.append(f"Warning: Identity file {shown} not accessible: {why}.")
         else:
             options.identity_files.append(str(path))
 

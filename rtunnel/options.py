@@ -27,6 +27,7 @@ themselves are plain frozen dataclasses: read them, and derive with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import cache
@@ -101,7 +102,8 @@ def known_hosts_paths(value: str | Path | Sequence[str | Path]) -> tuple[Path, .
     """One known_hosts path or several, as a tuple with ``~`` expanded."""
     if isinstance(value, (str, Path)):
         value = [value]
-    return tuple(Path(p).expanduser() for p in value)
+    # os.path.expanduser leaves an unknown "~user" as it is, where Path.expanduser raises.
+    return tuple(Path(os.path.expanduser(p)) for p in value)
 
 
 def _positive_or_none(name: str, value: float | None) -> None:
@@ -542,7 +544,7 @@ class TunnelSettings(TypedDict, total=False):
     """
     Every setting of :class:`TunnelOptions` by its flat name, with the forms
     :meth:`TunnelOptions.create` accepts (the group that holds it keeps the resolved
-    value). A name belongs to exactly one group; ``tests/test_options.py`` keeps this list
+    value). A name belongs to exactly one group; ``tests/pure/test_options.py`` keeps this list
     and the groups' fields the same.
     """
 

@@ -21,7 +21,7 @@ import getpass
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
@@ -77,6 +77,8 @@ __all__ = [
 
 _log = Logger()
 
+_T = TypeVar("_T")
+
 #: The private keys tried when none is given, in OpenSSH's order (readconf.c,
 #: ``fill_default_options``), leaving out the kinds rtunnel cannot use (security keys,
 #: XMSS, DSA).
@@ -112,7 +114,8 @@ def _identity_files(options: ClientOptions, report: Report) -> list[Path]:
     from rtunnel.client.auth.credentials import key_file_problem
 
     given = options.identity_files
-    candidates = [Path(p).expanduser() for p in (given or DEFAULT_IDENTITY_FILES)]
+    # os.path.expanduser leaves an unknown "~user" as it is, where Path.expanduser raises.
+    candidates = [Path(os.path.expanduser(p)) for p in (given or DEFAULT_IDENTITY_FILES)]
     found = []
     for path in candidates:
         try:
@@ -390,10 +393,9 @@ async def establish_forwards(
             "DEBUG1",
             f"Remote connections from {listen} forwarded to local address {target}",
         )
-        answer: Deferred[Any] = _request_forward(tunnel, spec)
-        answer.addCallback(granted, spec)
-        answer.addErrback(refused, spec)
-        answers.append(answer)
+        answers.append(
+            _request_forward(tunnel, spec).addCallback(granted, spec).addErrback(refused, spec)
+        )
     try:
         results = await gatherResults(answers, consumeErrors=True)
     except FirstError as error:
@@ -513,7 +515,7 @@ class Options(usage.Options):
             raise usage.UsageError("no remote forwards: give -R [bind_address:]port:host:hostport")
 
 
-def _usage(parse: Callable[[str], Any], text: str) -> Any:
+def _usage(parse: Callable[[str], _T], text: str) -> _T:
     """Call ``parse(text)``, turning a SpecError into twistd's UsageError."""
     try:
         return parse(text)

@@ -1,11 +1,20 @@
 """
-Fixtures for the interop tests against a real OpenSSH ``sshd``
-(:class:`rtunnel.testing._openssh.OpenSSHServer`).
+The layers of rtunnel's tests, and the fixtures they share.
 
-Interop tests carry the ``openssh`` marker (a test using :func:`openssh_server` gets it
-automatically), so ``pytest -m "not openssh"`` runs without OpenSSH. When OpenSSH is not
-installed they are skipped, except when the ``CI`` environment variable is set: then they
-fail, so a CI run can never pass by skipping them.
+Each folder under ``tests/`` is a layer, cheapest first, and its tests carry its marker
+(``pytest -m memory``, ``pytest -m "not interop"``): ``pure`` (plain functions),
+``memory`` (protocols over StringTransport, a Clock or the in-memory pair), ``loopback``
+(real sockets on 127.0.0.1 against the bundled server), ``interop`` (real third-party
+programs: OpenSSH, proxies, Kerberos), ``harness`` (the test helpers themselves, the
+soak, the benchmark) and ``docs``. Helpers the files share are modules in
+``tests/support/`` (on ``pythonpath``, see pyproject.toml).
+
+A test that needs OpenSSH carries the ``openssh`` marker, and with it ``interop``,
+whatever its folder: one using an OpenSSH fixture gets it automatically, as do the
+``openssh`` variants of the ``server`` fixture. When OpenSSH is not installed they are
+skipped, except when the ``CI`` environment variable is set: then they fail, so a CI run
+can never pass by skipping them. The fixtures for a real ``sshd``
+(:class:`rtunnel.testing._openssh.OpenSSHServer`) are here.
 """
 
 from __future__ import annotations
@@ -90,16 +99,40 @@ def _keygen(directory: Path, key_type: str) -> Path:
     return path
 
 
+#: The folders of tests/, each a layer with a marker of its name.
+LAYERS = ("pure", "memory", "loopback", "interop", "harness", "docs")
+
+_TESTS = Path(__file__).resolve().parent
+
+
+def layer_of(path: Path) -> str | None:
+    """
+    :param path: a test file.
+    :return: the layer its folder is, or None outside the layer folders.
+    """
+    try:
+        folder = path.resolve().relative_to(_TESTS).parts[0]
+    except (ValueError, IndexError):
+        return None
+    return folder if folder in LAYERS else None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """
-    Mark every test that uses an OpenSSH fixture as an ``openssh`` test.
+    Mark every test with its folder's layer; every test that uses an OpenSSH fixture as
+    an ``openssh`` test; every ``openssh`` test as ``interop``.
 
     :param items: the collected tests.
     """
     for item in items:
+        layer = layer_of(item.path)
+        if layer is not None:
+            item.add_marker(layer)
         if _OPENSSH_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.openssh)
+        if item.get_closest_marker("openssh") is not None:
+            item.add_marker(pytest.mark.interop)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -218,7 +251,7 @@ def clean_ssh_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(params=["bundled", "openssh"])
+@pytest.fixture(params=["bundled", pytest.param("openssh", marks=pytest.mark.openssh)])
 def server(request: pytest.FixtureRequest) -> Server:
     """The bundled server, then a real sshd: the end-to-end tests run against each."""
     # Imported here: they import the reactor, which pytest-twisted installs after this

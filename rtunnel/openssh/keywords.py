@@ -6,7 +6,7 @@ first value given wins, and its line of help.
 
 The ``-o`` parser (:func:`rtunnel.openssh.options.parse_option`), ``rtunnel --help``,
 ``twistd rtunnel --help`` and (issue #14) the configuration file readers are generated
-from :data:`KEYWORDS`; a keyword is spelled nowhere else (``tests/test_keywords.py``).
+from :data:`KEYWORDS`; a keyword is spelled nowhere else (``tests/pure/test_keywords.py``).
 Adding an option is one field in :mod:`rtunnel.options` and one row here.
 
 Every message copied from OpenSSH names the source file it comes from (openssh-portable:
@@ -32,7 +32,7 @@ from rtunnel.client.transport._algorithms import resolve
 from rtunnel.client.transport._sockopts import TCPOptions
 from rtunnel.errors import SpecError
 from rtunnel.openssh.forwards import RemoteForwardSpec, forward_or_reason
-from rtunnel.openssh.values import parse_time
+from rtunnel.openssh.values import check_host_name, check_user_name, parse_time
 
 if TYPE_CHECKING:
     from rtunnel.client.hostkeys.verify import HostKeyPolicy
@@ -510,7 +510,14 @@ def _proxy_jump(keyword: str, args: list[str]) -> tuple[JumpHost, ...]:
         parse_proxy_jump(value)
     except SpecError as error:
         raise SpecError(f"{WHERE}: {error.message}") from None
-    return jump_hosts(value)
+    hops = jump_hosts(value)
+    # ssh runs "ssh -W ... HOP" for each hop, which checks the hop's names as it checks
+    # the destination's (ssh.c, valid_hostname and valid_ruser) and says so in its words.
+    for hop in hops:
+        if hop.user is not None:
+            check_user_name(hop.user)
+        check_host_name(hop.host)
+    return hops
 
 
 def _hide_password(url: str) -> str:

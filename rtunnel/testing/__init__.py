@@ -18,16 +18,22 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rtunnel.testing._certs import certificate_line, make_certificate
     from rtunnel.testing._keys import KeyKind, client_key, generate_client_key, host_key
+    from rtunnel.testing._memory import InboundConnection, MemoryPair
     from rtunnel.testing._openssh import OpenSSHServer
     from rtunnel.testing._proxy import FaultProxy
-    from rtunnel.testing._server import ForwardListener, SSHTestServer
+    from rtunnel.testing._waiting import WaitTimeoutError
+    from rtunnel.testing.server import ForwardListener, KbdIntPrompt, SSHTestServer
 
 __all__ = [
     "FaultProxy",
     "ForwardListener",
+    "InboundConnection",
+    "KbdIntPrompt",
     "KeyKind",
+    "MemoryPair",
     "OpenSSHServer",
     "SSHTestServer",
+    "WaitTimeoutError",
     "certificate_line",
     "client_key",
     "generate_client_key",
@@ -38,8 +44,12 @@ __all__ = [
 _WHERE = {
     "FaultProxy": "rtunnel.testing._proxy",
     "OpenSSHServer": "rtunnel.testing._openssh",
-    "ForwardListener": "rtunnel.testing._server",
-    "SSHTestServer": "rtunnel.testing._server",
+    "ForwardListener": "rtunnel.testing.server",
+    "SSHTestServer": "rtunnel.testing.server",
+    "KbdIntPrompt": "rtunnel.testing.server",
+    "WaitTimeoutError": "rtunnel.testing._waiting",
+    "MemoryPair": "rtunnel.testing._memory",
+    "InboundConnection": "rtunnel.testing._memory",
     "KeyKind": "rtunnel.testing._keys",
     "client_key": "rtunnel.testing._keys",
     "generate_client_key": "rtunnel.testing._keys",

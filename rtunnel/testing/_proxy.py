@@ -17,7 +17,6 @@ producer calls would otherwise undo a stall.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
 from typing import Literal
 
 from twisted.internet import defer
@@ -30,6 +29,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IPushProducer,
     IReactorTCP,
+    IReactorTime,
     ITCPTransport,
 )
 from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory, connectionDone
@@ -39,6 +39,7 @@ from zope.interface import implementer
 
 from rtunnel.client.channels.forwarder import abort_with_reset
 from rtunnel.testing._listening import ListeningAddress
+from rtunnel.testing._waiting import DEFAULT_TIMEOUT, Waiters
 
 __all__ = ["Direction", "FaultProxy", "ProxyMode"]
 
@@ -73,12 +74,6 @@ def _directions(direction: Direction) -> frozenset[str]:
     raise ValueError(f"direction must be 'both', 'upstream' or 'downstream', not {direction!r}")
 
 
-class _Waiter:
-    def __init__(self, ready: Callable[[], bool]) -> None:
-        self.ready = ready
-        self.deferred: Deferred[None] = Deferred()
-
-
 class FaultProxy(ListeningAddress):
     """
     A TCP proxy between clients and one target, on the loopback interface, that injects
@@ -101,7 +96,8 @@ class FaultProxy(ListeningAddress):
     to :meth:`pass_through` carries on with it (a side that closed meanwhile is then
     reset on the other side, as a healed network would show).
 
-    :param reactor: the reactor to listen and connect with.
+    :param reactor: the reactor to listen and connect with (and whose clock the
+        ``wait_for_*`` helpers' timeouts run on).
     :param target_host: the target's address: a loopback literal (``127.0.0.1``, ``::1``).
     :param target_port: the target's port.
     :param host: the loopback address to listen on.
@@ -124,7 +120,7 @@ class FaultProxy(ListeningAddress):
         self._port = port
         self._listening: IListeningPort | None = None
         self._pairs: set[_Pair] = set()
-        self._waiters: list[_Waiter] = []
+        self._waiters = Waiters(IReactorTime(reactor))
         self._mode: ProxyMode = "pass"
         self._blackholed: frozenset[str] = frozenset()
         self._stalled: frozenset[str] = frozenset()
@@ -167,7 +163,12 @@ class FaultProxy(ListeningAddress):
             await defer.maybeDeferred(listening.stopListening)
         for pair in list(self._pairs):
             pair.abort(reset=False)
-        await self._when(lambda: not self._pairs)
+        await self._waiters.when(
+            lambda: not self._pairs,
+            timeout=DEFAULT_TIMEOUT,
+            what="FaultProxy.stop()",
+            seen=lambda: f"{len(self._pairs)} proxied connections still open",
+        )
 
     # Modes ---------------------------------------------------------------------------
 
@@ -256,29 +257,29 @@ class FaultProxy(ListeningAddress):
         """The number of client connections accepted since the proxy was made."""
         return self._accepted
 
-    def wait_for_connections(self, count: int) -> Deferred[None]:
+    def wait_for_connections(
+        self, count: int, *, timeout: float | None = DEFAULT_TIMEOUT
+    ) -> Deferred[None]:
         """
         Wait until exactly ``count`` proxied connections are open (:attr:`connections`).
 
         :param count: the number.
-        :return: a Deferred firing with ``None``.
+        :param timeout: seconds to wait (on the proxy's reactor); None: no limit.
+        :return: a Deferred firing with ``None``, or failing with
+            :class:`~rtunnel.testing.WaitTimeoutError` after ``timeout`` seconds.
         """
-        return self._when(lambda: self.connections == count)
-
-    def _when(self, ready: Callable[[], bool]) -> Deferred[None]:
-        if ready():
-            return defer.succeed(None)
-        waiter = _Waiter(ready)
-        self._waiters.append(waiter)
-        return waiter.deferred
+        return self._waiters.when(
+            lambda: self.connections == count,
+            timeout=timeout,
+            what=f"FaultProxy.wait_for_connections({count})",
+            seen=lambda: (
+                f"{self.connections} proxied connections are open, not exactly {count} "
+                f"({self.accepted_connections} accepted since the proxy was made)"
+            ),
+        )
 
     def _changed(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if waiter.ready():
-                waiter.deferred.callback(None)
-            else:
-                self._waiters.append(waiter)
+        self._waiters.changed()
 
     # Called by the pairs -------------------------------------------------------------
 

@@ -16,6 +16,10 @@ through the ``pytest11`` entry point once rtunnel is installed. They need pytest
     A started :class:`~rtunnel.testing.FaultProxy` in front of ``ssh_test_server``,
     passing to begin with; stopped after the test. Clients connect to its port and check
     the host key against ``ssh_test_server.write_known_hosts(path, port=proxy.port)``.
+``ssh_memory_pair``
+    A :class:`~rtunnel.testing.MemoryPair`: a tunnel and a test server joined in memory,
+    on a clock, with no reactor running (it needs no pytest-twisted); closed after the
+    test.
 
 All are function scoped; keys are generated once per process.
 """
@@ -23,7 +27,7 @@ All are function scoped; keys are generated once per process.
 from __future__ import annotations
 
 import getpass
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, cast
 
@@ -31,10 +35,18 @@ import pytest
 import pytest_twisted  # type: ignore[import-untyped]  # ships no type information
 
 if TYPE_CHECKING:
+    from rtunnel.testing._memory import MemoryPair
     from rtunnel.testing._proxy import FaultProxy
-    from rtunnel.testing._server import SSHTestServer
+    from rtunnel.testing.server import SSHTestServer
 
-__all__ = ["ssh_client_key", "ssh_fault_proxy", "ssh_known_hosts", "ssh_test_server", "ssh_user"]
+__all__ = [
+    "ssh_client_key",
+    "ssh_fault_proxy",
+    "ssh_known_hosts",
+    "ssh_memory_pair",
+    "ssh_test_server",
+    "ssh_user",
+]
 
 #: The password of the ``ssh_test_server`` user.
 PASSWORD = "password"
@@ -74,7 +86,7 @@ async def ssh_test_server(ssh_client_key: Path, ssh_user: str) -> AsyncGenerator
     from twisted.conch.ssh.keys import Key
     from twisted.internet import reactor
 
-    from rtunnel.testing._server import SSHTestServer
+    from rtunnel.testing.server import SSHTestServer
 
     server = SSHTestServer(reactor)
     public = Key.fromFile(str(ssh_client_key) + ".pub")
@@ -107,3 +119,15 @@ async def ssh_fault_proxy(ssh_test_server: SSHTestServer) -> AsyncGenerator[Faul
         yield proxy
     finally:
         await proxy.stop()
+
+
+@pytest.fixture
+def ssh_memory_pair(tmp_path: Path) -> Iterator[MemoryPair]:
+    """A tunnel and a test server joined in memory (its files in ``tmp_path``)."""
+    from rtunnel.testing._memory import MemoryPair
+
+    pair = MemoryPair(tmp_path / "rtunnel-memory")
+    try:
+        yield pair
+    finally:
+        pair.close()

@@ -16,6 +16,7 @@ from twisted.conch.ssh import agent
 from twisted.conch.ssh.common import NS, getNS
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 
+from rtunnel._core.text import printable
 from rtunnel.errors import CredentialError
 
 __all__ = ["AgentConnection", "connect_agent"]
@@ -71,5 +72,7 @@ async def connect_agent(reactor: Any, path: str) -> AgentConnection:
     try:
         protocol = await connectProtocol(UNIXClientEndpoint(reactor, path), agent.SSHAgentClient())
     except Exception as e:
-        raise CredentialError(f"Could not connect to the agent at {path}: {e}") from None
+        raise CredentialError(
+            f"Could not connect to the agent at {printable(path, None)}: {e}"
+        ) from None
     return AgentConnection(protocol)

@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from typing_extensions import override
 
+from rtunnel._core.text import printable
 from rtunnel.errors import SpecError
 
 __all__ = [
@@ -95,10 +96,10 @@ class PrivateKeyFile:
         certificate: str | Path | None = None,
         check_permissions: bool = True,
     ) -> None:
-        object.__setattr__(self, "path", Path(path).expanduser())
+        object.__setattr__(self, "path", Path(os.path.expanduser(path)))
         object.__setattr__(self, "passphrase", passphrase)
         object.__setattr__(
-            self, "certificate", Path(certificate).expanduser() if certificate else None
+            self, "certificate", Path(os.path.expanduser(certificate)) if certificate else None
         )
         object.__setattr__(self, "check_permissions", check_permissions)
         object.__setattr__(self, "_unlocked", {})
@@ -130,8 +131,11 @@ def key_file_problem(path: Path, *, check_permissions: bool = True) -> KeyFilePr
     (``ssh`` would hang on a FIFO; rtunnel says so instead).
     """
 
+    # The name on one line, as ssh's log shows it (log.c escapes with strnvis).
+    shown = printable(str(path), None)
+
     def problem(reason: str, *before: str) -> KeyFileProblem:
-        return KeyFileProblem(reason, (*before, f'Load key "{path}": {reason}'))
+        return KeyFileProblem(reason, (*before, f'Load key "{shown}": {reason}'))
 
     try:
         found = os.stat(path)
@@ -146,7 +150,7 @@ def key_file_problem(path: Path, *, check_permissions: bool = True) -> KeyFilePr
             "@" * 59,
             "@         WARNING: UNPROTECTED PRIVATE KEY FILE!          @",
             "@" * 59,
-            f"Permissions {mode:04o} for '{path}' are too open.",
+            f"Permissions {mode:04o} for '{shown}' are too open.",
             "It is required that your private key files are NOT accessible by others.",
             "This private key will be ignored.",
         )
@@ -344,7 +348,7 @@ class CertificateFile:
     path: Path
 
     def __init__(self, path: str | Path) -> None:
-        object.__setattr__(self, "path", Path(path).expanduser())
+        object.__setattr__(self, "path", Path(os.path.expanduser(path)))
 
 
 @dataclass(frozen=True)

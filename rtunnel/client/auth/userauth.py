@@ -251,25 +251,35 @@ def certificate_public_blob(certificate: bytes) -> bytes | None:
         return None
 
 
+def _shown(path: Path) -> str:
+    # A name the user gave, on one line: ssh's log escapes it too (log.c, strnvis).
+    return printable(str(path), None)
+
+
 def _read_certificate(path: Path, *, required: bool) -> bytes | None:
     try:
         text = path.read_text(encoding="ascii", errors="replace")
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
+        # ValueError: a name no file can have (a NUL, a lone surrogate), so none is there.
         if not required:
             return None
-        raise CredentialError(f"Certificate file {path} not found.") from None
+        raise CredentialError(f"Certificate file {_shown(path)} not found.") from None
     except OSError as e:
         raise CredentialError(
-            f"Certificate file {path} not accessible: {e.strerror or e}."
+            f"Certificate file {_shown(path)} not accessible: {e.strerror or e}."
         ) from None
     fields = text.split()
     try:
         blob = base64.b64decode(fields[1], validate=True)
         kind = getNS(blob)[0].decode("ascii")
     except (IndexError, ValueError, struct.error, UnicodeDecodeError):
-        raise CredentialError(f"Certificate file {path} is not an OpenSSH certificate.") from None
+        raise CredentialError(
+            f"Certificate file {_shown(path)} is not an OpenSSH certificate."
+        ) from None
     if not kind.endswith("-cert-v01@openssh.com") or fields[0] != kind:
-        raise CredentialError(f"Certificate file {path} is not an OpenSSH certificate ({kind}).")
+        raise CredentialError(
+            f"Certificate file {_shown(path)} is not an OpenSSH certificate ({kind})."
+        )
     return blob
 
 
@@ -279,17 +289,18 @@ def _load_key_file(credential: PrivateKeyFile) -> LoadedKey:
     if problem is not None and problem.reason == "bad permissions":
         # ssh's "UNPROTECTED PRIVATE KEY FILE!" block, then what to do about it.
         raise CredentialError(
-            "\n".join(problem.lines)
-            + f"\nchmod 600 {path}, or give PrivateKeyFile(..., check_permissions=False) for a "
-            "key whose permissions cannot be changed."
+            "\n".join(problem.lines) + f"\nchmod 600 {_shown(path)}, or give PrivateKeyFile(..., "
+            "check_permissions=False) for a key whose permissions cannot be changed."
         )
     if problem is not None and problem.reason == "not a regular file":
         # Reading a FIFO would block the reactor; ssh itself hangs there.
-        raise CredentialError(f"Identity file {path} not accessible: not a regular file.")
+        raise CredentialError(f"Identity file {_shown(path)} not accessible: not a regular file.")
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise CredentialError(f"Identity file {path} not accessible: {e.strerror or e}.") from None
+        raise CredentialError(
+            f"Identity file {_shown(path)} not accessible: {e.strerror or e}."
+        ) from None
     # An encrypted key decrypted at an earlier logon (a reconnect) is not asked for again
     # while the file is unchanged (PrivateKeyFile's docstring).
     digest = hashlib.sha256(data).digest()
@@ -302,7 +313,12 @@ def _load_key_file(credential: PrivateKeyFile) -> LoadedKey:
         unlocked[digest] = key
 
     return _load_key(
-        data, path, f"Identity file {path}", credential.passphrase, pub_file=True, remember=remember
+        data,
+        path,
+        f"Identity file {_shown(path)}",
+        credential.passphrase,
+        pub_file=True,
+        remember=remember,
     )
 
 

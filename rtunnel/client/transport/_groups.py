@@ -2,7 +2,7 @@
 The MODP groups of RFC 3526 used by RFC 8268's fixed-group key exchanges, as numbers.
 
 Each prime is p = 2^N - 2^(N-64) - 1 + 2^64 * (floor(2^(N-130) * pi) + k) (RFC 3526 §3,
-§5, §7), generator 2; ``tests/test_kex.py`` recomputes them from that definition.
+§5, §7), generator 2; ``tests/memory/test_transport.py`` recomputes them from that definition.
 """
 
 from __future__ import annotations
