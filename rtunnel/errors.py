@@ -15,6 +15,7 @@ from typing_extensions import override
 __all__ = [
     "AlreadyConnectedError",
     "AuthenticationError",
+    "CallTimeoutError",
     "ChannelError",
     "ConnectError",
     "ConnectionLostError",
@@ -102,6 +103,15 @@ class ProxyAuthenticationError(ProxyError):
     The proxy refused the user name and password (or asked for credentials none were
     given for). Not retried: the same credentials would be refused again.
     """
+
+
+class CallTimeoutError(RTunnelError, TimeoutError):
+    """
+    A call of the blocking or asyncio API (:mod:`rtunnel.blocking`, :mod:`rtunnel.aio`)
+    did not finish within its timeout; the message names the call. It was given up.
+    """
+
+    code = 201  # the reference's "Timeout"
 
 
 class ConnectionLostError(RTunnelError):

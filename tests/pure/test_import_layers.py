@@ -47,6 +47,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("options", ("rtunnel.options",)),
     # The reconnect loop drives the pure core's state table for the facade.
     ("facade", ("rtunnel._reconnect", "rtunnel.tunnel")),
+    # The blocking and asyncio front doors over the facade, and the reactor thread they share.
+    ("other front doors", ("rtunnel._bridge", "rtunnel.blocking", "rtunnel.aio")),
     ("public names", ("rtunnel",)),
     ("OpenSSH grammar", ("rtunnel.openssh",)),
     ("front ends", ("rtunnel.service", "rtunnel.cli")),
