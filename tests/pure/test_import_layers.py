@@ -51,6 +51,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("other front doors", ("rtunnel._bridge", "rtunnel.blocking", "rtunnel.aio")),
     ("public names", ("rtunnel",)),
     ("OpenSSH grammar", ("rtunnel.openssh",)),
+    # Many tunnels from a configuration, reload, status, metrics (issue #14).
+    ("operations", ("rtunnel.operations",)),
     ("front ends", ("rtunnel.service", "rtunnel.cli")),
     ("test helpers and demo", ("rtunnel.testing", "rtunnel.demo")),
 )
