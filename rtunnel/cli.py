@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -34,24 +34,41 @@ from twisted.logger import (
     globalLogBeginner,
 )
 from twisted.python.failure import Failure
+from typing_extensions import override
 from zope.interface import implementer
 
 from rtunnel._core.syntax import parse_destination
 from rtunnel._core.text import printable, printable_lines
+from rtunnel._model import ChannelInfo, TunnelObserver
 from rtunnel.client.transport._algorithms import resolve
-from rtunnel.errors import RTunnelError, SpecError
+from rtunnel.errors import ConnectError, RTunnelError, SpecError
 from rtunnel.openssh.client_options import ClientOptions
-from rtunnel.openssh.forwards import parse_remote_forward
+from rtunnel.openssh.config_files import (
+    SYSTEM_FILE,
+    ConfigRead,
+    as_option,
+    known_to_ssh,
+    read_ssh_config,
+    remote_forward_option,
+    ssh_G_lines,
+)
+from rtunnel.openssh.forwards import RemoteForwardSpec, parse_remote_forward
 from rtunnel.openssh.keywords import (
     BIND_ADDRESS,
     CIPHERS,
     COMPRESSION,
     GSSAPI_AUTHENTICATION,
     GSSAPI_DELEGATE_CREDENTIALS,
+    HOST_NAME,
+    IDENTITY_FILE,
     MACS,
+    PORT,
     PROXY_JUMP,
+    STRICT_HOST_KEY_CHECKING,
+    USER,
     help_lines,
 )
+from rtunnel.openssh.options import parse_keyword
 from rtunnel.openssh.values import check_host_name, check_user_name, parse_port
 from rtunnel.service import (
     ReconnectReporter,
@@ -144,8 +161,8 @@ FAILURE = 255
 LOGOFF_TIMEOUT = 3.0
 
 # Option letters: those taking an argument, and flags.
-_WITH_ARGUMENT = frozenset("bciJlmopR")
-_FLAGS = frozenset("ChKNnqTVv")
+_WITH_ARGUMENT = frozenset("bciFJlmopR")
+_FLAGS = frozenset("CfGhKNnqTVv")
 
 
 class CommandLineExit(Exception):
@@ -170,13 +187,31 @@ class Invocation:
     A parsed command line.
 
     :ivar options: the settings, defaults from the destination applied.
-    :ivar host: the SSH server.
+    :ivar host: the SSH server (the destination's host; after :func:`read_config`, the
+        ``HostName`` the files give it).
     :ivar warnings: lines to print before connecting (ssh's identity file warnings).
+    :ivar destination: the destination as given.
+    :ivar config_file: ``-F``: the file to read instead of ``~/.ssh/config`` and
+        ``/etc/ssh/ssh_config``, or ``none``; None: those two.
+    :ivar command_line: the flags and ``-o`` options as ``-o`` lines, in ssh's order of
+        precedence, for the files' ``Match`` lines and ``rtunnel -G``.
+    :ivar print_config: ``-G``: print the resolved options and exit.
+    :ivar fork: ``-f``: go to the background once every forward is active.
+    :ivar notices: ``(level, line)`` to print once logging is set up (notes on ``-R``
+        forms, the files read and the lines ignored, at ``-v``).
+    :ivar config: what :func:`read_config` read.
     """
 
     options: ClientOptions
     host: str
     warnings: list[str] = field(default_factory=list)
+    destination: str = ""
+    config_file: str | None = None
+    command_line: list[str] = field(default_factory=list)
+    print_config: bool = False
+    fork: bool = False
+    notices: list[tuple[str, str]] = field(default_factory=list)
+    config: ConfigRead | None = None
 
 
 def _version() -> str:
@@ -198,7 +233,13 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
     """
     options = ClientOptions()
     warnings: list[str] = []
+    notices: list[tuple[str, str]] = []
     destination: str | None = None
+    # The flags ssh.c sets outright (over -o) go first, so they win in the files too.
+    outright: list[str] = []
+    in_order: list[str] = []
+    config_file: str | None = None
+    print_config = fork = False
     args = list(argv)
     index = 0
     options_done = False
@@ -232,17 +273,24 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
                     raise CommandLineExit(0, HELP, to_stdout=True)
                 if letter == "V":
                     raise CommandLineExit(0, _version())
-                if letter == "v":
+                if letter == "G":
+                    print_config = True
+                elif letter == "f":
+                    fork = True
+                elif letter == "v":
                     options.more_verbose()
                 elif letter == "q":
                     options.quiet()
                 elif letter == "C":
                     # ssh.c, case 'C': sets it outright, over -o Compression.
                     options.set_outright(COMPRESSION, True)
+                    outright.append(as_option(COMPRESSION, "yes"))
                 elif letter == "K":
                     # ssh.c, case 'K': both set outright, over -o.
                     options.set_outright(GSSAPI_AUTHENTICATION, True)
                     options.set_outright(GSSAPI_DELEGATE_CREDENTIALS, True)
+                    outright.append(as_option(GSSAPI_AUTHENTICATION, "yes"))
+                    outright.append(as_option(GSSAPI_DELEGATE_CREDENTIALS, "yes"))
                 # -N, -n and -T describe what rtunnel always does.
                 continue
             if letter not in _WITH_ARGUMENT:
@@ -256,13 +304,21 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
                 index += 1
             else:
                 fail_with(f"option requires an argument -- {letter}")
+            if letter == "F":
+                config_file = value  # ssh.c, case 'F': the last one counts
+                continue
             try:
-                _apply_flag(options, letter, value, warnings)
+                line = _apply_flag(options, letter, value, warnings, notices)
             except SpecError as error:
                 fail_with(error.message)
+            if line is not None:
+                (outright if letter in _OUTRIGHT else in_order).append(line)
 
     if destination is None:
         raise CommandLineExit(FAILURE, USAGE)
+    if print_config and fork:
+        # ssh.c: -G prints and exits before it could fork; say so rather than surprise.
+        fail_with("rtunnel: -G prints the configuration and exits: -f makes no sense with it")
     try:
         parsed = parse_destination(destination)
     except SpecError as error:
@@ -276,36 +332,122 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
         fail_with(error.message)
     options.set_default_user(parsed.user)
     options.set_default_port(parsed.port)
-    if not options.remote_forwards:
-        fail_with(
-            "rtunnel: no remote forwards: give -R [bind_address:]port:host:hostport "
-            "(or -o RemoteForward)"
+    return Invocation(
+        options,
+        parsed.host,
+        warnings,
+        destination=destination,
+        config_file=config_file,
+        command_line=outright + in_order,
+        print_config=print_config,
+        fork=fork,
+        notices=notices,
+    )
+
+
+def read_config(
+    invocation: Invocation,
+    *,
+    home: str | None = None,
+    system_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ConfigRead:
+    """
+    Read the ``ssh_config`` files as ``ssh`` does (``-F``, else ``~/.ssh/config`` then
+    ``/etc/ssh/ssh_config``) and apply them after the command line; the invocation's host
+    becomes the ``HostName`` they give. Then check there is a forward to ask for (unless
+    ``-G``).
+
+    :param home: the home directory (default: the password database's, as ssh).
+    :param system_file: the system-wide file (default ``/etc/ssh/ssh_config``).
+    :raises CommandLineExit: status 255 with ssh's message for a bad file or value.
+    """
+    options = invocation.options
+    try:
+        read = read_ssh_config(
+            invocation.destination,
+            options,
+            command_line=invocation.command_line,
+            config_file=invocation.config_file,
+            home=home,
+            environ=environ,
+            system_file=SYSTEM_FILE if system_file is None else system_file,
         )
-    return Invocation(options, parsed.host, warnings)
+    except SpecError as error:
+        raise CommandLineExit(FAILURE, printable_lines(error.message, None, None)) from None
+    invocation.host = read.resolved.host
+    invocation.config = read
+    invocation.notices.extend(("DEBUG1", note) for note in read.notes)
+    if not options.remote_forwards and not invocation.print_config:
+        read_files = ", ".join(read.resolved.files) or "none"
+        raise CommandLineExit(
+            FAILURE,
+            "rtunnel: no remote forwards: give -R [bind_address:]port:host:hostport "
+            f"(or -o RemoteForward, or RemoteForward in ssh_config; read: {read_files})",
+        )
+    return read
 
 
-def _apply_flag(options: ClientOptions, letter: str, value: str, warnings: list[str]) -> None:
+# The flags ssh.c sets outright, over -o and the files.
+_OUTRIGHT = frozenset("bcm")
+
+
+def _dynamic_note(text: str, forward: RemoteForwardSpec) -> str:
+    # "-R 127.0.0.1:8000" reads as ssh reads it (a SOCKS listener on the server), which
+    # is rarely what was meant: say so once, and how to write a forward to that address.
+    shown = printable(text, 80)
+    return (
+        f"rtunnel: -R {shown} is a dynamic (SOCKS) forward on the server's "
+        f"{forward.bind_address} port {forward.port}; to forward the server's port "
+        f"{forward.port} to {forward.bind_address}:{forward.port} here, write "
+        f"-R {forward.port}:{shown}."
+    )
+
+
+def _apply_flag(
+    options: ClientOptions,
+    letter: str,
+    value: str,
+    warnings: list[str],
+    notices: list[tuple[str, str]],
+) -> str | None:
+    """Apply one flag; return it as an ``-o`` line for the files (None: nothing to say)."""
     if letter == "R":
-        options.add_remote_forward(parse_remote_forward(value))
-    elif letter == "o":
-        options.apply_option(value)
-    elif letter == "p":
+        forward = parse_remote_forward(value)
+        options.add_remote_forward(forward)
+        if forward.dynamic and forward.bind_address and ":" in value:
+            notices.append(("INFO", _dynamic_note(value, forward)))
+        return remote_forward_option(value)
+    if letter == "o":
+        parsed = parse_keyword(value)
+        if parsed is None:
+            return None
+        options.apply(*parsed)
+        # rtunnel's own keywords (and newer ones) mean nothing to ssh's reader.
+        return value if known_to_ssh(parsed[0].name) else None
+    if letter == "p":
         # ssh.c: "if (options.port == -1)", so a later -p is not even checked.
         if options.port is None:
             options.port = parse_port(value)
-    elif letter == "l":
+            return as_option(PORT, value)
+        return None
+    if letter == "l":
         check_user_name(value)
         options.set_default_user(value)
-    elif letter == "b":
+        return as_option(USER, value)
+    if letter == "b":
         # ssh.c, case 'b': set outright, over -o BindAddress.
         options.set_outright(BIND_ADDRESS, value)
-    elif letter == "J":
+        return as_option(BIND_ADDRESS, value)
+    if letter == "J":
         # ssh.c, case 'J': one -J only; then as -o ProxyJump.
         if options.jump_given:
             raise SpecError("Only a single -J option is permitted")
         options.jump_given = True
-        options.apply_option(f"{PROXY_JUMP.name}={value}")
-    elif letter in "cm":
+        line = as_option(PROXY_JUMP, value)
+        options.apply_option(line)
+        return line
+    if letter in "cm":
         # ssh.c, cases 'c' and 'm': checked at once, and the flag overrides -o.
         kind = "cipher" if letter == "c" else "mac"
         try:
@@ -314,7 +456,8 @@ def _apply_flag(options: ClientOptions, letter: str, value: str, warnings: list[
             fail = "Unknown cipher type" if letter == "c" else "Unknown mac type"
             raise SpecError(f"{fail} '{value}'. {error.message}") from None
         options.set_outright(CIPHERS if letter == "c" else MACS, names)
-    elif letter == "i":
+        return as_option(CIPHERS if letter == "c" else MACS, value)
+    if letter == "i":
         path = Path(os.path.expanduser(value))
         try:
             path.stat()
@@ -326,6 +469,8 @@ def _apply_flag(options: ClientOptions, letter: str, value: str, warnings: list[
             warnings.append(f"Warning: Identity file {shown} not accessible: {why}.")
         else:
             options.identity_files.append(str(path))
+            return as_option(IDENTITY_FILE, str(path))
+    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -549,7 +694,79 @@ async def _log_off(tunnel: ReverseTunnel, clock: IReactorTime, hurry: _Once[None
         _log.debug("Logging off did not finish cleanly: {why}", why=result.getErrorMessage())
 
 
-async def _session(reactor: IReactorCore, invocation: Invocation, console: _Console) -> int:
+class _ChannelReporter(TunnelObserver):
+    """A ``debug1`` line per forwarded connection, in ssh's words (clientloop.c,
+    ``client_request_forwarded_tcpip`` and ``..._streamlocal``; logged there when the
+    server opens the channel, here once it is confirmed)."""
+
+    def __init__(self, report: Callable[[str, str], None]) -> None:
+        self._report = report
+
+    @override
+    def channel_opened(self, info: ChannelInfo) -> None:
+        # The addresses come from the server: escaped and capped.
+        listen = printable(info.connected_address, 256)
+        if info.service == "forwarded-tcpip":
+            origin = printable(info.origin_address, 256)
+            self._report(
+                "DEBUG1",
+                f"client_request_forwarded_tcpip: listen {listen} port {info.connected_port}, "
+                f"originator {origin} port {info.origin_port}",
+            )
+        else:
+            self._report("DEBUG1", f"client_request_forwarded_streamlocal: request: {listen}")
+
+
+def _describe(error: RTunnelError, invocation: Invocation, user: str) -> str:
+    """:func:`describe_error` in the command's words: the option to give, not the
+    library's policy name, and a hint where a name could not be looked up."""
+    message = describe_error(error, user=user, host=invocation.host)
+    message = message.replace(
+        "(policy accept-new)", f"(-o {STRICT_HOST_KEY_CHECKING.name}=accept-new)"
+    )
+    if isinstance(error, ConnectError) and "Could not resolve hostname" in message:
+        hint = _hostname_hint(invocation)
+        if hint:
+            message = f"{message}\n{hint}"
+    return message
+
+
+def _hostname_hint(invocation: Invocation) -> str:
+    """
+    Why the name looked up may not be the one meant: the files read gave it no
+    ``HostName``, or ``-F`` kept ``~/.ssh/config`` from giving it one.
+    """
+    read = invocation.config
+    if read is None:
+        return ""
+    resolved = read.resolved
+    if resolved.get(HOST_NAME.name) is not None:
+        return ""
+    if invocation.config_file is not None:
+        try:
+            usual = read_ssh_config(invocation.destination, ClientOptions(), run=None)
+        except (SpecError, OSError):
+            return ""
+        if usual.resolved.host != resolved.host:
+            return (
+                f"rtunnel: hint: without -F {printable(invocation.config_file, 200)}, the "
+                f"ssh_config files ({', '.join(usual.resolved.files)}) would connect to "
+                f"{usual.resolved.host} for {resolved.original_host}."
+            )
+        return ""
+    read_files = ", ".join(resolved.files) or "no ssh_config file"
+    return (
+        f"rtunnel: hint: no HostName for {resolved.original_host} in {read_files}; "
+        "give one in a Host block there, or -F FILE."
+    )
+
+
+async def _session(
+    reactor: IReactorCore,
+    invocation: Invocation,
+    console: _Console,
+    background: _Background | None = None,
+) -> int:
     """Run the tunnel until a signal, an error or the end of the connection."""
     options = invocation.options
     host = invocation.host
@@ -571,11 +788,12 @@ async def _session(reactor: IReactorCore, invocation: Invocation, console: _Cons
 
     if tunnel.options.staying_up.reconnect.mode != "off":
         tunnel.add_observer(ReconnectReporter(host, console.say))
+    tunnel.add_observer(_ChannelReporter(console.say))
 
     def lost(failure: Failure) -> None:
         error = failure.value
         if isinstance(error, RTunnelError):
-            message = describe_error(error, user=user, host=host)
+            message = _describe(error, invocation, user)
         else:
             message = f"rtunnel: connection lost: {failure.getErrorMessage()}"
         interrupt.fire(_Stop(FAILURE, message, "ERROR"))
@@ -598,11 +816,13 @@ async def _session(reactor: IReactorCore, invocation: Invocation, console: _Cons
             ),
             interrupt,
         )
+        if background is not None:
+            background.ready()
         stop = await interrupt.wait()
     except _Interrupted as interrupted:
         stop = interrupted.stop
     except RTunnelError as error:
-        stop = _Stop(FAILURE, describe_error(error, user=user, host=host), "FATAL")
+        stop = _Stop(FAILURE, _describe(error, invocation, user), "FATAL")
     except Exception:
         _log.failure("rtunnel: internal error")
         stop = _Stop(FAILURE)
@@ -612,10 +832,78 @@ async def _session(reactor: IReactorCore, invocation: Invocation, console: _Cons
     return stop.status
 
 
-async def _main(reactor: IReactorCore, invocation: Invocation) -> NoReturn:
+async def _main(
+    reactor: IReactorCore, invocation: Invocation, background: _Background | None
+) -> NoReturn:
     console = _Console(invocation.options, sys.stderr)
-    status = await _session(reactor, invocation, console)
+    status = await _session(reactor, invocation, console, background)
     raise SystemExit(status)
+
+
+class _Background:
+    """
+    ``-f``, as ``ssh -f -N``: the command forks before it connects; the parent waits and
+    exits 0 once the child says every forward is active, or with the child's status (255,
+    its error printed) if it ends first. The child, in a session of its own, then puts
+    its standard input and output on /dev/null, and its stderr too unless ``-v`` asked
+    for messages (ssh.c ``fork_postauth``: ``stdfd_devnull(1, 1, !debug_flag)``).
+
+    Forking before the reactor starts keeps the reactor and its thread pool whole in the
+    child, which forking a running reactor would not.
+    """
+
+    def __init__(self, ready_fd: int, keep_stderr: bool) -> None:
+        self._ready_fd: int | None = ready_fd
+        self._keep_stderr = keep_stderr
+
+    @classmethod
+    def fork(cls, keep_stderr: bool) -> _Background:
+        """Fork; returns in the child only (the parent exits in :func:`_wait_for_child`)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            os.setsid()  # no terminal's signals, as daemon(3)
+            return cls(write_fd, keep_stderr)
+        os.close(write_fd)
+        _wait_for_child(pid, read_fd)
+
+    def ready(self) -> None:
+        """Every forward is active: let the parent exit, and let go of the terminal."""
+        if self._ready_fd is None:
+            return
+        os.write(self._ready_fd, b"\0")
+        os.close(self._ready_fd)
+        self._ready_fd = None
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1) if self._keep_stderr else (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+
+
+class _ParentInterrupted(Exception):
+    pass
+
+
+def _wait_for_child(pid: int, ready_fd: int) -> NoReturn:
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        raise _ParentInterrupted
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupted)
+    try:
+        if os.read(ready_fd, 1):
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+    except _ParentInterrupted:
+        # Stopped before the forwards were up: the child goes too, as ssh would have.
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+        os._exit(FAILURE)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(code if code >= 0 else FAILURE)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -627,16 +915,30 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     arguments = sys.argv[1:] if argv is None else list(argv)
     try:
         invocation = parse_command_line(arguments)
+        for warning in invocation.warnings:
+            sys.stderr.write(f"{_terminal_safe(warning)}\n")
+        read = read_config(invocation)
     except CommandLineExit as exit_:
         stream = sys.stdout if exit_.to_stdout else sys.stderr
         # A mistake's message quotes what was typed: escaped too.
         stream.write(exit_.text if exit_.to_stdout else _terminal_safe(exit_.text) + "\n")
         stream.flush()
         sys.exit(exit_.status)
-    for warning in invocation.warnings:
-        sys.stderr.write(f"{_terminal_safe(warning)}\n")
+    console = _Console(invocation.options, sys.stderr)
+    for level, notice in invocation.notices:
+        console.say(level, notice)
+    if invocation.print_config:
+        # ssh -G: the options on stdout, nothing connected.
+        sys.stdout.write(
+            "".join(f"{_terminal_safe(line)}\n" for line in ssh_G_lines(read.resolved))
+        )
+        sys.stdout.flush()
+        sys.exit(0)
+    background = None
+    if invocation.fork:
+        background = _Background.fork(keep_stderr=invocation.options.logs("DEBUG1"))
     _start_logging(invocation.options, sys.stderr)
-    react(_main, (invocation,))
+    react(_main, (invocation, background))
 
 
 if __name__ == "__main__":

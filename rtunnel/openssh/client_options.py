@@ -31,6 +31,8 @@ class ClientOptions:
 
     :ivar tunnel: the :class:`~rtunnel.TunnelSettings` the options gave (ConnectTimeout as
         ``connect_timeout``, Ciphers as ``ciphers``, ...).
+    :ivar host_name: ``-o HostName`` (an ``ssh_config`` file's is resolved with the
+        files, :func:`rtunnel.openssh.config_files.read_ssh_config`).
     :ivar user: ``-l``, ``-o User`` or the destination's user.
     :ivar port: ``-p``, ``-o Port`` or an ``ssh://`` URI's port.
     :ivar identity_files: ``-i`` and ``-o IdentityFile``, in order.
@@ -53,6 +55,7 @@ class ClientOptions:
     """
 
     tunnel: TunnelSettings = field(default_factory=lambda: _no_settings())
+    host_name: str | None = None
     user: str | None = None
     port: int | None = None
     identity_files: list[str] = field(default_factory=list)

@@ -45,17 +45,24 @@ __all__ = [
     "COMPRESSION",
     "GSSAPI_AUTHENTICATION",
     "GSSAPI_DELEGATE_CREDENTIALS",
+    "HOST_NAME",
+    "IDENTITY_FILE",
     "KEYWORDS",
     "LOG_LEVELS",
     "MACS",
+    "PORT",
     "PROXY_JUMP",
+    "REMOTE_FORWARD",
+    "STRICT_HOST_KEY_CHECKING",
     "TOPICS",
+    "USER",
     "WHERE",
     "HostKeyAlgorithmList",
     "Keyword",
     "help_lines",
     "keyword_named",
     "parse_channel_timeout",
+    "parse_in_file",
     "parse_rekey_limit",
     "twistd_summary",
 ]
@@ -622,6 +629,67 @@ GSSAPI_DELEGATE_CREDENTIALS: Final = Keyword(
     command="gssapi_delegate_credentials",
 )
 
+#: ``StrictHostKeyChecking``, named in the command's host key message.
+STRICT_HOST_KEY_CHECKING: Final = Keyword(
+    "StrictHostKeyChecking",
+    value="yes|ask|accept-new|no",
+    topic="Host keys",
+    help="yes and ask (the default) refuse an unknown host key, accept-new and no record it; "
+    "a changed key is always refused",
+    parse=_strict,
+    sets=("host_key_policy",),
+    to_settings=_host_key_policy,
+)
+#: ``HostName``: the name the command connects to (the destination's ``%h`` expanded;
+#: :mod:`rtunnel.openssh.ssh_config` resolves it with the files).
+HOST_NAME: Final = Keyword(
+    "HostName",
+    value="NAME|ADDRESS",
+    topic="Connection",
+    help="the real host to connect to, the destination being a nickname (%h: that "
+    "nickname); usually in an ssh_config Host block",
+    parse=_text,
+    command="host_name",
+)
+#: ``-p`` and ``Port``.
+PORT: Final = Keyword(
+    "Port",
+    value="PORT",
+    topic="Connection",
+    help="the server's port (-p; default 22)",
+    parse=_port,
+    command="port",
+)
+#: ``-l`` and ``User``.
+USER: Final = Keyword(
+    "User",
+    value="NAME",
+    topic="Connection",
+    help="the user to log in as (-l; default: the local user)",
+    parse=_text,
+    command="user",
+)
+#: ``-R`` and ``RemoteForward``.
+REMOTE_FORWARD: Final = Keyword(
+    "RemoteForward",
+    value="[BIND_ADDRESS:]PORT[:HOST:HOSTPORT]",
+    topic="Forwards",
+    help="as -R (repeatable)",
+    parse=_remote_forward,
+    command="remote_forwards",
+    collect="unique",
+)
+#: ``-i`` and ``IdentityFile``.
+IDENTITY_FILE: Final = Keyword(
+    "IdentityFile",
+    value="FILE",
+    topic="Authentication",
+    help="a private key (-i; repeatable)",
+    parse=_path,
+    command="identity_files",
+    collect="append",
+)
+
 #: ``BatchMode``, named in the command's messages.
 BATCH_MODE: Final = Keyword(
     "BatchMode",
@@ -635,22 +703,9 @@ BATCH_MODE: Final = Keyword(
 #: Every keyword rtunnel reads, by topic.
 KEYWORDS: Final[tuple[Keyword[Any], ...]] = (
     # Connection
-    Keyword(
-        "Port",
-        value="PORT",
-        topic="Connection",
-        help="the server's port (-p; default 22)",
-        parse=_port,
-        command="port",
-    ),
-    Keyword(
-        "User",
-        value="NAME",
-        topic="Connection",
-        help="the user to log in as (-l; default: the local user)",
-        parse=_text,
-        command="user",
-    ),
+    HOST_NAME,
+    PORT,
+    USER,
     BIND_ADDRESS,
     Keyword(
         "ConnectTimeout",
@@ -702,15 +757,7 @@ KEYWORDS: Final[tuple[Keyword[Any], ...]] = (
         to_settings=lambda on: {"tcp_options": TCPOptions(keepalive=on)},
     ),
     # Forwards
-    Keyword(
-        "RemoteForward",
-        value="[BIND_ADDRESS:]PORT[:HOST:HOSTPORT]",
-        topic="Forwards",
-        help="as -R (repeatable)",
-        parse=_remote_forward,
-        command="remote_forwards",
-        collect="unique",
-    ),
+    REMOTE_FORWARD,
     Keyword(
         "ExitOnForwardFailure",
         value="yes|no",
@@ -755,16 +802,7 @@ KEYWORDS: Final[tuple[Keyword[Any], ...]] = (
         own=True,
     ),
     # Host keys
-    Keyword(
-        "StrictHostKeyChecking",
-        value="yes|ask|accept-new|no",
-        topic="Host keys",
-        help="yes and ask (the default) refuse an unknown host key, accept-new and no record it; "
-        "a changed key is always refused",
-        parse=_strict,
-        sets=("host_key_policy",),
-        to_settings=_host_key_policy,
-    ),
+    STRICT_HOST_KEY_CHECKING,
     Keyword(
         "UserKnownHostsFile",
         value="FILE ...|none",
@@ -799,15 +837,7 @@ KEYWORDS: Final[tuple[Keyword[Any], ...]] = (
         sets=("hash_known_hosts",),
     ),
     # Authentication
-    Keyword(
-        "IdentityFile",
-        value="FILE",
-        topic="Authentication",
-        help="a private key (-i; repeatable)",
-        parse=_path,
-        command="identity_files",
-        collect="append",
-    ),
+    IDENTITY_FILE,
     Keyword(
         "CertificateFile",
         value="FILE",
@@ -1000,6 +1030,28 @@ def keyword_named(name: str) -> Keyword[Any] | None:
     """The row for ``name`` or one of its aliases, matched case-insensitively as OpenSSH
     matches keywords (readconf.c ``lowercase(keyword)``)."""
     return _BY_NAME.get(name.lower())
+
+
+def parse_in_file(row: Keyword[V], written: str, args: list[str], where: str) -> V:
+    """
+    ``row.parse`` for a line of an ``ssh_config`` file: the same reader as ``-o``, its
+    message naming the file's line (``where``, ``FILE line N``) where an ``-o`` option's
+    names ``command-line line 0``, as readconf.c names every line it reads.
+
+    :param written: the keyword as the file spells it.
+    :raises SpecError: the row's message, so placed.
+    """
+    try:
+        return row.parse(written, args)
+    except SpecError as error:
+        message = error.message
+        for prefix in (WHERE, "command-line: line 0"):
+            if message.startswith(prefix):
+                message = where + message[len(prefix) :]
+                break
+        else:
+            message = f"{where}: {message}"
+        raise SpecError(message) from None
 
 
 # --------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ _OPENSSH_ONLY: Final = frozenset(
     enablesshkeysign escapechar fallbacktorsh forkafterauthentication
     forwardagent forwardx11 forwardx11timeout forwardx11trusted gatewayports
     host hostbasedacceptedalgorithms hostbasedauthentication hostbasedkeytypes
-    hostkeyalias hostname ignoreunknown
+    hostkeyalias ignoreunknown
     include ipqos kbdinteractivedevices keepalive
     knownhostscommand localcommand localforward logfacility logverbose
     match nohostauthenticationforlocalhost

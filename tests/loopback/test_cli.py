@@ -146,12 +146,6 @@ def test_missing_identity_file_warns(tmp_path: Path) -> None:
             "rtunnel: unexpected argument 'uptime': rtunnel runs no remote command "
             "(it always works as ssh -N)\n",
         ),
-        (
-            ["host"],
-            255,
-            "rtunnel: no remote forwards: give -R [bind_address:]port:host:hostport "
-            "(or -o RemoteForward)\n",
-        ),
         (["-R", "0:h:1", "user@"], 255, "rtunnel: Bad destination 'user@': missing host\n"),
     ],
 )
@@ -644,7 +638,9 @@ async def test_accept_new_records_the_key(
     recorded = tmp_path / "new_known_hosts"
     target.known_hosts = recorded
     child = spawn(
-        *["-o", "StrictHostKeyChecking=accept-new"],
+        # -F none: Debian's /etc/ssh/ssh_config says HashKnownHosts yes, which the
+        # command now reads as ssh does, and the name would be recorded hashed.
+        *["-F", "none", "-o", "StrictHostKeyChecking=accept-new"],
         *["-R", f"0:127.0.0.1:{echo_port}"],
     )
     await child.wait_for(ALLOCATED.format(echo_port))

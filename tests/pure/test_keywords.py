@@ -27,6 +27,7 @@ TWISTD_HELP = str(Options())
 
 #: A value for each keyword, as a user would write it after ``Keyword=``.
 EXAMPLES = {
+    "HostName": "gw.example.com",
     "Port": "2222",
     "User": "alice",
     "BindAddress": "127.0.0.2",
@@ -106,6 +107,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "ServerAliveInterval": {"keepalive_interval": 15},
     "ServerAliveCountMax": {"keepalive_count_max": 2},
     # The command's own settings:
+    "HostName": {"host_name": "gw.example.com"},
     "Port": {"port": 2222},
     "User": {"user": "alice"},
     "RemoteForward": {"remote_forwards": 1},
