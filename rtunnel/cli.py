@@ -358,7 +358,8 @@ def read_config(
     becomes the ``HostName`` they give. Then check there is a forward to ask for (unless
     ``-G``).
 
-    :param home: the home directory (default: the password database's, as ssh).
+    :param home: the home directory (default: ``$HOME``, where rtunnel also looks for
+        keys and known_hosts; ssh takes the password database's).
     :param system_file: the system-wide file (default ``/etc/ssh/ssh_config``).
     :raises CommandLineExit: status 255 with ssh's message for a bad file or value.
     """
@@ -369,7 +370,7 @@ def read_config(
             options,
             command_line=invocation.command_line,
             config_file=invocation.config_file,
-            home=home,
+            home=os.path.expanduser("~") if home is None else home,
             environ=environ,
             system_file=SYSTEM_FILE if system_file is None else system_file,
         )
