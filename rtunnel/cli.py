@@ -87,9 +87,9 @@ _log = Logger()
 
 #: ssh's usage synopsis (ssh.c, ``usage``), cut down to what rtunnel takes.
 USAGE = """\
-usage: rtunnel [-CKNnqTVv] [-b bind_address] [-c cipher_spec] [-i identity_file]
-               [-J destination] [-l login_name] [-m mac_spec] [-o option] [-p port]
-               -R [bind_address:]port[:host:hostport] ... destination
+usage: rtunnel [-CfGKNnqTVv] [-b bind_address] [-c cipher_spec] [-F configfile]
+               [-i identity_file] [-J destination] [-l login_name] [-m mac_spec]
+               [-o option] [-p port] -R [bind_address:]port[:host:hostport] ... destination
 """
 
 HELP = (
@@ -125,8 +125,16 @@ listens on for us are forwarded to host:hostport from this machine.
   -K              GSSAPI (Kerberos) authentication with credential delegation, as
                   -o GSSAPIAuthentication=yes -o GSSAPIDelegateCredentials=yes.
   -p port         Port to connect to on the server (default: 22).
-  -o option       An ssh_config option, "Key=Value" or "Key Value"; rtunnel reads no
-                  ssh_config files. Understood, by topic:
+  -F configfile   Read this ssh_config file instead of ~/.ssh/config and
+                  /etc/ssh/ssh_config (which are read by default, as by ssh; "none":
+                  no file). The keywords below are read from the files; others ssh
+                  knows are ignored (-v says so). The command line wins over the files.
+  -G              Print the options the files and the command line give the
+                  destination, as "ssh -G" does, and exit.
+  -f              Go to the background once every forward is active (as ssh -f -N):
+                  exit 0 then, or 255 with the error if they fail first.
+  -o option       An ssh_config option, "Key=Value" or "Key Value". Understood, by
+                  topic:
 """
     + "\n".join(help_lines(indent=18, width=88))
     + """
