@@ -753,7 +753,12 @@ def _hostname_hint(invocation: Invocation) -> str:
         return ""
     if invocation.config_file is not None:
         try:
-            usual = read_ssh_config(invocation.destination, ClientOptions(), run=None)
+            usual = read_ssh_config(
+                invocation.destination,
+                ClientOptions(),
+                home=os.path.expanduser("~"),
+                run=None,  # no Match exec run again just for a hint
+            )
         except (SpecError, OSError):
             return ""
         if usual.resolved.host != resolved.host:

@@ -22,7 +22,7 @@ from rtunnel.cli import (
     parse_command_line,
     read_config,
 )
-from rtunnel.errors import HostKeyError
+from rtunnel.errors import ConnectError, HostKeyError
 from rtunnel.openssh.client_options import ClientOptions
 from rtunnel.openssh.forwards import RemoteForwardSpec
 
@@ -148,3 +148,28 @@ def test_the_unknown_host_key_message_names_the_option_to_give() -> None:
     message = _describe(HostKeyError(library), invocation, "u")
     assert "allow new keys (-o StrictHostKeyChecking=accept-new)." in message
     assert "policy" not in message
+
+
+def test_an_unresolved_name_hints_at_the_config_f_kept_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".ssh").mkdir()
+    user_file = tmp_path / ".ssh" / "config"
+    user_file.write_text("Host gw\n  HostName gw.real.example\n")
+    user_file.chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    error = ConnectError("ssh: connect to host gw port 22: Could not resolve hostname")
+    invocation = parse_command_line(["-F", "none", "-R", "0:h:1", "gw"])
+    read_config(invocation)
+    assert _describe(error, invocation, "u").splitlines() == [
+        "rtunnel: connect to host gw port 22: Could not resolve hostname",
+        f"rtunnel: hint: without -F none, the ssh_config files ({user_file}, "
+        "/etc/ssh/ssh_config) would connect to gw.real.example for gw.",
+    ]
+    # Without -F, the files read are named.
+    invocation = parse_command_line(["-R", "0:h:1", "other"])
+    read_config(invocation)
+    assert _describe(error, invocation, "u").splitlines()[1] == (
+        f"rtunnel: hint: no HostName for other in {user_file}, /etc/ssh/ssh_config; "
+        "give one in a Host block there, or -F FILE."
+    )
