@@ -13,12 +13,14 @@ support: a user's ``Host *`` block written for ``ssh`` must not stop the tunnel.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rtunnel.openssh.client_options import ClientOptions
 from rtunnel.openssh.keywords import (
+    GSSAPI_AUTHENTICATION,
     HOST_NAME,
     KEYWORDS,
     PORT,
@@ -185,10 +187,27 @@ def read_ssh_config(
         else:
             # ~, % tokens and ${VAR}, for the keywords ssh expands them in.
             args = [resolved.expand_value(entry, value) for value in entry.values]
-        options.apply(row, parse_in_file(row, entry.written, args, entry.where))
+        value = parse_in_file(row, entry.written, args, entry.where)
+        if row is GSSAPI_AUTHENTICATION and value and not _gssapi_installed():
+            # Debian's /etc/ssh/ssh_config says GSSAPIAuthentication yes for every host;
+            # without the optional python-gssapi every logon would fail up front. ssh
+            # built without GSSAPI ignores the keyword too ("Unsupported option").
+            notes.append(
+                f"{entry.where}: Ignored option {entry.written!r}: python-gssapi is not "
+                "installed (pip install 'rtunnel[gssapi]')"
+            )
+            continue
+        options.apply(row, value)
     options.user = resolved.user
     options.port = resolved.port
     return ConfigRead(resolved, tuple(notes))
+
+
+def _gssapi_installed() -> bool:
+    try:
+        return importlib.util.find_spec("gssapi") is not None
+    except (ImportError, ValueError):  # ValueError: None in sys.modules
+        return False
 
 
 #: The keywords ``rtunnel -G`` prints: the table's, as ``ssh -G`` names them.

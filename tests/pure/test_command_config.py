@@ -9,6 +9,7 @@ connection).
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,20 @@ def test_an_unresolved_name_hints_at_the_config_f_kept_out(
         f"rtunnel: hint: no HostName for other in {user_file}, /etc/ssh/ssh_config; "
         "give one in a Host block there, or -F FILE."
     )
+
+
+def test_gssapi_from_a_file_is_ignored_without_python_gssapi(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian's /etc/ssh/ssh_config turns GSSAPI on for every host: without the optional
+    python-gssapi that must not fail every logon (an explicit -K still asks for it)."""
+    monkeypatch.setitem(sys.modules, "gssapi", None)  # as if not installed
+    invocation, notices = configured(tmp_path, "GSSAPIAuthentication yes\n", "-R", "0:h:1", "gw")
+    assert invocation.options.gssapi_authentication is None  # type: ignore[attr-defined]
+    assert notices[-1] == (
+        "DEBUG1",
+        f"{tmp_path}/config line 1: Ignored option 'GSSAPIAuthentication': python-gssapi "
+        "is not installed (pip install 'rtunnel[gssapi]')",
+    )
+    invocation, _ = configured(tmp_path, "GSSAPIAuthentication yes\n", "-K", "-R", "0:h:1", "gw")
+    assert invocation.options.gssapi_authentication is True  # type: ignore[attr-defined]
