@@ -450,10 +450,16 @@ def _apply_flag(
         return as_option(BIND_ADDRESS, value)
     if letter == "J":
         # ssh.c, case 'J': one -J only; then as -o ProxyJump.
-        if options.jump_given:
-            raise SpecError("Only a single -J option is permitted")
+        # ssh.c, case 'J', checks what -J and -o gave so far, in its words.
+        if options.jump_given or options.tunnel.get("proxy_jump") is not None:
+            raise SpecError(
+                "Only a single -J option is permitted (use commas to separate multiple jump hops)"
+            )
+        if "proxy_command" in options.tunnel:
+            raise SpecError("Cannot specify -J with ProxyCommand")
         options.jump_given = True
-        line = as_option(PROXY_JUMP, value)
+        # Unquoted: ssh's reader takes ProxyJump's rest of the line as it is (readconf.c).
+        line = f"{PROXY_JUMP.name}={value}"
         options.apply_option(line)
         return line
     if letter in "cm":

@@ -99,6 +99,12 @@ CASES = [
         ),
     ),
     Case(
+        "jump flag over the file",
+        "Host gw\n  ProxyJump other\nProxyCommand nc %h %p\nIdentityFile ~/.ssh/id_%r\n",
+        frozenset({"proxyjump", "identityfile"}),
+        args=("-J", "u@j:2222,ssh://v@j2:2200"),
+    ),
+    Case(
         "keywords rtunnel does not use",
         "ForwardAgent yes\nLocalForward 5000 db:5432\nSendEnv LANG\nProxyJump j1,u@j2:2222\n"
         "KexAlgorithms curve25519-sha256\nHostKeyAlgorithms ssh-ed25519\nRekeyLimit 1G 1h\n"
@@ -145,6 +151,31 @@ def test_rtunnel_G_prints_what_ssh_G_prints(  # noqa: N802 - ssh's flag
     assert set(mine) == {"host", "user", "hostname", "port"} | case.shown, ours.stdout
     differing = {k: (v, ssh.get(k)) for k, v in mine.items() if ssh.get(k) != v}
     assert differing == {}, "(rtunnel's, ssh's)"
+
+
+@pytest.mark.openssh
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("-J", "a", "-J", "b"),
+        ("-o", "ProxyJump=a,b", "-J", "c"),
+        ("-o", "ProxyJump=none", "-J", "c"),
+        ("-o", "ProxyCommand=nc %h %p", "-J", "c"),
+        ("-o", "ProxyCommand=none", "-J", "c"),
+    ],
+)
+def test_j_after_a_proxy_option_is_refused_as_ssh_refuses_it(
+    openssh_ssh: str, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    argv = ["-G", "-F", "none", *args, "gw"]
+    env = _env(tmp_path)
+    ours = subprocess.run([*PYTHON_CLI, *argv], capture_output=True, text=True, env=env)
+    theirs = subprocess.run(
+        [openssh_ssh, *argv], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL
+    )
+    assert (ours.returncode, theirs.returncode) == (255, 255)
+    assert ours.stdout == theirs.stdout == ""
+    assert ours.stderr.splitlines() == theirs.stderr.splitlines()[-1:], theirs.stderr
 
 
 # --------------------------------------------------------------------------------------
