@@ -45,6 +45,7 @@ from rtunnel.errors import (
     SpecError,
 )
 from rtunnel.openssh.client_options import ClientOptions
+from rtunnel.openssh.config_files import expand_host_name
 from rtunnel.openssh.forwards import RemoteForwardSpec, parse_remote_forward
 from rtunnel.openssh.keywords import BATCH_MODE, KEYWORDS, twistd_summary
 from rtunnel.openssh.messages import (
@@ -508,6 +509,11 @@ class Options(usage.Options):
         self.client_options.set_default_user(parsed.user)
         self.client_options.set_default_port(parsed.port)
         self.host = parsed.host
+        if self.client_options.host_name is not None:
+            # -o HostName: the host connected to, its %h the destination's (readconf.c).
+            self.host = _usage(
+                lambda name: expand_host_name(name, parsed.host), self.client_options.host_name
+            )
 
     @override
     def postOptions(self) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rtunnel.errors import SpecError
 from rtunnel.openssh.client_options import ClientOptions
 from rtunnel.openssh.keywords import (
     GSSAPI_AUTHENTICATION,
@@ -45,6 +46,7 @@ __all__ = [
     "COMMAND_LINE",
     "ConfigRead",
     "as_option",
+    "expand_host_name",
     "known_to_ssh",
     "read_ssh_config",
     "remote_forward_option",
@@ -91,6 +93,32 @@ def known_to_ssh(keyword: str) -> bool:
     """Whether ``ssh``'s reader knows ``keyword`` (rtunnel's own and ``ChannelTimeout``,
     newer than OpenSSH 9.2's client, it does not)."""
     return keyword.lower() in _SSH_NAMES
+
+
+def expand_host_name(template: str, host: str) -> str:
+    """
+    ``HostName`` with its tokens, ``%h`` (the destination's host) and ``%%``, expanded as
+    ssh.c expands it (``percent_expand(options.hostname, "h", host)``).
+
+    :raises SpecError: for any other ``%`` token.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(template):
+        char = template[i]
+        if char != "%":
+            out.append(char)
+            i += 1
+            continue
+        token = template[i + 1 : i + 2]
+        if token == "%":
+            out.append("%")
+        elif token == "h":
+            out.append(host)
+        else:
+            raise SpecError(f"HostName {template!r}: unknown token %{token} (only %h and %%)")
+        i += 2
+    return "".join(out)
 
 
 def as_option(row: Keyword[Any], *values: str) -> str:

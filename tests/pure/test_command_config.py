@@ -191,3 +191,16 @@ def test_gssapi_from_a_file_is_ignored_without_python_gssapi(
     )
     invocation, _ = configured(tmp_path, "GSSAPIAuthentication yes\n", "-K", "-R", "0:h:1", "gw")
     assert invocation.options.gssapi_authentication is True  # type: ignore[attr-defined]
+
+
+def test_twistd_takes_o_hostname_with_its_token() -> None:
+    """-o HostName is in the table, so twistd rtunnel takes it too: never ignored."""
+    from twisted.python.usage import UsageError
+
+    from rtunnel.service import Options
+
+    options = Options()
+    options.parseOptions(["-o", "HostName=%h.example.org", "-R", "0:h:1", "gw"])
+    assert options.host == "gw.example.org"
+    with pytest.raises(UsageError, match="unknown token %x"):
+        Options().parseOptions(["-o", "HostName=%x", "-R", "0:h:1", "gw"])
