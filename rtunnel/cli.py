@@ -748,36 +748,31 @@ def _describe(error: RTunnelError, invocation: Invocation, user: str) -> str:
 
 def _hostname_hint(invocation: Invocation) -> str:
     """
-    Why the name looked up may not be the one meant: the files read gave it no
-    ``HostName``, or ``-F`` kept ``~/.ssh/config`` from giving it one.
+    Why the name looked up may not be the one meant: ``-F`` kept ``~/.ssh/config`` from
+    giving it a ``HostName``. (Without ``-F``, ``-v`` names the files read; the error
+    stays ssh's one line.)
     """
     read = invocation.config
-    if read is None:
+    if read is None or invocation.config_file is None:
         return ""
     resolved = read.resolved
     if resolved.get(HOST_NAME.name) is not None:
         return ""
-    if invocation.config_file is not None:
-        try:
-            usual = read_ssh_config(
-                invocation.destination,
-                ClientOptions(),
-                home=os.path.expanduser("~"),
-                run=None,  # no Match exec run again just for a hint
-            )
-        except (SpecError, OSError):
-            return ""
-        if usual.resolved.host != resolved.host:
-            return (
-                f"rtunnel: hint: without -F {printable(invocation.config_file, 200)}, the "
-                f"ssh_config files ({', '.join(usual.resolved.files)}) would connect to "
-                f"{usual.resolved.host} for {resolved.original_host}."
-            )
+    try:
+        usual = read_ssh_config(
+            invocation.destination,
+            ClientOptions(),
+            home=os.path.expanduser("~"),
+            run=None,  # no Match exec run again just for a hint
+        )
+    except (SpecError, OSError):
         return ""
-    read_files = ", ".join(resolved.files) or "no ssh_config file"
+    if usual.resolved.host == resolved.host:
+        return ""
     return (
-        f"rtunnel: hint: no HostName for {resolved.original_host} in {read_files}; "
-        "give one in a Host block there, or -F FILE."
+        f"rtunnel: hint: without -F {printable(invocation.config_file, 200)}, the "
+        f"ssh_config files ({', '.join(usual.resolved.files)}) would connect to "
+        f"{usual.resolved.host} for {resolved.original_host}."
     )
 
 

@@ -476,7 +476,8 @@ async def test_a_known_hosts_directory_is_named_as_such(
     assert re.fullmatch(
         rf"No ssh-ed25519 host key is known for \[127\.0\.0\.1\]:\d+ \(fingerprint "
         rf"SHA256:\S+\) in {where} \({where}: Is a directory\)\. If you trust this key, "
-        r"add it there or allow new keys \(policy accept-new\)\. Host key verification "
+        r"add it there or allow new keys \(-o StrictHostKeyChecking=accept-new\)\. Host key "
+        r"verification "
         r"failed\.",
         line,
     ), line
