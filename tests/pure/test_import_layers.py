@@ -46,7 +46,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # What the facade is told: typed groups over the client's own types.
     ("options", ("rtunnel.options",)),
     # The reconnect loop drives the pure core's state table for the facade.
-    ("facade", ("rtunnel._reconnect", "rtunnel.tunnel")),
+    (
+        "facade",
+        ("rtunnel._reconnect", "rtunnel._forward_table", "rtunnel._observers", "rtunnel.tunnel"),
+    ),
     # The blocking and asyncio front doors over the facade, and the reactor thread they share.
     ("other front doors", ("rtunnel._bridge", "rtunnel.blocking", "rtunnel.aio")),
     ("public names", ("rtunnel",)),
