@@ -26,8 +26,8 @@ from rtunnel import (
     TunnelOptions,
 )
 from rtunnel._core import wire
-from rtunnel._forward_table import ForwardTable
 from rtunnel._core.policy import TokenBucket
+from rtunnel._forward_table import ForwardTable
 from rtunnel._model import ChannelInfo
 from rtunnel.client.channels import connection as c
 from rtunnel.client.channels.channel import ForwardedChannel
