@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from twisted.logger import Logger, LogLevel
+from typing_extensions import override
 
 from rtunnel._core.policy import ReconnectPolicy
 from rtunnel._model import Forward, ReconnectAttempt, TunnelObserver
 from rtunnel.client.channels.connection import ForwardingConnection
 from rtunnel.errors import ChannelError, RTunnelError
 
-__all__ = ["Observers"]
+__all__ = ["JumpProgress", "Observers"]
 
 # The facade's namespace, as before these lines moved out of rtunnel/tunnel.py.
 _log = Logger(namespace="rtunnel.tunnel")
@@ -118,3 +119,25 @@ class Observers:
             except Exception:
                 _log.failure("observer {observer!r} failed", observer=observer)
         return None if attempt.cancelled else delay
+
+
+class JumpProgress(TunnelObserver):
+    """
+    Passes a jump host's progress on to the observers of the tunnel it carries (its
+    SSHStatus and connection events, named as the jump host's), so ``-v`` and observers
+    see the whole way; twisted.logger already has the jump tunnel's own log lines.
+    """
+
+    def __init__(self, outer: Observers, where: str) -> None:
+        self._outer = outer
+        self._where = where
+
+    @override
+    def ssh_status(self, message: str) -> None:
+        self._outer.notify("ssh_status", f"{self._where}: {message}")
+
+    @override
+    def connection_status(self, event: str, status_code: int, description: str) -> None:
+        self._outer.notify(
+            "connection_status", f"jump-{event}", status_code, f"{self._where}: {description}"
+        )

@@ -10,10 +10,9 @@ around it (logon, reconnect, logoff) is the state machine of
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,9 +27,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from typing_extensions import override
 
-from rtunnel._core.policy import TokenBucket
 from rtunnel._core.reconnect import Event, State
 from rtunnel._forward_table import ForwardTable, new_forward
 from rtunnel._model import (
@@ -41,8 +38,9 @@ from rtunnel._model import (
     TunnelObserver,
     TunnelStatistics,
 )
-from rtunnel._observers import Observers
-from rtunnel._reconnect import Reconnector
+from rtunnel._observers import JumpProgress, Observers
+from rtunnel._reconnect import LogonAbandoned, Reconnector, retryable
+from rtunnel._session import SessionParts, close_session
 from rtunnel.client.auth.credentials import UserAuthSettings
 from rtunnel.client.channels.channel import ForwardedChannel
 from rtunnel.client.channels.connection import (
@@ -60,26 +58,18 @@ from rtunnel.client.hostkeys.verify import HostKeyPolicy, HostKeyVerifier
 from rtunnel.client.reach._messages import ServerMessages
 from rtunnel.client.reach.endpoint import (
     LogonHooks,
-    LostHook,
-    SecureHook,
     SSHConnectionEndpoint,
     bind_address,
     choose_route,
 )
 from rtunnel.client.transport._sockopts import apply_tcp_options
 from rtunnel.errors import (
-    AlreadyConnectedError,
-    AuthenticationError,
     ChannelError,
     ConnectError,
     ConnectionLostError,
-    CredentialError,
     ForwardingError,
-    HostKeyError,
     KeepaliveError,
     NotConnectedError,
-    ProxyAuthenticationError,
-    ReconnectLimitError,
     RTunnelError,
     SpecError,
 )
@@ -222,63 +212,18 @@ class ReverseTunnel:
         self._reconnector.call = call
 
     async def _connect_and_authenticate(self) -> None:
-        # Imported here: Conch's userauth imports the global reactor, and importing
-        # rtunnel must not install one (the pytest plugin is loaded before the reactor
-        # the user asked for is installed).
-        from rtunnel.client.auth.userauth import load_credentials
-        from rtunnel.client.transport.client_transport import ClientTransport
-
         options = self.options
-        channels, algorithms, reach = options.channels, options.algorithms, options.reach
-        loaded_keys, passwords = load_credentials(options.authentication.auth)
+        channels, reach = options.channels, options.reach
 
-        def new_connection(
-            on_started: Callable[[ForwardingConnection], None],
-        ) -> ForwardingConnection:
-            conn = ForwardingConnection(
-                self._channel_host,
-                window_size=channels.window_size,
-                max_packet=channels.max_packet,
-                max_channels=channels.max_channels,
-                on_started=on_started,
-                on_stopped=lambda _conn: None,
-                clock=self._clock,
-            )
-            if channels.max_transfer_rate:
-                conn.rate_limit = TokenBucket(channels.max_transfer_rate, self._clock.seconds())
-            return conn
-
-        def new_transport(
-            conn: ForwardingConnection, on_lost: LostHook, on_secure: SecureHook
-        ) -> ClientTransport:
-            transport = ClientTransport(
-                user=self.user,
-                keys_to_try=loaded_keys,
-                passwords=passwords,
-                verify_host_key=self._host_key_verifier.verify,
-                connection=conn,
-                on_lost=on_lost,
-                auth_options=self._auth_settings,
-                ciphers=algorithms.ciphers,
-                macs=algorithms.macs,
-                kex_algorithms=algorithms.kex_algorithms,
-                host_key_algorithms=self._host_key_verifier.host_key_algorithms(
-                    algorithms.host_key_algorithms,
-                    follow_known_hosts=algorithms.order_host_key_algorithms is not False,
-                ),
-                require_strict_kex=algorithms.require_strict_kex,
-                rekey_bytes=algorithms.rekey_bytes,
-                rekey_seconds=algorithms.rekey_seconds,
-                clock=self._clock,
-                compression=algorithms.compression,
-                on_secure=on_secure,
-                preferred_dh_group_bits=algorithms.preferred_dh_group_bits,
-                client_version=algorithms.client_version,
-                server_version_pattern=algorithms.server_version_pattern,
-                on_server_version=self._server_version_seen,
-            )
-            transport.kex_timeout = algorithms.kex_timeout
-            return transport
+        parts = SessionParts(
+            options,
+            self.user,
+            self._clock,
+            self._channel_host,
+            self._host_key_verifier,
+            self._auth_settings,
+            self._server_version_seen,
+        )
 
         def stream_connected(transport: ClientTransport, lost: Deferred[None]) -> None:
             self._transport, self._lost = transport, lost
@@ -299,8 +244,8 @@ class ReverseTunnel:
         timeout = options.authentication.auth_timeout
         messages = ServerMessages(self.host, self.port, reach.connect_timeout, timeout)
         hooks = LogonHooks(
-            new_connection=new_connection,
-            new_transport=new_transport,
+            new_connection=parts.new_connection,
+            new_transport=parts.new_transport,
             status=self._status,
             connection_status=self._connection_status,
             stream_connected=stream_connected,
@@ -366,7 +311,7 @@ class ReverseTunnel:
             options=self.options.for_jump_host(hop, before),
             clock=self._clock,
         )
-        jump.add_observer(_JumpProgress(self, hop.where))
+        jump.add_observer(JumpProgress(self._observers, hop.where))
         return jump
 
     def open_direct_tcpip(
@@ -439,7 +384,7 @@ class ReverseTunnel:
         )
 
     def _abandoned(self) -> ConnectError:
-        return _LogonAbandoned(
+        return LogonAbandoned(
             f"Logon to {self.host} port {self.port} abandoned: logoff() was called."
         )
 
@@ -498,7 +443,6 @@ class ReverseTunnel:
             self._reconnector.stopped()
 
     async def _logoff_steps(self) -> None:
-        staying_up = self.options.staying_up
         self._table.cancel_retries()
         # Cancels a scheduled reconnect; a logon under way (or a reconnect's) is given up
         # at once, failing with ConnectError, and settles before we go on.
@@ -507,38 +451,19 @@ class ReverseTunnel:
         if transport is None or lost is None:
             self._give_up(None)
             return
-        if conn is not None and not conn.stopped:
-            cancels = [
+        await close_session(
+            conn,
+            transport,
+            lost,
+            lambda: [
                 self.cancel_socket_forwarding(f.listen_path)
                 if f.listen_path is not None
                 else self.cancel_forwarding(f.bind_address, f.port)
                 for f in self._table.active()
-            ]
-            await _settle(cancels, staying_up.logoff_timeout, self._clock)
-            for channel in list(conn.channels.values()):
-                if channel.confirmed:
-                    channel.loseConnection()
-            if staying_up.wait_for_channel_close:
-                await _settle([conn.when_idle()], staying_up.logoff_timeout, self._clock)
-            if not conn.stopped:
-                # DISCONNECT by application; not Conch's sendDisconnect, which logs a
-                # clean logoff as "Disconnecting with error".
-                transport.announce_disconnect("logoff")
-                tcp = transport.transport
-                if not staying_up.wait_for_server_disconnect and tcp is not None:
-                    tcp.loseConnection()
-        if not lost.called:
-            # DISCONNECT was sent, and the TCP close started unless the server is to close
-            # it; past logoff_timeout we drop it ourselves.
-            tcp = transport.transport
-            fallback = (
-                self._clock.callLater(staying_up.logoff_timeout, _abort_if_open, tcp)
-                if tcp is not None
-                else None
-            )
-            await lost
-            if fallback is not None and fallback.active():
-                fallback.cancel()
+            ],
+            self.options.staying_up,
+            self._clock,
+        )
 
     def when_disconnected(self) -> Deferred[None]:
         """
@@ -944,7 +869,7 @@ class _ReconnectHost:
         return self._tunnel._next_retry("ssh", retry, error)
 
     def retryable(self, error: Exception) -> bool:
-        return _retryable(error)
+        return retryable(error)
 
     def abandoned(self) -> Exception:
         return self._tunnel._abandoned()
@@ -990,52 +915,6 @@ class _ForwardHost:
         self._tunnel._emit_log(level, message)
 
 
-class _JumpProgress(TunnelObserver):
-    """
-    Passes a jump host's progress on to the observers of the tunnel it carries (its
-    SSHStatus and connection events, named as the jump host's), so ``-v`` and observers
-    see the whole way; twisted.logger already has the jump tunnel's own log lines.
-    """
-
-    def __init__(self, outer: ReverseTunnel, where: str) -> None:
-        self._outer = outer
-        self._where = where
-
-    @override
-    def ssh_status(self, message: str) -> None:
-        self._outer._notify("ssh_status", f"{self._where}: {message}")
-
-    @override
-    def connection_status(self, event: str, status_code: int, description: str) -> None:
-        self._outer._notify(
-            "connection_status", f"jump-{event}", status_code, f"{self._where}: {description}"
-        )
-
-
-class _LogonAbandoned(ConnectError):
-    """A logon given up because logoff() was called, or its Deferred cancelled."""
-
-
-def _retryable(error: BaseException) -> bool:
-    """
-    Network faults, timeouts and server restarts are retried; refusals, and a logon the
-    user gave up on, are final.
-    """
-    return isinstance(error, RTunnelError) and not isinstance(
-        error,
-        (
-            _LogonAbandoned,
-            HostKeyError,
-            AuthenticationError,
-            ProxyAuthenticationError,
-            CredentialError,
-            SpecError,
-            AlreadyConnectedError,
-            ReconnectLimitError,
-        ),
-    )
-
-
 def _local_user() -> str:
     import getpass
 
@@ -1043,27 +922,6 @@ def _local_user() -> str:
         return getpass.getuser()
     except Exception:
         return os.environ.get("USER", "root")
-
-
-def _abort_if_open(tcp: Any) -> None:
-    if getattr(tcp, "connected", False):
-        tcp.abortConnection()
-
-
-async def _settle(
-    waits: Sequence[Deferred[Any] | Awaitable[Any]], timeout: float, clock: IReactorTime
-) -> None:
-    """Wait for every one of ``waits`` to finish (success or failure), at most ``timeout`` s."""
-    if not waits:
-        return
-    deferreds = [
-        w if isinstance(w, Deferred) else Deferred.fromCoroutine(w)  # type: ignore[arg-type]
-        for w in waits
-    ]
-    gathered = defer.DeferredList(deferreds, consumeErrors=True)
-    gathered.addTimeout(timeout, clock)
-    with contextlib.suppress(defer.TimeoutError):
-        await gathered
 
 
 async def _with_timeout(answer: Awaitable[bool], timeout: float, clock: IReactorTime) -> bool:
