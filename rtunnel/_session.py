@@ -17,9 +17,15 @@ from twisted.internet.interfaces import IReactorTime
 
 from rtunnel._core.policy import TokenBucket
 from rtunnel.client.auth.credentials import UserAuthSettings
+from rtunnel.client.channels.channel import ForwardedChannel
 from rtunnel.client.channels.connection import ChannelHost, ForwardingConnection
+from rtunnel.client.channels.forwarder import abort_with_reset
+from rtunnel.client.channels.idle import IdleChannelReaper
+from rtunnel.client.channels.keepalive import Keepalive
 from rtunnel.client.hostkeys.verify import HostKeyVerifier
 from rtunnel.client.reach.endpoint import LostHook, SecureHook
+from rtunnel.client.transport._sockopts import apply_tcp_options
+from rtunnel.errors import KeepaliveError
 from rtunnel.options import StayingUpOptions, TunnelOptions
 
 if TYPE_CHECKING:
@@ -44,6 +50,7 @@ class SessionParts:
         verifier: HostKeyVerifier,
         auth_settings: UserAuthSettings,
         on_server_version: Callable[[str], None],
+        log: Callable[[int, str], None],
     ) -> None:
         # Imported here: Conch's userauth imports the global reactor, and importing
         # rtunnel must not install one (the pytest plugin is loaded before the reactor
@@ -57,6 +64,7 @@ class SessionParts:
         self._verifier = verifier
         self._auth_settings = auth_settings
         self._on_server_version = on_server_version
+        self._log = log
         self._keys, self._passwords = load_credentials(options.authentication.auth)
 
     def new_connection(
@@ -110,6 +118,91 @@ class SessionParts:
         )
         transport.kex_timeout = algorithms.kex_timeout
         return transport
+
+    def apply_tcp_options(self, transport: ClientTransport) -> None:
+        """Set the socket options (``TCP_NODELAY``, keep-alive) once connected."""
+        tcp = transport.transport
+        try:
+            apply_tcp_options(tcp.getHandle(), self._options.reach.tcp_options)  # type: ignore[union-attr]
+        except (AttributeError, OSError) as e:
+            # Not a TCP socket (a test transport), or the kernel refused an option: the
+            # connection works without it.
+            self._log(2, f"Could not set TCP options on the SSH connection: {e}")
+
+    def watch(
+        self, conn: ForwardingConnection, transport: ClientTransport, host: str
+    ) -> tuple[Keepalive, IdleChannelReaper]:
+        """Start the keepalives and the idle-channel reaper of a logged-on session."""
+        staying_up, channels = self._options.staying_up, self._options.channels
+
+        def expired() -> None:
+            # OpenSSH's words (clientloop.c, server_alive_check).
+            transport.error = KeepaliveError(f"Timeout, server {host} not responding.")
+            tcp = transport.transport
+            if tcp is not None:
+                abort_with_reset(tcp)
+
+        def idle(channel: ForwardedChannel) -> None:
+            kind = "open" if channels.absolute_timeout else "idle"
+            self._log(
+                1,
+                f"Channel {channel.local_id} ({channel.info.origin_address} port "
+                f"{channel.info.origin_port}) was {kind} for "
+                f"{channels.channel_idle_timeout} s: closing it.",
+            )
+
+        keepalive = Keepalive(
+            conn,
+            self._clock,
+            staying_up.keepalive_interval,
+            staying_up.keepalive_count_max,
+            expired,
+        )
+        keepalive.start()
+        reaper = IdleChannelReaper(
+            conn,
+            self._clock,
+            channels.channel_idle_timeout,
+            channels.absolute_timeout,
+            idle,
+        )
+        reaper.start()
+        return keepalive, reaper
+
+
+def auth_settings(options: TunnelOptions, host: str, reactor: object) -> UserAuthSettings:
+    """How the tunnel authenticates, from its options (one per tunnel)."""
+    auth = options.authentication
+    return UserAuthSettings(
+        credentials=auth.auth,
+        preferred=auth.preferred_authentications,
+        try_all_methods=auth.try_all_auth_methods,
+        password_prompt=auth.password_prompt,
+        number_of_password_prompts=auth.number_of_password_prompts,
+        password_change=auth.password_change,
+        pubkey_accepted_algorithms=auth.pubkey_accepted_algorithms,
+        host=host,
+        reactor=reactor,
+    )
+
+
+def host_key_verifier(options: TunnelOptions, host: str, port: int) -> HostKeyVerifier:
+    """The tunnel's host-key check, from its options (one per tunnel: every key exchange
+    is checked against the first key)."""
+    host_keys = options.host_keys
+    return HostKeyVerifier(
+        host,
+        port,
+        host_keys.known_hosts,
+        host_keys.host_key_policy,
+        global_known_hosts=host_keys.global_known_hosts,
+        accepted_keys=host_keys.accepted_host_keys,
+        accepted_fingerprints=host_keys.accepted_fingerprints,
+        accepted_ca_keys=host_keys.accepted_ca_keys,
+        callback=host_keys.host_key_callback,
+        fingerprint_hash=host_keys.fingerprint_hash,
+        hash_known_hosts=host_keys.hash_known_hosts,
+    )
 
 
 async def close_session(

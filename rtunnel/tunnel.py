@@ -40,21 +40,22 @@ from rtunnel._model import (
 )
 from rtunnel._observers import JumpProgress, Observers
 from rtunnel._reconnect import LogonAbandoned, Reconnector, retryable
-from rtunnel._session import SessionParts, close_session
-from rtunnel.client.auth.credentials import UserAuthSettings
+from rtunnel._session import (
+    SessionParts,
+    auth_settings,
+    close_session,
+    host_key_verifier,
+)
 from rtunnel.client.channels.channel import ForwardedChannel
 from rtunnel.client.channels.connection import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
     ChannelRefused,
     ForwardingConnection,
 )
-from rtunnel.client.channels.forwarder import (
-    abort_with_reset,
-)
 from rtunnel.client.channels.idle import IdleChannelReaper
 from rtunnel.client.channels.keepalive import Keepalive
 from rtunnel.client.channels.targets import target_for
-from rtunnel.client.hostkeys.verify import HostKeyPolicy, HostKeyVerifier
+from rtunnel.client.hostkeys.verify import HostKeyPolicy
 from rtunnel.client.reach._messages import ServerMessages
 from rtunnel.client.reach.endpoint import (
     LogonHooks,
@@ -62,13 +63,11 @@ from rtunnel.client.reach.endpoint import (
     bind_address,
     choose_route,
 )
-from rtunnel.client.transport._sockopts import apply_tcp_options
 from rtunnel.errors import (
     ChannelError,
     ConnectError,
     ConnectionLostError,
     ForwardingError,
-    KeepaliveError,
     NotConnectedError,
     RTunnelError,
     SpecError,
@@ -120,32 +119,8 @@ class ReverseTunnel:
         self.port = port
         #: The user logged on as: the options', else the local user.
         self.user = options.authentication.user or _local_user()
-        auth = options.authentication
-        self._auth_settings = UserAuthSettings(
-            credentials=auth.auth,
-            preferred=auth.preferred_authentications,
-            try_all_methods=auth.try_all_auth_methods,
-            password_prompt=auth.password_prompt,
-            number_of_password_prompts=auth.number_of_password_prompts,
-            password_change=auth.password_change,
-            pubkey_accepted_algorithms=auth.pubkey_accepted_algorithms,
-            host=host,
-            reactor=reactor,
-        )
-        host_keys = options.host_keys
-        self._host_key_verifier = HostKeyVerifier(
-            self.host,
-            self.port,
-            host_keys.known_hosts,
-            host_keys.host_key_policy,
-            global_known_hosts=host_keys.global_known_hosts,
-            accepted_keys=host_keys.accepted_host_keys,
-            accepted_fingerprints=host_keys.accepted_fingerprints,
-            accepted_ca_keys=host_keys.accepted_ca_keys,
-            callback=host_keys.host_key_callback,
-            fingerprint_hash=host_keys.fingerprint_hash,
-            hash_known_hosts=host_keys.hash_known_hosts,
-        )
+        self._auth_settings = auth_settings(options, host, reactor)
+        self._host_key_verifier = host_key_verifier(options, host, port)
         self._idle_reaper: IdleChannelReaper | None = None
         #: The server's SSH version string (the reference's ServerSSHVersionString), once
         #: the handshake is done.
@@ -213,7 +188,7 @@ class ReverseTunnel:
 
     async def _connect_and_authenticate(self) -> None:
         options = self.options
-        channels, reach = options.channels, options.reach
+        reach = options.reach
 
         parts = SessionParts(
             options,
@@ -223,11 +198,12 @@ class ReverseTunnel:
             self._host_key_verifier,
             self._auth_settings,
             self._server_version_seen,
+            self._emit_log,
         )
 
         def stream_connected(transport: ClientTransport, lost: Deferred[None]) -> None:
             self._transport, self._lost = transport, lost
-            self._apply_tcp_options(transport)
+            parts.apply_tcp_options(transport)
 
         def secured(transport: ClientTransport) -> None:
             for line in messages.handshake_done(transport, self.server_version):
@@ -277,22 +253,7 @@ class ReverseTunnel:
         self._reconnector.move(Event.LOGGED_ON)
         self._connected_at = self._clock.seconds()
         self._table.working_from = None
-        self._keepalive = Keepalive(
-            conn,
-            self._clock,
-            options.staying_up.keepalive_interval,
-            options.staying_up.keepalive_count_max,
-            lambda: self._keepalive_expired(transport),
-        )
-        self._keepalive.start()
-        self._idle_reaper = IdleChannelReaper(
-            conn,
-            self._clock,
-            channels.channel_idle_timeout,
-            channels.absolute_timeout,
-            self._channel_idle,
-        )
-        self._idle_reaper.start()
+        self._keepalive, self._idle_reaper = parts.watch(conn, transport, self.host)
         self._status(f"Authenticated to {self.host} port {self.port} as {self.user!r}.")
         self._sessions += 1
         self._connection_status(
@@ -343,32 +304,6 @@ class ReverseTunnel:
         except AttributeError:
             return None
         return (host.host, host.port) if hasattr(host, "port") else None
-
-    def _apply_tcp_options(self, transport: ClientTransport) -> None:
-        tcp = transport.transport
-        try:
-            apply_tcp_options(tcp.getHandle(), self.options.reach.tcp_options)  # type: ignore[union-attr]
-        except (AttributeError, OSError) as e:
-            # Not a TCP socket (a test transport), or the kernel refused an option: the
-            # connection works without it.
-            self._emit_log(2, f"Could not set TCP options on the SSH connection: {e}")
-
-    def _channel_idle(self, channel: ForwardedChannel) -> None:
-        channels = self.options.channels
-        kind = "open" if channels.absolute_timeout else "idle"
-        self._emit_log(
-            1,
-            f"Channel {channel.local_id} ({channel.info.origin_address} port "
-            f"{channel.info.origin_port}) was {kind} for {channels.channel_idle_timeout} s: "
-            "closing it.",
-        )
-
-    def _keepalive_expired(self, transport: ClientTransport) -> None:
-        # OpenSSH's words (clientloop.c, server_alive_check).
-        transport.error = KeepaliveError(f"Timeout, server {self.host} not responding.")
-        tcp = transport.transport
-        if tcp is not None:
-            abort_with_reset(tcp)
 
     def _next_retry(
         self, kind: str, retry: int, error: Exception, remote_port: int | None = None
