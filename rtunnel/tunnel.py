@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -342,17 +342,9 @@ class ReverseTunnel:
                 f"The window can only grow, up to 2^32 - 1: {window_size} is not between "
                 f"{channels.window_size} and 4294967295."
             )
-        delta = window_size - channels.window_size
         self._options = replace(self.options, channels=replace(channels, window_size=window_size))
-        conn = self._conn
-        if conn is None or delta == 0:
-            return
-        conn.window_size = window_size
-        for channel in list(conn.channels.values()):
-            if channel.confirmed and not channel.finished and not channel.close_received:
-                channel.window_size += delta
-                channel.local_window_left += delta
-                conn.send_window_adjust(channel, delta)
+        if self._conn is not None:
+            self._conn.grow_window(window_size)
 
     def rekey(self) -> Deferred[None]:
         """
@@ -480,12 +472,15 @@ class ReverseTunnel:
         """
         return Deferred.fromCoroutine(
             self._request_forwarding(
-                bind_address, port, host, host_port, factory, accept, dynamic, target_path
+                lambda: new_forward(
+                    bind_address, port, host, host_port, factory, accept, dynamic, target_path
+                )
             )
         )
 
-    async def _request_forwarding(self, *args: Any, **kwargs: Any) -> Forward:
-        return await self._table.request(new_forward(*args, **kwargs))
+    async def _request_forwarding(self, forward: Callable[[], Forward]) -> Forward:
+        # Inside the coroutine, so that bad arguments (SpecError) fail the Deferred.
+        return await self._table.request(forward())
 
     def _waiting_to_reconnect(self) -> bool:
         """Between connections, with a reconnect scheduled or its logon under way."""
@@ -515,15 +510,17 @@ class ReverseTunnel:
             return defer.fail(SpecError("The socket path to listen on is empty."))
         return Deferred.fromCoroutine(
             self._request_forwarding(
-                listen_path,
-                0,
-                host,
-                host_port,
-                factory,
-                accept,
-                False,
-                target_path,
-                listen_path=listen_path,
+                lambda: new_forward(
+                    listen_path,
+                    0,
+                    host,
+                    host_port,
+                    factory,
+                    accept,
+                    False,
+                    target_path,
+                    listen_path,
+                )
             )
         )
 
