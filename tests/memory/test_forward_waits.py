@@ -70,6 +70,29 @@ def test_cancel_forwarding_answers_a_request_waiting_for_the_reconnect(pair: Mem
     _logoff(pair, t)
 
 
+def test_cancel_socket_forwarding_answers_a_request_waiting_for_the_reconnect(
+    pair: MemoryPair, tmp_path: Path
+) -> None:
+    # The defect as it was: cancel_socket_forwarding() found the waiting forward by its
+    # path and forgot it, and the request_forwarding() Deferred was never answered.
+    t = pair.tunnel
+    pair.logon()
+    pair.drop()
+    path = str(tmp_path / "remote.sock")
+    requested = _outcome(t.request_socket_forwarding(path, "127.0.0.1", 8000))
+    pair.server.delay_replies(global_requests=REPLY_DELAY)
+    pair.advance(FAST.initial_delay)
+    assert t.connected and requested == []
+    assert [f.state for f in t.forwards] == [ForwardState.PENDING]
+    cancelled = _outcome(t.cancel_socket_forwarding(path))
+    assert len(requested) == 1 and isinstance(requested[0], Failure)
+    assert requested[0].check(ForwardingError)
+    pair.advance(2 * REPLY_DELAY)
+    assert cancelled == [None] and t.forwards == []
+    assert pair.server.socket_forwards == []
+    _logoff(pair, t)
+
+
 def test_cancel_forwarding_of_a_forward_retrying_answers_and_stops_the_retries(
     pair: MemoryPair,
 ) -> None:
