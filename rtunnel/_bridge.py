@@ -231,6 +231,8 @@ class ChannelStream(Protocol):
         self._reading_paused = False
         self._eof = False
         self._closed = False
+        #: close() or abort() was called: no more writes, whatever the server says.
+        self._close_asked = False
         self._readers: deque[Deferred[None]] = deque()
         self._writers: deque[Deferred[None]] = deque()
         self._send_paused = False
@@ -317,7 +319,9 @@ class ChannelStream(Protocol):
         return Deferred.fromCoroutine(self._write(data))
 
     async def _write(self, data: bytes) -> None:
-        if self._closed:
+        # Closed by us counts from close() itself, as for a socket: the server's CLOSE
+        # may still be on its way when the caller writes again.
+        if self._closed or self._close_asked:
             raise ChannelError(f"Channel {self._id()} is closed.")
         assert self.transport is not None
         self.transport.write(data)
@@ -333,11 +337,13 @@ class ChannelStream(Protocol):
 
     def close(self) -> None:
         """Close after pending data is sent."""
+        self._close_asked = True
         if not self._closed and self.transport is not None:
             self.transport.loseConnection()
 
     def abort(self) -> None:
         """Close at once."""
+        self._close_asked = True
         if not self._closed and self.transport is not None:
             cast(Any, self.transport).abortConnection()
 

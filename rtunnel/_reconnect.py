@@ -22,11 +22,17 @@ from rtunnel._core.policy import ReconnectPolicy
 from rtunnel._core.reconnect import Event, State, after_failure, next_state
 from rtunnel.errors import (
     AlreadyConnectedError,
+    AuthenticationError,
+    ConnectError,
+    CredentialError,
+    HostKeyError,
+    ProxyAuthenticationError,
     ReconnectLimitError,
     RTunnelError,
+    SpecError,
 )
 
-__all__ = ["ReconnectHost", "Reconnector"]
+__all__ = ["LogonAbandoned", "ReconnectHost", "Reconnector", "retryable"]
 
 _log = Logger()
 
@@ -253,3 +259,27 @@ class Reconnector:
             raise self._host.abandoned() from None
         finally:
             self._abort = None
+
+
+class LogonAbandoned(ConnectError):
+    """A logon given up because logoff() was called, or its Deferred cancelled."""
+
+
+def retryable(error: BaseException) -> bool:
+    """
+    Network faults, timeouts and server restarts are retried; refusals, and a logon the
+    user gave up on, are final.
+    """
+    return isinstance(error, RTunnelError) and not isinstance(
+        error,
+        (
+            LogonAbandoned,
+            HostKeyError,
+            AuthenticationError,
+            ProxyAuthenticationError,
+            CredentialError,
+            SpecError,
+            AlreadyConnectedError,
+            ReconnectLimitError,
+        ),
+    )

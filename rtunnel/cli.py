@@ -700,6 +700,11 @@ def _install_signal_handlers(
         signal.signal(signum, handle)
 
 
+def _ignore_signals() -> None:
+    for signum in _SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 async def _log_off(tunnel: ReverseTunnel, clock: IReactorTime, hurry: _Once[None]) -> None:
     """Log off, for at most :data:`LOGOFF_TIMEOUT` seconds or until a second signal."""
     logoff = tunnel.logoff()
@@ -795,6 +800,10 @@ async def _session(
     reactor.callWhenRunning(
         _install_signal_handlers, cast(IReactorThreads, reactor), interrupt, hurry
     )
+    # Once the reactor is down, a late signal must not kill the exiting process: at
+    # finalisation CPython puts SIG_DFL back for every Python handler (not for SIG_IGN),
+    # and a second SIGTERM during a slow exit ended it "killed by signal 15".
+    reactor.addSystemEventTrigger("after", "shutdown", _ignore_signals)
     try:
         tunnel = build_tunnel(cast(IReactorTCP, reactor), host, options, report=console.say)
     except SpecError as error:

@@ -10,10 +10,9 @@ around it (logon, reconnect, logoff) is the state machine of
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,85 +22,59 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocol,
     IProtocolFactory,
-    IReactorProcess,
     IReactorTCP,
     IReactorTime,
 )
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
-from typing_extensions import override
 
-from rtunnel._core import wire
-from rtunnel._core.forwards import (
-    ForwardEvent,
-    allows,
-    match_forward,
-    match_socket_forward,
-    next_state,
-)
-from rtunnel._core.policy import TokenBucket
 from rtunnel._core.reconnect import Event, State
-from rtunnel._core.text import printable
+from rtunnel._forward_table import ForwardTable, new_forward
 from rtunnel._model import (
     AcceptHook,
     ChannelInfo,
     ChannelOpenRequest,
     Forward,
-    ForwardState,
-    ReconnectAttempt,
     TunnelObserver,
     TunnelStatistics,
 )
-from rtunnel._reconnect import Reconnector
-from rtunnel.client.auth.credentials import UserAuthSettings
+from rtunnel._observers import JumpProgress, Observers
+from rtunnel._reconnect import LogonAbandoned, Reconnector, retryable
+from rtunnel._session import (
+    SessionParts,
+    auth_settings,
+    close_session,
+    host_key_verifier,
+)
 from rtunnel.client.channels.channel import ForwardedChannel
 from rtunnel.client.channels.connection import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
     ChannelRefused,
     ForwardingConnection,
 )
-from rtunnel.client.channels.forwarder import (
-    abort_with_reset,
-)
 from rtunnel.client.channels.idle import IdleChannelReaper
 from rtunnel.client.channels.keepalive import Keepalive
 from rtunnel.client.channels.targets import target_for
-from rtunnel.client.hostkeys.verify import HostKeyPolicy, HostKeyVerifier
-from rtunnel.client.reach._proxycommand import expand_proxy_command
+from rtunnel.client.hostkeys.verify import HostKeyPolicy
+from rtunnel.client.reach._messages import ServerMessages
 from rtunnel.client.reach.endpoint import (
-    DirectRoute,
-    JumpRoute,
     LogonHooks,
-    LostHook,
-    ProxyCommandRoute,
-    ProxyRoute,
-    SecureHook,
-    ServerRoute,
     SSHConnectionEndpoint,
+    bind_address,
+    choose_route,
 )
-from rtunnel.client.transport._kex import shown_mac
-from rtunnel.client.transport._sockopts import apply_tcp_options
 from rtunnel.errors import (
-    AlreadyConnectedError,
-    AuthenticationError,
     ChannelError,
     ConnectError,
     ConnectionLostError,
-    CredentialError,
     ForwardingError,
-    ForwardRetryLimitError,
-    HostKeyError,
-    KeepaliveError,
     NotConnectedError,
-    ProxyAuthenticationError,
-    ReconnectLimitError,
     RTunnelError,
     SpecError,
 )
 from rtunnel.options import MAX_MAX_PACKET, TunnelOptions
 
 if TYPE_CHECKING:
-    from rtunnel.client.reach.proxy import Proxy
     from rtunnel.client.transport.client_transport import ClientTransport
 
 __all__ = ["MAX_MAX_PACKET", "HostKeyPolicy", "ReverseTunnel"]
@@ -146,42 +119,20 @@ class ReverseTunnel:
         self.port = port
         #: The user logged on as: the options', else the local user.
         self.user = options.authentication.user or _local_user()
-        auth = options.authentication
-        self._auth_settings = UserAuthSettings(
-            credentials=auth.auth,
-            preferred=auth.preferred_authentications,
-            try_all_methods=auth.try_all_auth_methods,
-            password_prompt=auth.password_prompt,
-            number_of_password_prompts=auth.number_of_password_prompts,
-            password_change=auth.password_change,
-            pubkey_accepted_algorithms=auth.pubkey_accepted_algorithms,
-            host=host,
-            reactor=reactor,
-        )
-        host_keys = options.host_keys
-        self._host_key_verifier = HostKeyVerifier(
-            self.host,
-            self.port,
-            host_keys.known_hosts,
-            host_keys.host_key_policy,
-            global_known_hosts=host_keys.global_known_hosts,
-            accepted_keys=host_keys.accepted_host_keys,
-            accepted_fingerprints=host_keys.accepted_fingerprints,
-            accepted_ca_keys=host_keys.accepted_ca_keys,
-            callback=host_keys.host_key_callback,
-            fingerprint_hash=host_keys.fingerprint_hash,
-            hash_known_hosts=host_keys.hash_known_hosts,
-        )
+        self._auth_settings = auth_settings(options, host, reactor)
+        self._host_key_verifier = host_key_verifier(options, host, port)
         self._idle_reaper: IdleChannelReaper | None = None
         #: The server's SSH version string (the reference's ServerSSHVersionString), once
         #: the handshake is done.
         self.server_version: str | None = None
         self._transport: ClientTransport | None = None
         self._conn: ForwardingConnection | None = None
-        self._forwards: list[Forward] = []
         # The connection's callbacks, kept off the public API.
         self._channel_host = _ConnectionHost(self)
-        self._observers: list[TunnelObserver] = []
+        self._observers = Observers(lambda: self.options.log_level)
+        # The forwards, their retries and the request_forwarding() calls waiting for a
+        # reconnect (rtunnel/_forward_table.py).
+        self._table = ForwardTable(self._clock, _ForwardHost(self), host)
         self._disconnect_waiters: list[Deferred[None]] = []
         # Where the connection is: logon, reconnect and logoff as one state machine (its
         # transitions: rtunnel/_core/reconnect.py), driven with its timers on our clock.
@@ -194,9 +145,6 @@ class ReverseTunnel:
         self._lost: Deferred[None] | None = None
         self._keepalive: Keepalive | None = None
         self._connected_at = 0.0
-        # conn.packets_received once every forward was re-established after a reconnect;
-        # any packet after that shows the reconnect worked (see _connection_ended).
-        self._working_from: int | None = None
         # Counters for statistics(): sessions, and what ended sessions and closed
         # channels carried.
         self._sessions = 0
@@ -206,11 +154,6 @@ class ReverseTunnel:
         self._channels_opened = 0
         self._closed_bytes_sent = 0
         self._closed_bytes_received = 0
-        # request_forwarding() calls waiting for a reconnect to establish their forward
-        # (the connection was lost before the server answered, or was being made again
-        # when they were called), by id(forward).
-        self._first_answers: dict[int, Deferred[Forward]] = {}
-        self._forward_retries: dict[int, tuple[int, IDelayedCall | None]] = {}
         self._fatal_error: RTunnelError | None = None
 
     @property
@@ -234,15 +177,6 @@ class ReverseTunnel:
         """Where the connection is (see rtunnel/_core/reconnect.py)."""
         return self._reconnector.state
 
-    def _move(self, event: Event) -> None:
-        """Take the transition ``event`` leads to (IllegalTransition: a bug here)."""
-        self._reconnector.move(event)
-
-    @property
-    def _reconnecting(self) -> bool:
-        """A reconnect's logon is under way (the wait before it is _reconnect_call)."""
-        return self._state is State.RECONNECTING
-
     @property
     def _reconnect_call(self) -> IDelayedCall | None:
         """The wait before a reconnect (WAITING)."""
@@ -253,88 +187,61 @@ class ReverseTunnel:
         self._reconnector.call = call
 
     async def _connect_and_authenticate(self) -> None:
-        # Imported here: Conch's userauth imports the global reactor, and importing
-        # rtunnel must not install one (the pytest plugin is loaded before the reactor
-        # the user asked for is installed).
-        from rtunnel.client.auth.userauth import load_credentials
-        from rtunnel.client.transport.client_transport import ClientTransport
-
         options = self.options
-        channels, algorithms, reach = options.channels, options.algorithms, options.reach
-        loaded_keys, passwords = load_credentials(options.authentication.auth)
+        reach = options.reach
 
-        def new_connection(
-            on_started: Callable[[ForwardingConnection], None],
-        ) -> ForwardingConnection:
-            conn = ForwardingConnection(
-                self._channel_host,
-                window_size=channels.window_size,
-                max_packet=channels.max_packet,
-                max_channels=channels.max_channels,
-                on_started=on_started,
-                on_stopped=lambda _conn: None,
-                clock=self._clock,
-            )
-            if channels.max_transfer_rate:
-                conn.rate_limit = TokenBucket(channels.max_transfer_rate, self._clock.seconds())
-            return conn
-
-        def new_transport(
-            conn: ForwardingConnection, on_lost: LostHook, on_secure: SecureHook
-        ) -> ClientTransport:
-            transport = ClientTransport(
-                user=self.user,
-                keys_to_try=loaded_keys,
-                passwords=passwords,
-                verify_host_key=self._host_key_verifier.verify,
-                connection=conn,
-                on_lost=on_lost,
-                auth_options=self._auth_settings,
-                ciphers=algorithms.ciphers,
-                macs=algorithms.macs,
-                kex_algorithms=algorithms.kex_algorithms,
-                host_key_algorithms=self._host_key_verifier.host_key_algorithms(
-                    algorithms.host_key_algorithms,
-                    follow_known_hosts=algorithms.order_host_key_algorithms is not False,
-                ),
-                require_strict_kex=algorithms.require_strict_kex,
-                rekey_bytes=algorithms.rekey_bytes,
-                rekey_seconds=algorithms.rekey_seconds,
-                clock=self._clock,
-                compression=algorithms.compression,
-                on_secure=on_secure,
-                preferred_dh_group_bits=algorithms.preferred_dh_group_bits,
-                client_version=algorithms.client_version,
-                server_version_pattern=algorithms.server_version_pattern,
-                on_server_version=self._server_version_seen,
-            )
-            transport.kex_timeout = algorithms.kex_timeout
-            return transport
+        parts = SessionParts(
+            options,
+            self.user,
+            self._clock,
+            self._channel_host,
+            self._host_key_verifier,
+            self._auth_settings,
+            self._server_version_seen,
+            self._emit_log,
+        )
 
         def stream_connected(transport: ClientTransport, lost: Deferred[None]) -> None:
             self._transport, self._lost = transport, lost
-            self._apply_tcp_options(transport)
+            parts.apply_tcp_options(transport)
 
+        def secured(transport: ClientTransport) -> None:
+            for line in messages.handshake_done(transport, self.server_version):
+                self._status(line)
+            event = messages.handshake_event(self.server_version)
+            self._connection_status("ssh-handshake-complete", 0, event)
+
+        def describe_loss(transport: ClientTransport, reason: Failure) -> RTunnelError:
+            logging_off = self._state is State.LOGGING_OFF
+            return messages.loss(
+                transport, reason, logged_on=self._conn is not None, logging_off=logging_off
+            )
+
+        timeout = options.authentication.auth_timeout
+        messages = ServerMessages(self.host, self.port, reach.connect_timeout, timeout)
         hooks = LogonHooks(
-            new_connection=new_connection,
-            new_transport=new_transport,
+            new_connection=parts.new_connection,
+            new_transport=parts.new_transport,
             status=self._status,
             connection_status=self._connection_status,
             stream_connected=stream_connected,
-            secured=self._handshake_done,
-            describe_loss=self._describe_loss,
+            secured=secured,
+            describe_loss=describe_loss,
             ended=self._connection_ended,
-            timeout_text=self._timeout_text,
+            timeout_text=messages.timeout,
+        )
+        route = choose_route(
+            self._reactor, self.host, self.port, self.user, reach, self._jump_tunnel
         )
         endpoint = SSHConnectionEndpoint(
             self._clock,
             self.host,
             self.port,
-            self._route(),
+            route,
             hooks,
             connect_timeout=reach.connect_timeout,
-            auth_timeout=options.authentication.auth_timeout,
-            bind=self._bind_address(),
+            auth_timeout=timeout,
+            bind=bind_address(reach),
         )
         try:
             session = await endpoint.connect()
@@ -343,25 +250,10 @@ class ReverseTunnel:
             raise self._abandoned() from None
         conn, transport = session.connection, session.transport
         self._conn = conn
-        self._move(Event.LOGGED_ON)
+        self._reconnector.move(Event.LOGGED_ON)
         self._connected_at = self._clock.seconds()
-        self._working_from = None
-        self._keepalive = Keepalive(
-            conn,
-            self._clock,
-            options.staying_up.keepalive_interval,
-            options.staying_up.keepalive_count_max,
-            lambda: self._keepalive_expired(transport),
-        )
-        self._keepalive.start()
-        self._idle_reaper = IdleChannelReaper(
-            conn,
-            self._clock,
-            channels.channel_idle_timeout,
-            channels.absolute_timeout,
-            self._channel_idle,
-        )
-        self._idle_reaper.start()
+        self._table.working_from = None
+        self._keepalive, self._idle_reaper = parts.watch(conn, transport, self.host)
         self._status(f"Authenticated to {self.host} port {self.port} as {self.user!r}.")
         self._sessions += 1
         self._connection_status(
@@ -380,7 +272,7 @@ class ReverseTunnel:
             options=self.options.for_jump_host(hop, before),
             clock=self._clock,
         )
-        jump.add_observer(_JumpProgress(self, hop.where))
+        jump.add_observer(JumpProgress(self._observers, hop.where))
         return jump
 
     def open_direct_tcpip(
@@ -396,45 +288,6 @@ class ReverseTunnel:
         if not self.connected:
             return defer.fail(NotConnectedError("Not logged on."))
         return self._require_conn().open_direct_tcpip(host, port, protocol)
-
-    def _route(self) -> ServerRoute:
-        """How this connect reaches the server: ProxyCommand, jump host, proxy or TCP."""
-        reach = self.options.reach
-        if reach.proxy_command is not None:
-            command = expand_proxy_command(
-                reach.proxy_command, host=self.host, port=self.port, user=self.user
-            )
-            return ProxyCommandRoute(cast(IReactorProcess, self._reactor), command)
-        if reach.proxy_jump:
-            return JumpRoute(self._jump_tunnel, reach.proxy_jump[-1], self.host, self.port)
-        timeout = reach.connect_timeout or 30
-        bind = self._bind_address()
-        proxy = self._proxy_for_connection()
-        if proxy is None:
-            return DirectRoute(self._reactor, self.host, self.port, timeout, bind)
-        return ProxyRoute(self._reactor, proxy, self.host, self.port, timeout, bind)
-
-    def _bind_address(self) -> tuple[str, int] | None:
-        reach = self.options.reach
-        if reach.local_host is None and not reach.local_port:
-            return None
-        return (reach.local_host or "", reach.local_port)
-
-    def _proxy_for_connection(self) -> Proxy | None:
-        reach = self.options.reach
-        if reach.proxy is None:
-            return None
-        from rtunnel.client.reach.proxy import Proxy, bypasses
-
-        proxy: Proxy | None
-        if reach.proxy == "auto":
-            # FirewallAutoDetect: what the environment says now, as curl reads it.
-            proxy = Proxy.from_environment(os.environ, self.host)
-        else:
-            proxy = reach.proxy
-        if proxy is None or bypasses(reach.proxy_exceptions, self.host):
-            return None
-        return proxy
 
     @property
     def local_address(self) -> tuple[str, int] | None:
@@ -452,90 +305,21 @@ class ReverseTunnel:
             return None
         return (host.host, host.port) if hasattr(host, "port") else None
 
-    def _apply_tcp_options(self, transport: ClientTransport) -> None:
-        tcp = transport.transport
-        try:
-            apply_tcp_options(tcp.getHandle(), self.options.reach.tcp_options)  # type: ignore[union-attr]
-        except (AttributeError, OSError) as e:
-            # Not a TCP socket (a test transport), or the kernel refused an option: the
-            # connection works without it.
-            self._emit_log(2, f"Could not set TCP options on the SSH connection: {e}")
-
-    def _handshake_done(self, transport: ClientTransport) -> None:
-        version = self.server_version  # set on arrival, already made printable
-        kex = printable(getattr(transport, "kexAlg", b""))
-        host_key = printable(getattr(transport, "keyAlg", b""))
-        ciphers = getattr(transport, "nextEncryptions", None)
-        cipher = printable(getattr(ciphers, "outCipType", b""))
-        mac = printable(shown_mac(ciphers.outCipType, ciphers.outMACType) if ciphers else b"")
-        self._status(f"Server version: {version}")
-        self._status(f"Keys exchanged: kex {kex}, host key {host_key}, cipher {cipher}, MAC {mac}.")
-        self._connection_status(
-            "ssh-handshake-complete",
-            0,
-            f"SSH handshake with {self.host} port {self.port} complete ({version}).",
-        )
-
-    def _timeout_text(self, phase: str, transport: ClientTransport) -> str:
-        where = f"Connection to {self.host} port {self.port} timed out"
-        if phase == "auth":
-            timeout = self.options.authentication.auth_timeout
-            return f"{where} during authentication (after {timeout} s)."
-        if not getattr(transport, "otherVersionString", b""):
-            why = "the server sent no SSH version banner"
-        else:
-            why = "the key exchange did not finish"
-        timeout = self.options.reach.connect_timeout
-        return f"{where} during the SSH handshake (after {timeout} s): {why}."
-
-    def _channel_idle(self, channel: ForwardedChannel) -> None:
-        channels = self.options.channels
-        kind = "open" if channels.absolute_timeout else "idle"
-        self._emit_log(
-            1,
-            f"Channel {channel.local_id} ({channel.info.origin_address} port "
-            f"{channel.info.origin_port}) was {kind} for {channels.channel_idle_timeout} s: "
-            "closing it.",
-        )
-
-    def _keepalive_expired(self, transport: ClientTransport) -> None:
-        # OpenSSH's words (clientloop.c, server_alive_check).
-        transport.error = KeepaliveError(f"Timeout, server {self.host} not responding.")
-        tcp = transport.transport
-        if tcp is not None:
-            abort_with_reset(tcp)
-
     def _next_retry(
         self, kind: str, retry: int, error: Exception, remote_port: int | None = None
     ) -> float | None:
         """The delay before retry ``retry``, after telling observers; None to give up."""
-        policy = self.options.staying_up.reconnect
-        if policy.exhausted(retry):
-            return None
-        delay = policy.delay(retry)
-        attempt = ReconnectAttempt(
-            host=self.host,
-            port=self.port,
-            retry_count=retry,
-            retries_remaining=policy.retries_remaining(retry),
-            max_retry_count=policy.max_retries,
-            retry_interval=delay,
-            retry_type=kind,
-            remote_port=remote_port,
-            error=error,
+        return self._observers.next_retry(
+            self.options.staying_up.reconnect,
+            (self.host, self.port),
+            kind,
+            retry,
+            error,
+            remote_port,
         )
-        # The one log line per attempt (the command prints the same text itself and
-        # skips this event by its reconnect_attempt key).
-        _log.info(attempt.LOG_FORMAT, reconnect_attempt=attempt, **attempt.fields())
-        for observer in list(self._observers):
-            try:
-                observer.reconnect_attempt(attempt)
-            except Exception:
-                _log.failure("observer {observer!r} failed", observer=observer)
-        return None if attempt.cancelled else delay
 
     def _abandoned(self) -> ConnectError:
-        return _LogonAbandoned(
+        return LogonAbandoned(
             f"Logon to {self.host} port {self.port} abandoned: logoff() was called."
         )
 
@@ -558,17 +342,9 @@ class ReverseTunnel:
                 f"The window can only grow, up to 2^32 - 1: {window_size} is not between "
                 f"{channels.window_size} and 4294967295."
             )
-        delta = window_size - channels.window_size
         self._options = replace(self.options, channels=replace(channels, window_size=window_size))
-        conn = self._conn
-        if conn is None or delta == 0:
-            return
-        conn.window_size = window_size
-        for channel in list(conn.channels.values()):
-            if channel.confirmed and not channel.finished and not channel.close_received:
-                channel.window_size += delta
-                channel.local_window_left += delta
-                conn.send_window_adjust(channel, delta)
+        if self._conn is not None:
+            self._conn.grow_window(window_size)
 
     def rekey(self) -> Deferred[None]:
         """
@@ -594,8 +370,7 @@ class ReverseTunnel:
             self._reconnector.stopped()
 
     async def _logoff_steps(self) -> None:
-        staying_up = self.options.staying_up
-        self._cancel_retries()
+        self._table.cancel_retries()
         # Cancels a scheduled reconnect; a logon under way (or a reconnect's) is given up
         # at once, failing with ConnectError, and settles before we go on.
         await self._reconnector.stop()
@@ -603,39 +378,19 @@ class ReverseTunnel:
         if transport is None or lost is None:
             self._give_up(None)
             return
-        if conn is not None and not conn.stopped:
-            cancels = [
+        await close_session(
+            conn,
+            transport,
+            lost,
+            lambda: [
                 self.cancel_socket_forwarding(f.listen_path)
                 if f.listen_path is not None
                 else self.cancel_forwarding(f.bind_address, f.port)
-                for f in list(self._forwards)
-                if f.state is ForwardState.ACTIVE
-            ]
-            await _settle(cancels, staying_up.logoff_timeout, self._clock)
-            for channel in list(conn.channels.values()):
-                if channel.confirmed:
-                    channel.loseConnection()
-            if staying_up.wait_for_channel_close:
-                await _settle([conn.when_idle()], staying_up.logoff_timeout, self._clock)
-            if not conn.stopped:
-                # DISCONNECT by application; not Conch's sendDisconnect, which logs a
-                # clean logoff as "Disconnecting with error".
-                transport.announce_disconnect("logoff")
-                tcp = transport.transport
-                if not staying_up.wait_for_server_disconnect and tcp is not None:
-                    tcp.loseConnection()
-        if not lost.called:
-            # DISCONNECT was sent, and the TCP close started unless the server is to close
-            # it; past logoff_timeout we drop it ourselves.
-            tcp = transport.transport
-            fallback = (
-                self._clock.callLater(staying_up.logoff_timeout, _abort_if_open, tcp)
-                if tcp is not None
-                else None
-            )
-            await lost
-            if fallback is not None and fallback.active():
-                fallback.cancel()
+                for f in self._table.active()
+            ],
+            self.options.staying_up,
+            self._clock,
+        )
 
     def when_disconnected(self) -> Deferred[None]:
         """
@@ -668,7 +423,7 @@ class ReverseTunnel:
             channels_opened=self._channels_opened,
             bytes_sent=self._closed_bytes_sent + sum(c.info.bytes_sent for c in live),
             bytes_received=self._closed_bytes_received + sum(c.info.bytes_received for c in live),
-            forwards_active=sum(f.state is ForwardState.ACTIVE for f in self._forwards),
+            forwards_active=len(self._table.active()),
         )
 
     @property
@@ -717,153 +472,19 @@ class ReverseTunnel:
         """
         return Deferred.fromCoroutine(
             self._request_forwarding(
-                bind_address, port, host, host_port, factory, accept, dynamic, target_path
-            )
-        )
-
-    async def _request_forwarding(
-        self,
-        bind_address: str,
-        port: int,
-        host: str | None,
-        host_port: int | None,
-        factory: IProtocolFactory | None,
-        accept: AcceptHook | None,
-        dynamic: bool = False,
-        target_path: str | None = None,
-        listen_path: str | None = None,
-    ) -> Forward:
-        if not 0 <= port <= 65535:
-            raise SpecError(f"Bad listen port {port}: give 0-65535 (0: the server chooses).")
-        if factory is not None and host is not None:
-            raise SpecError("Give either a local host:port (forwarding) or a factory (event).")
-        if dynamic and (factory is not None or host is not None or host_port is not None):
-            raise SpecError("A dynamic forward takes no local host:port or factory.")
-        if target_path is not None:
-            if dynamic or factory is not None or host is not None or host_port is not None:
-                raise SpecError("A Unix-socket target takes no local host:port or factory.")
-            if not target_path:
-                raise SpecError("The target socket path is empty.")
-        elif factory is None and not dynamic:
-            if not host or host_port is None:
-                raise SpecError(
-                    "Forwarding mode needs a local host and port; event mode needs a factory."
+                lambda: new_forward(
+                    bind_address, port, host, host_port, factory, accept, dynamic, target_path
                 )
-            if not 0 < host_port <= 65535:
-                raise SpecError(f"Bad local port {host_port}: give 1-65535.")
-        conn = self._conn
-        if conn is None or conn.stopped:
-            if not self._waiting_to_reconnect():
-                raise NotConnectedError("Not logged on: call logon() first.")
-            conn = None
-        forward = Forward(
-            bind_address,
-            port,
-            host,
-            host_port,
-            factory,
-            accept,
-            dynamic=dynamic,
-            target_path=target_path,
-            listen_path=listen_path,
-        )
-        self._forwards.append(forward)
-        if conn is not None:
-            try:
-                await self._establish(forward, conn)
-                return forward
-            except ConnectionLostError:
-                # The connection went first. What happens next is decided when the
-                # tunnel hears of the loss, just after this: a reconnect, which asks for
-                # the forward again, or the end of the tunnel.
-                pass
-            except BaseException:
-                # Refused (ForwardingError) or cancelled: a forward that never worked is
-                # not kept for reconnects.
-                self._drop_unanswered(forward, ForwardEvent.REFUSED)
-                raise
-        if forward not in self._forwards:
-            # The tunnel has stopped already (it forgets its forwards when it does).
-            raise ConnectionLostError(
-                f"The connection to {self.host} was lost before the server agreed to the forward."
             )
-        answer: Deferred[Forward] = Deferred()
-        self._first_answers[id(forward)] = answer
-        try:
-            return await answer
-        except defer.CancelledError:
-            self._first_answers.pop(id(forward), None)
-            self._drop_unanswered(forward, ForwardEvent.ABANDON)
-            raise
+        )
 
-    def _drop_unanswered(self, forward: Forward, event: ForwardEvent) -> None:
-        """Forget a forward whose request was refused or given up by its caller."""
-        if forward not in self._forwards:
-            return  # settled already: cancelled, or the tunnel stopped and said so
-        self._move_forward(forward, event)
-        self._forwards.remove(forward)
-        self._notify_forward(forward)
-
-    @staticmethod
-    def _move_forward(forward: Forward, event: ForwardEvent) -> None:
-        """Move ``forward`` by ``event``, as the table in rtunnel/_core/forwards.py allows
-        (else ForwardTransitionError: a bug, not a user mistake)."""
-        forward.state = next_state(forward.state, event)
+    async def _request_forwarding(self, forward: Callable[[], Forward]) -> Forward:
+        # Inside the coroutine, so that bad arguments (SpecError) fail the Deferred.
+        return await self._table.request(forward())
 
     def _waiting_to_reconnect(self) -> bool:
         """Between connections, with a reconnect scheduled or its logon under way."""
-        return self._reconnect_call is not None or self._reconnecting
-
-    def _answer_first(self, forward: Forward, failure: Failure | None = None) -> None:
-        """The forward a request_forwarding() call waits for is active, or failed."""
-        answer = self._first_answers.pop(id(forward), None)
-        if answer is None:
-            return
-        if failure is None:
-            answer.callback(forward)
-        else:
-            answer.errback(failure)
-
-    async def _establish(self, forward: Forward, conn: ForwardingConnection) -> None:
-        """Send ``tcpip-forward`` for ``forward``; mark it active or raise."""
-        self._move_forward(forward, ForwardEvent.REQUEST)
-        requested = forward.requested_port
-        port = forward.port
-        try:
-            if forward.listen_path is not None:
-                await conn.send_global_request(
-                    b"streamlocal-forward@openssh.com",
-                    wire.encode_string(forward.listen_path.encode("utf-8")),
-                )
-            else:
-                reply = await conn.send_global_request(
-                    b"tcpip-forward", wire.encode_tcpip_forward(forward.bind_address, requested)
-                )
-                port = wire.decode_tcpip_forward_reply(requested, reply)
-        except (ForwardingError, wire.WireError) as e:
-            # OpenSSH's words (ssh.c), so operators recognise it.
-            what = (
-                f"path {forward.listen_path}"
-                if forward.listen_path is not None
-                else f"port {requested}"
-            )
-            raise ForwardingError(
-                f"remote port forwarding failed for listen {what}"
-                + ("" if isinstance(e, ForwardingError) else f": {e}")
-            ) from None
-        if not allows(forward.state, ForwardEvent.AGREED):
-            # Cancelled while the request was on its way (a re-request after a
-            # reconnect): the cancel won, and the late agreement changes nothing.
-            return
-        forward.port = port
-        self._move_forward(forward, ForwardEvent.AGREED)
-        self._emit_log(
-            2,
-            f"Remote forward of {forward.bind_address or '*'} port {forward.port} active "
-            f"(to {forward.describe_target()}).",
-        )
-        self._notify_forward(forward)
-        self._answer_first(forward)
+        return self._reconnect_call is not None or self._state is State.RECONNECTING
 
     def request_socket_forwarding(
         self,
@@ -889,15 +510,17 @@ class ReverseTunnel:
             return defer.fail(SpecError("The socket path to listen on is empty."))
         return Deferred.fromCoroutine(
             self._request_forwarding(
-                listen_path,
-                0,
-                host,
-                host_port,
-                factory,
-                accept,
-                False,
-                target_path,
-                listen_path=listen_path,
+                lambda: new_forward(
+                    listen_path,
+                    0,
+                    host,
+                    host_port,
+                    factory,
+                    accept,
+                    False,
+                    target_path,
+                    listen_path,
+                )
             )
         )
 
@@ -915,50 +538,12 @@ class ReverseTunnel:
     async def _cancel_forwarding(
         self, bind_address: str, port: int, listen_path: str | None = None
     ) -> None:
-        conn = self._require_conn()
-        where = (
-            f"socket {listen_path}" if listen_path is not None else f"{bind_address!r} port {port}"
-        )
-        forward = next(
-            (
-                f
-                for f in self._forwards
-                if (
-                    f.listen_path == listen_path
-                    if listen_path is not None
-                    else f.listen_path is None
-                    and f.bind_address == bind_address
-                    and f.port == port
-                    and f.port
-                )
-                and allows(f.state, ForwardEvent.CANCEL)
-            ),
-            None,
-        )
-        if forward is None:
-            raise ForwardingError(f"No active forward on {where}.")
-        # Refuse new opens at once: opens that race the cancel are refused (B4).
-        self._move_forward(forward, ForwardEvent.CANCEL)
-        self._forwards.remove(forward)
-        try:
-            if listen_path is not None:
-                await conn.send_global_request(
-                    b"cancel-streamlocal-forward@openssh.com",
-                    wire.encode_string(listen_path.encode("utf-8")),
-                )
-            else:
-                await conn.send_global_request(
-                    b"cancel-tcpip-forward", wire.encode_tcpip_forward(bind_address, port)
-                )
-        except ForwardingError:
-            raise ForwardingError(f"The server refused to cancel the forward on {where}.") from None
-        finally:
-            self._notify_forward(forward)
+        await self._table.cancel(bind_address, port, listen_path)
 
     @property
     def forwards(self) -> list[Forward]:
         """The forwards requested on this connection (pending and active)."""
-        return list(self._forwards)
+        return list(self._table.forwards)
 
     # -- channels
 
@@ -997,7 +582,7 @@ class ReverseTunnel:
 
     def add_observer(self, observer: TunnelObserver) -> None:
         """Receive channel and connection events."""
-        self._observers.append(observer)
+        self._observers.add(observer)
 
     def remove_observer(self, observer: TunnelObserver) -> None:
         """Stop receiving events."""
@@ -1010,28 +595,6 @@ class ReverseTunnel:
         if conn is None or conn.stopped:
             raise NotConnectedError("Not logged on: call logon() first.")
         return conn
-
-    def _notify_forward(self, forward: Forward) -> None:
-        for observer in list(self._observers):
-            try:
-                observer.forward_state_changed(forward)
-            except Exception:
-                _log.failure("observer {observer!r} failed", observer=observer)
-
-    def _describe_loss(self, transport: ClientTransport, reason: Failure) -> RTunnelError:
-        if transport.error is not None:
-            return transport.error
-        if transport.connection.protocol_error is not None:
-            return transport.connection.protocol_error
-        userauth = transport.userauth
-        if userauth is not None and userauth.failure is not None and self._conn is None:
-            return userauth.failure
-        if self._state is State.LOGGING_OFF:
-            return ConnectionLostError("Logged off.")
-        if isinstance(reason.value, RTunnelError):
-            # Said by the transport underneath (a ProxyCommand that exited).
-            return reason.value
-        return ConnectionLostError(f"Connection to {self.host} closed by remote host.")
 
     def _connection_ended(self, transport: ClientTransport, failure: Failure) -> None:
         if transport is not self._transport and self._transport is not None:
@@ -1070,10 +633,7 @@ class ReverseTunnel:
             if self._worked(conn):
                 # This outage starts from the first step again (issue #12).
                 self._reconnector.retry = 0
-            self._cancel_retries()
-            for forward in self._forwards:
-                self._move_forward(forward, ForwardEvent.LOST)
-                self._notify_forward(forward)
+            self._table.lost()
             self._reconnector.schedule(error)
             return
         self._give_up(failure)
@@ -1091,36 +651,18 @@ class ReverseTunnel:
             >= self.options.staying_up.reconnect.reset_after
         ):
             return True
-        mark = self._working_from
+        mark = self._table.working_from
         return conn is not None and mark is not None and conn.packets_received > mark
-
-    def _note_if_working(self) -> None:
-        """Every forward is active on this connection: from now on, any packet from the
-        server shows that the reconnect worked."""
-        conn = self._conn
-        if (
-            conn is not None
-            and self._working_from is None
-            and all(f.state is ForwardState.ACTIVE for f in self._forwards)
-        ):
-            self._working_from = conn.packets_received
 
     def _give_up(self, failure: Failure | None) -> None:
         """The tunnel stops for good: tell the forwards and when_disconnected() waiters."""
         if self._fatal_error is not None:
             failure, self._fatal_error = Failure(self._fatal_error), None
-        self._cancel_retries()
         self._reconnector.retry = 0
         stopped = failure or Failure(
             ConnectionLostError("Logged off before the server agreed to the forward.")
         )
-        stop = ForwardEvent.STOPPED if failure is None else ForwardEvent.STOPPED_FAILING
-        for forward in self._forwards:
-            if allows(forward.state, stop):  # not one already final
-                self._move_forward(forward, stop)
-            self._notify_forward(forward)
-            self._answer_first(forward, stopped)
-        self._forwards.clear()
+        self._table.stop(failure, stopped)
         waiters, self._disconnect_waiters = self._disconnect_waiters, []
         for d in waiters:
             if failure is None:
@@ -1128,101 +670,23 @@ class ReverseTunnel:
             else:
                 d.errback(failure)
 
-    async def _reestablish(self) -> None:
-        """A reconnect logged on: ask for every forward the lost connection had."""
-        for forward in list(self._forwards):
-            if forward.state is ForwardState.PENDING:
-                await self._retry_forward(forward)
-        self._note_if_working()
-
-    async def _retry_forward(self, forward: Forward) -> None:
-        conn = self._conn
-        if conn is None or conn.stopped or forward not in self._forwards:
-            return
-        try:
-            await self._establish(forward, conn)
-        except ForwardingError as e:
-            if forward not in self._forwards:
-                return  # cancelled meanwhile: the refusal changes nothing
-            if self.options.staying_up.exit_on_forward_failure:
-                self._fatal_error = e
-                self.logoff()
-            else:
-                self._schedule_forward_retry(forward, e)
-            return
-        except ConnectionLostError:
-            return  # _connection_ended takes it from here
-        self._forward_retries.pop(id(forward), None)
-        self._note_if_working()
-
-    def _schedule_forward_retry(self, forward: Forward, error: ForwardingError) -> None:
-        # A server that still holds the port for a stale session of ours refuses it until
-        # it notices (RELIABILITY.md A9); retry this forward alone on its own schedule.
-        count = self._forward_retries.get(id(forward), (0, None))[0] + 1
-        delay = self._next_retry("tunnel", count, error, forward.requested_port)
-        if delay is None:
-            self._move_forward(forward, ForwardEvent.REFUSED)
-            self._forwards.remove(forward)
-            self._forward_retries.pop(id(forward), None)
-            limit = ForwardRetryLimitError(
-                f"Gave up re-establishing the forward of listen port "
-                f"{forward.requested_port} after {count - 1} retries: {error}"
-            )
-            self._error(limit)
-            self._notify_forward(forward)
-            self._answer_first(forward, Failure(limit))
-            return
-        self._move_forward(forward, ForwardEvent.RETRY_LATER)
-        self._notify_forward(forward)
-
-        def retry() -> None:
-            d = Deferred.fromCoroutine(self._retry_forward(forward))
-            d.addErrback(lambda f: _log.failure("retrying a forward failed unexpectedly", f))
-
-        self._forward_retries[id(forward)] = (count, self._clock.callLater(delay, retry))
-
-    def _cancel_retries(self) -> None:
-        for _count, call in self._forward_retries.values():
-            if call is not None and call.active():
-                call.cancel()
-        self._forward_retries.clear()
-
     def _emit_log(self, level: int, message: str) -> None:
         """A log message at the reference's ``level`` (1 info, 2 verbose, 3 debug)."""
-        if level > self.options.log_level:
-            return
-        if level <= 1:
-            _log.info("{message}", message=message)
-        else:
-            _log.debug("{message}", message=message)
-        self._notify("log", level, message)
+        self._observers.log(level, message)
 
     def _status(self, message: str) -> None:
         """Progress of the SSH connection (the reference's SSHStatus), also logged."""
-        self._notify("ssh_status", message)
-        self._emit_log(1, message)
+        self._observers.status(message)
 
     def _connection_status(self, event: str, code: int, description: str) -> None:
-        self._notify("connection_status", event, code, description)
+        self._observers.connection_status(event, code, description)
 
     def _error(self, error: RTunnelError) -> None:
         """An error that fails no call of the user's (the reference's Error event)."""
-        conn = self._conn
-        if isinstance(error, ChannelError) and conn is not None:
-            # One per channel, which remote clients open at will: rate-limited (D18).
-            conn.warn_limited("channel-error", str(error), LogLevel.error)
-        else:
-            _log.error("{error}", error=error)
-        self._notify("error", error)
+        self._observers.error(error, self._conn)
 
     def _notify(self, event: str, *args: object) -> None:
-        for observer in list(self._observers):
-            try:
-                getattr(observer, event)(*args)
-            except Exception:
-                _log.failure(
-                    "observer {observer!r} failed on {event}", observer=observer, event=event
-                )
+        self._observers.notify(event, *args)
 
 
 class _ConnectionHost:
@@ -1237,11 +701,11 @@ class _ConnectionHost:
 
     def find_socket_forward(self, path: str) -> Forward | None:
         """The active socket forward a ``forwarded-streamlocal@openssh.com`` open names."""
-        return match_socket_forward(self._tunnel._forwards, path)
+        return self._tunnel._table.find_socket(path)
 
     def find_forward(self, address: str, port: int) -> Forward | None:
         """The active forward an inbound open names (see ARCHITECTURE.md step 2)."""
-        return match_forward(self._tunnel._forwards, address, port)
+        return self._tunnel._table.find(address, port)
 
     def open_target(
         self, forward: Forward, request: ChannelOpenRequest, channel: ForwardedChannel
@@ -1337,62 +801,50 @@ class _ReconnectHost:
         return self._tunnel._next_retry("ssh", retry, error)
 
     def retryable(self, error: Exception) -> bool:
-        return _retryable(error)
+        return retryable(error)
 
     def abandoned(self) -> Exception:
         return self._tunnel._abandoned()
 
     def reconnected(self) -> Coroutine[Any, Any, None]:
-        return self._tunnel._reestablish()
+        return self._tunnel._table.reestablish()
 
     def give_up(self, failure: Failure) -> None:
         self._tunnel._give_up(failure)
 
 
-class _JumpProgress(TunnelObserver):
-    """
-    Passes a jump host's progress on to the observers of the tunnel it carries (its
-    SSHStatus and connection events, named as the jump host's), so ``-v`` and observers
-    see the whole way; twisted.logger already has the jump tunnel's own log lines.
-    """
+class _ForwardHost:
+    """The tunnel's side of its ForwardTable."""
 
-    def __init__(self, outer: ReverseTunnel, where: str) -> None:
-        self._outer = outer
-        self._where = where
+    def __init__(self, tunnel: ReverseTunnel) -> None:
+        self._tunnel = tunnel
 
-    @override
-    def ssh_status(self, message: str) -> None:
-        self._outer._notify("ssh_status", f"{self._where}: {message}")
+    def connection(self) -> ForwardingConnection | None:
+        conn = self._tunnel._conn
+        return conn if conn is not None and not conn.stopped else None
 
-    @override
-    def connection_status(self, event: str, status_code: int, description: str) -> None:
-        self._outer._notify(
-            "connection_status", f"jump-{event}", status_code, f"{self._where}: {description}"
-        )
+    def waiting_to_reconnect(self) -> bool:
+        return self._tunnel._waiting_to_reconnect()
 
+    def next_retry(self, retry: int, error: Exception, port: int) -> float | None:
+        return self._tunnel._next_retry("tunnel", retry, error, port)
 
-class _LogonAbandoned(ConnectError):
-    """A logon given up because logoff() was called, or its Deferred cancelled."""
+    def refused_again(self, error: ForwardingError) -> bool:
+        tunnel = self._tunnel
+        if not tunnel.options.staying_up.exit_on_forward_failure:
+            return False
+        tunnel._fatal_error = error
+        tunnel.logoff()
+        return True
 
+    def changed(self, forward: Forward) -> None:
+        self._tunnel._observers.forward_changed(forward)
 
-def _retryable(error: BaseException) -> bool:
-    """
-    Network faults, timeouts and server restarts are retried; refusals, and a logon the
-    user gave up on, are final.
-    """
-    return isinstance(error, RTunnelError) and not isinstance(
-        error,
-        (
-            _LogonAbandoned,
-            HostKeyError,
-            AuthenticationError,
-            ProxyAuthenticationError,
-            CredentialError,
-            SpecError,
-            AlreadyConnectedError,
-            ReconnectLimitError,
-        ),
-    )
+    def error(self, error: RTunnelError) -> None:
+        self._tunnel._error(error)
+
+    def log(self, level: int, message: str) -> None:
+        self._tunnel._emit_log(level, message)
 
 
 def _local_user() -> str:
@@ -1402,27 +854,6 @@ def _local_user() -> str:
         return getpass.getuser()
     except Exception:
         return os.environ.get("USER", "root")
-
-
-def _abort_if_open(tcp: Any) -> None:
-    if getattr(tcp, "connected", False):
-        tcp.abortConnection()
-
-
-async def _settle(
-    waits: Sequence[Deferred[Any] | Awaitable[Any]], timeout: float, clock: IReactorTime
-) -> None:
-    """Wait for every one of ``waits`` to finish (success or failure), at most ``timeout`` s."""
-    if not waits:
-        return
-    deferreds = [
-        w if isinstance(w, Deferred) else Deferred.fromCoroutine(w)  # type: ignore[arg-type]
-        for w in waits
-    ]
-    gathered = defer.DeferredList(deferreds, consumeErrors=True)
-    gathered.addTimeout(timeout, clock)
-    with contextlib.suppress(defer.TimeoutError):
-        await gathered
 
 
 async def _with_timeout(answer: Awaitable[bool], timeout: float, clock: IReactorTime) -> bool:

@@ -195,7 +195,11 @@ def parse_permit_remote_open(
             port = rest[1:] if bracket and rest.startswith(":") else ""
         else:
             host, _, port = entry.rpartition(":")
-        if not host or not port or (port != "*" and not (port.isdigit() and 0 < int(port) < 65536)):
+        if (
+            not host
+            or not port
+            or (port != "*" and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536))
+        ):
             raise SpecError(
                 f"Bad PermitRemoteOpen entry '{entry}': give host:port (* for any host or "
                 "port), any or none."

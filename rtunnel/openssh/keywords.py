@@ -230,7 +230,7 @@ def _count(keyword: str, args: list[str]) -> int:
 
 def _number(keyword: str, args: list[str]) -> int:
     value = _one(keyword, args)
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise SpecError(f"{WHERE}: Bad number '{value}'.")
     return int(value)
 
@@ -459,7 +459,7 @@ def _auto_reconnect(keyword: str, args: list[str]) -> str:
 
 def _retry_count(keyword: str, args: list[str]) -> int:
     value = _one(keyword, args)
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise SpecError(f"{WHERE}: Bad number '{value}' (0 means no limit).")
     return int(value)
 

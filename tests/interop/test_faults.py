@@ -393,9 +393,13 @@ async def test_a14_new_host_key_after_restart_is_fatal_and_not_retried(
     await eventually(lambda: bool(failures), timeout=10)
     assert failures[0].check(HostKeyError) and failures[0].value.code == 1030
     assert "CHANGED" in str(failures[0].value)
-    # Several backoff intervals later: still one attempt, and no more connections.
+    # Several backoff intervals later: no attempt after the one that met the new key, and
+    # no more connections. (On a loaded machine the restarted sshd may not listen yet at
+    # the first attempt: a refused connect is retried, so one or two attempts.)
+    attempts = len(watcher.attempts)
     await sleep(1.5)
-    assert len(watcher.attempts) == 1 and watcher.connects == 1 and not t.connected
+    assert 1 <= len(watcher.attempts) == attempts <= 2, watcher.attempts
+    assert watcher.connects == 1 and not t.connected
     after = log_since(openssh_server, offset)
     assert after.count("Connection from 127.0.0.1") == 1
     # Refused at key exchange: never authenticated, no forward requested.

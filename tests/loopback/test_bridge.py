@@ -114,3 +114,24 @@ def test_the_thread_starts_with_the_first_user_and_stops_after_the_last() -> Non
     assert _in_reactor(thread, lambda: 42) == 42
     thread.release()
     assert not thread.running
+
+
+def test_a_write_after_close_fails_before_the_server_confirms_the_close() -> None:
+    # Found in the whole suite under load: sendall() right after close() went out while
+    # the server's CLOSE was still on its way (test_recv_and_accept_timeouts).
+    from twisted.internet.testing import StringTransport
+
+    from rtunnel.errors import ChannelError
+
+    stream = ChannelStream()
+    transport = StringTransport()
+    transport.info = None  # type: ignore[attr-defined]  # a channel's ChannelInfo
+    stream.makeConnection(transport)
+    stream.write(b"before")
+    assert transport.value() == b"before"
+    stream.close()
+    assert transport.disconnecting and not stream.closed
+    failures: list[Any] = []
+    stream.write(b"after").addErrback(failures.append)
+    assert len(failures) == 1 and failures[0].check(ChannelError)
+    assert transport.value() == b"before"

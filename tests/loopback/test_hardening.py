@@ -174,6 +174,9 @@ _KEYS = sorted(set(SUPPORTED_OPTIONS.values()) - {"ProxyCommand"})
 @given(st.sampled_from(_KEYS), st.sampled_from(["=", " "]), ARGUMENT)
 @example("CertificateFile", "=", "0\n0")  # once two lines: "Certificate file 0", "0 not found."
 @example("IdentityFile", "=", "/")  # as root: ssh's UNPROTECTED PRIVATE KEY FILE block
+@example("MaxRetryCount", "=", "\u00b9")  # a superscript one: str.isdigit() but not int()
+@example("ServerAliveCountMax", "=", "\u0663")  # an Arabic-Indic three, likewise
+@example("PermitRemoteOpen", "=", "h:\u00b9")  # a port of such digits
 def test_any_option_value(driver: Driver, key: str, separator: str, value: str) -> None:
     argv = [*BASE, "-o", f"{key}{separator}{value}", "-R", "0:localhost:1", "--", "host.invalid"]
     _one_clear_line(driver.run(*argv), argv)

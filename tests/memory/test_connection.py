@@ -27,6 +27,7 @@ from rtunnel import (
 )
 from rtunnel._core import wire
 from rtunnel._core.policy import TokenBucket
+from rtunnel._forward_table import ForwardTable
 from rtunnel._model import ChannelInfo
 from rtunnel.client.channels import connection as c
 from rtunnel.client.channels.channel import ForwardedChannel
@@ -742,7 +743,7 @@ def test_a_forward_no_longer_in_the_table_cannot_be_made_active() -> None:
     h.feed(c.MSG_REQUEST_SUCCESS, b"")
     _result(d)
     with pytest.raises(ForwardTransitionError, match="a cancelled forward cannot take"):
-        ReverseTunnel._move_forward(fwd, ForwardEvent.AGREED)
+        ForwardTable.move(fwd, ForwardEvent.AGREED)
     assert fwd.state is ForwardState.CANCELLED
 
 
@@ -757,8 +758,8 @@ def test_a_forward_cancelled_while_asked_for_again_stays_cancelled(answer: str) 
     watcher = _States()
     h.tunnel.add_observer(watcher)
     fwd = h.forward()
-    ReverseTunnel._move_forward(fwd, ForwardEvent.LOST)
-    again = Deferred.fromCoroutine(h.tunnel._retry_forward(fwd))
+    ForwardTable.move(fwd, ForwardEvent.LOST)
+    again = Deferred.fromCoroutine(h.tunnel._table.retry(fwd))
     cancelled = h.tunnel.cancel_forwarding("127.0.0.1", 40000)
     if answer == "agreed":
         h.feed(c.MSG_REQUEST_SUCCESS, U32.pack(40000))

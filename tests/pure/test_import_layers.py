@@ -45,8 +45,18 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("reaching the server", ("rtunnel.client.reach",)),
     # What the facade is told: typed groups over the client's own types.
     ("options", ("rtunnel.options",)),
-    # The reconnect loop drives the pure core's state table for the facade.
-    ("facade", ("rtunnel._reconnect", "rtunnel.tunnel")),
+    # The reconnect loop drives the pure core's state table for the facade; the forward
+    # table, observer dispatch and session parts are the facade's own pieces.
+    (
+        "facade",
+        (
+            "rtunnel._reconnect",
+            "rtunnel._forward_table",
+            "rtunnel._observers",
+            "rtunnel._session",
+            "rtunnel.tunnel",
+        ),
+    ),
     # The blocking and asyncio front doors over the facade, and the reactor thread they share.
     ("other front doors", ("rtunnel._bridge", "rtunnel.blocking", "rtunnel.aio")),
     ("public names", ("rtunnel",)),

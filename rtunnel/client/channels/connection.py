@@ -447,6 +447,21 @@ class ForwardingConnection(SSHService):
         """Widen the server's view of our window."""
         self._send(MSG_CHANNEL_WINDOW_ADJUST, _U32X2.pack(channel.remote_id, amount))
 
+    def grow_window(self, window_size: int) -> None:
+        """
+        Channels opened from now on get ``window_size``; each open channel is granted the
+        growth at once (RFC 4254 §5.2 WINDOW_ADJUST). ``window_size`` is not smaller.
+        """
+        delta = window_size - self.window_size
+        self.window_size = window_size
+        if delta == 0:
+            return
+        for channel in list(self.channels.values()):
+            if channel.confirmed and not channel.finished and not channel.close_received:
+                channel.window_size += delta
+                channel.local_window_left += delta
+                self.send_window_adjust(channel, delta)
+
     def send_channel_eof(self, channel: ForwardedChannel) -> None:
         """Half-close a channel."""
         self._send(MSG_CHANNEL_EOF, _U32.pack(channel.remote_id))

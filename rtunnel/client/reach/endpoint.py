@@ -19,9 +19,10 @@ The logon's phases, one timer at a time (:class:`_PhaseTimer`); the state line::
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
@@ -37,7 +38,7 @@ from twisted.python.failure import Failure
 
 from rtunnel.client.channels.connection import ForwardingConnection
 from rtunnel.client.channels.forwarder import connect_failure_text, tcp_endpoint
-from rtunnel.client.reach._proxycommand import ProxyCommandEndpoint
+from rtunnel.client.reach._proxycommand import ProxyCommandEndpoint, expand_proxy_command
 from rtunnel.client.reach.jump import JumpHost, JumpTunnel, jump_endpoint
 from rtunnel.errors import ConnectError, RTunnelError, TimedOutError
 
@@ -55,6 +56,8 @@ __all__ = [
     "SSHConnectionEndpoint",
     "SSHSession",
     "ServerRoute",
+    "bind_address",
+    "choose_route",
 ]
 
 
@@ -164,6 +167,67 @@ class JumpRoute:
 
     def connected(self) -> tuple[str, str] | None:
         return None
+
+
+class ReachSettings(Protocol):
+    """What :func:`choose_route` reads of the options (``TunnelOptions.reach`` has it)."""
+
+    @property
+    def connect_timeout(self) -> float | None: ...
+    @property
+    def local_host(self) -> str | None: ...
+    @property
+    def local_port(self) -> int: ...
+    @property
+    def proxy(self) -> Proxy | Literal["auto"] | None: ...
+    @property
+    def proxy_exceptions(self) -> tuple[str, ...]: ...
+    @property
+    def proxy_command(self) -> str | None: ...
+    @property
+    def proxy_jump(self) -> Sequence[JumpHost]: ...
+
+
+def bind_address(reach: ReachSettings) -> tuple[str, int] | None:
+    """The local address to connect from (``local_host``/``local_port``), if any."""
+    if reach.local_host is None and not reach.local_port:
+        return None
+    return (reach.local_host or "", reach.local_port)
+
+
+def choose_route(
+    reactor: IReactorTCP,
+    host: str,
+    port: int,
+    user: str,
+    reach: ReachSettings,
+    jump_tunnel: Callable[[], JumpTunnel],
+) -> ServerRoute:
+    """How this connect reaches ``host:port``: ProxyCommand, jump host (the last one,
+    through ``jump_tunnel``), proxy or TCP; read afresh at each connect."""
+    if reach.proxy_command is not None:
+        command = expand_proxy_command(reach.proxy_command, host=host, port=port, user=user)
+        return ProxyCommandRoute(cast(IReactorProcess, reactor), command)
+    if reach.proxy_jump:
+        return JumpRoute(jump_tunnel, reach.proxy_jump[-1], host, port)
+    timeout = reach.connect_timeout or 30
+    bind = bind_address(reach)
+    proxy = _proxy_for(reach, host)
+    if proxy is None:
+        return DirectRoute(reactor, host, port, timeout, bind)
+    return ProxyRoute(reactor, proxy, host, port, timeout, bind)
+
+
+def _proxy_for(reach: ReachSettings, host: str) -> Proxy | None:
+    if reach.proxy is None:
+        return None
+    from rtunnel.client.reach.proxy import Proxy, bypasses
+
+    # "auto" is FirewallAutoDetect: what the environment says now, as curl reads it.
+    proxy = Proxy.from_environment(os.environ, host) if reach.proxy == "auto" else reach.proxy
+    if proxy is None or bypasses(reach.proxy_exceptions, host):
+        return None
+    return proxy
 
 
 class LogonPhase(enum.Enum):
