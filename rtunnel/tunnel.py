@@ -67,7 +67,6 @@ from rtunnel.client.channels.idle import IdleChannelReaper
 from rtunnel.client.channels.keepalive import Keepalive
 from rtunnel.client.channels.targets import target_for
 from rtunnel.client.hostkeys.verify import HostKeyPolicy, HostKeyVerifier
-from rtunnel.client.reach._proxycommand import expand_proxy_command
 from rtunnel.client.reach.endpoint import (
     DirectRoute,
     JumpRoute,
@@ -401,6 +400,8 @@ class ReverseTunnel:
         """How this connect reaches the server: ProxyCommand, jump host, proxy or TCP."""
         reach = self.options.reach
         if reach.proxy_command is not None:
+            from rtunnel.client.reach._proxycommand import expand_proxy_command
+
             command = expand_proxy_command(
                 reach.proxy_command, host=self.host, port=self.port, user=self.user
             )
