@@ -53,9 +53,6 @@ from rtunnel.client.hostkeys.verify import (
     check_fingerprint_hash,
     host_key_blob,
 )
-from rtunnel.client.reach._proxycommand import expand_proxy_command
-from rtunnel.client.reach.jump import JumpHost, JumpHosts, jump_hosts
-from rtunnel.client.reach.proxy import Proxy
 from rtunnel.client.transport import _algorithms
 from rtunnel.client.transport._packet import MAX_PACKET_LENGTH
 from rtunnel.client.transport._sockopts import TCPOptions
@@ -63,6 +60,9 @@ from rtunnel.errors import SpecError
 
 if TYPE_CHECKING:
     from twisted.conch.ssh.keys import Key
+
+    from rtunnel.client.reach.jump import JumpHost, JumpHosts
+    from rtunnel.client.reach.proxy import Proxy
 
 __all__ = [
     "DEFAULT_MAX_PACKET",
@@ -393,6 +393,10 @@ class ReachOptions:
         _set(self, "local_host", self.local_host or None)
         proxy: object = self.proxy
         if isinstance(proxy, str) and proxy != "auto":
+            # Proxies, ProxyCommand and jump hosts are imported only when given: a plain
+            # start needs none of them (issue #17).
+            from rtunnel.client.reach.proxy import Proxy
+
             _set(self, "proxy", Proxy.from_url(proxy))
         exceptions: object = self.proxy_exceptions
         if isinstance(exceptions, str):
@@ -416,8 +420,15 @@ class ReachOptions:
                 )
             # Unknown tokens are refused now rather than at the first connect; which
             # values fill them in does not matter for that.
+            from rtunnel.client.reach._proxycommand import expand_proxy_command
+
             expand_proxy_command(command, host="h", port=22, user="u")
-        _set(self, "proxy_jump", jump_hosts(cast("JumpHosts | None", self.proxy_jump)))
+        if self.proxy_jump:
+            from rtunnel.client.reach.jump import jump_hosts
+
+            _set(self, "proxy_jump", jump_hosts(cast("JumpHosts | None", self.proxy_jump)))
+        else:
+            _set(self, "proxy_jump", ())
         if self.proxy_jump:
             if self.proxy is not None or self.proxy_command is not None:
                 raise SpecError("Give proxy_jump, proxy or proxy_command, not several.")

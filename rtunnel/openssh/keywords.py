@@ -25,9 +25,6 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Literal, NamedTuple, Type
 
 from rtunnel._core.syntax import parse_permit_remote_open, parse_proxy_jump, to_port
 from rtunnel.client.auth._pubkey import resolve_pubkey_algorithms
-from rtunnel.client.reach._proxycommand import expand_proxy_command
-from rtunnel.client.reach.jump import JumpHost, jump_hosts
-from rtunnel.client.reach.proxy import Proxy
 from rtunnel.client.transport._algorithms import resolve
 from rtunnel.client.transport._sockopts import TCPOptions
 from rtunnel.errors import SpecError
@@ -36,6 +33,8 @@ from rtunnel.openssh.values import check_host_name, check_user_name, parse_time
 
 if TYPE_CHECKING:
     from rtunnel.client.hostkeys.verify import HostKeyPolicy
+    from rtunnel.client.reach.jump import JumpHost
+    from rtunnel.client.reach.proxy import Proxy
     from rtunnel.options import TunnelSettings
 
 __all__ = [
@@ -497,6 +496,9 @@ def _proxy_command(keyword: str, args: list[str]) -> str:
         raise SpecError(f"{WHERE}: Missing argument.")
     command = " ".join(args)
     if command.lower() != "none":
+        # Imported here, as in _proxy_jump and _proxy: a plain start needs none of it.
+        from rtunnel.client.reach._proxycommand import expand_proxy_command
+
         try:
             # Unknown tokens are refused now; the values do not matter for that.
             expand_proxy_command(command, host="h", port=22, user="u")
@@ -517,6 +519,8 @@ def _proxy_jump(keyword: str, args: list[str]) -> tuple[JumpHost, ...]:
         parse_proxy_jump(value)
     except SpecError as error:
         raise SpecError(f"{WHERE}: {error.message}") from None
+    from rtunnel.client.reach.jump import jump_hosts
+
     hops = jump_hosts(value)
     # ssh runs "ssh -W ... HOP" for each hop, which checks the hop's names as it checks
     # the destination's (ssh.c, valid_hostname and valid_ruser) and says so in its words.
@@ -542,6 +546,8 @@ def _proxy(keyword: str, args: list[str]) -> Proxy | Literal["auto"] | None:
         return None
     if value.lower() == "auto":
         return "auto"
+    from rtunnel.client.reach.proxy import Proxy
+
     try:
         return Proxy.from_url(value)
     except SpecError as error:

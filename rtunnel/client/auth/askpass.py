@@ -17,22 +17,29 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Generic, TypeVar, cast
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.python.failure import Failure
+from typing_extensions import override
 
 from rtunnel._core.text import printable, printable_lines
 from rtunnel.client.auth.credentials import (
     AskPassword,
     KeyboardInteractive,
+    KeyboardInteractiveCallback,
     KeyboardInteractiveChallenge,
+    PasswordCallback,
 )
 
 __all__ = [
     "DEFAULT_ASKPASS",
     "NEVER_ASK",
+    "BlockingPrompt",
     "CannotAsk",
+    "UserAsk",
+    "UserRespond",
     "keyboard_interactive_source",
     "never_ask",
     "password_source",
@@ -86,7 +93,8 @@ def password_source(
     """
     An :class:`~rtunnel.AskPassword` that asks as ``ssh`` would, or None when ``ssh`` could
     not ask (``BatchMode``, or neither askpass nor a terminal). It also asks for key
-    passphrases (``Enter passphrase for key 'PATH': ``).
+    passphrases (``Enter passphrase for key 'PATH': ``). Its ``ask`` returns a
+    :class:`BlockingPrompt`, which the tunnel runs with its own reactor.
 
     :param batch_mode: ``-o BatchMode=yes``: never ask.
     :param environ: the environment (default ``os.environ``).
@@ -96,9 +104,9 @@ def password_source(
     if where is None:
         return None
     env, program = where
-    if program is not None:
-        return AskPassword(lambda prompt: _run_askpass(program, prompt, env))
-    return AskPassword(_ask_terminal)
+    # The callback types say "an answer, a Deferred or an awaitable"; a BlockingPrompt is
+    # the fourth kind, which only user authentication (userauth._resolve) runs.
+    return AskPassword(cast("PasswordCallback", UserAsk(program, env)))
 
 
 #: A passphrase source that never answers: encrypted keys are skipped, as ``ssh`` skips
@@ -141,14 +149,102 @@ def keyboard_interactive_source(
     prompt rtunnel has no answer for, as ``ssh`` does (sshconnect2.c,
     ``input_userauth_info_req``): on the terminal, echoing the answer when the server
     says so, or through the askpass program; None where :func:`password_source` would
-    give None.
+    give None. Its ``respond`` returns a :class:`BlockingPrompt`.
     """
     where = _where(batch_mode, environ, tty)
     if where is None:
         return None
     env, program = where
+    return KeyboardInteractive(cast("KeyboardInteractiveCallback", UserRespond(program, env)))
 
-    async def respond(challenge: KeyboardInteractiveChallenge) -> list[str] | None:
+
+_T = TypeVar("_T")
+
+
+class BlockingPrompt(Generic[_T]):
+    """
+    What the asks of this module return instead of an answer: the question blocks (an
+    askpass program, the terminal), and only the tunnel knows its reactor, so user
+    authentication runs it with :meth:`run` (``userauth._resolve``). The library never
+    touches the global reactor: under :mod:`rtunnel.blocking` or :mod:`rtunnel.aio` it
+    is not the one running.
+    """
+
+    def __init__(self, call: Callable[[], _T], *, terminal: bool) -> None:
+        self._call = call
+        self._terminal = terminal
+
+    def run(self, reactor: IReactorFromThreads) -> Deferred[_T]:
+        """
+        Ask in a daemon thread of its own, not the reactor's thread pool: the pool is
+        joined when the reactor stops, so a prompt nobody answers would keep a SIGTERMed
+        rtunnel from exiting. The answer fires the Deferred in ``reactor``'s thread.
+        """
+        # getpass turns echo off; a signal that stops rtunnel mid-prompt must not leave the
+        # terminal that way (OpenSSH's readpassphrase restores it on SIGTERM too).
+        finished = _terminal_restorer(cast(IReactorCore, reactor)) if self._terminal else None
+        result: Deferred[_T] = Deferred()
+        call = self._call
+
+        def run() -> None:
+            try:
+                value = call()
+            except BaseException:
+                reactor.callFromThread(result.errback, Failure())
+            else:
+                reactor.callFromThread(result.callback, value)
+
+        threading.Thread(target=run, name="rtunnel-prompt", daemon=True).start()
+        if finished is not None:
+            result.addBoth(_then(finished))
+        return result
+
+
+class UserAsk:
+    """
+    :func:`password_source`'s ``ask``: through the askpass ``program``, or on the terminal
+    when ``program`` is None.
+    """
+
+    # A plain class, not a dataclass: a dataclass costs the command's start about half a
+    # millisecond each to build (issue #17).
+    def __init__(self, program: str | None, env: Mapping[str, str]) -> None:
+        self.program = program
+        self.env = env
+
+    @override
+    def __repr__(self) -> str:
+        return f"UserAsk({self.program!r})"
+
+    def __call__(self, prompt: str) -> BlockingPrompt[str | None]:
+        # The prompt may be the server's text (a keyboard-interactive prompt that matched
+        # the password pattern): shown escaped (RELIABILITY.md D17).
+        text = printable(prompt)
+        program, env = self.program, self.env
+        if program is None:
+            return BlockingPrompt(lambda: _ask_terminal(text), terminal=True)
+        return BlockingPrompt(lambda: _run_askpass(program, text, env), terminal=False)
+
+
+class UserRespond:
+    """
+    :func:`keyboard_interactive_source`'s ``respond``: every prompt still unanswered, one
+    after the other, through the askpass ``program`` or on the terminal (None).
+    """
+
+    def __init__(self, program: str | None, env: Mapping[str, str]) -> None:
+        self.program = program
+        self.env = env
+
+    @override
+    def __repr__(self) -> str:
+        return f"UserRespond({self.program!r})"
+
+    def __call__(self, challenge: KeyboardInteractiveChallenge) -> BlockingPrompt[list[str] | None]:
+        return BlockingPrompt(lambda: self._answer(challenge), terminal=self.program is None)
+
+    def _answer(self, challenge: KeyboardInteractiveChallenge) -> list[str] | None:
+        program = self.program
         if program is None:
             # ssh logs the name and the instruction before the prompts. All of it is the
             # server's text: escaped before it reaches the terminal (RELIABILITY.md D17).
@@ -160,109 +256,63 @@ def keyboard_interactive_source(
             if prompt.answer is not None:
                 answers.append(prompt.answer)
                 continue
+            text = printable(prompt.text)
             if program is not None:
-                answer = await _run_askpass(program, prompt.text, env)
+                answer = _run_askpass(program, text, self.env)
             elif prompt.echo:
-                answer = await _ask_terminal_echo(prompt.text)
+                answer = _ask_terminal_echo(text)
             else:
-                answer = await _ask_terminal(prompt.text)
+                answer = _ask_terminal(text)
             if answer is None:
                 return None
             answers.append(answer)
         return answers
 
-    return KeyboardInteractive(respond)
+
+# The blocking askers, run in a prompt's own thread. Each gets the prompt already escaped.
 
 
-# Prompts may be the server's text (keyboard-interactive, including one that matched the
-# password pattern): each asker shows them escaped (RELIABILITY.md D17).
+def _run_askpass(program: str, prompt: str, env: Mapping[str, str]) -> str | None:
+    try:
+        done = subprocess.run(
+            [program, prompt],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=dict(env),
+            timeout=300,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        print(f"ssh_askpass: exec({program}): {e}", file=sys.stderr)
+        return None
+    if done.returncode != 0:
+        return None
+    # readpass.c ssh_askpass: the first line, without its newline.
+    return done.stdout.decode("utf-8", "replace").split("\n", 1)[0].rstrip("\r")
 
 
-def _run_askpass(program: str, prompt: str, env: Mapping[str, str]) -> Deferred[str | None]:
-    prompt = printable(prompt)
-
-    def run() -> str | None:
-        try:
-            done = subprocess.run(
-                [program, prompt],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                env=dict(env),
-                timeout=300,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            print(f"ssh_askpass: exec({program}): {e}", file=sys.stderr)
-            return None
-        if done.returncode != 0:
-            return None
-        # readpass.c ssh_askpass: the first line, without its newline.
-        return done.stdout.decode("utf-8", "replace").split("\n", 1)[0].rstrip("\r")
-
-    return _off_the_reactor(run)
+def _ask_terminal(prompt: str) -> str | None:
+    try:
+        return getpass.getpass(prompt)
+    except (EOFError, KeyboardInterrupt, OSError):
+        return None
 
 
-def _ask_terminal(prompt: str) -> Deferred[str | None]:
-    prompt = printable(prompt)
-
-    def ask() -> str | None:
-        try:
-            return getpass.getpass(prompt)
-        except (EOFError, KeyboardInterrupt, OSError):
-            return None
-
-    # getpass turns echo off; a signal that stops rtunnel mid-prompt must not leave the
-    # terminal that way (OpenSSH's readpassphrase restores it on SIGTERM too).
-    finished = _terminal_restorer()
-    return _off_the_reactor(ask).addBoth(_then(finished))
-
-
-def _ask_terminal_echo(prompt: str) -> Deferred[str | None]:
+def _ask_terminal_echo(prompt: str) -> str | None:
     # readpassphrase(3) with RPP_ECHO_ON: the prompt and the answer on /dev/tty.
-    prompt = printable(prompt)
-
-    def ask() -> str | None:
-        try:
-            # Unbuffered: a buffered "r+" file would need a seekable one, which a tty is not.
-            with open("/dev/tty", "rb+", buffering=0) as terminal:
-                terminal.write(prompt.encode("utf-8"))
-                line = terminal.readline()
-        except (OSError, KeyboardInterrupt):
-            return None
-        if not line:
-            return None
-        return line.decode("utf-8", "replace").rstrip("\r\n")
-
-    return _off_the_reactor(ask)
+    try:
+        # Unbuffered: a buffered "r+" file would need a seekable one, which a tty is not.
+        with open("/dev/tty", "rb+", buffering=0) as terminal:
+            terminal.write(prompt.encode("utf-8"))
+            line = terminal.readline()
+    except (OSError, KeyboardInterrupt):
+        return None
+    if not line:
+        return None
+    return line.decode("utf-8", "replace").rstrip("\r\n")
 
 
-_T = TypeVar("_T")
-
-
-def _off_the_reactor(call: Callable[[], _T]) -> Deferred[_T]:
-    """
-    Run a blocking prompt in a daemon thread of its own, not the reactor's thread pool:
-    the pool is joined when the reactor stops, so a prompt nobody answers would keep a
-    SIGTERMed rtunnel from exiting.
-    """
-    from twisted.internet import reactor
-
-    result: Deferred[_T] = Deferred()
-    call_from_thread: Any = reactor.callFromThread  # type: ignore[attr-defined]
-
-    def run() -> None:
-        try:
-            value = call()
-        except BaseException:
-            call_from_thread(result.errback, Failure())
-        else:
-            call_from_thread(result.callback, value)
-
-    threading.Thread(target=run, name="rtunnel-prompt", daemon=True).start()
-    return result
-
-
-def _terminal_restorer() -> Callable[[], None]:
+def _terminal_restorer(reactor: IReactorCore) -> Callable[[], None]:
     """
     Save the controlling terminal's settings now, to be put back if the reactor shuts
     down while the prompt is still waiting; call the function returned when it is done.
@@ -278,18 +328,17 @@ def _terminal_restorer() -> Callable[[], None]:
     except termios.error:
         os.close(fd)
         return lambda: None
-    from twisted.internet import reactor
 
     def restore() -> None:
         with contextlib.suppress(termios.error):
             termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
         os.close(fd)
 
-    trigger = reactor.addSystemEventTrigger("after", "shutdown", restore)  # type: ignore[attr-defined]
+    trigger = reactor.addSystemEventTrigger("after", "shutdown", restore)
 
     def finished() -> None:
         # getpass put the settings back itself.
-        reactor.removeSystemEventTrigger(trigger)  # type: ignore[attr-defined]
+        reactor.removeSystemEventTrigger(trigger)
         os.close(fd)
 
     return finished

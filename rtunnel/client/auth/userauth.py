@@ -30,6 +30,7 @@ from rtunnel._core.sshparam import decode_packet, read_ssh_params
 from rtunnel._core.text import printable, printable_lines
 from rtunnel.client.auth import _gssapi, _keyformats
 from rtunnel.client.auth._pubkey import CERT_SUFFIX, choose_signature_algorithm, request_algorithm
+from rtunnel.client.auth.askpass import BlockingPrompt, CannotAsk
 from rtunnel.client.auth.credentials import (
     GSSAPI,
     SUPPORTED_METHODS,
@@ -87,10 +88,11 @@ class PendingKey:
         self._done = False
         self._key: keys.Key | None = None
 
-    async def resolve(self, attempts: int) -> keys.Key | None:
+    async def resolve(self, attempts: int, reactor: Any = None) -> keys.Key | None:
         """
         The private key, or None when it is skipped: as ssh (sshconnect2.c,
         ``load_identity_file``), ask up to ``attempts`` times; an empty answer skips it.
+        ``reactor`` (the tunnel's) runs a prompt that blocks.
 
         :raises CredentialError: when there is nobody to ask, or the file is unreadable.
         """
@@ -100,11 +102,9 @@ class PendingKey:
         if self.asker is None:
             raise CredentialError(f"{self.what} is encrypted: give its passphrase.")
         prompt = f"Enter passphrase for key '{self.path}': "
-        from rtunnel.client.auth.askpass import CannotAsk
-
         for _ in range(max(attempts, 1)):
             try:
-                answer = await _resolve(self.asker.ask(prompt))
+                answer = await _resolve(self.asker.ask(prompt), reactor)
             except CannotAsk as e:
                 # Said at the default level: otherwise only "Permission denied" tells.
                 _log.warn(
@@ -458,7 +458,20 @@ def signature_algorithm(key: keys.Key, server_sig_algs: bytes | None) -> bytes:
     return chosen
 
 
-async def _resolve(value: object) -> Any:
+async def _resolve(value: object, reactor: Any = None) -> Any:
+    """
+    A callback's answer: awaited when it is a Deferred or an awaitable; a
+    :class:`~rtunnel.client.auth.askpass.BlockingPrompt` (the command's terminal and
+    askpass prompts) is run with the tunnel's ``reactor``, never the global one (which
+    is not the one running under rtunnel.blocking or rtunnel.aio).
+    """
+    if isinstance(value, BlockingPrompt):
+        if reactor is None:
+            raise CredentialError(
+                "A prompt that blocks (terminal or askpass) needs the tunnel's reactor: "
+                "give UserAuthSettings.reactor."
+            )
+        value = value.run(reactor)
     if isinstance(value, Deferred) or inspect.isawaitable(value):
         return await value
     return value
@@ -707,7 +720,7 @@ class UserAuthClient(userauth.SSHUserAuthClient):
             self.instance.name.decode("ascii", "replace"),
             self._session_id(),
         )
-        answer = await _resolve(self._custom[0].respond(step))
+        answer = await _resolve(self._custom[0].respond(step), self._options.reactor)
         if answer is None:
             self._custom_declined = True
             if self._custom_active and packet[:1] != bytes((userauth.MSG_USERAUTH_FAILURE,)):
@@ -960,7 +973,9 @@ class UserAuthClient(userauth.SSHUserAuthClient):
             assert loaded is not None
             private = loaded.key
             if loaded.pending is not None:
-                private = await loaded.pending.resolve(self._options.number_of_password_prompts)
+                private = await loaded.pending.resolve(
+                    self._options.number_of_password_prompts, self._options.reactor
+                )
                 if private is None:
                     return False
                 offered = loaded.offered_blob
@@ -1031,7 +1046,7 @@ class UserAuthClient(userauth.SSHUserAuthClient):
             if prompt is None:
                 host = self._options.host
                 prompt = f"{self._user_text}@{host}'s password: " if host else "Password: "
-            answer = await _resolve(self._ask[0].ask(prompt))
+            answer = await _resolve(self._ask[0].ask(prompt), self._options.reactor)
             if answer is None:
                 # The user gave up: ask no more.
                 self._ask = []
@@ -1062,7 +1077,7 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         change = self._options.password_change
         new = None
         if change is not None and self._last_password is not None:
-            new = await _resolve(change(prompt))
+            new = await _resolve(change(prompt), self._options.reactor)
         if new is None:
             self.failure = AuthenticationError(
                 f"The server requires a new password for {self._user_text} "
@@ -1106,7 +1121,7 @@ class UserAuthClient(userauth.SSHUserAuthClient):
             )
             responder = self._kbd[0].respond if self._kbd else None
             if responder is not None:
-                given = await _resolve(responder(challenge))
+                given = await _resolve(responder(challenge), self._options.reactor)
                 if given is not None:
                     answers = [str(a) for a in given]
                     if len(answers) != len(prompts):

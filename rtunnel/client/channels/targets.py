@@ -31,7 +31,6 @@ from rtunnel.client.channels.connection import (
     OPEN_CONNECT_FAILED,
     ChannelRefused,
 )
-from rtunnel.client.channels.dynamic import SocksChannel
 from rtunnel.client.channels.forwarder import (
     Splice,
     TargetFactory,
@@ -153,6 +152,9 @@ class SocksTarget:
 
     def open(self, channel: ForwardedChannel) -> Deferred[IProtocol]:
         """Fire at once with the SOCKS server exchange for ``channel``."""
+        # Only a dynamic forward needs the SOCKS server (issue #17: a quick start).
+        from rtunnel.client.channels.dynamic import SocksChannel
+
         return succeed(
             SocksChannel(self._reactor, self._timeout, self._bind, self._permitted, self._log)
         )

@@ -38,11 +38,10 @@ from twisted.python.failure import Failure
 
 from rtunnel.client.channels.connection import ForwardingConnection
 from rtunnel.client.channels.forwarder import connect_failure_text, tcp_endpoint
-from rtunnel.client.reach._proxycommand import ProxyCommandEndpoint, expand_proxy_command
-from rtunnel.client.reach.jump import JumpHost, JumpTunnel, jump_endpoint
 from rtunnel.errors import ConnectError, RTunnelError, TimedOutError
 
 if TYPE_CHECKING:
+    from rtunnel.client.reach.jump import JumpHost, JumpTunnel
     from rtunnel.client.reach.proxy import Proxy
     from rtunnel.client.transport.client_transport import ClientTransport
 
@@ -141,6 +140,9 @@ class ProxyCommandRoute:
         return f"Executing proxy command: exec {self.command}"
 
     def endpoint(self) -> IStreamClientEndpoint:
+        # Each route imports its own machinery: a direct start needs none of it (issue #17).
+        from rtunnel.client.reach._proxycommand import ProxyCommandEndpoint
+
         return ProxyCommandEndpoint(self.reactor, self.command)
 
     def connected(self) -> tuple[str, str] | None:
@@ -163,6 +165,8 @@ class JumpRoute:
         return f"Connecting to {self.host} port {self.port} through {self.hop.where}."
 
     def endpoint(self) -> IStreamClientEndpoint:
+        from rtunnel.client.reach.jump import jump_endpoint
+
         return jump_endpoint(self.new_tunnel, self.hop, self.host, self.port)
 
     def connected(self) -> tuple[str, str] | None:
@@ -206,6 +210,8 @@ def choose_route(
     """How this connect reaches ``host:port``: ProxyCommand, jump host (the last one,
     through ``jump_tunnel``), proxy or TCP; read afresh at each connect."""
     if reach.proxy_command is not None:
+        from rtunnel.client.reach._proxycommand import expand_proxy_command
+
         command = expand_proxy_command(reach.proxy_command, host=host, port=port, user=user)
         return ProxyCommandRoute(cast(IReactorProcess, reactor), command)
     if reach.proxy_jump:
