@@ -625,6 +625,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     :param argv: the arguments (default: ``sys.argv[1:]``).
     """
     arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments and (arguments[0] == "--config" or arguments[0].startswith("--config=")):
+        # Many tunnels from a configuration file (issue #14): its own small parser.
+        from rtunnel.operations import runner
+
+        runner.main(arguments, start_logging=_start_logging)
     try:
         invocation = parse_command_line(arguments)
     except CommandLineExit as exit_:
