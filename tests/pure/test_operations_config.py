@@ -151,7 +151,8 @@ ERRORS = [
     (
         "[tunnel.a\n",
         [
-            "t.toml line 1: not valid TOML: Expected ']' at the end of a table declaration (column 10)"
+            "t.toml line 1: not valid TOML: Expected ']' at the end of a table declaration "
+            "(column 10)"
         ],
     ),
     ("tunnels = 1\n" + _T, ["t.toml line 1: tunnels: unknown key; did you mean tunnel?"]),
@@ -164,7 +165,8 @@ ERRORS = [
     (
         _T.replace("tunnel.a", 'tunnel."a b"'),
         [
-            "t.toml line 1: tunnel.\"a b\": a tunnel's name is letters, digits, '.', '_' and '-', first a letter or digit"
+            "t.toml line 1: tunnel.\"a b\": a tunnel's name is letters, digits, '.', '_' and "
+            "'-', first a letter or digit"
         ],
     ),
     (_T + "hots = 1\n", ["t.toml line 4: tunnel.a.hots: unknown key; did you mean host?"]),
@@ -185,7 +187,11 @@ ERRORS = [
     (
         _T + 'IdentityFile = ["a", "b"]\nCiphers = "nope"\n',
         [
-            "t.toml line 5: tunnel.a.Ciphers: Bad SSH2 cipher spec 'nope'. Unsupported cipher algorithm 'nope'; supported: aes128-gcm@openssh.com, aes256-gcm@openssh.com, chacha20-poly1305@openssh.com, aes128-ctr, aes192-ctr, aes256-ctr, aes128-cbc, aes192-cbc, aes256-cbc, 3des-cbc, blowfish-cbc, cast128-cbc, arcfour256, arcfour128, arcfour."
+            "t.toml line 5: tunnel.a.Ciphers: Bad SSH2 cipher spec 'nope'. Unsupported cipher "
+            "algorithm 'nope'; supported: aes128-gcm@openssh.com, aes256-gcm@openssh.com, "
+            "chacha20-poly1305@openssh.com, aes128-ctr, aes192-ctr, aes256-ctr, aes128-cbc, "
+            "aes192-cbc, aes256-cbc, 3des-cbc, blowfish-cbc, cast128-cbc, arcfour256, "
+            "arcfour128, arcfour."
         ],
     ),
     (
@@ -215,7 +221,8 @@ ERRORS = [
     (
         '[tunnel.a]\nhost = "h"\nforwards = [\n  "1:h:2",\n  3,\n]\n',
         [
-            't.toml line 5: tunnel.a.forwards[1]: give "[BIND:]PORT:HOST:HOSTPORT" or {listen = ..., target = ...}'
+            't.toml line 5: tunnel.a.forwards[1]: give "[BIND:]PORT:HOST:HOSTPORT" or {listen = '
+            "..., target = ...}"
         ],
     ),
     (
@@ -229,13 +236,15 @@ ERRORS = [
     (
         '[tunnel.a]\nhost = "h"\nforwards = [{ target = "h:2" }]\n',
         [
-            't.toml line 3: tunnel.a.forwards[0]: give listen = "[BIND_ADDRESS:]PORT" (or a socket path)'
+            't.toml line 3: tunnel.a.forwards[0]: give listen = "[BIND_ADDRESS:]PORT" (or a '
+            "socket path)"
         ],
     ),
     (
         '[tunnel.a]\nhost = "h"\n[[tunnel.a.forwards]]\nlisten = "1"\ntarget = 2\n',
         [
-            't.toml line 5: tunnel.a.forwards[0].target: give target = "HOST:PORT" or a socket path (none: SOCKS)'
+            't.toml line 5: tunnel.a.forwards[0].target: give target = "HOST:PORT" or a socket '
+            "path (none: SOCKS)"
         ],
     ),
     (
@@ -245,7 +254,8 @@ ERRORS = [
     (
         '[tunnel.a]\nhost = "h"\nforwards = [\n "1:h:2",\n "localhost:1:h:2",\n]\n',
         [
-            "t.toml line 5: tunnel.a.forwards: 'localhost:1:h:2' is the same forward as '1:h:2' (line 4)"
+            "t.toml line 5: tunnel.a.forwards: 'localhost:1:h:2' is the same forward as '1:h:2' "
+            "(line 4)"
         ],
     ),
     (
@@ -259,7 +269,8 @@ ERRORS = [
     (
         _T + 'password_file = "/nonexistent/pw"\n',
         [
-            "t.toml line 4: tunnel.a.password_file: cannot read /nonexistent/pw: No such file or directory"
+            "t.toml line 4: tunnel.a.password_file: cannot read /nonexistent/pw: No such file or "
+            "directory"
         ],
     ),
     (
