@@ -55,7 +55,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("operations", ("rtunnel.operations",)),
     # The runner starts tunnels as the command does (its credentials, defaults and
     # messages, from rtunnel.service); the configuration and the status types stay below.
-    ("front ends", ("rtunnel.service", "rtunnel.cli", "rtunnel.operations.runner")),
+    ("front ends", ("rtunnel.service", "rtunnel.cli", "rtunnel.operations.runner", "rtunnel.tap")),
     ("test helpers and demo", ("rtunnel.testing", "rtunnel.demo")),
 )
 EXACT = frozenset({"rtunnel", "rtunnel.client"})
