@@ -35,9 +35,16 @@ UP_WITHIN = 30.0
 class Command:
     """The command as a child process, its stderr read into lines by a thread."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], cwd: Path | None = None, merge: bool = False
+    ) -> None:
         self.process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if not merge else subprocess.PIPE,
+            stderr=subprocess.PIPE if not merge else subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
         )
         self.lines: list[str] = []
         self._changed = threading.Condition()
@@ -45,8 +52,9 @@ class Command:
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.process.stderr is not None
-        for raw in self.process.stderr:
+        stream = self.process.stderr or self.process.stdout
+        assert stream is not None
+        for raw in stream:
             with self._changed:
                 self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
                 self._changed.notify_all()
@@ -347,3 +355,53 @@ def test_check_prints_nothing_for_a_good_file_and_every_mistake_for_a_bad_one(
         f"{config} line 18: tunnel.b.forwards[1]: bad forward '80800:localhost:80': "
         "bad listen port '80800'",
     ]
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: twistd from the checkout (the current directory on sys.path finds the plugin).
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def test_twistd_runs_a_config_and_reloads_it_on_sighup(
+    tmp_path: Path,
+    two_servers: tuple[OpenSSHServer, OpenSSHServer],
+    openssh_client_key: Path,
+    echo_target: int,
+) -> None:
+    first, second = two_servers
+    config = tmp_path / "tunnels.toml"
+    tunnel_b = _tunnel("b", second, openssh_client_key, [f"0:127.0.0.1:{echo_target}"])
+    config.write_text(
+        _tunnel("a", first, openssh_client_key, [f"0:127.0.0.1:{echo_target}"]) + tunnel_b
+    )
+    pid_file = tmp_path / "twistd.pid"
+    env = _env(tmp_path)
+    argv = [*TWISTD, "-n", f"--pidfile={pid_file}", "--logfile=-", "rtunnel", "--config"]
+    command = Command([*argv, str(config)], env, cwd=REPO_ROOT, merge=True)
+    allocated = rf"\[{{}}\] Allocated port (\d+) for remote forward to 127\.0\.0\.1:{echo_target}$"
+    try:
+        ports = [int(command.wait_for(allocated.format(n)).group(1)) for n in ("a", "b")]
+        for port in ports:
+            assert exchange(port, b"twistd") == b"twistd"
+        mark = len(command.lines)
+        config.write_text(
+            _tunnel(
+                "a",
+                first,
+                openssh_client_key,
+                [f"0:127.0.0.1:{echo_target}", f"127.0.0.1:0:127.0.0.1:{echo_target}"],
+            )
+            + tunnel_b
+        )
+        command.process.send_signal(signal.SIGHUP)
+        command.wait_for(r"Reloaded .*: added forwards a: 127\.0\.0\.1:0:127\.0\.0\.1:", mark)
+        added = int(command.wait_for(allocated.format("a"), mark).group(1))
+        assert added not in ports
+        assert exchange(added, b"added") == b"added"
+        assert pid_file.exists()
+    finally:
+        status = command.stop(signal.SIGTERM)
+    # twistd ends itself with the signal that stopped it (app._exitWithSignal).
+    assert status == -signal.SIGTERM, "\n".join(command.lines)
+    assert not pid_file.exists()
+    assert not [line for line in command.lines if "Traceback" in line or "#error" in line]
