@@ -550,8 +550,8 @@ def _parse(argv: Sequence[str]) -> tuple[str, bool, int]:
     args = list(argv)
     while args:
         arg = args.pop(0)
-        if arg == "--config" and args:
-            file = args.pop(0)
+        if arg == "--config":
+            file = args.pop(0) if args else None
         elif arg.startswith("--config="):
             file = arg.removeprefix("--config=")
         elif arg == "--check":

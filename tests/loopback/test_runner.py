@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +218,34 @@ async def test_a_bad_file_is_refused_and_nothing_changes(
         assert await in_thread(exchange, port, b"still") == b"still"
     finally:
         await runner.stop()
+
+
+def test_the_command_line_of_config_mode(tmp_path: Path) -> None:
+    """Mistakes in ``rtunnel --config``'s own arguments: the usage, status 255."""
+    usage = "usage: rtunnel --config FILE [--check] [-q] [-v]\n"
+    good = tmp_path / "t.toml"
+    good.write_text('[tunnel.a]\nhost = "h"\nforwards = ["1:h:2"]\n')
+    for args, first_line in [
+        (["--config"], "rtunnel: --config needs a FILE"),
+        (["--config="], "rtunnel: --config needs a FILE"),
+        (
+            ["--config", str(good), "--check", "extra"],
+            "rtunnel: unexpected argument 'extra' with --config",
+        ),
+    ]:
+        run = subprocess.run(
+            [sys.executable, "-m", "rtunnel.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert (run.returncode, run.stdout, run.stderr) == (255, "", f"{first_line}\n{usage}"), args
+    run = subprocess.run(
+        [sys.executable, "-m", "rtunnel.cli", f"--config={good}", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
