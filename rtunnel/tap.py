@@ -84,7 +84,8 @@ class Options(TunnelOptions):
                 "--config runs the file's tunnels: give no destination or -R with it"
             )
         try:
-            self.config = load_config(self.config_file)
+            # Absolute: twistd may change directory (--rundir) before a reload.
+            self.config = load_config(os.path.abspath(self.config_file))
         except ConfigError as error:
             raise usage.UsageError(error.message) from None
 

@@ -21,6 +21,7 @@ none is left running, for the command to exit with ssh's status 255.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -28,7 +29,13 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock, gatherResults
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredLock,
+    FirstError,
+    gatherResults,
+)
 from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from typing_extensions import override
@@ -294,6 +301,15 @@ class _Running(TunnelObserver):
             return
         except RTunnelError as error:
             self._failed(describe_error(error, user=user, host=config.host))
+            if tunnel.connected:
+                # A refused forward with ExitOnForwardFailure=yes: log off, as the
+                # command exits.
+                logoff = tunnel.logoff()
+                logoff.addTimeout(LOGOFF_TIMEOUT, self.clock)
+                try:
+                    await logoff
+                except Exception as problem:
+                    _log.debug("Logging off did not finish cleanly: {why}", why=str(problem))
 
     def _failed(self, message: str) -> None:
         self.report("ERROR", message)
@@ -321,7 +337,10 @@ class _Running(TunnelObserver):
             else:
                 self.refused.add(spec)
 
-        await gatherResults([Deferred.fromCoroutine(one(s)) for s in specs], consumeErrors=True)
+        try:
+            await gatherResults([Deferred.fromCoroutine(one(s)) for s in specs], consumeErrors=True)
+        except FirstError as error:
+            error.subFailure.raiseException()
 
     async def remove_forward(self, spec: RemoteForwardSpec) -> bool:
         """Cancel one forward; False if the tunnel must start again instead (the forward
@@ -587,7 +606,8 @@ def main(
         sys.stderr.write(error.message if error.message.endswith("\n") else error.message + "\n")
         sys.exit(FAILURE)
     try:
-        config = load_config(file)
+        # Absolute: a reload reads the same file wherever the process is then.
+        config = load_config(file if check else os.path.abspath(file))
     except ConfigError as error:
         for problem in error.problems:
             sys.stderr.write(printable(problem, None) + "\n")

@@ -249,3 +249,48 @@ def test_the_command_line_of_config_mode(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_forward(
+    ssh_test_server: Any,
+    ssh_user: str,
+    ssh_client_key: Path,
+    ssh_known_hosts: Path,
+    tmp_path: Path,
+) -> None:
+    """
+    A forward the server refuses is shown as failed while the others work, and a reload
+    that removes it leaves the connection alone; with ExitOnForwardFailure=yes the tunnel
+    fails and logs off, as the command exits.
+    """
+    s = _setup(ssh_test_server, ssh_user, ssh_client_key, ssh_known_hosts, tmp_path)
+    refused = _closed_port()
+    ssh_test_server.refuse_forwards(refused)
+    good, bad = f"0:127.0.0.1:{s.target.port}", f"{refused}:127.0.0.1:{s.target.port}"
+    runner = Runner(reactor, s.config(s.tunnel("a", [good, bad])), report=s.report)
+    runner.start()
+    try:
+        await eventually(
+            lambda: [f.state for f in runner.status()[0].forwards] == ["active", "failed"]
+        )
+        assert (
+            "INFO",
+            f"[a] Warning: remote port forwarding failed for listen port {refused}",
+        ) in s.lines
+        result = await runner.reload(s.config(s.tunnel("a", [good])))
+        assert (result.forwards_removed, result.restarted) == ((f"a: {bad}",), ())
+        assert ssh_test_server.accepted_connections == 1
+        assert [f.state for f in runner.status()[0].forwards] == ["active"]
+    finally:
+        await runner.stop()
+
+    strict = s.tunnel("b", [good, bad], extra='ExitOnForwardFailure = "yes"\n')
+    runner = Runner(reactor, s.config(strict), report=s.report)
+    all_failed = runner.when_all_failed()
+    runner.start()
+    await all_failed.addTimeout(30, reactor)
+    [status] = runner.status()
+    assert status.state == "failed"
+    assert status.last_error == f"Error: remote port forwarding failed for listen port {refused}"
+    await ssh_test_server.wait_for_connections(0)
