@@ -146,6 +146,9 @@ listens on for us are forwarded to host:hostport from this machine.
   -V              Print the version and exit.
   -h, --help      Print this help and exit.
 
+rtunnel --config FILE [--check] runs the tunnels of a TOML configuration file instead
+(several servers; SIGHUP reloads it); --check only validates it (docs/operations.md).
+
 destination is [user@]host or ssh://[user@]host[:port]. rtunnel never asks about
 host keys: they are checked against ~/.ssh/known_hosts (or UserKnownHostsFile) as with
 StrictHostKeyChecking=yes unless you set StrictHostKeyChecking=accept-new (or no).
@@ -937,6 +940,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     :param argv: the arguments (default: ``sys.argv[1:]``).
     """
     arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments and (arguments[0] == "--config" or arguments[0].startswith("--config=")):
+        # Many tunnels from a configuration file (issue #14): its own small parser.
+        from rtunnel.operations import runner
+
+        runner.main(arguments, start_logging=_start_logging)
     try:
         invocation = parse_command_line(arguments)
         for warning in invocation.warnings:

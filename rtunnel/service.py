@@ -613,6 +613,8 @@ class TunnelService(Service):
         except CancelledError:
             return  # stopService
         except RTunnelError as error:
+            if not self.running:
+                return  # stopService abandoned the logon: no failure
             _log.error("{message}", message=describe_error(error, user=self._user, host=self._host))
             if self._on_failure is not None:
                 self._on_failure(error)

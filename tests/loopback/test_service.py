@@ -121,7 +121,8 @@ def test_help_mentions_ssh_syntax() -> None:
 
 def test_plugin_file() -> None:
     """
-    The plugin module is a lazy ServiceMaker for rtunnel.service, and ``twisted/`` and
+    The plugin module is a lazy ServiceMaker for rtunnel.tap (one tunnel from
+    rtunnel.service's flags, or --config), and ``twisted/`` and
     ``twisted/plugins/`` have no ``__init__.py`` (which would hide Twisted's own).
     """
     assert not (REPO_ROOT / "twisted" / "__init__.py").exists()
@@ -135,8 +136,11 @@ def test_plugin_file() -> None:
     assert verifyObject(IServiceMaker, maker)
     assert verifyObject(IPlugin, maker)
     assert maker.tapname == "rtunnel"
-    assert maker.options is Options
-    assert maker.makeService is makeService
+    import rtunnel.tap
+
+    assert maker.options is rtunnel.tap.Options
+    assert issubclass(maker.options, Options)
+    assert maker.makeService is rtunnel.tap.makeService
 
 
 # --------------------------------------------------------------------------------------

@@ -63,7 +63,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("OpenSSH grammar", ("rtunnel.openssh",)),
     # Many tunnels from a configuration, reload, status, metrics (issue #14).
     ("operations", ("rtunnel.operations",)),
-    ("front ends", ("rtunnel.service", "rtunnel.cli")),
+    # The runner starts tunnels as the command does (its credentials, defaults and
+    # messages, from rtunnel.service); the configuration and the status types stay below.
+    ("front ends", ("rtunnel.service", "rtunnel.cli", "rtunnel.operations.runner", "rtunnel.tap")),
     ("test helpers and demo", ("rtunnel.testing", "rtunnel.demo")),
 )
 EXACT = frozenset({"rtunnel", "rtunnel.client"})

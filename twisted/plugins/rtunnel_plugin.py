@@ -1,3 +1,3 @@
 from twisted.application.service import ServiceMaker
 
-rtunnel = ServiceMaker("rtunnel", "rtunnel.service", "SSH reverse tunnel (ssh -R)", "rtunnel")
+rtunnel = ServiceMaker("rtunnel", "rtunnel.tap", "SSH reverse tunnels (ssh -R)", "rtunnel")

@@ -1,0 +1,674 @@
+"""
+Runs every tunnel of a configuration file (:mod:`rtunnel.operations.config`), says how
+they are (:class:`Runner` is a :class:`~rtunnel.operations.status.StatusSource`), and
+reloads a new configuration without disturbing what did not change.
+
+Reload (:meth:`Runner.reload`), by tunnel name and forward:
+
+- a tunnel whose server and forwards are the same: untouched, its connections carry on;
+- a tunnel whose server is the same but forwards differ: added forwards are requested,
+  removed ones cancelled (the server stops listening; connections already open through
+  them carry on until they close: ``cancel-tcpip-forward`` stops only new ones);
+- a tunnel whose server changed (host, port, user, credentials, any option): logged off
+  and started again with the new settings, alone;
+- a new tunnel starts, a removed one logs off; a tunnel that had given up starts again;
+- a file with a mistake is refused with its message, and the running set stays.
+
+A tunnel that gives up (its first logon fails, a changed host key, ``MaxRetryCount``)
+is shown as ``failed`` and the others carry on; :meth:`Runner.when_all_failed` fires when
+none is left running, for the command to exit with ssh's status 255.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
+
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredLock,
+    FirstError,
+    gatherResults,
+)
+from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorThreads, IReactorTime
+from twisted.logger import Logger
+from typing_extensions import override
+
+from rtunnel._core.forwards import ForwardState
+from rtunnel._core.text import printable
+from rtunnel._model import ChannelInfo, Forward, ReconnectAttempt, TunnelObserver
+from rtunnel.errors import RTunnelError, SpecError
+from rtunnel.openssh.client_options import ClientOptions
+from rtunnel.operations.config import Config, ConfigError, TunnelConfig, load_config
+from rtunnel.operations.status import ForwardStatus, TunnelStatus
+from rtunnel.service import (
+    ReconnectReporter,
+    Report,
+    describe_error,
+    establish_forwards,
+    local_user,
+    tunnel_options,
+)
+
+if TYPE_CHECKING:
+    from rtunnel.openssh.forwards import RemoteForwardSpec
+    from rtunnel.tunnel import ReverseTunnel
+
+__all__ = ["ReloadResult", "Runner", "main"]
+
+_log = Logger()
+
+#: Seconds each tunnel is given to log off when stopped or replaced.
+LOGOFF_TIMEOUT = 3.0
+
+
+def _log_report(level: str, text: str) -> None:
+    """The default report: through ``twisted.logger`` at the matching level."""
+    if level.startswith("DEBUG"):
+        _log.debug("{text}", text=text)
+    elif level in ("FATAL", "ERROR"):
+        _log.error("{text}", text=text)
+    elif text.startswith("Warning:"):
+        _log.warn("{text}", text=text)
+    else:
+        _log.info("{text}", text=text)
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """
+    What a reload did, by tunnel name (and ``"tunnel: forward"`` for forwards).
+
+    :ivar unchanged: tunnels left alone.
+    :ivar started: tunnels started (new ones, and failed ones started again).
+    :ivar restarted: tunnels whose server changed, started again.
+    :ivar stopped: tunnels no longer in the file, logged off.
+    :ivar forwards_added: forwards requested on a running tunnel.
+    :ivar forwards_removed: forwards cancelled on a running tunnel.
+    """
+
+    unchanged: tuple[str, ...] = ()
+    started: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
+    stopped: tuple[str, ...] = ()
+    forwards_added: tuple[str, ...] = ()
+    forwards_removed: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """One line for the log."""
+        parts = [
+            f"{label} {', '.join(names)}"
+            for label, names in (
+                ("started", self.started),
+                ("restarted", self.restarted),
+                ("stopped", self.stopped),
+                ("added forwards", self.forwards_added),
+                ("removed forwards", self.forwards_removed),
+            )
+            if names
+        ]
+        return "; ".join(parts) if parts else "nothing changed"
+
+
+class _Counters:
+    """Per forward: channels since it started, and what closed channels carried."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.closed_in = 0
+        self.closed_out = 0
+
+
+class _Running(TunnelObserver):
+    """One tunnel of the runner, and the observer that keeps its status."""
+
+    def __init__(self, runner: Runner, config: TunnelConfig) -> None:
+        self.runner = runner
+        self.config = config
+        self.clock = runner.clock
+        self.tunnel: ReverseTunnel | None = None
+        self.state = "connecting"
+        self.since = self.clock.seconds()
+        self.last_error: str | None = None
+        self.last_error_time: float | None = None
+        # Forwards by spec: the library's Forward once granted; None while asked for or
+        # after a refusal (self.refused).
+        self.forwards: dict[RemoteForwardSpec, Forward | None] = {
+            f.spec: None for f in config.forwards
+        }
+        self.refused: set[RemoteForwardSpec] = set()
+        self.counters: dict[RemoteForwardSpec, _Counters] = {
+            f.spec: _Counters() for f in config.forwards
+        }
+        self.task: Deferred[None] | None = None
+        self.finished = False
+
+    # -- status
+
+    def _enter(self, state: str) -> None:
+        if state != self.state:
+            self.state, self.since = state, self.clock.seconds()
+
+    def _error_seen(self, message: str) -> None:
+        self.last_error = printable(message, 500)
+        self.last_error_time = self.clock.seconds()
+
+    def _spec_of(self, forward: Forward | None) -> RemoteForwardSpec | None:
+        if forward is None:
+            return None
+        return next((s for s, f in self.forwards.items() if f is forward), None)
+
+    @override
+    def connected(self) -> None:
+        self._enter("connected")
+
+    @override
+    def disconnected(self, reason: Exception | None) -> None:
+        if reason is not None:
+            self._error_seen(str(reason))
+
+    @override
+    def reconnect_attempt(self, attempt: ReconnectAttempt) -> None:
+        if attempt.error is not None:
+            self._error_seen(str(attempt.error))
+        if attempt.retry_type == "ssh":
+            self._enter("waiting")
+
+    @override
+    def connection_status(self, event: str, status_code: int, description: str) -> None:
+        if event == "tcp-connected" and self.state == "waiting":
+            self._enter("connecting")
+        elif event == "broken":
+            self._error_seen(description)
+            self._enter("waiting")
+
+    @override
+    def error(self, error: Exception) -> None:
+        self._error_seen(str(error))
+
+    @override
+    def channel_opened(self, info: ChannelInfo) -> None:
+        spec = self._spec_of(info.forward)
+        if spec is not None:
+            self.counters[spec].total += 1
+
+    @override
+    def channel_closed(self, info: ChannelInfo) -> None:
+        spec = self._spec_of(info.forward)
+        if spec is not None:
+            self.counters[spec].closed_in += info.bytes_received
+            self.counters[spec].closed_out += info.bytes_sent
+
+    def status(self) -> TunnelStatus:
+        config = self.config
+        user = config.user or local_user()
+        tunnel = self.tunnel
+        stats = tunnel.statistics() if tunnel is not None else None
+        live = tunnel.channels if tunnel is not None else []
+        forwards = []
+        for forward_config in config.forwards:
+            spec = forward_config.spec
+            forward = self.forwards.get(spec)
+            counters = self.counters.get(spec) or _Counters()
+            mine = [c for c in live if forward is not None and c.forward is forward]
+            if forward is not None:
+                state = forward.state.value
+            elif spec in self.refused:
+                state = ForwardState.FAILED.value
+            elif self.finished:
+                state = ForwardState.CANCELLED.value
+            else:
+                state = ForwardState.PENDING.value
+            port = forward.port if forward is not None and forward.port else None
+            if spec.listen_path is not None:
+                listen, port = spec.listen_path, None
+            else:
+                bind = spec.bind_address or "*"
+                listen = f"{bind}:{port if port is not None else spec.port}"
+            forwards.append(
+                ForwardStatus(
+                    name=forward_config.name,
+                    state=state,
+                    listen=listen,
+                    allocated_port=port if state == "active" else None,
+                    channels_open=len(mine),
+                    channels_total=counters.total,
+                    bytes_in=counters.closed_in + sum(c.bytes_received for c in mine),
+                    bytes_out=counters.closed_out + sum(c.bytes_sent for c in mine),
+                )
+            )
+        return TunnelStatus(
+            name=config.name,
+            server=f"{user}@{config.host}:{config.port}",
+            state=self.state,
+            since=self.since,
+            reconnects=stats.reconnects if stats is not None else 0,
+            key_exchanges=stats.total_key_exchanges if stats is not None else 0,
+            last_error=self.last_error,
+            last_error_time=self.last_error_time,
+            forwards=tuple(forwards),
+        )
+
+    # -- running
+
+    def report(self, level: str, text: str) -> None:
+        self.runner.report(level, f"[{self.config.name}] {text}")
+
+    def start(self) -> None:
+        self.task = Deferred.fromCoroutine(self._run())
+
+    async def _run(self) -> None:
+        config = self.config
+        options = config.client_options()
+        user = config.user or local_user()
+        try:
+            from rtunnel.client.auth.credentials import Password
+            from rtunnel.options import TunnelOptions
+            from rtunnel.tunnel import ReverseTunnel
+
+            built = tunnel_options(options, report=self.report)
+            if config.password is not None:
+                auth = (*built.authentication.auth, Password(config.password))
+                built = TunnelOptions.create(base=built, auth=auth)
+            self.tunnel = tunnel = ReverseTunnel(
+                self.runner.reactor, config.host, config.port, options=built
+            )
+        except SpecError as error:
+            self._failed(f"rtunnel: {error.message}")
+            return
+        tunnel.add_observer(self)
+        if tunnel.options.staying_up.reconnect.mode != "off":
+            tunnel.add_observer(ReconnectReporter(config.host, self.report, attempts=True))
+        try:
+            await tunnel.logon()
+            self.report("INFO", f"Logged on to {config.host} port {config.port} as {user}.")
+            lost = tunnel.when_disconnected()
+            try:
+                await self.add_forwards(list(self.forwards))
+            except BaseException:
+                lost.addErrback(lambda _: None)
+                lost.cancel()
+                raise
+            await lost
+            self._enter("stopped")
+        except CancelledError:
+            return
+        except RTunnelError as error:
+            self._failed(describe_error(error, user=user, host=config.host))
+            if tunnel.connected:
+                # A refused forward with ExitOnForwardFailure=yes: log off, as the
+                # command exits.
+                logoff = tunnel.logoff()
+                logoff.addTimeout(LOGOFF_TIMEOUT, self.clock)
+                try:
+                    await logoff
+                except Exception as problem:
+                    _log.debug("Logging off did not finish cleanly: {why}", why=str(problem))
+
+    def _failed(self, message: str) -> None:
+        self.report("ERROR", message)
+        self._error_seen(message)
+        self._enter("failed")
+        self.finished = True
+        self.runner.tunnel_failed(self)
+
+    async def add_forwards(self, specs: Sequence[RemoteForwardSpec]) -> None:
+        tunnel = self.tunnel
+        assert tunnel is not None
+        exit_on_failure = self.config.client_options().exit_on_forward_failure
+
+        async def one(spec: RemoteForwardSpec) -> None:
+            self.forwards[spec] = None
+            self.counters.setdefault(spec, _Counters())
+            self.refused.discard(spec)
+            granted = await establish_forwards(
+                tunnel, [spec], exit_on_failure=exit_on_failure, report=self.report
+            )
+            if spec not in self.forwards:
+                return  # removed by a reload meanwhile
+            if granted:
+                self.forwards[spec] = granted[0]
+            else:
+                self.refused.add(spec)
+
+        try:
+            await gatherResults([Deferred.fromCoroutine(one(s)) for s in specs], consumeErrors=True)
+        except FirstError as error:
+            error.subFailure.raiseException()
+
+    async def remove_forward(self, spec: RemoteForwardSpec) -> bool:
+        """Cancel one forward; False if the tunnel must start again instead (the forward
+        is still being asked for, or the connection is being made again)."""
+        tunnel = self.tunnel
+        forward = self.forwards.get(spec)
+        if spec in self.refused:
+            self.forwards.pop(spec, None)
+            self.refused.discard(spec)
+            return True
+        if tunnel is None or forward is None or not tunnel.connected:
+            return False
+        if forward not in tunnel.forwards:
+            self.forwards.pop(spec, None)
+            return True
+        try:
+            if spec.listen_path is not None:
+                await tunnel.cancel_socket_forwarding(spec.listen_path)
+            else:
+                await tunnel.cancel_forwarding(forward.bind_address, forward.port)
+        except RTunnelError as error:
+            if forward in tunnel.forwards:
+                self.report("ERROR", f"Cancelling the forward {spec}: {error.message}")
+                return False
+        self.forwards.pop(spec, None)
+        self.report("INFO", f"Cancelled the remote forward of listen port {forward.port}.")
+        return True
+
+    async def stop(self) -> None:
+        task, tunnel = self.task, self.tunnel
+        self.finished = True
+        if task is not None and not task.called:
+            task.cancel()
+        if tunnel is not None:
+            logoff = tunnel.logoff()
+            logoff.addTimeout(LOGOFF_TIMEOUT, self.clock)
+            try:
+                await logoff
+            except Exception as error:
+                _log.debug("Logging off did not finish cleanly: {why}", why=str(error))
+        self._enter("stopped")
+
+
+class Runner:
+    """
+    Runs the tunnels of a :class:`~rtunnel.operations.config.Config`.
+
+    :param reactor: the reactor (TCP and time).
+    :param config: the checked configuration.
+    :param report: where messages go, ``report(level, text)`` with ssh's levels
+        (default: ``twisted.logger``).
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        config: Config,
+        *,
+        report: Report | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = cast(IReactorTime, reactor)
+        self.config = config
+        self.report: Report = report or _log_report
+        self._running: dict[str, _Running] = {}
+        self._all_failed: list[Deferred[None]] = []
+        self._reload_lock = DeferredLock()
+
+    def start(self) -> None:
+        """Start every tunnel (each logs on and requests its forwards by itself)."""
+        for tunnel in self.config.tunnels:
+            self._start(tunnel)
+
+    def _start(self, config: TunnelConfig) -> None:
+        running = _Running(self, config)
+        self._running[config.name] = running
+        running.start()
+
+    def status(self) -> Sequence[TunnelStatus]:
+        """A snapshot of every tunnel, in configuration order."""
+        return [self._running[t.name].status() for t in self.config.tunnels]
+
+    def tunnel(self, name: str) -> ReverseTunnel | None:
+        """The library's tunnel for the tunnel called ``name`` (for tests and tools)."""
+        running = self._running.get(name)
+        return running.tunnel if running is not None else None
+
+    def tunnel_failed(self, running: _Running) -> None:
+        if all(r.finished for r in self._running.values()):
+            waiting, self._all_failed = self._all_failed, []
+            for d in waiting:
+                d.callback(None)
+
+    def when_all_failed(self) -> Deferred[None]:
+        """Fires when every tunnel has given up (none is left running)."""
+        d: Deferred[None] = Deferred(lambda d: self._all_failed.remove(d))
+        self._all_failed.append(d)
+        return d
+
+    def reload(self, config: Config) -> Deferred[ReloadResult]:
+        """
+        Change to ``config`` (see the module's description); fires once added forwards
+        were answered, removed ones cancelled and changed tunnels started again
+        (not logged on: that goes on by itself).
+        """
+        return Deferred.fromCoroutine(self._reload(config))
+
+    async def _reload(self, config: Config) -> ReloadResult:
+        old = {t.name: t for t in self.config.tunnels}
+        self.config = config
+        unchanged: list[str] = []
+        started: list[str] = []
+        restarted: list[str] = []
+        added: list[str] = []
+        removed: list[str] = []
+        work: list[Deferred[Any]] = []
+        for name in [n for n in old if config.tunnel(n) is None]:
+            work.append(Deferred.fromCoroutine(self._running.pop(name).stop()))
+        stopped = [n for n in old if config.tunnel(n) is None]
+        for new in config.tunnels:
+            running = self._running.get(new.name)
+            before = old.get(new.name)
+            if running is None or before is None or running.finished:
+                self._start(new)
+                started.append(new.name)
+            elif not before.same_server(new):
+                work.append(Deferred.fromCoroutine(self._restart(running, new)))
+                restarted.append(new.name)
+            elif before.forwards == new.forwards:
+                running.config = new
+                unchanged.append(new.name)
+            else:
+                work.append(Deferred.fromCoroutine(self._change_forwards(running, before, new)))
+                old_specs = {f.spec for f in before.forwards}
+                new_specs = {f.spec for f in new.forwards}
+                added += [f"{new.name}: {f.name}" for f in new.forwards if f.spec not in old_specs]
+                removed += [
+                    f"{new.name}: {f.name}" for f in before.forwards if f.spec not in new_specs
+                ]
+        await gatherResults(work, consumeErrors=True)
+        result = ReloadResult(
+            tuple(unchanged),
+            tuple(started),
+            tuple(restarted),
+            tuple(stopped),
+            tuple(added),
+            tuple(removed),
+        )
+        self.report("INFO", f"Reloaded {config.file}: {result.describe()}.")
+        return result
+
+    async def _restart(self, running: _Running, new: TunnelConfig) -> None:
+        await running.stop()
+        if self._running.get(new.name) is running:
+            self._start(new)
+
+    async def _change_forwards(
+        self, running: _Running, before: TunnelConfig, new: TunnelConfig
+    ) -> None:
+        old_specs = {f.spec for f in before.forwards}
+        new_specs = {f.spec for f in new.forwards}
+        running.config = new
+        for spec in [s for s in old_specs if s not in new_specs]:
+            if not await running.remove_forward(spec):
+                # Not cancellable now (the connection is being made again, or the request
+                # is unanswered): start this tunnel again with the new forwards.
+                await self._restart(running, new)
+                return
+        for spec in [s for s in old_specs if s not in new_specs]:
+            running.counters.pop(spec, None)
+        adding = [f.spec for f in new.forwards if f.spec not in old_specs]
+        if adding:
+            try:
+                await running.add_forwards(adding)
+            except RTunnelError as error:
+                running.report("ERROR", error.message)
+
+    def reload_file(self, file: str | None = None) -> Deferred[ReloadResult | None]:
+        """
+        Read the configuration file again (or ``file``) and :meth:`reload` it; a file with
+        a mistake is reported (each problem at ``ERROR``) and changes nothing: fires with
+        None then. A reload asked for while one is under way waits for it.
+        """
+        return Deferred.fromCoroutine(self._reload_file(file or self.config.file))
+
+    async def _reload_file(self, file: str) -> ReloadResult | None:
+        # One reload at a time: a second SIGHUP waits for the first to finish.
+        await self._reload_lock.acquire()
+        try:
+            try:
+                config = load_config(file)
+            except ConfigError as error:
+                for problem in error.problems:
+                    self.report("ERROR", problem)
+                self.report(
+                    "ERROR", f"Not reloaded: {file} has mistakes; the tunnels run as before."
+                )
+                return None
+            return await self.reload(config)
+        finally:
+            self._reload_lock.release()
+
+    def stop(self) -> Deferred[None]:
+        """Log every tunnel off (each for at most a few seconds)."""
+        running = list(self._running.values())
+        return Deferred.fromCoroutine(self._stop(running))
+
+    async def _stop(self, running: list[_Running]) -> None:
+        await gatherResults([Deferred.fromCoroutine(r.stop()) for r in running], consumeErrors=True)
+
+
+# --------------------------------------------------------------------------------------
+# rtunnel --config FILE [--check]
+
+#: ssh's exit status for every failure; ``sshd -t`` and ``ssh -G`` also exit 255 for a
+#: bad configuration file.
+FAILURE = 255
+
+USAGE = "usage: rtunnel --config FILE [--check] [-q] [-v]\n"
+
+
+def _parse(argv: Sequence[str]) -> tuple[str, bool, int]:
+    file: str | None = None
+    check = False
+    verbosity = 0
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--config":
+            file = args.pop(0) if args else None
+        elif arg.startswith("--config="):
+            file = arg.removeprefix("--config=")
+        elif arg == "--check":
+            check = True
+        elif arg == "-q":
+            verbosity = -1
+        elif arg.startswith("-v") and set(arg[1:]) == {"v"}:
+            verbosity = max(verbosity, 0) + len(arg) - 1
+        else:
+            raise SpecError(
+                f"rtunnel: unexpected argument {printable(arg, 100)!r} with --config\n{USAGE}"
+            )
+    if not file:
+        raise SpecError(f"rtunnel: --config needs a FILE\n{USAGE}")
+    return file, check, verbosity
+
+
+def main(
+    argv: Sequence[str], *, start_logging: Callable[[ClientOptions, TextIO], None]
+) -> NoReturn:
+    """
+    ``rtunnel --config FILE [--check]``: check the file; with ``--check`` print nothing
+    and exit 0 if it is good, else print every problem and exit 255 (as ``sshd -t``).
+    Without ``--check``, run its tunnels until SIGTERM (exit 0) or SIGINT (255), or until
+    every tunnel has given up (255); SIGHUP reloads the file.
+
+    :param start_logging: starts ``twisted.logger`` output on stderr at the options' log
+        level, as the command does (``rtunnel.cli`` passes its own).
+    """
+    try:
+        file, check, verbosity = _parse(argv)
+    except SpecError as error:
+        sys.stderr.write(error.message if error.message.endswith("\n") else error.message + "\n")
+        sys.exit(FAILURE)
+    try:
+        # Absolute: a reload reads the same file wherever the process is then.
+        config = load_config(file if check else os.path.abspath(file))
+    except ConfigError as error:
+        for problem in error.problems:
+            sys.stderr.write(printable(problem, None) + "\n")
+        sys.exit(FAILURE)
+    if check:
+        sys.exit(0)
+    from twisted.internet.task import react
+
+    levels = ClientOptions()
+    if verbosity < 0:
+        levels.quiet()
+    for _ in range(verbosity):
+        levels.more_verbose()
+    start_logging(levels, sys.stderr)
+
+    def say(level: str, text: str) -> None:
+        if levels.logs(level):
+            prefix = f"{level.lower()}: " if level.startswith("DEBUG") else ""
+            sys.stderr.write(f"{prefix}{printable(text, None)}\n")
+            sys.stderr.flush()
+
+    react(_run, (config, say))
+
+
+async def _run(reactor: IReactorCore, config: Config, say: Report) -> NoReturn:
+    runner = Runner(cast(IReactorTCP, reactor), config, report=say)
+    stop: Deferred[int] = Deferred()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        threads = cast(IReactorThreads, reactor)
+        if signum == signal.SIGHUP:
+            threads.callFromThread(_reload, runner)
+        elif not stop.called:
+            # clientloop.c: SIGTERM without a session is a clean stop (0); others 255.
+            status = 0 if signum == signal.SIGTERM else FAILURE
+            threads.callFromThread(_fire_once, stop, status)
+
+    def install() -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(signum, handle)
+
+    reactor.callWhenRunning(install)
+    runner.start()
+
+    def all_failed(_: None) -> None:
+        if not stop.called:
+            say("ERROR", "rtunnel: every tunnel has given up.")
+            stop.callback(FAILURE)
+
+    runner.when_all_failed().addCallback(all_failed)
+    status = await stop
+    await runner.stop()
+    raise SystemExit(status)
+
+
+def _fire_once(d: Deferred[int], status: int) -> None:
+    if not d.called:
+        d.callback(status)
+
+
+def _reload(runner: Runner) -> None:
+    runner.report("INFO", f"SIGHUP: reloading {runner.config.file}.")
+    d = runner.reload_file()
+    d.addErrback(lambda f: _log.failure("Reloading failed unexpectedly", f))
