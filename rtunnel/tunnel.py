@@ -212,6 +212,8 @@ class ReverseTunnel:
         self._first_answers: dict[int, Deferred[Forward]] = {}
         self._forward_retries: dict[int, tuple[int, IDelayedCall | None]] = {}
         self._fatal_error: RTunnelError | None = None
+        # The last error's message and time, for status (issue #14).
+        self._last_error: tuple[str, float] | None = None
 
     @property
     def options(self) -> TunnelOptions:
@@ -227,7 +229,14 @@ class ReverseTunnel:
         :class:`~rtunnel.errors.AuthenticationError` or another
         :class:`~rtunnel.errors.RTunnelError`.
         """
-        return self._reconnector.logon()
+        d = self._reconnector.logon()
+
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(AlreadyConnectedError):
+                self._note_error(failure.value)
+            return failure
+
+        return d.addErrback(failed)
 
     @property
     def _state(self) -> State:
@@ -509,6 +518,7 @@ class ReverseTunnel:
         self, kind: str, retry: int, error: Exception, remote_port: int | None = None
     ) -> float | None:
         """The delay before retry ``retry``, after telling observers; None to give up."""
+        self._note_error(error)
         policy = self.options.staying_up.reconnect
         if policy.exhausted(retry):
             return None
@@ -675,6 +685,33 @@ class ReverseTunnel:
     def connected(self) -> bool:
         """True while logged on."""
         return self._conn is not None and not self._conn.stopped
+
+    @property
+    def connection_state(self) -> str:
+        """
+        Where the connection is, in an operator's words: ``"connecting"`` (a logon or
+        reconnect under way), ``"connected"``, ``"waiting"`` (to retry), ``"stopped"``
+        (not started, logged off or logging off) or ``"failed"`` (stopped by an error).
+        """
+        state = self._state
+        if state is State.STOPPED:
+            return "failed" if self._reconnector.failed else "stopped"
+        return _SHOWN_STATES[state]
+
+    @property
+    def state_since(self) -> float:
+        """When :attr:`connection_state` was entered (the clock's seconds)."""
+        return self._reconnector.since
+
+    @property
+    def last_error(self) -> tuple[str, float] | None:
+        """The last error's message (printable) and when it happened; None if none yet."""
+        return self._last_error
+
+    def _note_error(self, error: BaseException | None) -> None:
+        if error is None:
+            return
+        self._last_error = (printable(str(error)), self._clock.seconds())
 
     # -- forwards
 
@@ -1060,6 +1097,7 @@ class ReverseTunnel:
         else:
             code = error.code if isinstance(error, RTunnelError) else ConnectionLostError.code
             self._connection_status("broken", code, str(error))
+            self._note_error(error)
             self._emit_log(1, f"Connection to {self.host} port {self.port} lost: {error}")
         self._notify("disconnected", None if clean else error)
         if self._state is State.LOGGING_OFF:
@@ -1109,6 +1147,9 @@ class ReverseTunnel:
         """The tunnel stops for good: tell the forwards and when_disconnected() waiters."""
         if self._fatal_error is not None:
             failure, self._fatal_error = Failure(self._fatal_error), None
+        if failure is not None:
+            self._note_error(failure.value)
+            self._reconnector.failed = True
         self._cancel_retries()
         self._reconnector.retry = 0
         stopped = failure or Failure(
@@ -1207,6 +1248,7 @@ class ReverseTunnel:
 
     def _error(self, error: RTunnelError) -> None:
         """An error that fails no call of the user's (the reference's Error event)."""
+        self._note_error(error)
         conn = self._conn
         if isinstance(error, ChannelError) and conn is not None:
             # One per channel, which remote clients open at will: rate-limited (D18).
@@ -1225,6 +1267,17 @@ class ReverseTunnel:
                 )
 
 
+#: connection_state's words for the states that are not STOPPED.
+_SHOWN_STATES = {
+    State.LOGGING_ON: "connecting",
+    State.LOGON_WAIT: "waiting",
+    State.CONNECTED: "connected",
+    State.WAITING: "waiting",
+    State.RECONNECTING: "connecting",
+    State.LOGGING_OFF: "stopped",
+}
+
+
 class _ConnectionHost:
     """
     What the connection asks of the tunnel (``ChannelHost``): which forward an inbound
@@ -1234,6 +1287,8 @@ class _ConnectionHost:
 
     def __init__(self, tunnel: ReverseTunnel) -> None:
         self._tunnel = tunnel
+        # The channels counted in their forward's channels_open (id of their ChannelInfo).
+        self._counted: set[int] = set()
 
     def find_socket_forward(self, path: str) -> Forward | None:
         """The active socket forward a ``forwarded-streamlocal@openssh.com`` open names."""
@@ -1294,11 +1349,23 @@ class _ConnectionHost:
     def channel_event(self, name: str, info: ChannelInfo, data: bytes = b"") -> None:
         """Dispatch a channel event to observers."""
         tunnel = self._tunnel
+        forward = info.forward
         if name == "opened":
             tunnel._channels_opened += 1
+            if forward is not None:
+                forward.channels_open += 1
+                forward.channels_total += 1
+                self._counted.add(id(info))
         elif name == "closed":
             tunnel._closed_bytes_sent += info.bytes_sent
             tunnel._closed_bytes_received += info.bytes_received
+            if forward is not None:
+                forward.bytes_in += info.bytes_received
+                forward.bytes_out += info.bytes_sent
+                # A channel that ended while its protocol started was never "opened".
+                if id(info) in self._counted:
+                    self._counted.discard(id(info))
+                    forward.channels_open -= 1
         if tunnel.options.log_level >= 2 and name in ("opened", "closed"):
             tunnel._emit_log(
                 2,
