@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,8 @@ from rtunnel.service import (
 )
 
 if TYPE_CHECKING:
+    from rtunnel.operations.logs import JsonLinesObserver
+    from rtunnel.operations.observe import Observability
     from rtunnel.tunnel import ReverseTunnel
 
 __all__ = ["HELP", "USAGE", "CommandLineExit", "Invocation", "main", "parse_command_line"]
@@ -339,12 +342,20 @@ class _Console:
     prefixed ``debug1:`` and so on, the others are printed bare.
     """
 
-    def __init__(self, options: ClientOptions, stream: TextIO) -> None:
+    def __init__(
+        self, options: ClientOptions, stream: TextIO, json_lines: JsonLinesObserver | None = None
+    ) -> None:
         self._options = options
         self._stream = stream
+        self._json = json_lines
 
     def say(self, level: str, text: str) -> None:
         if not self._options.logs(level):
+            return
+        if self._json is not None:
+            from rtunnel.operations.logs import SSH_LEVELS
+
+            self._json.write(time.time(), SSH_LEVELS[level], None, text)
             return
         prefix = f"{level.lower()}: " if level.startswith("DEBUG") else ""
         for line in _terminal_safe(text).splitlines():
@@ -404,12 +415,14 @@ class _NotSaidByTheConsole:
         return PredicateResult.no if "reconnect_attempt" in event else PredicateResult.maybe
 
 
-def _start_logging(options: ClientOptions, stream: TextIO) -> None:
+def _start_logging(
+    options: ClientOptions, stream: TextIO, json_lines: ILogObserver | None = None
+) -> None:
     level = options.effective_log_level
     minimum = _TWISTED_LEVELS[level]
     observers: list[ILogObserver] = []
     if minimum is not None:
-        printer = _StderrLogObserver(stream, tracebacks=level in ("DEBUG2", "DEBUG3"))
+        printer = json_lines or _StderrLogObserver(stream, tracebacks=level in ("DEBUG2", "DEBUG3"))
         observers.append(
             FilteringLogObserver(
                 printer,
@@ -571,6 +584,9 @@ async def _session(reactor: IReactorCore, invocation: Invocation, console: _Cons
 
     if tunnel.options.staying_up.reconnect.mode != "off":
         tunnel.add_observer(ReconnectReporter(host, console.say))
+    operations = _start_operations(reactor, invocation, tunnel, console)
+    if operations is None:
+        return FAILURE
 
     def lost(failure: Failure) -> None:
         error = failure.value
@@ -609,11 +625,54 @@ async def _session(reactor: IReactorCore, invocation: Invocation, console: _Cons
     if stop.message is not None:
         console.say(stop.level, stop.message)
     await _log_off(tunnel, clock, hurry)
+    await operations.stop()
     return stop.status
 
 
-async def _main(reactor: IReactorCore, invocation: Invocation) -> NoReturn:
-    console = _Console(invocation.options, sys.stderr)
+def _start_operations(
+    reactor: IReactorCore, invocation: Invocation, tunnel: ReverseTunnel, console: _Console
+) -> Observability | None:
+    """The control socket, HTTP listener and systemd notifications (issue #14); None
+    (and the reason said) when one cannot start."""
+    from twisted.internet.error import CannotListenError
+
+    from rtunnel.operations.control import ControlError
+    from rtunnel.operations.observe import Observability
+    from rtunnel.operations.status import OneTunnel
+
+    options = invocation.options
+    source = OneTunnel(invocation.host, tunnel, options.remote_forwards)
+    operations = Observability(
+        reactor,
+        source,
+        control_socket=options.control_socket,
+        http_listen=options.http_listen,
+    )
+    try:
+        operations.start()
+    except ControlError as error:
+        console.say("FATAL", f"rtunnel: {error}")
+        return None
+    except CannotListenError as error:
+        console.say(
+            "FATAL",
+            f"rtunnel: cannot listen on {error.interface or '*'}:{error.port} for HttpListen: "
+            f"{error.socketError}",
+        )
+        return None
+    if operations.control_path is not None:
+        console.say("DEBUG1", f"Control socket: {operations.control_path}")
+    if operations.http_port is not None:
+        bound: Any = operations.http_port.getHost()
+        host = f"[{bound.host}]" if ":" in bound.host else bound.host
+        console.say("DEBUG1", f"Health and metrics on http://{host}:{bound.port}/")
+    return operations
+
+
+async def _main(
+    reactor: IReactorCore, invocation: Invocation, json_lines: JsonLinesObserver | None = None
+) -> NoReturn:
+    console = _Console(invocation.options, sys.stderr, json_lines)
     status = await _session(reactor, invocation, console)
     raise SystemExit(status)
 
@@ -625,6 +684,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     :param argv: the arguments (default: ``sys.argv[1:]``).
     """
     arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["status"]:
+        # `rtunnel status`: ask running rtunnels (a host named "status" is `-- status`).
+        from rtunnel.operations.control import status_main
+
+        sys.exit(status_main(arguments[1:]))
     try:
         invocation = parse_command_line(arguments)
     except CommandLineExit as exit_:
@@ -635,8 +699,16 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(exit_.status)
     for warning in invocation.warnings:
         sys.stderr.write(f"{_terminal_safe(warning)}\n")
-    _start_logging(invocation.options, sys.stderr)
-    react(_main, (invocation,))
+    json_lines = None
+    if invocation.options.log_format == "json":
+        from rtunnel.operations.logs import JsonLinesObserver
+
+        level = invocation.options.effective_log_level
+        json_lines = JsonLinesObserver(
+            sys.stderr, invocation.host, tracebacks=level in ("DEBUG2", "DEBUG3")
+        )
+    _start_logging(invocation.options, sys.stderr, json_lines)
+    react(_main, (invocation, json_lines))
 
 
 if __name__ == "__main__":
