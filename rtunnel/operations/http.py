@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from twisted.web import http
-from twisted.web.resource import Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from typing_extensions import override
 
@@ -86,11 +87,18 @@ class _Text(Resource):
         return f"not ready: {reason}\n".encode()
 
 
+class _Root(Resource):
+    @override
+    def getChild(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
+        # Resource's default 404 page is deprecated (it does not escape the path).
+        return notFound()
+
+
 class HealthSite(Site):
     """The site: ``/healthz``, ``/readyz``, ``/metrics``; anything else is 404."""
 
     def __init__(self, source: StatusSource) -> None:
-        root = Resource()
+        root = _Root()
         for path in ("healthz", "readyz", "metrics"):
             root.putChild(path.encode(), _Text(source, path))
         super().__init__(root)
