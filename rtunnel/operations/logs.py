@@ -100,6 +100,8 @@ class JsonLinesObserver:
         message: str,
         error: str | None = None,
     ) -> None:
-        """Write one line now (the command's own messages come this way too)."""
+        """Write one line now (the command's own messages come this way too); the
+        observer's tunnel when ``tunnel`` is None."""
+        tunnel = tunnel if tunnel is not None else self._tunnel
         self._stream.write(json_line(when, level, tunnel, message, error))
         self._stream.flush()
