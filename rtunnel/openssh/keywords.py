@@ -288,7 +288,7 @@ def _http_listen(keyword: str, args: list[str]) -> str:
     number = to_port(port)
     if number is None or address == "?":
         raise SpecError(
-            f"{WHERE}: Bad {keyword} '{value}': give PORT, ADDRESS:PORT, [IPV6]:PORT or none"
+            f"{WHERE}: Bad HttpListen '{value}': give PORT, ADDRESS:PORT, [IPV6]:PORT or none"
         )
     return f"{address}:{number}"
 

@@ -16,40 +16,13 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from typing_extensions import override
 
-from rtunnel._core.syntax import to_port
-from rtunnel.errors import SpecError
 from rtunnel.operations.metrics import CONTENT_TYPE, render
 from rtunnel.operations.status import StatusSource, TunnelStatus
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort, IReactorTCP
 
-__all__ = ["DEFAULT_ADDRESS", "HealthSite", "listen_http", "parse_listen", "unready_reason"]
-
-#: Where the listener binds when only a port is given.
-DEFAULT_ADDRESS = "127.0.0.1"
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """
-    ``-o HttpListen``'s value: ``PORT``, ``ADDRESS:PORT`` or ``[IPV6]:PORT``.
-
-    :raises SpecError: naming what is wrong.
-    """
-    address, sep, port = text.rpartition(":")
-    if not sep:
-        address = DEFAULT_ADDRESS
-    elif address.startswith("[") and address.endswith("]"):
-        address = address[1:-1]
-    elif ":" in address or not address:
-        raise SpecError(
-            f"Bad HttpListen {text!r}: give PORT, ADDRESS:PORT or [IPV6]:PORT "
-            "(e.g. 127.0.0.1:9180)."
-        )
-    number = to_port(port)
-    if number is None:
-        raise SpecError(f"Bad HttpListen port {port!r} in {text!r}: give 0-65535.")
-    return address, number
+__all__ = ["HealthSite", "listen_http", "unready_reason"]
 
 
 def unready_reason(tunnels: list[TunnelStatus] | tuple[TunnelStatus, ...]) -> str | None:
