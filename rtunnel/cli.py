@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -35,10 +35,12 @@ from twisted.logger import (
     globalLogBeginner,
 )
 from twisted.python.failure import Failure
+from typing_extensions import override
 from zope.interface import implementer
 
 from rtunnel._core.syntax import parse_destination
 from rtunnel._core.text import printable, printable_lines
+from rtunnel._model import Forward, ReconnectAttempt, TunnelObserver
 from rtunnel.client.transport._algorithms import resolve
 from rtunnel.errors import RTunnelError, SpecError
 from rtunnel.openssh.client_options import ClientOptions
@@ -624,6 +626,7 @@ async def _session(reactor: IReactorCore, invocation: Invocation, console: _Cons
         stop = _Stop(FAILURE)
     if stop.message is not None:
         console.say(stop.level, stop.message)
+    operations.stopping()
     await _log_off(tunnel, clock, hurry)
     await operations.stop()
     return stop.status
@@ -660,6 +663,7 @@ def _start_operations(
             f"{error.socketError}",
         )
         return None
+    tunnel.add_observer(_Changes(operations.notifier.changed))
     if operations.control_path is not None:
         console.say("DEBUG1", f"Control socket: {operations.control_path}")
     if operations.http_port is not None:
@@ -667,6 +671,29 @@ def _start_operations(
         host = f"[{bound.host}]" if ":" in bound.host else bound.host
         console.say("DEBUG1", f"Health and metrics on http://{host}:{bound.port}/")
     return operations
+
+
+class _Changes(TunnelObserver):
+    """Tells systemd's notifier at once when the tunnel or a forward changes state."""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        self._changed = changed
+
+    @override
+    def forward_state_changed(self, forward: Forward) -> None:
+        self._changed()
+
+    @override
+    def connected(self) -> None:
+        self._changed()
+
+    @override
+    def disconnected(self, reason: Exception | None) -> None:
+        self._changed()
+
+    @override
+    def reconnect_attempt(self, attempt: ReconnectAttempt) -> None:
+        self._changed()
 
 
 async def _main(

@@ -90,7 +90,11 @@ class Observability:
         self._control_port = self.http_port = None
         return DeferredList([maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
 
+    def stopping(self) -> None:
+        """The shutdown begins: ``STOPPING=1`` to systemd; status stays readable."""
+        self.notifier.stop()
+
     def stop(self) -> Deferred[Any]:
-        """``STOPPING=1`` to systemd; stop listening (the socket file is removed)."""
+        """The shutdown is over: stop listening (the socket file is removed)."""
         self.notifier.stop()
         return self._stop_listening()

@@ -26,7 +26,7 @@ from rtunnel._core.text import printable
 from rtunnel.operations.status import StatusSource, TunnelStatus
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorTime
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 __all__ = ["SystemdNotifier", "notify", "notify_address", "summary", "watchdog_interval"]
 
@@ -117,6 +117,8 @@ class SystemdNotifier:
         self.ready_sent = False
         self._last: str | None = None
         self._loops: list[LoopingCall] = []
+        self._stopping = False
+        self._nudge: IDelayedCall | None = None
 
     @property
     def enabled(self) -> bool:
@@ -138,6 +140,22 @@ class SystemdNotifier:
             self._loops.append(dog)
             dog.start(ping, now=True)
 
+    def changed(self) -> None:
+        """
+        Something changed (a tunnel's observer says so): look again as soon as the event
+        that said so is over, not at the next tick, which a short-lived state (ready, then
+        lost within the second) would slip between.
+        """
+        if not self.enabled or self._stopping or self._nudge is not None:
+            return
+
+        def look() -> None:
+            self._nudge = None
+            if not self._stopping:
+                self.check()
+
+        self._nudge = self._clock.callLater(0, look)
+
     def check(self) -> None:
         """READY=1 the first time every forward is active; STATUS= when it changed."""
         tunnels = tuple(self._source.status())
@@ -157,10 +175,15 @@ class SystemdNotifier:
             notify("WATCHDOG=1", self._environ)
 
     def stop(self) -> None:
-        """``STOPPING=1``, and no more checks or pings."""
+        """``STOPPING=1`` (once), and no more checks or pings: call it when the shutdown
+        begins (sd_notify(3)), not once it is over."""
         for loop in self._loops:
             if loop.running:
                 loop.stop()
         self._loops.clear()
-        if self.enabled:
+        if self._nudge is not None and self._nudge.active():
+            self._nudge.cancel()
+        self._nudge = None
+        if self.enabled and not self._stopping:
+            self._stopping = True
             notify("STOPPING=1", self._environ)

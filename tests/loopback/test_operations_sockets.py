@@ -276,3 +276,31 @@ def test_without_notify_socket_nothing_is_sent() -> None:
     notifier.start()
     notifier.stop()
     assert (notifier.enabled, notifier.ready_sent, clock.getDelayedCalls()) == (False, False, [])
+
+
+def test_a_change_between_ticks_is_not_missed(tmp_path: Path) -> None:
+    # Ready, then lost, within one interval: the tick alone would never see it ready.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify"))
+    listener.setblocking(False)
+    clock = Clock()
+    source = _Source([_tunnel("connecting", DOWN)])
+    notifier = SystemdNotifier(clock, source, {"NOTIFY_SOCKET": str(tmp_path / "notify")}, 10)
+    notifier.start()
+    clock.advance(1)
+    source.tunnels = [_tunnel("connected", UP)]
+    notifier.changed()
+    notifier.changed()  # coalesced: one look
+    clock.advance(0)
+    source.tunnels = [_tunnel("waiting", DOWN)]
+    notifier.changed()
+    clock.advance(0)
+    assert _received(listener) == [
+        "READY=1\nSTATUS=gw: connected, 1/1 forwards active",
+        "STATUS=gw: connecting, 0/1 forwards active",
+        "STATUS=gw: waiting, 0/1 forwards active",
+    ]
+    notifier.stop()
+    notifier.changed()  # after stop: nothing
+    assert (_received(listener), clock.getDelayedCalls()) == (["STOPPING=1"], [])
+    listener.close()
