@@ -74,6 +74,11 @@ class Forward:
     :ivar listen_path: a Unix-domain socket the server listens on instead of a port
         (``ssh -R /path/on/server:...``, OpenSSH's ``streamlocal-forward@openssh.com``);
         ``bind_address`` then holds it too, and the ports are 0.
+    :ivar channels_open: connections through it now (issue #14: status and metrics).
+    :ivar channels_total: connections through it since it was requested.
+    :ivar bytes_in: bytes that came from the server on its channels that have closed
+        (those still open count on their :class:`ChannelInfo`).
+    :ivar bytes_out: bytes sent to the server on its channels that have closed.
     """
 
     bind_address: str
@@ -87,6 +92,11 @@ class Forward:
     dynamic: bool = False
     target_path: str | None = None
     listen_path: str | None = None
+    # Counters, not identity: two forwards alike compare equal whatever they carried.
+    channels_open: int = field(default=0, compare=False)
+    channels_total: int = field(default=0, compare=False)
+    bytes_in: int = field(default=0, compare=False)
+    bytes_out: int = field(default=0, compare=False)
 
     @property
     def is_event_mode(self) -> bool:

@@ -83,6 +83,10 @@ class Reconnector:
         self._policy = policy
         self._where = where
         self.state = State.STOPPED
+        #: When :attr:`state` was entered (the clock's seconds), for status (issue #14).
+        self.since = clock.seconds()
+        #: Stopped by an error (given up, or the connection lost for good), not logoff.
+        self.failed = False
         #: Retries in a row of the current outage (the backoff's step).
         self.retry = 0
         #: The wait before a reconnect (WAITING).
@@ -94,7 +98,14 @@ class Reconnector:
 
     def move(self, event: Event) -> None:
         """Take the transition ``event`` leads to (IllegalTransition: a bug in rtunnel)."""
-        self.state = next_state(self.state, event)
+        state = next_state(self.state, event)
+        if state is not self.state:
+            self.since = self._clock.seconds()
+        if event is Event.LOGON:
+            self.failed = False
+        elif state is State.STOPPED and event in (Event.FAIL, Event.LOST):
+            self.failed = True
+        self.state = state
 
     # -- the first logon
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from zope.interface import implementer
 
 from rtunnel._core.syntax import parse_destination
 from rtunnel._core.text import printable, printable_lines
-from rtunnel._model import ChannelInfo, TunnelObserver
+from rtunnel._model import ChannelInfo, Forward, ReconnectAttempt, TunnelObserver
 from rtunnel.client.transport._algorithms import resolve
 from rtunnel.errors import ConnectError, RTunnelError, SpecError
 from rtunnel.openssh.client_options import ClientOptions
@@ -79,6 +80,8 @@ from rtunnel.service import (
 )
 
 if TYPE_CHECKING:
+    from rtunnel.operations.logs import JsonLinesObserver
+    from rtunnel.operations.observe import Observability
     from rtunnel.tunnel import ReverseTunnel
 
 __all__ = ["HELP", "USAGE", "CommandLineExit", "Invocation", "main", "parse_command_line"]
@@ -502,12 +505,20 @@ class _Console:
     prefixed ``debug1:`` and so on, the others are printed bare.
     """
 
-    def __init__(self, options: ClientOptions, stream: TextIO) -> None:
+    def __init__(
+        self, options: ClientOptions, stream: TextIO, json_lines: JsonLinesObserver | None = None
+    ) -> None:
         self._options = options
         self._stream = stream
+        self._json = json_lines
 
     def say(self, level: str, text: str) -> None:
         if not self._options.logs(level):
+            return
+        if self._json is not None:
+            from rtunnel.operations.logs import SSH_LEVELS
+
+            self._json.write(time.time(), SSH_LEVELS[level], None, text)
             return
         prefix = f"{level.lower()}: " if level.startswith("DEBUG") else ""
         for line in _terminal_safe(text).splitlines():
@@ -567,12 +578,14 @@ class _NotSaidByTheConsole:
         return PredicateResult.no if "reconnect_attempt" in event else PredicateResult.maybe
 
 
-def _start_logging(options: ClientOptions, stream: TextIO) -> None:
+def _start_logging(
+    options: ClientOptions, stream: TextIO, json_lines: ILogObserver | None = None
+) -> None:
     level = options.effective_log_level
     minimum = _TWISTED_LEVELS[level]
     observers: list[ILogObserver] = []
     if minimum is not None:
-        printer = _StderrLogObserver(stream, tracebacks=level in ("DEBUG2", "DEBUG3"))
+        printer = json_lines or _StderrLogObserver(stream, tracebacks=level in ("DEBUG2", "DEBUG3"))
         observers.append(
             FilteringLogObserver(
                 printer,
@@ -816,6 +829,9 @@ async def _session(
     if tunnel.options.staying_up.reconnect.mode != "off":
         tunnel.add_observer(ReconnectReporter(host, console.say))
     tunnel.add_observer(_ChannelReporter(console.say))
+    operations = _start_operations(reactor, invocation, tunnel, console)
+    if operations is None:
+        return FAILURE
 
     def lost(failure: Failure) -> None:
         error = failure.value
@@ -855,14 +871,83 @@ async def _session(
         stop = _Stop(FAILURE)
     if stop.message is not None:
         console.say(stop.level, stop.message)
+    operations.stopping()
     await _log_off(tunnel, clock, hurry)
+    await operations.stop()
     return stop.status
 
 
+def _start_operations(
+    reactor: IReactorCore, invocation: Invocation, tunnel: ReverseTunnel, console: _Console
+) -> Observability | None:
+    """The control socket, HTTP listener and systemd notifications (issue #14); None
+    (and the reason said) when one cannot start."""
+    from twisted.internet.error import CannotListenError
+
+    from rtunnel.operations.control import ControlError
+    from rtunnel.operations.observe import Observability
+    from rtunnel.operations.status import OneTunnel
+
+    options = invocation.options
+    source = OneTunnel(invocation.host, tunnel, options.remote_forwards)
+    operations = Observability(
+        reactor,
+        source,
+        control_socket=options.control_socket,
+        http_listen=options.http_listen,
+    )
+    try:
+        operations.start()
+    except ControlError as error:
+        console.say("FATAL", f"rtunnel: {error}")
+        return None
+    except CannotListenError as error:
+        console.say(
+            "FATAL",
+            f"rtunnel: cannot listen on {error.interface or '*'}:{error.port} for HttpListen: "
+            f"{error.socketError}",
+        )
+        return None
+    tunnel.add_observer(_Changes(operations.notifier.changed))
+    if operations.control_path is not None:
+        console.say("DEBUG1", f"Control socket: {operations.control_path}")
+    if operations.http_port is not None:
+        bound: Any = operations.http_port.getHost()
+        host = f"[{bound.host}]" if ":" in bound.host else bound.host
+        console.say("DEBUG1", f"Health and metrics on http://{host}:{bound.port}/")
+    return operations
+
+
+class _Changes(TunnelObserver):
+    """Tells systemd's notifier at once when the tunnel or a forward changes state."""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        self._changed = changed
+
+    @override
+    def forward_state_changed(self, forward: Forward) -> None:
+        self._changed()
+
+    @override
+    def connected(self) -> None:
+        self._changed()
+
+    @override
+    def disconnected(self, reason: Exception | None) -> None:
+        self._changed()
+
+    @override
+    def reconnect_attempt(self, attempt: ReconnectAttempt) -> None:
+        self._changed()
+
+
 async def _main(
-    reactor: IReactorCore, invocation: Invocation, background: _Background | None
+    reactor: IReactorCore,
+    invocation: Invocation,
+    background: _Background | None,
+    json_lines: JsonLinesObserver | None = None,
 ) -> NoReturn:
-    console = _Console(invocation.options, sys.stderr)
+    console = _Console(invocation.options, sys.stderr, json_lines)
     status = await _session(reactor, invocation, console, background)
     raise SystemExit(status)
 
@@ -940,6 +1025,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     :param argv: the arguments (default: ``sys.argv[1:]``).
     """
     arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["status"]:
+        # `rtunnel status`: ask running rtunnels (a host named "status" is `-- status`).
+        from rtunnel.operations.control import status_main
+
+        sys.exit(status_main(arguments[1:]))
     if arguments and (arguments[0] == "--config" or arguments[0].startswith("--config=")):
         # Many tunnels from a configuration file (issue #14): its own small parser.
         from rtunnel.operations import runner
@@ -956,7 +1046,15 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         stream.write(exit_.text if exit_.to_stdout else _terminal_safe(exit_.text) + "\n")
         stream.flush()
         sys.exit(exit_.status)
-    console = _Console(invocation.options, sys.stderr)
+    json_lines = None
+    if invocation.options.log_format == "json":
+        from rtunnel.operations.logs import JsonLinesObserver
+
+        level = invocation.options.effective_log_level
+        json_lines = JsonLinesObserver(
+            sys.stderr, invocation.host, tracebacks=level in ("DEBUG2", "DEBUG3")
+        )
+    console = _Console(invocation.options, sys.stderr, json_lines)
     for level, notice in invocation.notices:
         console.say(level, notice)
     if invocation.print_config:
@@ -969,8 +1067,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     background = None
     if invocation.fork:
         background = _Background.fork(keep_stderr=invocation.options.logs("DEBUG1"))
-    _start_logging(invocation.options, sys.stderr)
-    react(_main, (invocation, background))
+    _start_logging(invocation.options, sys.stderr, json_lines)
+    react(_main, (invocation, background, json_lines))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rtunnel._core.reconnect import Event, State
+from rtunnel._core.text import printable
 from rtunnel._forward_table import ForwardTable, new_forward
 from rtunnel._model import (
     AcceptHook,
@@ -64,6 +65,7 @@ from rtunnel.client.reach.endpoint import (
     choose_route,
 )
 from rtunnel.errors import (
+    AlreadyConnectedError,
     ChannelError,
     ConnectError,
     ConnectionLostError,
@@ -155,6 +157,8 @@ class ReverseTunnel:
         self._closed_bytes_sent = 0
         self._closed_bytes_received = 0
         self._fatal_error: RTunnelError | None = None
+        # The last error's message and time, for status (issue #14).
+        self._last_error: tuple[str, float] | None = None
 
     @property
     def options(self) -> TunnelOptions:
@@ -170,7 +174,14 @@ class ReverseTunnel:
         :class:`~rtunnel.errors.AuthenticationError` or another
         :class:`~rtunnel.errors.RTunnelError`.
         """
-        return self._reconnector.logon()
+        d = self._reconnector.logon()
+
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(AlreadyConnectedError):
+                self._note_error(failure.value)
+            return failure
+
+        return d.addErrback(failed)
 
     @property
     def _state(self) -> State:
@@ -309,6 +320,7 @@ class ReverseTunnel:
         self, kind: str, retry: int, error: Exception, remote_port: int | None = None
     ) -> float | None:
         """The delay before retry ``retry``, after telling observers; None to give up."""
+        self._note_error(error)
         return self._observers.next_retry(
             self.options.staying_up.reconnect,
             (self.host, self.port),
@@ -430,6 +442,33 @@ class ReverseTunnel:
     def connected(self) -> bool:
         """True while logged on."""
         return self._conn is not None and not self._conn.stopped
+
+    @property
+    def connection_state(self) -> str:
+        """
+        Where the connection is, in an operator's words: ``"connecting"`` (a logon or
+        reconnect under way), ``"connected"``, ``"waiting"`` (to retry), ``"stopped"``
+        (not started, logged off or logging off) or ``"failed"`` (stopped by an error).
+        """
+        state = self._state
+        if state is State.STOPPED:
+            return "failed" if self._reconnector.failed else "stopped"
+        return _SHOWN_STATES[state]
+
+    @property
+    def state_since(self) -> float:
+        """When :attr:`connection_state` was entered (the clock's seconds)."""
+        return self._reconnector.since
+
+    @property
+    def last_error(self) -> tuple[str, float] | None:
+        """The last error's message (printable) and when it happened; None if none yet."""
+        return self._last_error
+
+    def _note_error(self, error: BaseException | None) -> None:
+        if error is None:
+            return
+        self._last_error = (printable(str(error)), self._clock.seconds())
 
     # -- forwards
 
@@ -623,6 +662,7 @@ class ReverseTunnel:
         else:
             code = error.code if isinstance(error, RTunnelError) else ConnectionLostError.code
             self._connection_status("broken", code, str(error))
+            self._note_error(error)
             self._emit_log(1, f"Connection to {self.host} port {self.port} lost: {error}")
         self._notify("disconnected", None if clean else error)
         if self._state is State.LOGGING_OFF:
@@ -658,6 +698,9 @@ class ReverseTunnel:
         """The tunnel stops for good: tell the forwards and when_disconnected() waiters."""
         if self._fatal_error is not None:
             failure, self._fatal_error = Failure(self._fatal_error), None
+        if failure is not None:
+            self._note_error(failure.value)
+            self._reconnector.failed = True
         self._reconnector.retry = 0
         stopped = failure or Failure(
             ConnectionLostError("Logged off before the server agreed to the forward.")
@@ -683,10 +726,22 @@ class ReverseTunnel:
 
     def _error(self, error: RTunnelError) -> None:
         """An error that fails no call of the user's (the reference's Error event)."""
+        self._note_error(error)
         self._observers.error(error, self._conn)
 
     def _notify(self, event: str, *args: object) -> None:
         self._observers.notify(event, *args)
+
+
+#: connection_state's words for the states that are not STOPPED.
+_SHOWN_STATES = {
+    State.LOGGING_ON: "connecting",
+    State.LOGON_WAIT: "waiting",
+    State.CONNECTED: "connected",
+    State.WAITING: "waiting",
+    State.RECONNECTING: "connecting",
+    State.LOGGING_OFF: "stopped",
+}
 
 
 class _ConnectionHost:
@@ -698,6 +753,8 @@ class _ConnectionHost:
 
     def __init__(self, tunnel: ReverseTunnel) -> None:
         self._tunnel = tunnel
+        # The channels counted in their forward's channels_open (id of their ChannelInfo).
+        self._counted: set[int] = set()
 
     def find_socket_forward(self, path: str) -> Forward | None:
         """The active socket forward a ``forwarded-streamlocal@openssh.com`` open names."""
@@ -758,11 +815,23 @@ class _ConnectionHost:
     def channel_event(self, name: str, info: ChannelInfo, data: bytes = b"") -> None:
         """Dispatch a channel event to observers."""
         tunnel = self._tunnel
+        forward = info.forward
         if name == "opened":
             tunnel._channels_opened += 1
+            if forward is not None:
+                forward.channels_open += 1
+                forward.channels_total += 1
+                self._counted.add(id(info))
         elif name == "closed":
             tunnel._closed_bytes_sent += info.bytes_sent
             tunnel._closed_bytes_received += info.bytes_received
+            if forward is not None:
+                forward.bytes_in += info.bytes_received
+                forward.bytes_out += info.bytes_sent
+                # A channel that ended while its protocol started was never "opened".
+                if id(info) in self._counted:
+                    self._counted.discard(id(info))
+                    forward.channels_open -= 1
         if tunnel.options.log_level >= 2 and name in ("opened", "closed"):
             tunnel._emit_log(
                 2,

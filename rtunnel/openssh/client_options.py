@@ -52,6 +52,9 @@ class ClientOptions:
         a tunnel is kept open; ``no`` ends with the connection, as ssh).
     :ivar max_retry_count: ``-o MaxRetryCount`` (0: no limit).
     :ivar retry_interval: ``-o RetryInterval`` seconds before the first retry.
+    :ivar log_format: ``-o LogFormat``: ``"text"`` or ``"json"`` (None: text).
+    :ivar control_socket: ``-o ControlSocket``: ``"auto"``, ``"none"`` or a path.
+    :ivar http_listen: ``-o HttpListen``: ``"ADDRESS:PORT"`` or ``"none"``.
     """
 
     tunnel: TunnelSettings = field(default_factory=lambda: _no_settings())
@@ -74,6 +77,9 @@ class ClientOptions:
     auto_reconnect: str | None = None
     max_retry_count: int | None = None
     retry_interval: int | None = None
+    log_format: str | None = None
+    control_socket: str | None = None
+    http_listen: str | None = None
     #: The keywords (their slots) whose settings are in ``tunnel``: later values lose.
     given: set[str] = field(default_factory=set, repr=False)
     jump_given: bool = field(default=False, repr=False)

@@ -96,6 +96,7 @@ TOPICS: Final = (
     "Transport",
     "Staying up",
     "Logging",
+    "Operations",
 )
 
 
@@ -271,6 +272,38 @@ def _host_key_policy(setting: str) -> TunnelSettings:
 
 
 _LOG_LEVEL_NAMES: Final = {name.lower(): name for name in LOG_LEVELS} | {"debug": "DEBUG1"}
+
+
+def _control_socket(keyword: str, args: list[str]) -> str:
+    value = _one(keyword, args)
+    return value.lower() if value.lower() in ("auto", "none") else _expand_path(value)
+
+
+def _http_listen(keyword: str, args: list[str]) -> str:
+    """``[ADDRESS:]PORT`` (``[IPV6]:PORT``) or ``none``, as ``ADDRESS:PORT``."""
+    value = _one(keyword, args)
+    if value.lower() == "none":
+        return "none"
+    address, colon, port = value.rpartition(":")
+    if not colon:
+        address = "127.0.0.1"
+    elif address.startswith("[") and address.endswith("]") and len(address) > 2:
+        pass
+    elif not address or ":" in address or "[" in address:
+        address = "?"
+    number = to_port(port)
+    if number is None or address == "?":
+        raise SpecError(
+            f"{WHERE}: Bad HttpListen '{value}': give PORT, ADDRESS:PORT, [IPV6]:PORT or none"
+        )
+    return f"{address}:{number}"
+
+
+def _log_format(keyword: str, args: list[str]) -> str:
+    value = _one(keyword, args).lower()
+    if value not in ("text", "json"):
+        raise SpecError(f"{WHERE}: unsupported log format '{value}': give text or json")
+    return value
 
 
 def _log_level(keyword: str, args: list[str]) -> str:
@@ -1011,6 +1044,37 @@ KEYWORDS: Final[tuple[Keyword[Any], ...]] = (
         help="what is printed (-v and -q move it)",
         parse=_log_level,
         command="log_level",
+    ),
+    Keyword(
+        "LogFormat",
+        value="text|json",
+        topic="Logging",
+        help="json: one JSON object per line on stderr (time, level, tunnel, message), for "
+        "journald or a log shipper",
+        parse=_log_format,
+        command="log_format",
+        own=True,
+    ),
+    # Operations (issue #14)
+    Keyword(
+        "ControlSocket",
+        value="auto|PATH|none",
+        topic="Operations",
+        help='listen on a Unix socket only you can open, which "rtunnel status" asks; auto: '
+        "$XDG_RUNTIME_DIR/rtunnel/PID.sock, else ~/.rtunnel/PID.sock",
+        parse=_control_socket,
+        command="control_socket",
+        own=True,
+    ),
+    Keyword(
+        "HttpListen",
+        value="[ADDRESS:]PORT|none",
+        topic="Operations",
+        help="serve /healthz, /readyz and /metrics (Prometheus) over HTTP; ADDRESS defaults "
+        "to 127.0.0.1",
+        parse=_http_listen,
+        command="http_listen",
+        own=True,
     ),
 )
 

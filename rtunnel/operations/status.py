@@ -12,9 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["ForwardStatus", "StatusSource", "TunnelStatus"]
+if TYPE_CHECKING:
+    from rtunnel._model import Forward
+    from rtunnel.openssh.forwards import RemoteForwardSpec
+    from rtunnel.tunnel import ReverseTunnel
+
+__all__ = [
+    "ForwardStatus",
+    "OneTunnel",
+    "StatusSource",
+    "TunnelStatus",
+    "forward_name",
+    "spec_name",
+    "tunnel_status",
+]
 
 
 @dataclass(frozen=True)
@@ -86,3 +99,138 @@ class StatusSource(Protocol):
     def status(self) -> Sequence[TunnelStatus]:
         """A snapshot of every tunnel, in configuration order."""
         ...
+
+
+class OneTunnel:
+    """
+    The :class:`StatusSource` of the plain command: one tunnel and the forwards its
+    command line asked for.
+
+    :param name: the tunnel's name (the destination as typed).
+    :param tunnel: the tunnel.
+    :param forwards: the forwards configured, in order (``-R``).
+    """
+
+    def __init__(
+        self, name: str, tunnel: ReverseTunnel, forwards: Sequence[RemoteForwardSpec]
+    ) -> None:
+        self._name = name
+        self._tunnel = tunnel
+        self._forwards = tuple(forwards)
+
+    def status(self) -> Sequence[TunnelStatus]:
+        """This one tunnel's snapshot."""
+        return (tunnel_status(self._name, self._tunnel, self._forwards),)
+
+
+def tunnel_status(
+    name: str, tunnel: ReverseTunnel, expected: Sequence[RemoteForwardSpec] = ()
+) -> TunnelStatus:
+    """
+    A snapshot of ``tunnel``: its state machine's state and since when, its counters and
+    its forwards'.
+
+    :param name: what to call it.
+    :param tunnel: the tunnel.
+    :param expected: the forwards it was configured with, in order, matched to the
+        tunnel's by name (:func:`spec_name`, :func:`forward_name`): one the tunnel no
+        longer has (refused, given up) shows as ``"failed"``, or ``"pending"`` before
+        the first logon, so that ``/readyz`` says no.
+        The tunnel's other forwards (asked for through the API) follow them.
+    """
+    stats = tunnel.statistics()
+    state = tunnel.connection_state
+    error = tunnel.last_error
+    live: dict[int, tuple[int, int]] = {}
+    for info in tunnel.channels:
+        if info.forward is not None:
+            bytes_in, bytes_out = live.get(id(info.forward), (0, 0))
+            live[id(info.forward)] = (bytes_in + info.bytes_received, bytes_out + info.bytes_sent)
+    have = {forward_name(f): f for f in tunnel.forwards}
+    forwards: list[ForwardStatus] = []
+    for spec in expected:
+        wanted = spec_name(spec)
+        forward = have.pop(wanted, None)
+        if forward is None:
+            gone = "pending" if stats.sessions == 0 and state != "failed" else "failed"
+            listen = spec.listen_path or f"{_address(spec.bind_address or '*')}:{spec.port}"
+            forwards.append(ForwardStatus(wanted, gone, listen, None, 0, 0, 0, 0))
+        else:
+            forwards.append(_forward_status(wanted, forward, live))
+    forwards.extend(_forward_status(key, f, live) for key, f in have.items())
+    host = f"[{tunnel.host}]" if ":" in tunnel.host else tunnel.host
+    return TunnelStatus(
+        name=name,
+        server=f"{tunnel.user}@{host}:{tunnel.port}",
+        state=state,
+        since=tunnel.state_since,
+        reconnects=stats.reconnects,
+        key_exchanges=stats.total_key_exchanges,
+        last_error=error[0] if error is not None else None,
+        last_error_time=error[1] if error is not None else None,
+        forwards=tuple(forwards),
+    )
+
+
+def _forward_status(name: str, forward: Forward, live: dict[int, tuple[int, int]]) -> ForwardStatus:
+    bytes_in, bytes_out = live.get(id(forward), (0, 0))
+    if forward.listen_path is not None:
+        listen, port = forward.listen_path, None
+    else:
+        port = forward.port or None
+        listen = f"{_address(forward.bind_address or '*')}:{forward.port or forward.requested_port}"
+    return ForwardStatus(
+        name=name,
+        state=forward.state.value,
+        listen=listen,
+        allocated_port=port,
+        channels_open=forward.channels_open,
+        channels_total=forward.channels_total,
+        bytes_in=forward.bytes_in + bytes_in,
+        bytes_out=forward.bytes_out + bytes_out,
+    )
+
+
+def _address(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _name(
+    bind_address: str,
+    port: int,
+    listen_path: str | None,
+    target: str | None,
+) -> str:
+    if listen_path is not None:
+        listen = listen_path
+    elif bind_address == "localhost":
+        listen = str(port)  # ssh's default bind address, not written
+    else:
+        listen = f"{_address(bind_address or '*')}:{port}"
+    return listen if target is None else f"{listen}:{target}"
+
+
+def spec_name(spec: RemoteForwardSpec) -> str:
+    """A configured forward's name: its ``-R`` argument, written out the same way each
+    time (``8080:127.0.0.1:80``, ``*:9000:localhost:22``, ``1080`` for a dynamic one)."""
+    if spec.dynamic:
+        target = None
+    elif spec.target_path is not None:
+        target = spec.target_path
+    else:
+        target = f"{_address(spec.host)}:{spec.host_port}"
+    return _name(spec.bind_address, spec.port, spec.listen_path, target)
+
+
+def forward_name(forward: Forward) -> str:
+    """A forward's name, as :func:`spec_name` writes the spec it came from (the requested
+    port, not the allocated one)."""
+    if forward.dynamic:
+        target = None
+    elif forward.target_path is not None:
+        target = forward.target_path
+    elif forward.host is not None:
+        target = f"{_address(forward.host)}:{forward.host_port}"
+    else:
+        target = "app"  # event mode: an application protocol
+    return _name(forward.bind_address, forward.requested_port, forward.listen_path, target)

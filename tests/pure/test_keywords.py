@@ -73,6 +73,9 @@ EXAMPLES = {
     "MaxRetryCount": "7",
     "RetryInterval": "5",
     "LogLevel": "VERBOSE",
+    "LogFormat": "JSON",
+    "ControlSocket": "auto",
+    "HttpListen": "9180",
 }
 
 #: What each example must give the tunnel (or the command), typed.
@@ -126,6 +129,9 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "MaxRetryCount": {"max_retry_count": 7},
     "RetryInterval": {"retry_interval": 5},
     "LogLevel": {"log_level": "VERBOSE"},
+    "LogFormat": {"log_format": "json"},
+    "ControlSocket": {"control_socket": "auto"},
+    "HttpListen": {"http_listen": "127.0.0.1:9180"},
 }
 
 NAMES = [row.name for row in KEYWORDS]

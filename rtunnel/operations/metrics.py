@@ -1,0 +1,119 @@
+"""
+``/metrics`` (issue #14): a ``prometheus_client`` collector that reads a
+:class:`~rtunnel.operations.status.StatusSource` at scrape time, so the numbers are the
+ones ``rtunnel status`` shows and nothing is counted twice. Labels: ``tunnel`` and, for a
+forward's series, ``forward`` (its ``-R`` syntax or its name in the configuration file).
+
+Its own registry, not the process-wide one: an application embedding rtunnel keeps its
+metrics apart, and two listeners never collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from typing_extensions import override
+
+from rtunnel.operations.status import StatusSource
+
+__all__ = ["CONTENT_TYPE", "FORWARD_STATES", "TUNNEL_STATES", "StatusCollector", "render"]
+
+#: The Content-Type of the text format ``render`` writes.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Every state a tunnel can be in: one series each, 1 for the current one (the enum
+#: pattern of Prometheus' naming guide), so ``rtunnel_tunnel_state{state="waiting"} == 1``
+#: alerts.
+TUNNEL_STATES = ("connecting", "connected", "waiting", "stopped", "failed")
+
+#: Likewise for forwards (:class:`rtunnel.ForwardState`'s values).
+FORWARD_STATES = ("pending", "active", "retrying", "failed", "cancelled")
+
+
+class StatusCollector(Collector):
+    """Metrics of every tunnel and forward of ``source``, read at each scrape."""
+
+    def __init__(self, source: StatusSource) -> None:
+        self._source = source
+
+    @override
+    def collect(self) -> Iterator[Metric]:
+        tunnel = ["tunnel"]
+        both = ["tunnel", "forward"]
+        up = GaugeMetricFamily(
+            "rtunnel_tunnel_ready", "1 when connected with every forward active.", labels=tunnel
+        )
+        state = GaugeMetricFamily(
+            "rtunnel_tunnel_state", "1 for the tunnel's current state.", labels=[*tunnel, "state"]
+        )
+        since = GaugeMetricFamily(
+            "rtunnel_tunnel_state_since_seconds",
+            "When the tunnel entered its state (Unix time).",
+            labels=tunnel,
+        )
+        reconnects = CounterMetricFamily(
+            "rtunnel_tunnel_reconnects", "SSH sessions after the first.", labels=tunnel
+        )
+        kex = CounterMetricFamily(
+            "rtunnel_tunnel_key_exchanges", "Key exchanges, all sessions.", labels=tunnel
+        )
+        error_time = GaugeMetricFamily(
+            "rtunnel_tunnel_last_error_timestamp_seconds",
+            "When the last error happened (Unix time); absent before the first.",
+            labels=tunnel,
+        )
+        f_state = GaugeMetricFamily(
+            "rtunnel_forward_state", "1 for the forward's current state.", labels=[*both, "state"]
+        )
+        f_port = GaugeMetricFamily(
+            "rtunnel_forward_allocated_port",
+            "The port the server listens on for the forward (absent while pending).",
+            labels=both,
+        )
+        f_open = GaugeMetricFamily(
+            "rtunnel_forward_channels_open", "Connections through the forward now.", labels=both
+        )
+        f_total = CounterMetricFamily(
+            "rtunnel_forward_channels", "Connections through the forward.", labels=both
+        )
+        f_in = CounterMetricFamily(
+            "rtunnel_forward_received_bytes",
+            "Bytes from the server's side (its connecting clients) to the target.",
+            labels=both,
+        )
+        f_out = CounterMetricFamily(
+            "rtunnel_forward_sent_bytes",
+            "Bytes from the target to the server's side.",
+            labels=both,
+        )
+        for t in self._source.status():
+            up.add_metric([t.name], 1 if t.ready else 0)
+            for name in TUNNEL_STATES:
+                state.add_metric([t.name, name], 1 if t.state == name else 0)
+            since.add_metric([t.name], t.since)
+            reconnects.add_metric([t.name], t.reconnects)
+            kex.add_metric([t.name], t.key_exchanges)
+            if t.last_error_time is not None:
+                error_time.add_metric([t.name], t.last_error_time)
+            for f in t.forwards:
+                labels = [t.name, f.name]
+                for name in FORWARD_STATES:
+                    f_state.add_metric([*labels, name], 1 if f.state == name else 0)
+                if f.allocated_port is not None:
+                    f_port.add_metric(labels, f.allocated_port)
+                f_open.add_metric(labels, f.channels_open)
+                f_total.add_metric(labels, f.channels_total)
+                f_in.add_metric(labels, f.bytes_in)
+                f_out.add_metric(labels, f.bytes_out)
+        yield from (up, state, since, reconnects, kex, error_time)
+        yield from (f_state, f_port, f_open, f_total, f_in, f_out)
+
+
+def render(source: StatusSource) -> bytes:
+    """The Prometheus text format of ``source``'s metrics, now."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(source))
+    return generate_latest(registry)
