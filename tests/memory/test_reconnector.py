@@ -35,6 +35,8 @@ class Host:
         self.connect_times: list[float] = []
         self.announced: list[tuple[int, str]] = []
         self.given_up: list[Failure] = []
+        self.logged_off = 0
+        self.losses = 0
         self.reconnects = 0
         self.refuse_after: int | None = None
         self.clock = task.Clock()
@@ -74,8 +76,14 @@ class Host:
 
         return again()
 
-    def give_up(self, failure: Failure) -> None:
-        self.given_up.append(failure)
+    def lost(self) -> None:
+        self.losses += 1
+
+    def stopped(self, failure: Failure | None) -> None:
+        if failure is not None:
+            self.given_up.append(failure)
+        else:
+            self.logged_off += 1
 
     # -- the test's side
 
