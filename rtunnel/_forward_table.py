@@ -409,6 +409,15 @@ class ForwardTable:
             b"cancel-tcpip-forward", wire.encode_tcpip_forward(bind_address, port)
         )
 
+    def cancel_active(self) -> list[Deferred[None]]:
+        """Cancel every active forward (a logoff's first step)."""
+        return [
+            Deferred.fromCoroutine(self.cancel(f.listen_path, 0, f.listen_path))
+            if f.listen_path is not None
+            else Deferred.fromCoroutine(self.cancel(f.bind_address, f.port))
+            for f in self.active()
+        ]
+
     # -- across connections
 
     def lost(self) -> None:

@@ -14,7 +14,7 @@ from typing_extensions import override
 from rtunnel._core.policy import ReconnectPolicy
 from rtunnel._model import Forward, ReconnectAttempt, TunnelObserver
 from rtunnel.client.channels.connection import ForwardingConnection
-from rtunnel.errors import ChannelError, RTunnelError
+from rtunnel.errors import ChannelError, ConnectionLostError, RTunnelError
 
 __all__ = ["JumpProgress", "Observers"]
 
@@ -75,6 +75,17 @@ class Observers:
 
     def connection_status(self, event: str, code: int, description: str) -> None:
         self.notify("connection_status", event, code, description)
+
+    def connection_ended(self, where: str, error: Exception, clean: bool) -> None:
+        """The logged-on connection to ``where`` (``"HOST port N"``) ended (``clean``: by
+        logoff): its connection event, the log line of a loss, then ``disconnected``."""
+        if clean:
+            self.connection_status("disconnected", 0, f"Logged off from {where}.")
+        else:
+            code = error.code if isinstance(error, RTunnelError) else ConnectionLostError.code
+            self.connection_status("broken", code, str(error))
+            self.log(1, f"Connection to {where} lost: {error}")
+        self.notify("disconnected", None if clean else error)
 
     def error(self, error: RTunnelError, conn: ForwardingConnection | None) -> None:
         """An error that fails no call of the user's (the reference's Error event)."""

@@ -4,13 +4,14 @@ Reconnect as its own state machine (after Twisted's ``ClientService``): the
 (``connect -> logged on -> lost -> waiting -> connect ...``, giving up after the last
 retry, stopping from any state) with its timers on an injected clock. What a connect is,
 what a retry announces and what a reconnect re-establishes is the tunnel's
-(:class:`ReconnectHost`).
+(:class:`ReconnectHost`). When the tunnel stops for good, the :class:`Reconnector` says so
+to the host and to the ``when_stopped()`` waiters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -57,8 +58,11 @@ class ReconnectHost(Protocol):
     def reconnected(self) -> Coroutine[Any, Any, None]:
         """A reconnect logged on: re-establish what the lost connection had."""
 
-    def give_up(self, failure: Failure) -> None:
-        """The reconnect loop gave up: the tunnel stops with ``failure``."""
+    def lost(self) -> None:
+        """The connection was lost and a reconnect follows: what it had waits for it."""
+
+    def stopped(self, failure: Failure | None) -> None:
+        """The tunnel stops for good, with ``failure`` (None: logged off)."""
 
 
 class Reconnector:
@@ -95,6 +99,14 @@ class Reconnector:
         self._finished: Deferred[None] | None = None
         # Gives up the step of that logon under way (its connect or its wait).
         self._abort: Callable[[], object] | None = None
+        # when_stopped() calls waiting for the tunnel to stop.
+        self._stop_waiters: list[Deferred[None]] = []
+        # The error the tunnel stops with, whatever stops it (fail_with()).
+        self._fatal: Exception | None = None
+
+    def waiting(self) -> bool:
+        """Between connections, with a reconnect scheduled or its logon under way."""
+        return self.call is not None or self.state is State.RECONNECTING
 
     def move(self, event: Event) -> None:
         """Take the transition ``event`` leads to (IllegalTransition: a bug in rtunnel)."""
@@ -165,6 +177,26 @@ class Reconnector:
         self.move(then)
         return then is Event.LOST_RETRY
 
+    def ended(self, failure: Failure, clean: bool, worked: Callable[[], bool]) -> None:
+        """
+        The logged-on connection ended with ``failure`` (``clean``: while logging off)
+        and observers have heard: stop, or reconnect by the table. ``worked`` says whether
+        that connection showed reconnecting works (the backoff then starts again).
+        """
+        if self.state is State.LOGGING_OFF:
+            # Logged off, or an observer of the loss called logoff().
+            self.give_up(None if clean else failure)
+            return
+        error = cast(Exception, failure.value)
+        if self.lost(error):
+            if worked():
+                # This outage starts from the first step again (issue #12).
+                self.retry = 0
+            self._host.lost()
+            self.schedule(error)
+            return
+        self.give_up(failure)
+
     def schedule(self, error: Exception) -> None:
         """Announce the next retry and wait for it on the clock, or give up."""
         if self.state is not State.WAITING:
@@ -175,7 +207,7 @@ class Reconnector:
             return  # an observer of the attempt called logoff()
         if delay is None:
             self.move(Event.FAIL)
-            self._host.give_up(
+            self.give_up(
                 Failure(
                     ReconnectLimitError(
                         f"Gave up reconnecting to {self._where} after {self.retry - 1} "
@@ -209,9 +241,38 @@ class Reconnector:
             if then is Event.RETRY:
                 self.schedule(e)
             else:
-                self._host.give_up(Failure(e))
+                self.give_up(Failure(e))
             return
         await self._host.reconnected()
+
+    # -- stopping for good
+
+    def fail_with(self, error: Exception) -> None:
+        """Make ``error`` the reason the tunnel stops, whatever stops it next (a logoff)."""
+        self._fatal = error
+
+    def give_up(self, failure: Failure | None) -> None:
+        """The tunnel stops for good (``failure`` None: logged off): tell the host, then
+        the when_stopped() waiters."""
+        if self._fatal is not None:
+            failure, self._fatal = Failure(self._fatal), None
+        if failure is not None:
+            self.failed = True
+        self.retry = 0
+        self._host.stopped(failure)
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for d in waiters:
+            if failure is None:
+                d.callback(None)
+            else:
+                d.errback(failure)
+
+    def when_stopped(self) -> Deferred[None]:
+        """Fires with None when the tunnel next stops by a logoff; fails with the reason
+        when it stops any other way."""
+        d: Deferred[None] = Deferred()
+        self._stop_waiters.append(d)
+        return d
 
     # -- logoff
 

@@ -1,21 +1,24 @@
 """
 One SSH session of a tunnel, from the options: what a logon builds (the connection
-service and the SSH transport, :class:`SessionParts`) and how a logoff closes it
-(:func:`close_session`: cancel the forwards, close the channels, DISCONNECT, wait for the
-close within ``logoff_timeout``).
+service, the SSH transport and the endpoint with its hooks wired to the tunnel,
+:class:`SessionParts`) and how a logoff closes it (:func:`close_session`: cancel the
+forwards, close the channels, DISCONNECT, wait for the close within ``logoff_timeout``).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.python.failure import Failure
 
 from rtunnel._core.policy import TokenBucket
+from rtunnel._observers import Observers
 from rtunnel.client.auth.credentials import UserAuthSettings
 from rtunnel.client.channels.channel import ForwardedChannel
 from rtunnel.client.channels.connection import ChannelHost, ForwardingConnection
@@ -23,15 +26,45 @@ from rtunnel.client.channels.forwarder import abort_with_reset
 from rtunnel.client.channels.idle import IdleChannelReaper
 from rtunnel.client.channels.keepalive import Keepalive
 from rtunnel.client.hostkeys.verify import HostKeyVerifier
-from rtunnel.client.reach.endpoint import LostHook, SecureHook
+from rtunnel.client.reach._messages import ServerMessages
+from rtunnel.client.reach.endpoint import (
+    LogonHooks,
+    LostHook,
+    SecureHook,
+    SSHConnectionEndpoint,
+    bind_address,
+    choose_route,
+)
 from rtunnel.client.transport._sockopts import apply_tcp_options
-from rtunnel.errors import KeepaliveError
+from rtunnel.errors import KeepaliveError, RTunnelError
 from rtunnel.options import StayingUpOptions, TunnelOptions
 
 if TYPE_CHECKING:
+    from rtunnel.client.reach.jump import JumpTunnel
     from rtunnel.client.transport.client_transport import ClientTransport
 
-__all__ = ["SessionParts", "close_session"]
+__all__ = ["SessionParts", "TunnelSide", "close_session", "local_address", "stop_watching"]
+
+
+@dataclass(frozen=True)
+class TunnelSide:
+    """
+    What a logon's hooks tell and ask the tunnel.
+
+    :ivar observers: hear the progress lines and connection events.
+    :ivar server_version: the server's version string, once seen.
+    :ivar logged_on: whether the connection that ends was logged on.
+    :ivar logging_off: whether a logoff is under way.
+    :ivar stream_connected: the route connected this transport (``lost`` fires at its end).
+    :ivar ended: the connection ended (after a logon or during one).
+    """
+
+    observers: Observers
+    server_version: Callable[[], str | None]
+    logged_on: Callable[[], bool]
+    logging_off: Callable[[], bool]
+    stream_connected: Callable[[ClientTransport, Deferred[None]], None]
+    ended: Callable[[ClientTransport, Failure], None]
 
 
 class SessionParts:
@@ -119,6 +152,59 @@ class SessionParts:
         transport.kex_timeout = algorithms.kex_timeout
         return transport
 
+    def endpoint(
+        self,
+        reactor: IReactorTCP,
+        host: str,
+        port: int,
+        side: TunnelSide,
+        jump_tunnel: Callable[[], JumpTunnel],
+    ) -> SSHConnectionEndpoint:
+        """The endpoint of this logon to ``host:port``, over the route the reach options
+        pick now, its hooks wired to the tunnel's ``side``."""
+        reach = self._options.reach
+        timeout = self._options.authentication.auth_timeout
+        messages = ServerMessages(host, port, reach.connect_timeout, timeout)
+        observers = side.observers
+
+        def stream_connected(transport: ClientTransport, lost: Deferred[None]) -> None:
+            side.stream_connected(transport, lost)
+            self.apply_tcp_options(transport)
+
+        def secured(transport: ClientTransport) -> None:
+            for line in messages.handshake_done(transport, side.server_version()):
+                observers.status(line)
+            event = messages.handshake_event(side.server_version())
+            observers.connection_status("ssh-handshake-complete", 0, event)
+
+        def describe_loss(transport: ClientTransport, reason: Failure) -> RTunnelError:
+            return messages.loss(
+                transport, reason, logged_on=side.logged_on(), logging_off=side.logging_off()
+            )
+
+        hooks = LogonHooks(
+            new_connection=self.new_connection,
+            new_transport=self.new_transport,
+            status=observers.status,
+            connection_status=observers.connection_status,
+            stream_connected=stream_connected,
+            secured=secured,
+            describe_loss=describe_loss,
+            ended=side.ended,
+            timeout_text=messages.timeout,
+        )
+        route = choose_route(reactor, host, port, self._user, reach, jump_tunnel)
+        return SSHConnectionEndpoint(
+            self._clock,
+            host,
+            port,
+            route,
+            hooks,
+            connect_timeout=reach.connect_timeout,
+            auth_timeout=timeout,
+            bind=bind_address(reach),
+        )
+
     def apply_tcp_options(self, transport: ClientTransport) -> None:
         """Set the socket options (``TCP_NODELAY``, keep-alive) once connected."""
         tcp = transport.transport
@@ -168,6 +254,29 @@ class SessionParts:
         )
         reaper.start()
         return keepalive, reaper
+
+
+def stop_watching(keepalive: Keepalive | None, reaper: IdleChannelReaper | None) -> None:
+    """Stop what :meth:`SessionParts.watch` started, once the session has ended."""
+    if keepalive is not None:
+        keepalive.stop()
+    if reaper is not None:
+        reaper.stop()
+
+
+def local_address(
+    transport: ClientTransport | None, *, through_jump: bool
+) -> tuple[str, int] | None:
+    """The local address and port of the session's TCP connection (to the server or the
+    proxy); None between sessions, over a jump host, or not over TCP."""
+    tcp = getattr(transport, "transport", None)
+    if through_jump:
+        return None  # the jump host's socket, not ours
+    try:
+        host = tcp.getHost()  # type: ignore[union-attr]
+    except AttributeError:
+        return None
+    return (host.host, host.port) if hasattr(host, "port") else None
 
 
 def auth_settings(options: TunnelOptions, host: str, reactor: object) -> UserAuthSettings:

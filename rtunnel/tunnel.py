@@ -10,60 +10,44 @@ around it (logon, reconnect, logoff) is the state machine of
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IProtocol,
     IProtocolFactory,
     IReactorTCP,
     IReactorTime,
 )
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from rtunnel._connection_host import _ConnectionHost
+from rtunnel._core.policy import connection_worked
 from rtunnel._core.reconnect import Event, State
 from rtunnel._core.text import printable
 from rtunnel._forward_table import ForwardTable, new_forward
-from rtunnel._model import (
-    AcceptHook,
-    ChannelInfo,
-    ChannelOpenRequest,
-    Forward,
-    TunnelObserver,
-    TunnelStatistics,
-)
+from rtunnel._model import AcceptHook, ChannelInfo, Forward, TunnelObserver, TunnelStatistics
 from rtunnel._observers import JumpProgress, Observers
 from rtunnel._reconnect import LogonAbandoned, Reconnector, retryable
 from rtunnel._session import (
     SessionParts,
+    TunnelSide,
     auth_settings,
     close_session,
     host_key_verifier,
+    local_address,
+    stop_watching,
 )
+from rtunnel._statistics import CounterAlias, TunnelCounters
 from rtunnel.client.channels.channel import ForwardedChannel
-from rtunnel.client.channels.connection import (
-    OPEN_ADMINISTRATIVELY_PROHIBITED,
-    ChannelRefused,
-    ForwardingConnection,
-)
+from rtunnel.client.channels.connection import ForwardingConnection
 from rtunnel.client.channels.idle import IdleChannelReaper
 from rtunnel.client.channels.keepalive import Keepalive
-from rtunnel.client.channels.targets import target_for
 from rtunnel.client.hostkeys.verify import HostKeyPolicy
-from rtunnel.client.reach._messages import ServerMessages
-from rtunnel.client.reach.endpoint import (
-    LogonHooks,
-    SSHConnectionEndpoint,
-    bind_address,
-    choose_route,
-)
 from rtunnel.errors import (
     AlreadyConnectedError,
     ChannelError,
@@ -82,9 +66,6 @@ if TYPE_CHECKING:
 __all__ = ["MAX_MAX_PACKET", "HostKeyPolicy", "ReverseTunnel"]
 
 
-_log = Logger()
-
-
 class ReverseTunnel:
     """
     A reverse tunnel over one SSH connection (``ssh -R``).
@@ -99,6 +80,11 @@ class ReverseTunnel:
         <rtunnel.TunnelOptions.create>`.
     :param clock: the clock for timeouts (default: ``reactor``).
     """
+
+    # The channel counters _ConnectionHost.channel_event adds to (rtunnel/_statistics.py).
+    _channels_opened = CounterAlias("channels_opened")
+    _closed_bytes_sent = CounterAlias("closed_bytes_sent")
+    _closed_bytes_received = CounterAlias("closed_bytes_received")
 
     def __init__(
         self,
@@ -132,10 +118,10 @@ class ReverseTunnel:
         # The connection's callbacks, kept off the public API.
         self._channel_host = _ConnectionHost(self)
         self._observers = Observers(lambda: self.options.log_level)
+        self._statistics = TunnelCounters()
         # The forwards, their retries and the request_forwarding() calls waiting for a
         # reconnect (rtunnel/_forward_table.py).
         self._table = ForwardTable(self._clock, _ForwardHost(self), host)
-        self._disconnect_waiters: list[Deferred[None]] = []
         # Where the connection is: logon, reconnect and logoff as one state machine (its
         # transitions: rtunnel/_core/reconnect.py), driven with its timers on our clock.
         self._reconnector = Reconnector(
@@ -147,16 +133,6 @@ class ReverseTunnel:
         self._lost: Deferred[None] | None = None
         self._keepalive: Keepalive | None = None
         self._connected_at = 0.0
-        # Counters for statistics(): sessions, and what ended sessions and closed
-        # channels carried.
-        self._sessions = 0
-        self._past_key_exchanges = 0
-        self._past_rekeys_by_us = 0
-        self._past_rekeys_by_server = 0
-        self._channels_opened = 0
-        self._closed_bytes_sent = 0
-        self._closed_bytes_received = 0
-        self._fatal_error: RTunnelError | None = None
         # The last error's message and time, for status (issue #14).
         self._last_error: tuple[str, float] | None = None
 
@@ -188,21 +164,9 @@ class ReverseTunnel:
         """Where the connection is (see rtunnel/_core/reconnect.py)."""
         return self._reconnector.state
 
-    @property
-    def _reconnect_call(self) -> IDelayedCall | None:
-        """The wait before a reconnect (WAITING)."""
-        return self._reconnector.call
-
-    @_reconnect_call.setter
-    def _reconnect_call(self, call: IDelayedCall | None) -> None:
-        self._reconnector.call = call
-
     async def _connect_and_authenticate(self) -> None:
-        options = self.options
-        reach = options.reach
-
         parts = SessionParts(
-            options,
+            self.options,
             self.user,
             self._clock,
             self._channel_host,
@@ -211,49 +175,15 @@ class ReverseTunnel:
             self._server_version_seen,
             self._emit_log,
         )
-
-        def stream_connected(transport: ClientTransport, lost: Deferred[None]) -> None:
-            self._transport, self._lost = transport, lost
-            parts.apply_tcp_options(transport)
-
-        def secured(transport: ClientTransport) -> None:
-            for line in messages.handshake_done(transport, self.server_version):
-                self._status(line)
-            event = messages.handshake_event(self.server_version)
-            self._connection_status("ssh-handshake-complete", 0, event)
-
-        def describe_loss(transport: ClientTransport, reason: Failure) -> RTunnelError:
-            logging_off = self._state is State.LOGGING_OFF
-            return messages.loss(
-                transport, reason, logged_on=self._conn is not None, logging_off=logging_off
-            )
-
-        timeout = options.authentication.auth_timeout
-        messages = ServerMessages(self.host, self.port, reach.connect_timeout, timeout)
-        hooks = LogonHooks(
-            new_connection=parts.new_connection,
-            new_transport=parts.new_transport,
-            status=self._status,
-            connection_status=self._connection_status,
-            stream_connected=stream_connected,
-            secured=secured,
-            describe_loss=describe_loss,
+        side = TunnelSide(
+            self._observers,
+            server_version=lambda: self.server_version,
+            logged_on=lambda: self._conn is not None,
+            logging_off=lambda: self._state is State.LOGGING_OFF,
+            stream_connected=self._stream_connected,
             ended=self._connection_ended,
-            timeout_text=messages.timeout,
         )
-        route = choose_route(
-            self._reactor, self.host, self.port, self.user, reach, self._jump_tunnel
-        )
-        endpoint = SSHConnectionEndpoint(
-            self._clock,
-            self.host,
-            self.port,
-            route,
-            hooks,
-            connect_timeout=reach.connect_timeout,
-            auth_timeout=timeout,
-            bind=bind_address(reach),
-        )
+        endpoint = parts.endpoint(self._reactor, self.host, self.port, side, self._jump_tunnel)
         try:
             session = await endpoint.connect()
         except defer.CancelledError:
@@ -265,12 +195,14 @@ class ReverseTunnel:
         self._connected_at = self._clock.seconds()
         self._table.working_from = None
         self._keepalive, self._idle_reaper = parts.watch(conn, transport, self.host)
-        self._status(f"Authenticated to {self.host} port {self.port} as {self.user!r}.")
-        self._sessions += 1
-        self._connection_status(
-            "authenticated", 0, f"Logged on to {self.host} port {self.port} as {self.user!r}."
-        )
-        self._notify("connected")
+        where = f"{self.host} port {self.port} as {self.user!r}"
+        self._observers.status(f"Authenticated to {where}.")
+        self._statistics.session_started()
+        self._observers.connection_status("authenticated", 0, f"Logged on to {where}.")
+        self._observers.notify("connected")
+
+    def _stream_connected(self, transport: ClientTransport, lost: Deferred[None]) -> None:
+        self._transport, self._lost = transport, lost
 
     def _jump_tunnel(self) -> ReverseTunnel:
         """A tunnel to the last jump host (through the hops before it), with the options
@@ -306,15 +238,7 @@ class ReverseTunnel:
         The local address and port of the connection to the server (or to the proxy), while
         connected (the reference's LocalHost and LocalPort once connected); else None.
         """
-        transport = self._transport
-        tcp = getattr(transport, "transport", None)
-        if self.options.reach.proxy_jump:
-            return None  # the jump host's socket, not ours
-        try:
-            host = tcp.getHost()  # type: ignore[union-attr]
-        except AttributeError:
-            return None
-        return (host.host, host.port) if hasattr(host, "port") else None
+        return local_address(self._transport, through_jump=bool(self.options.reach.proxy_jump))
 
     def _next_retry(
         self, kind: str, retry: int, error: Exception, remote_port: int | None = None
@@ -388,18 +312,13 @@ class ReverseTunnel:
         await self._reconnector.stop()
         conn, transport, lost = self._conn, self._transport, self._lost
         if transport is None or lost is None:
-            self._give_up(None)
+            self._reconnector.give_up(None)
             return
         await close_session(
             conn,
             transport,
             lost,
-            lambda: [
-                self.cancel_socket_forwarding(f.listen_path)
-                if f.listen_path is not None
-                else self.cancel_forwarding(f.bind_address, f.port)
-                for f in self._table.active()
-            ],
+            self._table.cancel_active,
             self.options.staying_up,
             self._clock,
         )
@@ -410,32 +329,12 @@ class ReverseTunnel:
         reason (a :class:`~rtunnel.errors.RTunnelError`) when it ends any other way. Each
         call returns a new Deferred.
         """
-        d: Deferred[None] = Deferred()
-        self._disconnect_waiters.append(d)
-        return d
+        return self._reconnector.when_stopped()
 
     def statistics(self) -> TunnelStatistics:
         """A snapshot of the tunnel's counters (sessions, key exchanges, channels, bytes)."""
-        conn, transport = self._conn, self._transport
-        live = list(conn.channels.values()) if conn is not None and not conn.stopped else []
-        current = transport.key_exchanges if transport is not None else 0
-        by_us = transport.rekeys_by_us if transport is not None else 0
-        by_server = transport.rekeys_by_peer if transport is not None else 0
-        return TunnelStatistics(
-            connected=self.connected,
-            sessions=self._sessions,
-            key_exchanges=current,
-            rekeys_by_us=by_us,
-            rekeys_by_server=by_server,
-            total_key_exchanges=self._past_key_exchanges + current,
-            total_rekeys_by_us=self._past_rekeys_by_us + by_us,
-            total_rekeys_by_server=self._past_rekeys_by_server + by_server,
-            keepalives_sent=self._keepalive.sent if self._keepalive is not None else 0,
-            channels_open=len(live),
-            channels_opened=self._channels_opened,
-            bytes_sent=self._closed_bytes_sent + sum(c.info.bytes_sent for c in live),
-            bytes_received=self._closed_bytes_received + sum(c.info.bytes_received for c in live),
-            forwards_active=len(self._table.active()),
+        return self._statistics.snapshot(
+            self._conn, self._transport, self._keepalive, len(self._table.active())
         )
 
     @property
@@ -520,10 +419,6 @@ class ReverseTunnel:
     async def _request_forwarding(self, forward: Callable[[], Forward]) -> Forward:
         # Inside the coroutine, so that bad arguments (SpecError) fail the Deferred.
         return await self._table.request(forward())
-
-    def _waiting_to_reconnect(self) -> bool:
-        """Between connections, with a reconnect scheduled or its logon under way."""
-        return self._reconnect_call is not None or self._state is State.RECONNECTING
 
     def request_socket_forwarding(
         self,
@@ -638,99 +533,35 @@ class ReverseTunnel:
     def _connection_ended(self, transport: ClientTransport, failure: Failure) -> None:
         if transport is not self._transport and self._transport is not None:
             return
-        conn = self._conn
-        was_connected = conn is not None
-        clean = self._state is State.LOGGING_OFF
-        self._past_key_exchanges += transport.key_exchanges
-        self._past_rekeys_by_us += transport.rekeys_by_us
-        self._past_rekeys_by_server += transport.rekeys_by_peer
-        self._transport = None
-        self._conn = None
-        if self._keepalive is not None:
-            self._keepalive.stop()
-            self._keepalive = None
-        if self._idle_reaper is not None:
-            self._idle_reaper.stop()
-            self._idle_reaper = None
-        if not was_connected:
+        conn, clean = self._conn, self._state is State.LOGGING_OFF
+        self._statistics.session_ended(transport)
+        self._transport = self._conn = None
+        stop_watching(self._keepalive, self._idle_reaper)
+        self._keepalive, self._idle_reaper = None, None
+        if conn is None:
             return  # a failed logon: logon() or the reconnect loop reports it
-        error = cast(Exception, failure.value)
-        if clean:
-            self._connection_status(
-                "disconnected", 0, f"Logged off from {self.host} port {self.port}."
-            )
-        else:
-            code = error.code if isinstance(error, RTunnelError) else ConnectionLostError.code
-            self._connection_status("broken", code, str(error))
-            self._note_error(error)
-            self._emit_log(1, f"Connection to {self.host} port {self.port} lost: {error}")
-        self._notify("disconnected", None if clean else error)
-        if self._state is State.LOGGING_OFF:
-            # Logged off, or an observer of "disconnected" called logoff().
-            self._give_up(None if clean else failure)
-            return
-        if self._reconnector.lost(error):
-            if self._worked(conn):
-                # This outage starts from the first step again (issue #12).
-                self._reconnector.retry = 0
-            self._table.lost()
-            self._reconnector.schedule(error)
-            return
-        self._give_up(failure)
-
-    def _worked(self, conn: ForwardingConnection | None) -> bool:
-        """
-        Whether the connection that just ended showed that reconnecting works: every
-        forward was re-established on it and the server sent something after that, or
-        it lasted ``reset_after`` seconds. Logging on and getting the forward replies
-        alone is not enough: a server that drops each session right after them must
-        still meet a growing backoff.
-        """
-        if (
-            self._clock.seconds() - self._connected_at
-            >= self.options.staying_up.reconnect.reset_after
-        ):
-            return True
-        mark = self._table.working_from
-        return conn is not None and mark is not None and conn.packets_received > mark
-
-    def _give_up(self, failure: Failure | None) -> None:
-        """The tunnel stops for good: tell the forwards and when_disconnected() waiters."""
-        if self._fatal_error is not None:
-            failure, self._fatal_error = Failure(self._fatal_error), None
-        if failure is not None:
+        where = f"{self.host} port {self.port}"
+        if not clean:
             self._note_error(failure.value)
-            self._reconnector.failed = True
-        self._reconnector.retry = 0
-        stopped = failure or Failure(
-            ConnectionLostError("Logged off before the server agreed to the forward.")
+        self._observers.connection_ended(where, cast(Exception, failure.value), clean)
+        self._reconnector.ended(failure, clean, lambda: self._worked(conn))
+
+    def _worked(self, conn: ForwardingConnection) -> bool:
+        """Whether the connection that just ended showed that reconnecting works."""
+        lasted = self._clock.seconds() - self._connected_at
+        reset_after = self.options.staying_up.reconnect.reset_after
+        return connection_worked(
+            lasted, reset_after, conn.packets_received, self._table.working_from
         )
-        self._table.stop(failure, stopped)
-        waiters, self._disconnect_waiters = self._disconnect_waiters, []
-        for d in waiters:
-            if failure is None:
-                d.callback(None)
-            else:
-                d.errback(failure)
 
     def _emit_log(self, level: int, message: str) -> None:
         """A log message at the reference's ``level`` (1 info, 2 verbose, 3 debug)."""
         self._observers.log(level, message)
 
-    def _status(self, message: str) -> None:
-        """Progress of the SSH connection (the reference's SSHStatus), also logged."""
-        self._observers.status(message)
-
-    def _connection_status(self, event: str, code: int, description: str) -> None:
-        self._observers.connection_status(event, code, description)
-
     def _error(self, error: RTunnelError) -> None:
         """An error that fails no call of the user's (the reference's Error event)."""
         self._note_error(error)
         self._observers.error(error, self._conn)
-
-    def _notify(self, event: str, *args: object) -> None:
-        self._observers.notify(event, *args)
 
 
 #: connection_state's words for the states that are not STOPPED.
@@ -742,119 +573,6 @@ _SHOWN_STATES = {
     State.RECONNECTING: "connecting",
     State.LOGGING_OFF: "stopped",
 }
-
-
-class _ConnectionHost:
-    """
-    What the connection asks of the tunnel (``ChannelHost``): which forward an inbound
-    open names, its target, and the channel events for observers. A private object, so
-    that these callbacks are not part of :class:`ReverseTunnel`'s public API (issue #16).
-    """
-
-    def __init__(self, tunnel: ReverseTunnel) -> None:
-        self._tunnel = tunnel
-        # The channels counted in their forward's channels_open (id of their ChannelInfo).
-        self._counted: set[int] = set()
-
-    def find_socket_forward(self, path: str) -> Forward | None:
-        """The active socket forward a ``forwarded-streamlocal@openssh.com`` open names."""
-        return self._tunnel._table.find_socket(path)
-
-    def find_forward(self, address: str, port: int) -> Forward | None:
-        """The active forward an inbound open names (see ARCHITECTURE.md step 2)."""
-        return self._tunnel._table.find(address, port)
-
-    def open_target(
-        self, forward: Forward, request: ChannelOpenRequest, channel: ForwardedChannel
-    ) -> Deferred[IProtocol]:
-        """Run the accept hook, then connect the target or build the app's protocol."""
-        tunnel = self._tunnel
-        d = Deferred.fromCoroutine(self._open_target(forward, request, channel))
-        return d.addTimeout(tunnel.options.channels.target_connect_timeout * 2, tunnel._clock)
-
-    async def _open_target(
-        self, forward: Forward, request: ChannelOpenRequest, channel: ForwardedChannel
-    ) -> IProtocol:
-        tunnel = self._tunnel
-        if forward.accept is not None:
-            try:
-                answer = forward.accept(request)
-                if isinstance(answer, Deferred) or inspect.isawaitable(answer):
-                    answer = await _with_timeout(
-                        cast(Awaitable[bool], answer),
-                        tunnel.options.channels.target_connect_timeout,
-                        tunnel._clock,
-                    )
-            except defer.TimeoutError:
-                raise ChannelRefused(
-                    OPEN_ADMINISTRATIVELY_PROHIBITED, "accept hook did not answer"
-                ) from None
-            except Exception as e:
-                _log.failure("accept hook failed; refusing channel {id}", id=request.channel_id)
-                tunnel._error(
-                    ChannelError(f"Channel {request.channel_id}: the accept hook failed: {e!r}")
-                )
-                raise ChannelRefused(
-                    OPEN_ADMINISTRATIVELY_PROHIBITED, "accept hook failed"
-                ) from None
-            if not answer:
-                raise ChannelRefused(OPEN_ADMINISTRATIVELY_PROHIBITED, "refused by the application")
-        channels = tunnel.options.channels
-        bind = (channels.forwarding_local_host, 0) if channels.forwarding_local_host else None
-        target = target_for(
-            forward,
-            tunnel._reactor,
-            timeout=channels.target_connect_timeout,
-            bind_address=bind,
-            permitted=channels.permit_remote_open,
-            on_error=tunnel._error,
-            log=tunnel._emit_log,
-        )
-        return await target.open(channel)
-
-    def channel_event(self, name: str, info: ChannelInfo, data: bytes = b"") -> None:
-        """Dispatch a channel event to observers."""
-        tunnel = self._tunnel
-        forward = info.forward
-        if name == "opened":
-            tunnel._channels_opened += 1
-            if forward is not None:
-                forward.channels_open += 1
-                forward.channels_total += 1
-                self._counted.add(id(info))
-        elif name == "closed":
-            tunnel._closed_bytes_sent += info.bytes_sent
-            tunnel._closed_bytes_received += info.bytes_received
-            if forward is not None:
-                forward.bytes_in += info.bytes_received
-                forward.bytes_out += info.bytes_sent
-                # A channel that ended while its protocol started was never "opened".
-                if id(info) in self._counted:
-                    self._counted.discard(id(info))
-                    forward.channels_open -= 1
-        if tunnel.options.log_level >= 2 and name in ("opened", "closed"):
-            tunnel._emit_log(
-                2,
-                f"Channel {info.channel_id} {name}: from {info.origin_address} port "
-                f"{info.origin_port} to listen port {info.connected_port} "
-                f"({info.bytes_received} bytes in, {info.bytes_sent} out).",
-            )
-        if not tunnel._observers:
-            return
-        for observer in list(tunnel._observers):
-            try:
-                if name == "data":
-                    observer.channel_data(info, data)
-                elif name == "opened":
-                    observer.channel_opened(info)
-                elif name == "eof":
-                    observer.channel_eof(info)
-                elif name == "closed":
-                    observer.channel_closed(info)
-                elif name == "ready":
-                    observer.channel_ready_to_send(info)
-            except Exception:
-                _log.failure("observer {observer!r} failed on {name}", observer=observer, name=name)
 
 
 class _ReconnectHost:
@@ -878,8 +596,17 @@ class _ReconnectHost:
     def reconnected(self) -> Coroutine[Any, Any, None]:
         return self._tunnel._table.reestablish()
 
-    def give_up(self, failure: Failure) -> None:
-        self._tunnel._give_up(failure)
+    def lost(self) -> None:
+        self._tunnel._table.lost()
+
+    def stopped(self, failure: Failure | None) -> None:
+        if failure is not None:
+            self._tunnel._note_error(failure.value)
+        # The request_forwarding() calls still waiting fail with the reason, or for a logoff:
+        answer = failure or Failure(
+            ConnectionLostError("Logged off before the server agreed to the forward.")
+        )
+        self._tunnel._table.stop(failure, answer)
 
 
 class _ForwardHost:
@@ -893,7 +620,7 @@ class _ForwardHost:
         return conn if conn is not None and not conn.stopped else None
 
     def waiting_to_reconnect(self) -> bool:
-        return self._tunnel._waiting_to_reconnect()
+        return self._tunnel._reconnector.waiting()
 
     def next_retry(self, retry: int, error: Exception, port: int) -> float | None:
         return self._tunnel._next_retry("tunnel", retry, error, port)
@@ -902,7 +629,7 @@ class _ForwardHost:
         tunnel = self._tunnel
         if not tunnel.options.staying_up.exit_on_forward_failure:
             return False
-        tunnel._fatal_error = error
+        tunnel._reconnector.fail_with(error)
         tunnel.logoff()
         return True
 
@@ -923,11 +650,3 @@ def _local_user() -> str:
         return getpass.getuser()
     except Exception:
         return os.environ.get("USER", "root")
-
-
-async def _with_timeout(answer: Awaitable[bool], timeout: float, clock: IReactorTime) -> bool:
-    d: Deferred[bool] = (
-        answer if isinstance(answer, Deferred) else Deferred.fromCoroutine(answer)  # type: ignore[arg-type]
-    )
-    d.addTimeout(timeout, clock)
-    return await d

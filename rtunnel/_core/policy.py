@@ -16,6 +16,7 @@ __all__ = [
     "ReconnectPolicy",
     "TokenBucket",
     "channel_idle_deadline",
+    "connection_worked",
     "keepalive_decision",
 ]
 
@@ -96,6 +97,22 @@ class ReconnectPolicy:
     def exhausted(self, retry: int) -> bool:
         """Whether retry number ``retry`` is one too many."""
         return self.max_retries != 0 and retry > self.max_retries
+
+
+def connection_worked(
+    lasted: float, reset_after: float, packets_received: int, working_from: int | None
+) -> bool:
+    """
+    Whether a connection that just ended showed that reconnecting works, so that the next
+    outage starts from the first retry again (issue #12): it lasted ``reset_after``
+    seconds, or the server sent something (``packets_received``) after every forward was
+    re-established on it (at ``working_from`` packets; None: never). Logging on and
+    getting the forward replies alone is not enough: a server that drops each session
+    right after them must still meet a growing backoff.
+    """
+    if lasted >= reset_after:
+        return True
+    return working_from is not None and packets_received > working_from
 
 
 @dataclass(frozen=True)

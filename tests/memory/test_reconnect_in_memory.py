@@ -178,7 +178,7 @@ def test_our_own_traffic_is_not_an_answer() -> None:
 def test_logoff_while_waiting_to_reconnect_stops_cleanly() -> None:
     clock = MemoryReactorClock()
     t = ReverseTunnel(clock, "example.invalid", 22, options=TunnelOptions.create(reconnect=FAST))
-    t._reconnect_call = clock.callLater(5, lambda: None)
+    t._reconnector.call = clock.callLater(5, lambda: None)
     done: list[Any] = []
     t.when_disconnected().addBoth(done.append)
     t.logoff().addBoth(done.append)

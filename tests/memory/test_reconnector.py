@@ -35,6 +35,8 @@ class Host:
         self.connect_times: list[float] = []
         self.announced: list[tuple[int, str]] = []
         self.given_up: list[Failure] = []
+        self.logged_off = 0
+        self.losses = 0
         self.reconnects = 0
         self.refuse_after: int | None = None
         self.clock = task.Clock()
@@ -74,8 +76,14 @@ class Host:
 
         return again()
 
-    def give_up(self, failure: Failure) -> None:
-        self.given_up.append(failure)
+    def lost(self) -> None:
+        self.losses += 1
+
+    def stopped(self, failure: Failure | None) -> None:
+        if failure is not None:
+            self.given_up.append(failure)
+        else:
+            self.logged_off += 1
 
     # -- the test's side
 
@@ -294,3 +302,71 @@ def test_a_cancelled_logon_is_abandoned() -> None:
     [failure] = outcome(d)
     assert str(failure.value) == "abandoned"
     assert host.reconnector.state is State.STOPPED
+
+
+# -- an established connection's end, and stopping for good (moved off the facade)
+
+
+def _connected(host: Host) -> Reconnector:
+    r = host.reconnector
+    r.logon()
+    host.accept()
+    return r
+
+
+def test_an_end_while_logging_off_stops_with_no_error_or_the_loss() -> None:
+    for clean in (True, False):
+        host = Host()
+        r = _connected(host)
+        stopped = outcome(r.when_stopped())
+        Deferred.fromCoroutine(r.stop())
+        loss = Failure(ConnectionLostError("closed by remote host"))
+        r.ended(loss, clean, worked=lambda: True)
+        if clean:
+            assert stopped == [None] and host.logged_off == 1 and host.given_up == []
+        else:
+            assert [f.value for f in stopped] == [loss.value] and host.given_up == [loss]
+        assert host.losses == 0 and host.clock.getDelayedCalls() == []
+
+
+def test_an_end_reconnects_and_a_connection_that_worked_restarts_the_backoff() -> None:
+    host = Host()
+    r = _connected(host)
+    loss = Failure(ConnectionLostError("closed by remote host"))
+    r.ended(loss, clean=False, worked=lambda: False)
+    assert r.state is State.WAITING and host.losses == 1 and r.retry == 1
+    host.clock.advance(1)
+    host.accept()
+    r.ended(loss, clean=False, worked=lambda: False)  # did not work: the backoff grows
+    assert r.retry == 2 and [n for n, _ in host.announced] == [1, 2]
+    host.clock.advance(2)
+    host.accept()
+    r.ended(loss, clean=False, worked=lambda: True)  # worked: from the first step again
+    assert r.retry == 1 and [n for n, _ in host.announced] == [1, 2, 1]
+    assert host.losses == 3 and host.given_up == []
+    assert [c.getTime() for c in host.clock.getDelayedCalls()] == [host.clock.seconds() + 1]
+
+
+def test_an_end_with_reconnect_off_gives_up_with_the_loss() -> None:
+    host = Host()
+    host.policy = ReconnectPolicy.off()
+    r = _connected(host)
+    stopped = outcome(r.when_stopped())
+    loss = Failure(ConnectionLostError("closed by remote host"))
+    r.ended(loss, clean=False, worked=lambda: True)
+    assert r.state is State.STOPPED and host.given_up == [loss] and host.losses == 0
+    assert [f.value for f in stopped] == [loss.value] and r.retry == 0
+
+
+def test_fail_with_makes_the_next_stop_fail_with_that_error() -> None:
+    host = Host()
+    r = _connected(host)
+    first, second = outcome(r.when_stopped()), outcome(r.when_stopped())
+    refused = ConnectError("the forward was refused again")
+    r.fail_with(refused)
+    r.give_up(None)  # a logoff, which the refusal asked for
+    assert [f.value for f in first] == [refused] and [f.value for f in second] == [refused]
+    assert [f.value for f in host.given_up] == [refused] and host.logged_off == 0
+    later = outcome(r.when_stopped())
+    r.give_up(None)  # the error is used once; a later logoff is clean again
+    assert later == [None] and host.logged_off == 1

@@ -53,3 +53,42 @@ def test_next_retry_tells_observers_and_they_may_cancel() -> None:
     seen.cancel = True
     assert observers.next_retry(policy, ("h", 22), "tunnel", 1, OSError("x"), 7000) is None
     assert seen.attempts[-1].remote_port == 7000
+
+
+class _Events(TunnelObserver):
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, ...]] = []
+
+    def connection_status(self, event: str, status_code: int, description: str) -> None:
+        self.seen.append(("status", event, status_code, description))
+
+    def log(self, level: int, message: str) -> None:
+        self.seen.append(("log", level, message))
+
+    def disconnected(self, reason: Exception | None) -> None:
+        self.seen.append(("disconnected", reason))
+
+
+def test_a_clean_end_and_a_loss_are_told_in_order() -> None:
+    from rtunnel.errors import ConnectionLostError, KeepaliveError
+
+    observers = Observers(lambda: 1)
+    events = _Events()
+    observers.add(events)
+    observers.connection_ended("h port 22", ConnectionLostError("x"), clean=True)
+    assert events.seen == [
+        ("status", "disconnected", 0, "Logged off from h port 22."),
+        ("disconnected", None),
+    ]
+    events.seen.clear()
+    timeout = KeepaliveError("Timeout, server h not responding.")
+    observers.connection_ended("h port 22", timeout, clean=False)
+    assert events.seen == [
+        ("status", "broken", KeepaliveError.code, str(timeout)),
+        ("log", 1, f"Connection to h port 22 lost: {timeout}"),
+        ("disconnected", timeout),
+    ]
+    events.seen.clear()
+    other = OSError("not an rtunnel error")
+    observers.connection_ended("h port 22", other, clean=False)
+    assert events.seen[0] == ("status", "broken", ConnectionLostError.code, str(other))
