@@ -454,8 +454,10 @@ class Runner:
         running.start()
 
     def status(self) -> Sequence[TunnelStatus]:
-        """A snapshot of every tunnel, in configuration order."""
-        return [self._running[t.name].status() for t in self.config.tunnels]
+        """A snapshot of every tunnel started, in configuration order (none before
+        :meth:`start`: the control socket and systemd may ask before it)."""
+        running = (self._running.get(t.name) for t in self.config.tunnels)
+        return [r.status() for r in running if r is not None]
 
     def tunnel(self, name: str) -> ReverseTunnel | None:
         """The library's tunnel for the tunnel called ``name`` (for tests and tools)."""

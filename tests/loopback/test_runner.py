@@ -340,6 +340,8 @@ async def test_an_observer_watches_every_tunnel_also_those_a_reload_starts(
     runner = Runner(reactor, s.config(a), report=s.report)
     seen = _Seen()
     runner.add_observer(seen)
+    # The control socket and systemd's notifier start first and may ask already.
+    assert runner.status() == []
     runner.start()
     try:
         await eventually(lambda: runner.status()[0].ready)
