@@ -149,8 +149,10 @@ listens on for us are forwarded to host:hostport from this machine.
   -V              Print the version and exit.
   -h, --help      Print this help and exit.
 
-rtunnel --config FILE [--check] runs the tunnels of a TOML configuration file instead
-(several servers; SIGHUP reloads it); --check only validates it (docs/operations.md).
+rtunnel --config FILE [--check] [-o option] runs the tunnels of a TOML configuration file
+instead (several servers; SIGHUP reloads it); --check only validates it; -o takes only
+ControlSocket, HttpListen and LogFormat there, over the file's [process] table
+(docs/operations.md).
 
 destination is [user@]host or ssh://[user@]host[:port]. rtunnel never asks about
 host keys: they are checked against ~/.ssh/known_hosts (or UserKnownHostsFile) as with

@@ -72,7 +72,9 @@ OWN_KEYS: Final = (
 FORWARD_KEYS: Final = ("name", "listen", "target")
 #: The ``[process]`` table's keys: the keyword table's rows that are about the process,
 #: not about one tunnel (as ``-o`` for the command).
-PROCESS_KEYS: Final = ("ControlSocket", "HttpListen", "LogFormat")
+PROCESS_KEYS: Final = tuple(
+    row.name for row in KEYWORDS if row.command in ("control_socket", "http_listen", "log_format")
+)
 #: The top-level tables.
 TOP_KEYS: Final = ("tunnel", "process")
 

@@ -237,7 +237,7 @@ def test_the_command_line_of_config_mode(tmp_path: Path) -> None:
         (
             ["--config", str(good), "-o", "User=x"],
             "rtunnel: -o User with --config: a tunnel's options go in the file; -o takes "
-            "only ControlSocket, HttpListen, LogFormat here",
+            "only LogFormat, ControlSocket, HttpListen here",
         ),
         (["--config", str(good), "-o"], "rtunnel: option requires an argument -- o"),
     ]:

@@ -641,5 +641,5 @@ def test_twistd_config_takes_only_the_process_options(tmp_path: Path) -> None:
         TapOptions().parseOptions(["-o", "User=x", "--config", str(file)])
     assert str(caught.value) == (
         "-o User with --config: a tunnel's options go in the file; -o takes only "
-        "ControlSocket, HttpListen, LogFormat here"
+        "LogFormat, ControlSocket, HttpListen here"
     )
