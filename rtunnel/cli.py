@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from rtunnel._core.syntax import parse_destination
 from rtunnel._core.text import printable, printable_lines
-from rtunnel._model import ChannelInfo, Forward, ReconnectAttempt, TunnelObserver
+from rtunnel._model import ChannelInfo, TunnelObserver
 from rtunnel.client.transport._algorithms import resolve
 from rtunnel.errors import ConnectError, RTunnelError, SpecError
 from rtunnel.openssh.client_options import ClientOptions
@@ -149,8 +149,10 @@ listens on for us are forwarded to host:hostport from this machine.
   -V              Print the version and exit.
   -h, --help      Print this help and exit.
 
-rtunnel --config FILE [--check] runs the tunnels of a TOML configuration file instead
-(several servers; SIGHUP reloads it); --check only validates it (docs/operations.md).
+rtunnel --config FILE [--check] [-o option] runs the tunnels of a TOML configuration file
+instead (several servers; SIGHUP reloads it); --check only validates it; -o takes only
+ControlSocket, HttpListen and LogFormat there, over the file's [process] table
+(docs/operations.md).
 
 destination is [user@]host or ssh://[user@]host[:port]. rtunnel never asks about
 host keys: they are checked against ~/.ssh/known_hosts (or UserKnownHostsFile) as with
@@ -882,63 +884,23 @@ def _start_operations(
 ) -> Observability | None:
     """The control socket, HTTP listener and systemd notifications (issue #14); None
     (and the reason said) when one cannot start."""
-    from twisted.internet.error import CannotListenError
-
-    from rtunnel.operations.control import ControlError
-    from rtunnel.operations.observe import Observability
+    from rtunnel.operations.observe import Changes, start_operations
     from rtunnel.operations.status import OneTunnel
 
     options = invocation.options
-    source = OneTunnel(invocation.host, tunnel, options.remote_forwards)
-    operations = Observability(
-        reactor,
-        source,
-        control_socket=options.control_socket,
-        http_listen=options.http_listen,
-    )
     try:
-        operations.start()
-    except ControlError as error:
-        console.say("FATAL", f"rtunnel: {error}")
-        return None
-    except CannotListenError as error:
-        console.say(
-            "FATAL",
-            f"rtunnel: cannot listen on {error.interface or '*'}:{error.port} for HttpListen: "
-            f"{error.socketError}",
+        operations = start_operations(
+            reactor,
+            OneTunnel(invocation.host, tunnel, options.remote_forwards),
+            control_socket=options.control_socket,
+            http_listen=options.http_listen,
+            report=console.say,
         )
+    except SpecError as error:
+        console.say("FATAL", f"rtunnel: {error.message}")
         return None
-    tunnel.add_observer(_Changes(operations.notifier.changed))
-    if operations.control_path is not None:
-        console.say("DEBUG1", f"Control socket: {operations.control_path}")
-    if operations.http_port is not None:
-        bound: Any = operations.http_port.getHost()
-        host = f"[{bound.host}]" if ":" in bound.host else bound.host
-        console.say("DEBUG1", f"Health and metrics on http://{host}:{bound.port}/")
+    tunnel.add_observer(Changes(operations.notifier.changed))
     return operations
-
-
-class _Changes(TunnelObserver):
-    """Tells systemd's notifier at once when the tunnel or a forward changes state."""
-
-    def __init__(self, changed: Callable[[], None]) -> None:
-        self._changed = changed
-
-    @override
-    def forward_state_changed(self, forward: Forward) -> None:
-        self._changed()
-
-    @override
-    def connected(self) -> None:
-        self._changed()
-
-    @override
-    def disconnected(self, reason: Exception | None) -> None:
-        self._changed()
-
-    @override
-    def reconnect_attempt(self, attempt: ReconnectAttempt) -> None:
-        self._changed()
 
 
 async def _main(

@@ -60,6 +60,7 @@ from rtunnel.options import TunnelOptions
 if TYPE_CHECKING:
     from rtunnel._core.policy import ReconnectMode
     from rtunnel._model import Forward
+    from rtunnel.operations.observe import Observability
     from rtunnel.options import TunnelSettings
     from rtunnel.tunnel import ReverseTunnel
 
@@ -532,7 +533,9 @@ def _usage(parse: Callable[[str], _T], text: str) -> _T:
 class TunnelService(Service):
     """
     A service that keeps one reverse tunnel for as long as it runs: it logs on and
-    requests the forwards when started, and logs off when stopped.
+    requests the forwards when started, and logs off when stopped. It shows the tunnel
+    on the control socket and the HTTP listener the options ask for (``ControlSocket``,
+    ``HttpListen``), and to systemd when ``$NOTIFY_SOCKET`` is set.
 
     :param reactor: the reactor.
     :param host: the SSH server.
@@ -559,6 +562,7 @@ class TunnelService(Service):
         self._user = options.user if options.user is not None else local_user()
         self._tunnel: ReverseTunnel | None = None
         self._running: Deferred[None] | None = None
+        self._operations: Observability | None = None
 
     @property
     def tunnel(self) -> ReverseTunnel | None:
@@ -586,6 +590,7 @@ class TunnelService(Service):
             self._tunnel = tunnel = build_tunnel(
                 self._reactor, self._host, options, report=self._report
             )
+            self._start_operations(tunnel)
             if tunnel.options.staying_up.reconnect.mode != "off":
                 # The tunnel logs each attempt itself, once.
                 tunnel.add_observer(ReconnectReporter(self._host, self._report, attempts=False))
@@ -619,6 +624,21 @@ class TunnelService(Service):
             if self._on_failure is not None:
                 self._on_failure(error)
 
+    def _start_operations(self, tunnel: ReverseTunnel) -> None:
+        """:raises SpecError: the control socket or HTTP listener cannot start."""
+        from rtunnel.operations.observe import Changes, start_operations
+        from rtunnel.operations.status import OneTunnel
+
+        options = self._options
+        self._operations = operations = start_operations(
+            self._reactor,
+            OneTunnel(self._host, tunnel, options.remote_forwards),
+            control_socket=options.control_socket,
+            http_listen=options.http_listen,
+            report=self._report,
+        )
+        tunnel.add_observer(Changes(operations.notifier.changed))
+
     @override
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -626,17 +646,22 @@ class TunnelService(Service):
 
     async def _stop(self) -> None:
         running, self._running = self._running, None
+        operations = self._operations
+        if operations is not None:
+            operations.stopping()
         if running is not None and not running.called:
             running.cancel()
         tunnel = self._tunnel
-        if tunnel is None:
-            return
-        logoff = tunnel.logoff()
-        logoff.addTimeout(STOP_TIMEOUT, self._clock)
-        try:
-            await logoff
-        except Exception:
-            _log.failure("Logging off did not finish cleanly.")
+        if tunnel is not None:
+            logoff = tunnel.logoff()
+            logoff.addTimeout(STOP_TIMEOUT, self._clock)
+            try:
+                await logoff
+            except Exception:
+                _log.failure("Logging off did not finish cleanly.")
+        if operations is not None:
+            self._operations = None
+            await operations.stop()
 
 
 def makeService(config: Options, reactor: IReactorTCP | None = None) -> IService:  # noqa: N802 (twistd)

@@ -15,6 +15,10 @@ What twistd itself does not do for a long-lived tunnel, this module does:
   failed) stops the reactor and makes twistd exit with status 255, as the command does,
   so that systemd's ``Restart=on-failure`` sees a failure: twistd's own exit status is
   always 0.
+- The control socket and the HTTP listener (``-o ControlSocket``, ``-o HttpListen``,
+  or the configuration file's ``[process]`` table, ``-o`` winning) and systemd's
+  notifications, as for the command (:mod:`rtunnel.operations.observe`). ``LogFormat``
+  is the command's: twistd writes its log as its own options say.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import os
 import signal
 import sys
 from types import FrameType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
@@ -33,11 +37,21 @@ from twisted.logger import Logger
 from twisted.python import usage
 from typing_extensions import override
 
-from rtunnel.errors import RTunnelError
-from rtunnel.operations.config import Config, ConfigError, load_config
+from rtunnel.errors import RTunnelError, SpecError
+from rtunnel.openssh.options import parse_keyword
+from rtunnel.operations.config import (
+    PROCESS_KEYS,
+    Config,
+    ConfigError,
+    ProcessConfig,
+    load_config,
+)
 from rtunnel.operations.runner import Runner
 from rtunnel.service import Options as TunnelOptions
 from rtunnel.service import TunnelService
+
+if TYPE_CHECKING:
+    from rtunnel.operations.observe import Observability
 
 __all__ = ["FAILURE", "Options", "makeService"]
 
@@ -54,13 +68,30 @@ class Options(TunnelOptions):
     longdesc = (
         TunnelOptions.longdesc
         + " With --config FILE, run every tunnel of that configuration file instead (see "
-        "docs/operations.md); SIGHUP reloads it. Giving up exits with status 255."
+        "docs/operations.md); SIGHUP reloads it; -o then takes only "
+        + ", ".join(PROCESS_KEYS)
+        + ", over the file's [process] table. Giving up exits with status 255."
     )
 
     def __init__(self) -> None:
         super().__init__()
         self.config_file: str | None = None
         self.config: Config | None = None
+        #: The keyword of each -o given, as the table names it.
+        self.options_given: list[str] = []
+
+    @override
+    def opt_option(self, text: str) -> None:
+        """An ssh_config option, Key=Value (repeatable)."""
+        try:
+            parsed = parse_keyword(text)
+        except SpecError as error:
+            raise usage.UsageError(error.message) from None
+        if parsed is not None:
+            self.options_given.append(parsed[0].name)
+            self.client_options.apply(*parsed)
+
+    opt_o = opt_option
 
     def opt_config(self, path: str) -> None:
         """Run the tunnels of this configuration file (TOML); SIGHUP reloads it."""
@@ -83,6 +114,12 @@ class Options(TunnelOptions):
             raise usage.UsageError(
                 "--config runs the file's tunnels: give no destination or -R with it"
             )
+        tunnel_options = [name for name in self.options_given if name not in PROCESS_KEYS]
+        if tunnel_options:
+            raise usage.UsageError(
+                f"-o {tunnel_options[0]} with --config: a tunnel's options go in the file; "
+                f"-o takes only {', '.join(PROCESS_KEYS)} here"
+            )
         try:
             # Absolute: twistd may change directory (--rundir) before a reload.
             self.config = load_config(os.path.abspath(self.config_file))
@@ -91,22 +128,52 @@ class Options(TunnelOptions):
 
 
 class _RunnerService(Service):
-    """The runner as a twistd service: started and stopped with it."""
+    """The runner as a twistd service: started and stopped with it, with its control
+    socket, HTTP listener and systemd notifications."""
 
     name = "rtunnel"
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(
+        self, reactor: Any, runner: Runner, process: ProcessConfig, on_failure: Any
+    ) -> None:
+        self._reactor = reactor
         self.runner = runner
+        self._process = process
+        self._on_failure = on_failure
+        self._operations: Observability | None = None
 
     @override
     def startService(self) -> None:
+        from rtunnel.operations.observe import Changes, start_operations
+
         super().startService()
+        try:
+            self._operations = operations = start_operations(
+                self._reactor,
+                self.runner,
+                control_socket=self._process.control_socket,
+                http_listen=self._process.http_listen,
+                report=self.runner.report,
+            )
+        except SpecError as error:
+            _log.error("rtunnel: {message}", message=error.message)
+            self._on_failure()
+            return
+        self.runner.add_observer(Changes(operations.notifier.changed))
         self.runner.start()
 
     @override
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        return self.runner.stop()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        operations, self._operations = self._operations, None
+        if operations is None:
+            return  # never started: nothing runs
+        operations.stopping()
+        await self.runner.stop()
+        await operations.stop()
 
 
 class _HangUp(MultiService):
@@ -169,7 +236,18 @@ def makeService(config: Options, reactor: IReactorTCP | None = None) -> IService
         _exit_status_at_exit(FAILURE)
         if core.running:
             core.stop()
+        else:
+            # Failed while twistd starts its services, before the reactor runs.
+            core.callWhenRunning(core.stop)
 
+    process = ProcessConfig.from_options(config.client_options)
+    if config.config is not None:
+        process = config.config.process.overridden_by(process)
+    if process.log_format == "json":
+        _log.warn(
+            "LogFormat=json is for the rtunnel command; twistd writes its log as its own "
+            "options say (--logfile, --logger)."
+        )
     if config.config is not None:
         runner = Runner(reactor, config.config)
         runner.when_all_failed().addCallback(lambda _: give_up())
@@ -180,7 +258,7 @@ def makeService(config: Options, reactor: IReactorTCP | None = None) -> IService
             d.addErrback(lambda f: _log.failure("Reloading failed unexpectedly", f))
 
         parent = _HangUp(cast(IReactorThreads, reactor), reload)
-        _RunnerService(runner).setServiceParent(parent)
+        _RunnerService(reactor, runner, process, give_up).setServiceParent(parent)
         return parent
 
     def failed(error: RTunnelError) -> None:

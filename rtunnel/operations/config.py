@@ -18,6 +18,9 @@ them) and is read by that table's parser, so a value means what it means after `
 Besides those, a tunnel takes ``host``, ``forwards``, ``password_file``, ``password_env``,
 ``ssh_config_host`` and ``ssh_config_file``; see ``docs/operations.md``.
 
+The settings of the process as a whole (:data:`PROCESS_KEYS`: its control socket, HTTP
+listener and log format) go in one ``[process]`` table, not in a tunnel's.
+
 Every error names the file, the line, the key and what is wrong. :mod:`tomllib` gives no
 line numbers for keys, so :func:`key_lines` scans the source for them.
 
@@ -45,9 +48,11 @@ from rtunnel.openssh.options import split_arguments
 from rtunnel.openssh.values import check_host_name
 
 __all__ = [
+    "PROCESS_KEYS",
     "Config",
     "ConfigError",
     "ForwardConfig",
+    "ProcessConfig",
     "TunnelConfig",
     "key_lines",
     "load_config",
@@ -65,6 +70,13 @@ OWN_KEYS: Final = (
 )
 #: The keys of a forward given as a table.
 FORWARD_KEYS: Final = ("name", "listen", "target")
+#: The ``[process]`` table's keys: the keyword table's rows that are about the process,
+#: not about one tunnel (as ``-o`` for the command).
+PROCESS_KEYS: Final = tuple(
+    row.name for row in KEYWORDS if row.command in ("control_socket", "http_listen", "log_format")
+)
+#: The top-level tables.
+TOP_KEYS: Final = ("tunnel", "process")
 
 _TUNNEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -155,16 +167,48 @@ class TunnelConfig:
 
 
 @dataclass(frozen=True)
+class ProcessConfig:
+    """
+    The ``[process]`` table: what the whole process does besides its tunnels. Each value
+    as its ``-o`` option's parser gives it; None when not set.
+
+    :ivar control_socket: ``ControlSocket``: ``"auto"``, ``"none"`` or a path.
+    :ivar http_listen: ``HttpListen``: ``"ADDRESS:PORT"`` or ``"none"``.
+    :ivar log_format: ``LogFormat``: ``"text"`` or ``"json"``.
+    """
+
+    control_socket: str | None = None
+    http_listen: str | None = None
+    log_format: str | None = None
+
+    def overridden_by(self, other: ProcessConfig) -> ProcessConfig:
+        """These settings with ``other``'s wherever it sets one (the command line's
+        ``-o`` over the file)."""
+        return ProcessConfig(
+            other.control_socket if other.control_socket is not None else self.control_socket,
+            other.http_listen if other.http_listen is not None else self.http_listen,
+            other.log_format if other.log_format is not None else self.log_format,
+        )
+
+    @classmethod
+    def from_options(cls, options: ClientOptions) -> ProcessConfig:
+        """The process settings ``-o`` gave."""
+        return cls(options.control_socket, options.http_listen, options.log_format)
+
+
+@dataclass(frozen=True)
 class Config:
     """
     A configuration file, checked.
 
     :ivar file: where it was read from.
     :ivar tunnels: in file order; names are unique.
+    :ivar process: the ``[process]`` table.
     """
 
     file: str
     tunnels: tuple[TunnelConfig, ...]
+    process: ProcessConfig = ProcessConfig()
 
     def tunnel(self, name: str) -> TunnelConfig | None:
         """The tunnel called ``name``."""
@@ -398,6 +442,7 @@ class _Reader:
         self.base = base
         self.lines = key_lines(text)
         self.problems: list[tuple[int, str]] = []
+        self.process_config = ProcessConfig()
 
     def line_of(self, path: Path_) -> int:
         while path:
@@ -415,8 +460,10 @@ class _Reader:
 
     def read(self, data: dict[str, Any]) -> tuple[TunnelConfig, ...]:
         for key in data:
-            if key != "tunnel":
-                self.problem((key,), f"unknown key{_suggest(key, ['tunnel'])}")
+            if key not in TOP_KEYS:
+                self.problem((key,), f"unknown key{_suggest(key, TOP_KEYS)}")
+        if "process" in data:
+            self.process(data["process"])
         tunnels = data.get("tunnel")
         if tunnels is None or tunnels == {}:
             self.problems.append(
@@ -446,6 +493,31 @@ class _Reader:
                 found.append(tunnel)
         return tuple(found)
 
+    def process(self, table: object) -> None:
+        path: Path_ = ("process",)
+        if not isinstance(table, dict):
+            self.problem(path, "must be a table: [process] with ControlSocket, HttpListen, ...")
+            return
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            row = keyword_named(key)
+            if row is None or row.name not in PROCESS_KEYS:
+                if row is not None or key in OWN_KEYS:
+                    what = "a tunnel's setting: put it in a [tunnel.NAME] table"
+                else:
+                    what = f"unknown key{_suggest(key, PROCESS_KEYS)}"
+                self.problem((*path, key), what)
+                continue
+            args = _arguments(value)
+            if args is None or (isinstance(value, list)):
+                self.problem((*path, key), "give a string or a number")
+                continue
+            try:
+                values[row.command] = row.parse(key, args)
+            except SpecError as error:
+                self.problem((*path, key), _their_words(error.message))
+        self.process_config = ProcessConfig(**values)
+
     def tunnel(self, name: str, table: dict[str, Any]) -> TunnelConfig | None:
         path: Path_ = ("tunnel", name)
         before = len(self.problems)
@@ -457,6 +529,12 @@ class _Reader:
             row = keyword_named(key)
             if row is None:
                 self.problem((*path, key), f"unknown key{_suggest(key, _KNOWN_KEYS)}")
+                continue
+            if row.name in PROCESS_KEYS:
+                # One control socket, one listener, one log for every tunnel.
+                self.problem(
+                    (*path, key), "a setting of the whole process: put it in the [process] table"
+                )
                 continue
             args = _arguments(value)
             if args is None:
@@ -718,7 +796,7 @@ def parse_config(
     tunnels = reader.read(data)
     if reader.problems:
         raise ConfigError([message for _, message in sorted(reader.problems, key=lambda p: p[0])])
-    return Config(file, tunnels)
+    return Config(file, tunnels, reader.process_config)
 
 
 def load_config(

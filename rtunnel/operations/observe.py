@@ -1,18 +1,22 @@
 """
 Everything that shows a :class:`~rtunnel.operations.status.StatusSource` to operators,
 started and stopped together: the control socket, the HTTP listener and systemd
-notifications (issue #14). The command starts it for its one tunnel; the runner of a
-configuration file can start it for its many.
+notifications (issue #14). The command starts it for its one tunnel, the runner of a
+configuration file for its many, and ``twistd rtunnel`` for either
+(:func:`start_operations`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from typing_extensions import override
 
+from rtunnel._model import TunnelObserver
+from rtunnel.errors import SpecError
 from rtunnel.operations.control import listen_control, resolve_socket_path
 from rtunnel.operations.status import StatusSource
 from rtunnel.operations.systemd import SystemdNotifier
@@ -20,7 +24,9 @@ from rtunnel.operations.systemd import SystemdNotifier
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort
 
-__all__ = ["Observability", "split_listen"]
+    from rtunnel._model import Forward, ReconnectAttempt
+
+__all__ = ["Changes", "Observability", "split_listen", "start_operations"]
 
 
 def split_listen(value: str) -> tuple[str, int]:
@@ -98,3 +104,70 @@ class Observability:
         """The shutdown is over: stop listening (the socket file is removed)."""
         self.notifier.stop()
         return self._stop_listening()
+
+
+def start_operations(
+    reactor: Any,
+    source: StatusSource,
+    *,
+    control_socket: str | None,
+    http_listen: str | None,
+    report: Callable[[str, str], None],
+    environ: Mapping[str, str] | None = None,
+) -> Observability:
+    """
+    Start the :class:`Observability` of ``source`` and say where it listens (at
+    ``DEBUG1``, through ``report(level, text)``).
+
+    :raises SpecError: it cannot start; the message says why (and what to do).
+    """
+    from twisted.internet.error import CannotListenError
+
+    from rtunnel.operations.control import ControlError
+
+    operations = Observability(
+        reactor, source, control_socket=control_socket, http_listen=http_listen, environ=environ
+    )
+    try:
+        operations.start()
+    except ControlError as error:
+        raise SpecError(str(error)) from None
+    except CannotListenError as error:
+        raise SpecError(
+            f"cannot listen on {error.interface or '*'}:{error.port} for HttpListen: "
+            f"{error.socketError}"
+        ) from None
+    if operations.control_path is not None:
+        report("DEBUG1", f"Control socket: {operations.control_path}")
+    if operations.http_port is not None:
+        bound: Any = operations.http_port.getHost()
+        host = f"[{bound.host}]" if ":" in bound.host else bound.host
+        report("DEBUG1", f"Health and metrics on http://{host}:{bound.port}/")
+    return operations
+
+
+class Changes(TunnelObserver):
+    """
+    Calls ``changed`` (:meth:`SystemdNotifier.changed`) at once when a tunnel or one of
+    its forwards changes state, rather than at the notifier's next look. One can watch
+    any number of tunnels.
+    """
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        self._changed = changed
+
+    @override
+    def forward_state_changed(self, forward: Forward) -> None:
+        self._changed()
+
+    @override
+    def connected(self) -> None:
+        self._changed()
+
+    @override
+    def disconnected(self, reason: Exception | None) -> None:
+        self._changed()
+
+    @override
+    def reconnect_attempt(self, attempt: ReconnectAttempt) -> None:
+        self._changed()

@@ -24,8 +24,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
@@ -45,7 +46,15 @@ from rtunnel._core.text import printable
 from rtunnel._model import ChannelInfo, Forward, ReconnectAttempt, TunnelObserver
 from rtunnel.errors import RTunnelError, SpecError
 from rtunnel.openssh.client_options import ClientOptions
-from rtunnel.operations.config import Config, ConfigError, TunnelConfig, load_config
+from rtunnel.openssh.options import parse_keyword
+from rtunnel.operations.config import (
+    PROCESS_KEYS,
+    Config,
+    ConfigError,
+    ProcessConfig,
+    TunnelConfig,
+    load_config,
+)
 from rtunnel.operations.status import ForwardStatus, TunnelStatus
 from rtunnel.service import (
     ReconnectReporter,
@@ -57,6 +66,8 @@ from rtunnel.service import (
 )
 
 if TYPE_CHECKING:
+    from twisted.logger import ILogObserver
+
     from rtunnel.openssh.forwards import RemoteForwardSpec
     from rtunnel.tunnel import ReverseTunnel
 
@@ -258,7 +269,7 @@ class _Running(TunnelObserver):
     # -- running
 
     def report(self, level: str, text: str) -> None:
-        self.runner.report(level, f"[{self.config.name}] {text}")
+        self.runner.tunnel_report(self.config.name, level, text)
 
     def start(self) -> None:
         self.task = Deferred.fromCoroutine(self._run())
@@ -283,6 +294,8 @@ class _Running(TunnelObserver):
             self._failed(f"rtunnel: {error.message}")
             return
         tunnel.add_observer(self)
+        for observer in self.runner.observers:
+            tunnel.add_observer(observer)
         if tunnel.options.staying_up.reconnect.mode != "off":
             tunnel.add_observer(ReconnectReporter(config.host, self.report, attempts=True))
         try:
@@ -392,6 +405,8 @@ class Runner:
     :param config: the checked configuration.
     :param report: where messages go, ``report(level, text)`` with ssh's levels
         (default: ``twisted.logger``).
+    :param tunnel_report: where a tunnel's messages go, ``tunnel_report(name, level,
+        text)`` (default: to ``report``, as ``[name] text``).
     """
 
     def __init__(
@@ -400,14 +415,33 @@ class Runner:
         config: Config,
         *,
         report: Report | None = None,
+        tunnel_report: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock = cast(IReactorTime, reactor)
         self.config = config
         self.report: Report = report or _log_report
+        self._tunnel_report = tunnel_report
+        #: What every tunnel started from now on is also watched by (add_observer).
+        self.observers: list[TunnelObserver] = []
         self._running: dict[str, _Running] = {}
         self._all_failed: list[Deferred[None]] = []
         self._reload_lock = DeferredLock()
+
+    def tunnel_report(self, name: str, level: str, text: str) -> None:
+        """Report a message of the tunnel called ``name``."""
+        if self._tunnel_report is not None:
+            self._tunnel_report(name, level, text)
+        else:
+            self.report(level, f"[{name}] {text}")
+
+    def add_observer(self, observer: TunnelObserver) -> None:
+        """Watch every tunnel with ``observer``: those running, and each one started later
+        (a new tunnel, or one started again by a reload)."""
+        self.observers.append(observer)
+        for running in self._running.values():
+            if running.tunnel is not None:
+                running.tunnel.add_observer(observer)
 
     def start(self) -> None:
         """Start every tunnel (each logs on and requests its forwards by itself)."""
@@ -420,8 +454,10 @@ class Runner:
         running.start()
 
     def status(self) -> Sequence[TunnelStatus]:
-        """A snapshot of every tunnel, in configuration order."""
-        return [self._running[t.name].status() for t in self.config.tunnels]
+        """A snapshot of every tunnel started, in configuration order (none before
+        :meth:`start`: the control socket and systemd may ask before it)."""
+        running = (self._running.get(t.name) for t in self.config.tunnels)
+        return [r.status() for r in running if r is not None]
 
     def tunnel(self, name: str) -> ReverseTunnel | None:
         """The library's tunnel for the tunnel called ``name`` (for tests and tools)."""
@@ -450,6 +486,15 @@ class Runner:
 
     async def _reload(self, config: Config) -> ReloadResult:
         old = {t.name: t for t in self.config.tunnels}
+        if config.process != self.config.process:
+            # The control socket and the HTTP listener stay where they are: moving them
+            # under the feet of a supervisor that probes them would look like a failure.
+            self.report(
+                "INFO",
+                f"Warning: the [process] settings of {config.file} changed; they take "
+                "effect when rtunnel is started again.",
+            )
+            config = replace(config, process=self.config.process)
         self.config = config
         unchanged: list[str] = []
         started: list[str] = []
@@ -559,13 +604,23 @@ class Runner:
 #: bad configuration file.
 FAILURE = 255
 
-USAGE = "usage: rtunnel --config FILE [--check] [-q] [-v]\n"
+USAGE = "usage: rtunnel --config FILE [--check] [-q] [-v] [-o option]\n"
 
 
-def _parse(argv: Sequence[str]) -> tuple[str, bool, int]:
+@dataclass(frozen=True)
+class _Arguments:
+    file: str
+    check: bool
+    verbosity: int
+    #: The [process] settings given with -o (they win over the file's).
+    process: ProcessConfig
+
+
+def _parse(argv: Sequence[str]) -> _Arguments:
     file: str | None = None
     check = False
     verbosity = 0
+    options = ClientOptions()
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -579,61 +634,126 @@ def _parse(argv: Sequence[str]) -> tuple[str, bool, int]:
             verbosity = -1
         elif arg.startswith("-v") and set(arg[1:]) == {"v"}:
             verbosity = max(verbosity, 0) + len(arg) - 1
+        elif arg.startswith("-o"):
+            text = arg[2:] or (args.pop(0) if args else "")
+            if not text:
+                raise SpecError(f"rtunnel: option requires an argument -- o\n{USAGE}")
+            _process_option(options, text)
         else:
             raise SpecError(
                 f"rtunnel: unexpected argument {printable(arg, 100)!r} with --config\n{USAGE}"
             )
     if not file:
         raise SpecError(f"rtunnel: --config needs a FILE\n{USAGE}")
-    return file, check, verbosity
+    return _Arguments(file, check, verbosity, ProcessConfig.from_options(options))
+
+
+def _process_option(options: ClientOptions, text: str) -> None:
+    """One ``-o``: only the settings of the process (a tunnel's go in the file)."""
+    parsed = parse_keyword(text)
+    if parsed is None:
+        return
+    row, value = parsed
+    if row.name not in PROCESS_KEYS:
+        raise SpecError(
+            f"rtunnel: -o {row.name} with --config: a tunnel's options go in the file; "
+            f"-o takes only {', '.join(PROCESS_KEYS)} here\n{USAGE}"
+        )
+    options.apply(row, value)
 
 
 def main(
-    argv: Sequence[str], *, start_logging: Callable[[ClientOptions, TextIO], None]
+    argv: Sequence[str],
+    *,
+    start_logging: Callable[[ClientOptions, TextIO, ILogObserver | None], None],
 ) -> NoReturn:
     """
-    ``rtunnel --config FILE [--check]``: check the file; with ``--check`` print nothing
-    and exit 0 if it is good, else print every problem and exit 255 (as ``sshd -t``).
-    Without ``--check``, run its tunnels until SIGTERM (exit 0) or SIGINT (255), or until
-    every tunnel has given up (255); SIGHUP reloads the file.
+    ``rtunnel --config FILE [--check] [-o option]``: check the file; with ``--check``
+    print nothing and exit 0 if it is good, else print every problem and exit 255 (as
+    ``sshd -t``). Without ``--check``, run its tunnels until SIGTERM (exit 0) or SIGINT
+    (255), or until every tunnel has given up (255); SIGHUP reloads the file. ``-o``
+    gives the ``[process]`` settings (``ControlSocket``, ``HttpListen``, ``LogFormat``),
+    over the file's.
 
     :param start_logging: starts ``twisted.logger`` output on stderr at the options' log
-        level, as the command does (``rtunnel.cli`` passes its own).
+        level, in JSON lines through the observer if one is given, as the command does
+        (``rtunnel.cli`` passes its own).
     """
     try:
-        file, check, verbosity = _parse(argv)
+        arguments = _parse(argv)
     except SpecError as error:
-        sys.stderr.write(error.message if error.message.endswith("\n") else error.message + "\n")
+        # What was typed is quoted: escaped, line by line.
+        sys.stderr.write(
+            "".join(f"{printable(line, None)}\n" for line in error.message.splitlines())
+        )
         sys.exit(FAILURE)
+    file = arguments.file
     try:
         # Absolute: a reload reads the same file wherever the process is then.
-        config = load_config(file if check else os.path.abspath(file))
+        config = load_config(file if arguments.check else os.path.abspath(file))
     except ConfigError as error:
         for problem in error.problems:
             sys.stderr.write(printable(problem, None) + "\n")
         sys.exit(FAILURE)
-    if check:
+    if arguments.check:
         sys.exit(0)
     from twisted.internet.task import react
 
+    process = config.process.overridden_by(arguments.process)
     levels = ClientOptions()
-    if verbosity < 0:
+    if arguments.verbosity < 0:
         levels.quiet()
-    for _ in range(verbosity):
+    for _ in range(arguments.verbosity):
         levels.more_verbose()
-    start_logging(levels, sys.stderr)
+    json_lines = None
+    if process.log_format == "json":
+        from rtunnel.operations.logs import JsonLinesObserver
+
+        json_lines = JsonLinesObserver(
+            sys.stderr, tracebacks=levels.effective_log_level in ("DEBUG2", "DEBUG3")
+        )
+    start_logging(levels, sys.stderr, json_lines)
+
+    def say_for(tunnel: str | None, level: str, text: str) -> None:
+        if not levels.logs(level):
+            return
+        if json_lines is not None:
+            from rtunnel.operations.logs import SSH_LEVELS
+
+            json_lines.write(time.time(), SSH_LEVELS[level], tunnel, text)
+            return
+        prefix = f"{level.lower()}: " if level.startswith("DEBUG") else ""
+        named = f"[{tunnel}] " if tunnel is not None else ""
+        sys.stderr.write(f"{prefix}{named}{printable(text, None)}\n")
+        sys.stderr.flush()
+
+    react(_run, (config, process, say_for))
+
+
+async def _run(
+    reactor: IReactorCore,
+    config: Config,
+    process: ProcessConfig,
+    say_for: Callable[[str | None, str, str], None],
+) -> NoReturn:
+    from rtunnel.operations.observe import Changes, start_operations
 
     def say(level: str, text: str) -> None:
-        if levels.logs(level):
-            prefix = f"{level.lower()}: " if level.startswith("DEBUG") else ""
-            sys.stderr.write(f"{prefix}{printable(text, None)}\n")
-            sys.stderr.flush()
+        say_for(None, level, text)
 
-    react(_run, (config, say))
-
-
-async def _run(reactor: IReactorCore, config: Config, say: Report) -> NoReturn:
-    runner = Runner(cast(IReactorTCP, reactor), config, report=say)
+    runner = Runner(cast(IReactorTCP, reactor), config, report=say, tunnel_report=say_for)
+    try:
+        operations = start_operations(
+            reactor,
+            runner,
+            control_socket=process.control_socket,
+            http_listen=process.http_listen,
+            report=say,
+        )
+    except SpecError as error:
+        say("FATAL", f"rtunnel: {error.message}")
+        raise SystemExit(FAILURE) from None
+    runner.add_observer(Changes(operations.notifier.changed))
     stop: Deferred[int] = Deferred()
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -659,7 +779,9 @@ async def _run(reactor: IReactorCore, config: Config, say: Report) -> NoReturn:
 
     runner.when_all_failed().addCallback(all_failed)
     status = await stop
+    operations.stopping()
     await runner.stop()
+    await operations.stop()
     raise SystemExit(status)
 
 

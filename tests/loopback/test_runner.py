@@ -17,8 +17,10 @@ from typing import Any
 import pytest_twisted
 from sockets import TargetServer, echo, eventually, exchange, in_thread
 from twisted.internet import reactor
+from typing_extensions import override
 
-from rtunnel.operations.config import Config, parse_config
+from rtunnel._model import TunnelObserver
+from rtunnel.operations.config import Config, ProcessConfig, parse_config
 from rtunnel.operations.runner import Runner
 
 
@@ -222,7 +224,7 @@ async def test_a_bad_file_is_refused_and_nothing_changes(
 
 def test_the_command_line_of_config_mode(tmp_path: Path) -> None:
     """Mistakes in ``rtunnel --config``'s own arguments: the usage, status 255."""
-    usage = "usage: rtunnel --config FILE [--check] [-q] [-v]\n"
+    usage = "usage: rtunnel --config FILE [--check] [-q] [-v] [-o option]\n"
     good = tmp_path / "t.toml"
     good.write_text('[tunnel.a]\nhost = "h"\nforwards = ["1:h:2"]\n')
     for args, first_line in [
@@ -232,6 +234,12 @@ def test_the_command_line_of_config_mode(tmp_path: Path) -> None:
             ["--config", str(good), "--check", "extra"],
             "rtunnel: unexpected argument 'extra' with --config",
         ),
+        (
+            ["--config", str(good), "-o", "User=x"],
+            "rtunnel: -o User with --config: a tunnel's options go in the file; -o takes "
+            "only LogFormat, ControlSocket, HttpListen here",
+        ),
+        (["--config", str(good), "-o"], "rtunnel: option requires an argument -- o"),
     ]:
         run = subprocess.run(
             [sys.executable, "-m", "rtunnel.cli", *args],
@@ -241,8 +249,21 @@ def test_the_command_line_of_config_mode(tmp_path: Path) -> None:
             stdin=subprocess.DEVNULL,
         )
         assert (run.returncode, run.stdout, run.stderr) == (255, "", f"{first_line}\n{usage}"), args
+    # A bad value of a process option: the -o parser's words, no usage.
     run = subprocess.run(
-        [sys.executable, "-m", "rtunnel.cli", f"--config={good}", "--check"],
+        [sys.executable, "-m", "rtunnel.cli", "--config", str(good), "-oLogFormat=xml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert (run.returncode, run.stdout, run.stderr) == (
+        255,
+        "",
+        "command-line line 0: unsupported log format 'xml': give text or json\n",
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "rtunnel.cli", f"--config={good}", "--check", "-o", "HttpListen=0"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -294,3 +315,48 @@ async def test_a_refused_forward(
     assert status.state == "failed"
     assert status.last_error == f"Error: remote port forwarding failed for listen port {refused}"
     await ssh_test_server.wait_for_connections(0)
+
+
+class _Seen(TunnelObserver):
+    def __init__(self) -> None:
+        self.connected_count = 0
+
+    @override
+    def connected(self) -> None:
+        self.connected_count += 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_observer_watches_every_tunnel_also_those_a_reload_starts(
+    ssh_test_server: Any,
+    ssh_user: str,
+    ssh_client_key: Path,
+    ssh_known_hosts: Path,
+    tmp_path: Path,
+) -> None:
+    s = _setup(ssh_test_server, ssh_user, ssh_client_key, ssh_known_hosts, tmp_path)
+    target = f"127.0.0.1:{s.target.port}"
+    a, b = (s.tunnel(n, [f"0:{target}"]) for n in ("a", "b"))
+    runner = Runner(reactor, s.config(a), report=s.report)
+    seen = _Seen()
+    runner.add_observer(seen)
+    # The control socket and systemd's notifier start first and may ask already.
+    assert runner.status() == []
+    runner.start()
+    try:
+        await eventually(lambda: runner.status()[0].ready)
+        assert seen.connected_count == 1
+        # A new tunnel, and the [process] table changed: the observer sees b log on; the
+        # process settings stay as they started, and the log says so.
+        result = await runner.reload(s.config("[process]\nHttpListen = 9\n" + a + b))
+        assert (result.unchanged, result.started) == (("a",), ("b",))
+        await eventually(lambda: all(t.ready for t in runner.status()))
+        assert seen.connected_count == 2
+        assert runner.config.process == ProcessConfig()
+        assert (
+            "INFO",
+            f"Warning: the [process] settings of {s.file} changed; they take effect when "
+            "rtunnel is started again.",
+        ) in s.lines
+    finally:
+        await runner.stop()

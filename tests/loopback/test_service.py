@@ -583,3 +583,63 @@ async def test_twistd_runs_the_service(
     assert "Traceback" not in output, output
     await ssh_test_server.wait_for_connections(0).addTimeout(10, reactor)
     assert ssh_test_server.forwards == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_shows_its_tunnel_on_the_control_socket(
+    ssh_test_server: Any,
+    ssh_user: str,
+    ssh_client_key: Path,
+    ssh_known_hosts: Path,
+    echo_port: int,
+    tmp_path: Path,
+) -> None:
+    """twistd rtunnel -o ControlSocket=PATH (one tunnel): rtunnel status reads it while it
+    runs; the socket goes when the service stops."""
+    from sockets import in_thread
+
+    from rtunnel.operations.control import query
+
+    control_dir = tmp_path / "control"
+    control_dir.mkdir(mode=0o700)
+    control = control_dir / "one.sock"
+    spec = f"0:127.0.0.1:{echo_port}"
+    config = settings(
+        ssh_test_server, ssh_user, ssh_client_key, ssh_known_hosts, spec, ControlSocket=control
+    )
+    svc = makeService(config, reactor=reactor)
+    svc.startService()
+    try:
+        port = await ssh_test_server.wait_for_forward("localhost").addTimeout(20, reactor)
+        assert await echo_through(port, b"seen") == b"seen"
+        answer = await in_thread(query, control)
+        (tunnel,) = answer["tunnels"]
+        (forward,) = tunnel["forwards"]
+        assert (tunnel["name"], tunnel["state"]) == (ssh_test_server.host, "connected")
+        assert (forward["name"], forward["state"], forward["allocated_port"]) == (
+            spec,
+            "active",
+            port,
+        )
+    finally:
+        await svc.stopService().addTimeout(10, reactor)
+    assert not control.exists()
+
+
+def test_twistd_config_takes_only_the_process_options(tmp_path: Path) -> None:
+    from rtunnel.tap import Options as TapOptions
+
+    file = tmp_path / "t.toml"
+    file.write_text(
+        '[process]\nControlSocket = "none"\n[tunnel.a]\nhost = "h"\nforwards = ["1:h:2"]\n'
+    )
+    options = TapOptions()
+    options.parseOptions(["-o", "HttpListen=9100", "--config", str(file)])
+    assert options.config is not None and options.config.process.control_socket == "none"
+    assert options.client_options.http_listen == "127.0.0.1:9100"
+    with pytest.raises(usage.UsageError) as caught:
+        TapOptions().parseOptions(["-o", "User=x", "--config", str(file)])
+    assert str(caught.value) == (
+        "-o User with --config: a tunnel's options go in the file; -o takes only "
+        "LogFormat, ControlSocket, HttpListen here"
+    )

@@ -19,6 +19,7 @@ from rtunnel.openssh.ssh_config import resolve
 from rtunnel.operations.config import (
     ConfigError,
     ForwardConfig,
+    ProcessConfig,
     key_lines,
     load_config,
     parse_config,
@@ -277,6 +278,45 @@ ERRORS = [
         _T + 'ssh_config_file = "/x"\n',
         ["t.toml line 4: tunnel.a.ssh_config_file: needs ssh_config_host"],
     ),
+    # The [process] table: the settings of the whole process, and only those.
+    ("procss = 1\n" + _T, ["t.toml line 1: procss: unknown key; did you mean process?"]),
+    (
+        "process = 1\n" + _T,
+        ["t.toml line 1: process: must be a table: [process] with ControlSocket, HttpListen, ..."],
+    ),
+    (
+        _T + "HttpListen = 9100\n",
+        [
+            "t.toml line 4: tunnel.a.HttpListen: a setting of the whole process: put it in the "
+            "[process] table"
+        ],
+    ),
+    (
+        '[process]\nUser = "x"\nforwards = 1\n' + _T,
+        [
+            "t.toml line 2: process.User: a tunnel's setting: put it in a [tunnel.NAME] table",
+            "t.toml line 3: process.forwards: a tunnel's setting: put it in a [tunnel.NAME] table",
+        ],
+    ),
+    (
+        "[process]\nHttpListn = 1\n" + _T,
+        ["t.toml line 2: process.HttpListn: unknown key; did you mean HttpListen?"],
+    ),
+    (
+        '[process]\nHttpListen = "x:y"\n' + _T,
+        [
+            "t.toml line 2: process.HttpListen: Bad HttpListen 'x:y': give PORT, ADDRESS:PORT, "
+            "[IPV6]:PORT or none"
+        ],
+    ),
+    (
+        '[process]\nLogFormat = ["json"]\n' + _T,
+        ["t.toml line 2: process.LogFormat: give a string or a number"],
+    ),
+    (
+        '[process]\nLogFormat = "xml"\n' + _T,
+        ["t.toml line 2: process.LogFormat: unsupported log format 'xml': give text or json"],
+    ),
 ]
 
 
@@ -394,3 +434,16 @@ def test_the_example_file_is_good() -> None:
     assert [t.name for t in config.tunnels] == ["web", "db"]
     assert sum(len(t.forwards) for t in config.tunnels) == 3
     assert os.path.basename(config.file) == "tunnels.toml"
+
+
+def test_the_process_table() -> None:
+    """[process] anywhere in the file, keys matched as ssh matches them, values read by the
+    -o parsers; -o given on the command line wins key by key."""
+    config = parse_config(
+        _T + '[process]\ncontrolsocket = "auto"\nHttpListen = 9180\n', "t.toml", environ={}
+    )
+    assert config.process == ProcessConfig("auto", "127.0.0.1:9180", None)
+    assert [t.name for t in config.tunnels] == ["a"]
+    assert parse_config(_T, "t.toml", environ={}).process == ProcessConfig()
+    given = ProcessConfig(http_listen="[::1]:1", log_format="json")
+    assert config.process.overridden_by(given) == ProcessConfig("auto", "[::1]:1", "json")
