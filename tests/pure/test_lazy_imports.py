@@ -117,3 +117,17 @@ def test_every_public_name_is_still_there_and_imports_its_module_on_first_use() 
         "False",
         "module 'rtunnel' has no attribute 'NoSuchName'",
     ]
+
+
+def test_a_gssapi_credential_checks_for_python_gssapi_without_importing_it() -> None:
+    # Debian's /etc/ssh/ssh_config turns GSSAPIAuthentication on for every host, so the
+    # command's plain start carries a GSSAPI credential; importing python-gssapi cost it
+    # about 17 ms before the server had even said whether it offers gssapi-with-mic.
+    pytest.importorskip("gssapi")
+    loaded = modules_after(
+        "from rtunnel import GSSAPI\n"
+        "from rtunnel.client.auth.userauth import load_credentials\n"
+        "load_credentials([GSSAPI()])"
+    )
+    assert "rtunnel.client.auth.userauth" in loaded
+    assert "gssapi" not in loaded

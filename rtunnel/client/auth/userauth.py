@@ -211,8 +211,9 @@ def load_credentials(
                 key = LoadedKey(key.key, key.source, pending=key.pending)
             loaded.append(key)
         elif isinstance(credential, GSSAPI):
-            # Up front, like a missing key file: python-gssapi is an optional dependency.
-            _gssapi.load_gssapi()
+            # Up front, like a missing key file: python-gssapi is an optional dependency
+            # (imported only when the server offers gssapi-with-mic).
+            _gssapi.require_gssapi()
         # AskPassword, KeyboardInteractive and CustomAuth are callbacks, used during logon.
     # Certificates for no key file: the agent may hold their key (sshconnect2.c signs a
     # certificate with the agent's plain key).
