@@ -42,6 +42,7 @@ sys.path.insert(0, str(_HERE.parent))  # run from a checkout without installing
 sys.path.insert(0, str(_HERE))
 
 import _load  # noqa: E402
+from _openssh_client import ssh_reverse_command  # noqa: E402
 
 from rtunnel.testing._keys import generate_client_key  # noqa: E402
 from rtunnel.testing._openssh import OpenSSHServer, find_sshd  # noqa: E402
@@ -118,37 +119,8 @@ def rtunnel_command(setup: Setup, listen_port: int) -> list[str]:
 
 def openssh_command(setup: Setup, listen_port: int) -> list[str]:
     """OpenSSH's ``ssh -N -R``, with no configuration file, agent or other keys."""
-    ssh = shutil.which("ssh")
-    assert ssh is not None
-    return [
-        ssh,
-        "-N",
-        "-F",
-        "none",
-        "-i",
-        str(setup.key),
-        "-c",
-        setup.cipher,
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "IdentityAgent=none",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        f"UserKnownHostsFile={setup.server.known_hosts_path}",
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-p",
-        str(setup.server.port),
-        "-R",
-        f"127.0.0.1:{listen_port}:127.0.0.1:{setup.target_port}",
-        f"{setup.server.user}@{setup.server.host}",
-    ]
+    forward = f"127.0.0.1:{listen_port}:127.0.0.1:{setup.target_port}"
+    return ssh_reverse_command(setup.server, setup.key, forward, "-c", setup.cipher)
 
 
 def asyncssh_command(setup: Setup, listen_port: int) -> list[str]:

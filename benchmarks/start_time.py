@@ -41,6 +41,9 @@ from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE.parent))  # run from a checkout without installing
+sys.path.insert(0, str(_HERE))
+
+from _openssh_client import ssh_reverse_command  # noqa: E402
 
 from rtunnel.testing._keys import generate_client_key  # noqa: E402
 from rtunnel.testing._openssh import OpenSSHServer, find_sshd  # noqa: E402
@@ -82,36 +85,8 @@ class Setup:
 
 def ssh_command(setup: Setup, *options: str) -> list[str]:
     """``ssh -N -R 0:127.0.0.1:P``, with no configuration file, agent or other keys."""
-    ssh = shutil.which("ssh")
-    assert ssh is not None
-    return [
-        ssh,
-        *options,
-        "-N",
-        "-F",
-        "none",
-        "-i",
-        str(setup.key),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "IdentityAgent=none",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        f"UserKnownHostsFile={setup.server.known_hosts_path}",
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-p",
-        str(setup.server.port),
-        "-R",
-        f"0:127.0.0.1:{setup.target_port}",
-        f"{setup.server.user}@{setup.server.host}",
-    ]
+    forward = f"0:127.0.0.1:{setup.target_port}"
+    return ssh_reverse_command(setup.server, setup.key, forward, *options)
 
 
 def rtunnel_command(setup: Setup, *python_flags: str) -> list[str]:
