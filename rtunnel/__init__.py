@@ -13,6 +13,7 @@ from rtunnel import _quiet  # noqa: F401 (first: installs the warning filter)
 from rtunnel._core.version import __version__
 
 if TYPE_CHECKING:
+    from rtunnel._core.forward_policy import ForwardPolicy
     from rtunnel._core.policy import ReconnectPolicy
     from rtunnel._core.sshparam import (
         decode_packet,
@@ -91,6 +92,7 @@ if TYPE_CHECKING:
 
 #: Each public name -> the module that defines it.
 _WHERE: dict[str, str] = {
+    "ForwardPolicy": "rtunnel._core.forward_policy",
     "ReconnectPolicy": "rtunnel._core.policy",
     "decode_packet": "rtunnel._core.sshparam",
     "encode_packet": "rtunnel._core.sshparam",
@@ -195,6 +197,7 @@ __all__ = [
     "DecryptError",
     "ECDHKeyExchangeError",
     "Forward",
+    "ForwardPolicy",
     "ForwardRetryLimitError",
     "ForwardState",
     "ForwardingError",

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rtunnel._core import wire
+from rtunnel._core.forward_policy import ForwardPolicy
 from rtunnel._core.forwards import (
     ForwardEvent,
     allows,
@@ -80,6 +81,7 @@ def new_forward(
     dynamic: bool = False,
     target_path: str | None = None,
     listen_path: str | None = None,
+    policy: ForwardPolicy | None = None,
 ) -> Forward:
     """A new pending forward; :class:`~rtunnel.errors.SpecError` for arguments that do not
     describe one (the arguments of ``request_forwarding()``)."""
@@ -101,6 +103,12 @@ def new_forward(
             )
         if not 0 < host_port <= 65535:
             raise SpecError(f"Bad local port {host_port}: give 1-65535.")
+    if policy is not None and not isinstance(policy, ForwardPolicy):
+        raise SpecError("policy must be a ForwardPolicy (or None).")
+    if policy is not None and listen_path is not None and policy.filters_originators:
+        raise SpecError(
+            "A socket forward has no originator address: allow and deny cannot apply to it."
+        )
     return Forward(
         bind_address,
         port,
@@ -111,6 +119,7 @@ def new_forward(
         dynamic=dynamic,
         target_path=target_path,
         listen_path=listen_path,
+        policy=policy,
     )
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory
 
+from rtunnel._core.forward_policy import ForwardGate, ForwardPolicy
+
 # The states and their transitions are pure data, in the core (issue #16).
 from rtunnel._core.forwards import ForwardState
 
@@ -79,6 +81,10 @@ class Forward:
     :ivar bytes_in: bytes that came from the server on its channels that have closed
         (those still open count on their :class:`ChannelInfo`).
     :ivar bytes_out: bytes sent to the server on its channels that have closed.
+    :ivar policy: what it lets in, and how much (issue #15; None: no policy, and no
+        work at all at open or on the data path).
+    :ivar refused: inbound connections its policy refused, by reason (``"denied"``,
+        ``"not-allowed"``, ``"max-channels"``, ``"rate"``).
     """
 
     bind_address: str
@@ -97,6 +103,15 @@ class Forward:
     channels_total: int = field(default=0, compare=False)
     bytes_in: int = field(default=0, compare=False)
     bytes_out: int = field(default=0, compare=False)
+    policy: ForwardPolicy | None = None
+    refused: dict[str, int] = field(default_factory=dict, compare=False)
+    # The policy at work (open channels, buckets), made with the forward when it has a
+    # policy that decides anything; the connection consults it.
+    gate: ForwardGate | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.policy is not None:
+            self.gate = ForwardGate(self.policy, self.refused)
 
     @property
     def is_event_mode(self) -> bool:

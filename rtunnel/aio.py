@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from rtunnel._bridge import ChannelStream, ChannelStreamFactory, ListenerClosed, now, runner
+from rtunnel._core.forward_policy import ForwardPolicy
 from rtunnel._model import ChannelInfo, Forward, TunnelObserver, TunnelStatistics
 from rtunnel.errors import CallTimeoutError, NotConnectedError, RTunnelError
 from rtunnel.options import TunnelOptions
@@ -209,16 +210,24 @@ class Tunnel:
         *,
         dynamic: bool = False,
         target_path: str | None = None,
+        policy: ForwardPolicy | None = None,
         timeout: float | None = None,
     ) -> Forward:
         """
         Forwarding mode (``ssh -R [bind_address:]port:host:host_port``): the
         :class:`~rtunnel.Forward` (its ``port`` the listening one) once the server agreed.
+        ``policy`` (a :class:`~rtunnel.ForwardPolicy`) as there too.
         """
         return await self._call(
             "request_forwarding",
             lambda t: t.request_forwarding(
-                bind_address, port, host, host_port, dynamic=dynamic, target_path=target_path
+                bind_address,
+                port,
+                host,
+                host_port,
+                dynamic=dynamic,
+                target_path=target_path,
+                policy=policy,
             ),
             timeout,
         )

@@ -44,6 +44,7 @@ from typing import TypeVar
 from twisted.internet.defer import Deferred
 
 from rtunnel._bridge import ChannelStream, ChannelStreamFactory, ListenerClosed, now, runner
+from rtunnel._core.forward_policy import ForwardPolicy
 from rtunnel._model import ChannelInfo, Forward, TunnelObserver, TunnelStatistics
 from rtunnel.errors import CallTimeoutError, NotConnectedError, RTunnelError
 from rtunnel.options import TunnelOptions
@@ -194,17 +195,25 @@ class Tunnel:
         *,
         dynamic: bool = False,
         target_path: str | None = None,
+        policy: ForwardPolicy | None = None,
         timeout: float | None = None,
     ) -> Forward:
         """
         Forwarding mode (``ssh -R [bind_address:]port:host:host_port``): returns the
         :class:`~rtunnel.Forward` (its ``port`` the listening one) once the server agreed.
         ``dynamic=True`` or ``target_path`` as for :meth:`ReverseTunnel.request_forwarding`.
+        ``policy`` (a :class:`~rtunnel.ForwardPolicy`) as there too.
         """
         return self._call(
             "request_forwarding",
             lambda: self._tunnel.request_forwarding(
-                bind_address, port, host, host_port, dynamic=dynamic, target_path=target_path
+                bind_address,
+                port,
+                host,
+                host_port,
+                dynamic=dynamic,
+                target_path=target_path,
+                policy=policy,
             ),
             timeout,
         )

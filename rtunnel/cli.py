@@ -402,6 +402,10 @@ def read_config(
             "rtunnel: no remote forwards: give -R [bind_address:]port:host:hostport "
             f"(or -o RemoteForward, or RemoteForward in ssh_config; read: {read_files})",
         )
+    try:
+        options.attach_policies()
+    except SpecError as error:
+        raise CommandLineExit(FAILURE, f"rtunnel: {error.message}") from None
     return read
 
 

@@ -412,12 +412,18 @@ def _request_forward(tunnel: ReverseTunnel, spec: RemoteForwardSpec) -> Deferred
             spec.host or None,
             spec.host_port or None,
             target_path=spec.target_path,
+            policy=spec.policy,
         )
+    policy = spec.policy
     if spec.dynamic:
-        return tunnel.request_forwarding(spec.bind_address, spec.port, dynamic=True)
+        return tunnel.request_forwarding(spec.bind_address, spec.port, dynamic=True, policy=policy)
     if spec.target_path is not None:
-        return tunnel.request_forwarding(spec.bind_address, spec.port, target_path=spec.target_path)
-    return tunnel.request_forwarding(spec.bind_address, spec.port, spec.host, spec.host_port)
+        return tunnel.request_forwarding(
+            spec.bind_address, spec.port, target_path=spec.target_path, policy=policy
+        )
+    return tunnel.request_forwarding(
+        spec.bind_address, spec.port, spec.host, spec.host_port, policy=policy
+    )
 
 
 def describe_error(error: RTunnelError, *, user: str, host: str) -> str:
@@ -520,6 +526,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self.client_options.remote_forwards:
             raise usage.UsageError("no remote forwards: give -R [bind_address:]port:host:hostport")
+        _usage(lambda _text: self.client_options.attach_policies(), "")
 
 
 def _usage(parse: Callable[[str], _T], text: str) -> _T:

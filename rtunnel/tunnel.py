@@ -26,6 +26,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 
 from rtunnel._connection_host import _ConnectionHost
+from rtunnel._core.forward_policy import ForwardPolicy
 from rtunnel._core.policy import connection_worked
 from rtunnel._core.reconnect import Event, State
 from rtunnel._core.text import printable
@@ -382,6 +383,7 @@ class ReverseTunnel:
         accept: AcceptHook | None = None,
         dynamic: bool = False,
         target_path: str | None = None,
+        policy: ForwardPolicy | None = None,
     ) -> Deferred[Forward]:
         """
         Ask the server to listen on ``bind_address:port`` (``port`` 0: server's choice).
@@ -400,6 +402,11 @@ class ReverseTunnel:
         Fires with the :class:`Forward` (whose ``port`` is the listening port) once the
         server agreed; fails with :class:`~rtunnel.errors.ForwardingError` if it refused.
 
+        ``policy`` (a :class:`~rtunnel.ForwardPolicy`) decides who may come in through this
+        forward (originator allow and deny lists), how many at once and how many new ones
+        per second, caps its channels' bandwidth and sets their idle timeout (issue #15);
+        refusals are counted in the forward's ``refused``.
+
         When the connection is lost before the server answers, or is being made again
         when this is called, the forward stays requested: the reconnect loop asks for it
         on the next connection, as for an established one (a refusal there is retried
@@ -411,7 +418,15 @@ class ReverseTunnel:
         return Deferred.fromCoroutine(
             self._request_forwarding(
                 lambda: new_forward(
-                    bind_address, port, host, host_port, factory, accept, dynamic, target_path
+                    bind_address,
+                    port,
+                    host,
+                    host_port,
+                    factory,
+                    accept,
+                    dynamic,
+                    target_path,
+                    policy=policy,
                 )
             )
         )
@@ -429,6 +444,7 @@ class ReverseTunnel:
         factory: IProtocolFactory | None = None,
         accept: AcceptHook | None = None,
         target_path: str | None = None,
+        policy: ForwardPolicy | None = None,
     ) -> Deferred[Forward]:
         """
         Ask the server to listen on the Unix-domain socket ``listen_path`` on its side
@@ -437,8 +453,9 @@ class ReverseTunnel:
         ``AllowStreamLocalForwarding no``; the socket must not exist yet unless sshd has
         ``StreamLocalBindUnlink yes``). Connections go to ``host:host_port``, the local
         socket ``target_path``, or ``factory``'s protocols, as for
-        :meth:`request_forwarding`. Fails with :class:`~rtunnel.errors.ForwardingError`
-        if the server refuses.
+        :meth:`request_forwarding`, with a ``policy`` as there (but no allow or deny
+        lists: a socket forward's opens carry no originator). Fails with
+        :class:`~rtunnel.errors.ForwardingError` if the server refuses.
         """
         if not listen_path:
             return defer.fail(SpecError("The socket path to listen on is empty."))
@@ -454,6 +471,7 @@ class ReverseTunnel:
                     False,
                     target_path,
                     listen_path,
+                    policy=policy,
                 )
             )
         )

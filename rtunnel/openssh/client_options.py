@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from rtunnel.openssh.forward_policy import PolicyFor, attach_policies
 from rtunnel.openssh.forwards import RemoteForwardSpec
 from rtunnel.openssh.keywords import LOG_LEVELS, Keyword
 from rtunnel.openssh.options import parse_keyword
@@ -38,6 +39,8 @@ class ClientOptions:
     :ivar identity_files: ``-i`` and ``-o IdentityFile``, in order.
     :ivar certificate_files: ``-o CertificateFile``, in order.
     :ivar remote_forwards: ``-R`` and ``-o RemoteForward``, in order, without repeats.
+    :ivar forward_policies: ``-o ForwardPolicy`` (issue #15), in order; joined to their
+        forwards by :meth:`attach_policies`.
     :ivar batch_mode: ``-o BatchMode`` (rtunnel never prompts about host keys either way).
     :ivar log_level: one of :data:`~rtunnel.openssh.keywords.LOG_LEVELS` (None: ``INFO``).
     :ivar preferred_authentications: ``-o PreferredAuthentications``.
@@ -64,6 +67,7 @@ class ClientOptions:
     identity_files: list[str] = field(default_factory=list)
     certificate_files: list[str] = field(default_factory=list)
     remote_forwards: list[RemoteForwardSpec] = field(default_factory=list)
+    forward_policies: list[PolicyFor] = field(default_factory=list)
     batch_mode: bool | None = None
     log_level: str | None = None
     preferred_authentications: tuple[str, ...] | None = None
@@ -124,6 +128,16 @@ class ClientOptions:
         (readconf.c, ``add_remote_forward``)."""
         if forward not in self.remote_forwards:
             self.remote_forwards.append(forward)
+
+    def attach_policies(self) -> None:
+        """
+        Give each ``-o ForwardPolicy`` to the remote forward it names.
+
+        :raises SpecError: for one that names no forward, several, or one that has one.
+        """
+        if self.forward_policies:
+            self.remote_forwards = attach_policies(self.remote_forwards, self.forward_policies)
+            self.forward_policies = []
 
     @property
     def exit_on_forward_failure(self) -> bool:

@@ -6,11 +6,12 @@ Unix-domain sockets on either side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from typing_extensions import override
 
+from rtunnel._core.forward_policy import ForwardPolicy
 from rtunnel._core.syntax import to_port
 from rtunnel.errors import SpecError
 
@@ -42,6 +43,7 @@ class RemoteForwardSpec:
     :ivar dynamic: ``-R [bind_address:]port`` alone: a remote dynamic (SOCKS) forward.
     :ivar target_path: ``-R [bind_address:]port:/path/to/socket``: a local Unix-domain
         socket as the target (``host`` is then ``""`` and ``host_port`` 0).
+    :ivar policy: the forward's policy (issue #15; None: none).
     """
 
     bind_address: str
@@ -51,6 +53,9 @@ class RemoteForwardSpec:
     dynamic: bool = False
     target_path: str | None = None
     listen_path: str | None = None
+    # Issue #15: what the forward lets in (-o ForwardPolicy, a config file's forward
+    # table); not part of which forward it is.
+    policy: ForwardPolicy | None = field(default=None, compare=False)
 
     @classmethod
     def unix_target(cls, bind_address: str, port: int, path: str) -> RemoteForwardSpec:

@@ -28,6 +28,7 @@ from rtunnel.client.auth._pubkey import resolve_pubkey_algorithms
 from rtunnel.client.transport._algorithms import resolve
 from rtunnel.client.transport._sockopts import TCPOptions
 from rtunnel.errors import SpecError
+from rtunnel.openssh.forward_policy import PolicyFor, parse_policy_line
 from rtunnel.openssh.forwards import RemoteForwardSpec, forward_or_reason
 from rtunnel.openssh.values import check_host_name, check_user_name, parse_time
 
@@ -523,6 +524,15 @@ def _transfer_rate(keyword: str, args: list[str]) -> int:
     return int(match.group(1)) * _SIZE_SUFFIXES[match.group(2).lower()]
 
 
+def _forward_policy(keyword: str, args: list[str]) -> PolicyFor:
+    # One -o argument "8080 allow=... rate=10" arrives split on spaces, as ssh splits it.
+    words = [word for arg in args for word in arg.split()]
+    try:
+        return parse_policy_line(words)
+    except SpecError as error:
+        raise SpecError(f"{WHERE}: Bad {keyword} '{' '.join(words)}': {error.message}") from None
+
+
 def _proxy_command(keyword: str, args: list[str]) -> str:
     # readconf.c keeps the rest of the line as the command.
     if not args:
@@ -829,6 +839,18 @@ KEYWORDS: Final[tuple[Keyword[Any], ...]] = (
         help="connect to targets from this address",
         parse=_text,
         sets=("forwarding_local_host",),
+        own=True,
+    ),
+    Keyword(
+        "ForwardPolicy",
+        value="[BIND_ADDRESS:]PORT KEY=VALUE ...",
+        topic="Forwards",
+        help="a policy for the -R forward listening there (repeatable): allow=ADDR[/BITS],... "
+        "deny=ADDR[/BITS],... (deny wins) max_channels=N rate=N[/s|/m|/h] burst=N "
+        "bandwidth=N[K|M|G] idle_timeout=TIME",
+        parse=_forward_policy,
+        command="forward_policies",
+        collect="append",
         own=True,
     ),
     Keyword(

@@ -30,6 +30,7 @@ environment it is told about.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -40,8 +41,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from rtunnel._core.forward_policy import ForwardPolicy
 from rtunnel.errors import SpecError
 from rtunnel.openssh.client_options import ClientOptions
+from rtunnel.openssh.forward_policy import (
+    POLICY_KEYS,
+    PolicyFor,
+    attach_policies,
+    policy_from_values,
+)
 from rtunnel.openssh.forwards import RemoteForwardSpec, forward_or_reason
 from rtunnel.openssh.keywords import KEYWORDS, WHERE, keyword_named
 from rtunnel.openssh.options import split_arguments
@@ -68,8 +76,8 @@ OWN_KEYS: Final = (
     "ssh_config_host",
     "ssh_config_file",
 )
-#: The keys of a forward given as a table.
-FORWARD_KEYS: Final = ("name", "listen", "target")
+#: The keys of a forward given as a table: what it is, then its policy (issue #15).
+FORWARD_KEYS: Final = ("name", "listen", "target", *POLICY_KEYS)
 #: The ``[process]`` table's keys: the keyword table's rows that are about the process,
 #: not about one tunnel (as ``-o`` for the command).
 PROCESS_KEYS: Final = tuple(
@@ -409,6 +417,15 @@ def _suggest(key: str, known: Sequence[str]) -> str:
 _KNOWN_KEYS: Final = (*OWN_KEYS, *(row.name for row in KEYWORDS))
 
 
+def _strings(value: object) -> list[str]:
+    # A string or a list of strings (else nothing: _arguments has said what is wrong).
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
 def _arguments(value: object) -> list[str] | None:
     """A TOML value as the arguments of an ssh_config line; None if it cannot be one."""
     if isinstance(value, bool):
@@ -543,6 +560,9 @@ class _Reader:
                 )
                 continue
             groups = [[a] for a in args] if row.collect != "first" else [args]
+            if row.command == "forward_policies":
+                # Each string is one policy line, "8080 allow=... rate=10".
+                groups = [[" ".join(split_arguments(v))] for v in _strings(value)]
             for group in groups:
                 try:
                     parsed = row.parse(key, group)
@@ -574,6 +594,7 @@ class _Reader:
         if not forwards and "forwards" not in table:
             self.problem(path, 'no forwards: give forwards = ["PORT:HOST:HOSTPORT", ...]')
         self.check_duplicates(path, forwards)
+        forwards = self.attach_policies(path, table, settings, forwards)
         if len(self.problems) > before or host is None:
             return None
         tunnel = TunnelConfig(
@@ -619,8 +640,86 @@ class _Reader:
             if isinstance(result, str):
                 self.problem(where, f"bad forward '{spec_text}': {result}")
                 continue
+            if isinstance(item, dict):
+                policy = self.forward_policy(where, item)
+                if policy is False:
+                    continue
+                if isinstance(policy, ForwardPolicy):
+                    if policy.filters_originators and result.listen_path is not None:
+                        self.problem(
+                            where,
+                            "a socket forward has no originator address, so allow and "
+                            "deny cannot apply",
+                        )
+                        continue
+                    result = dataclasses.replace(result, policy=policy)
             found.append(ForwardConfig(name or spec_text, result, self.line_of(where)))
         return found
+
+    def attach_policies(
+        self,
+        path: Path_,
+        table: dict[str, Any],
+        settings: list[tuple[str, Any]],
+        forwards: list[ForwardConfig],
+    ) -> list[ForwardConfig]:
+        # Issue #15: ForwardPolicy lines join the forwards they name (the forward tables'
+        # own policy keys are already on them); they are not settings of the tunnel.
+        policies: list[PolicyFor] = [v for n, v in settings if isinstance(v, PolicyFor)]
+        if not policies:
+            return forwards
+        settings[:] = [(n, v) for n, v in settings if not isinstance(v, PolicyFor)]
+        key = next(
+            (k for k in table if getattr(keyword_named(k), "command", "") == "forward_policies"),
+            "",
+        )
+        try:
+            specs = attach_policies([f.spec for f in forwards], policies)
+        except SpecError as error:
+            self.problem((*path, key) if key else path, error.message)
+            return forwards
+        return [dataclasses.replace(f, spec=spec) for f, spec in zip(forwards, specs, strict=True)]
+
+    def forward_policy(self, where: Path_, item: dict[str, Any]) -> ForwardPolicy | bool | None:
+        # The policy keys of a forward table; False when one is wrong (said already).
+        texts: dict[str, str] = {}
+        ok = True
+        for key in POLICY_KEYS:
+            if key not in item:
+                continue
+            value = item[key]
+            if isinstance(value, list) and key in ("allow", "deny"):
+                good = all(isinstance(v, str) for v in value)
+                text = ",".join(value) if good else ""
+            elif isinstance(value, bool):
+                good, text = False, ""
+            else:
+                good, text = isinstance(value, (str, int, float)), str(value)
+            if not good:
+                what = (
+                    'a list of addresses or CIDR blocks, e.g. ["10.0.0.0/8", "::1"]'
+                    if key in ("allow", "deny")
+                    else "a number or a string"
+                )
+                self.problem((*where, key), f"give {what}")
+                ok = False
+                continue
+            try:
+                policy_from_values({key: text})
+            except SpecError as error:
+                self.problem((*where, key), error.message.removeprefix(f"{key}: "))
+                ok = False
+                continue
+            texts[key] = text
+        if not ok:
+            return False
+        if not texts:
+            return None
+        try:
+            return policy_from_values(texts)
+        except SpecError as error:
+            self.problem(where, error.message)
+            return False
 
     def forward_table(self, where: Path_, item: dict[str, Any]) -> tuple[str | None, str]:
         for key in item:

@@ -65,6 +65,7 @@ def test_public_names() -> None:
             "ReconnectAttempt",
             "ReconnectLimitError",
             "ReconnectPolicy",
+            "ForwardPolicy",
             "ReverseTunnel",
             "SSHAgent",
             "SSHCertificate",

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from rtunnel import JumpHost, Proxy, TunnelOptions, TunnelSettings
+from rtunnel import ForwardPolicy, JumpHost, Proxy, TunnelOptions, TunnelSettings
 from rtunnel.cli import HELP
 from rtunnel.client.auth._pubkey import DEFAULT_PUBKEY_ALGORITHMS
 from rtunnel.client.transport._sockopts import TCPOptions
 from rtunnel.openssh.client_options import ClientOptions
+from rtunnel.openssh.forward_policy import PolicyFor
 from rtunnel.openssh.keywords import KEYWORDS, TOPICS, Keyword, keyword_named
 from rtunnel.openssh.options import SUPPORTED_OPTIONS, parse_keyword
 from rtunnel.service import Options, tunnel_options
@@ -43,6 +44,7 @@ EXAMPLES = {
     "ChannelTimeout": "session=1m forwarded-tcpip=30s",
     "ForwardingLocalHost": "127.0.0.3",
     "MaxTransferRate": "512K",
+    "ForwardPolicy": "8080 allow=10.0.0.0/8,::1 rate=5",
     "StrictHostKeyChecking": "accept-new",
     "UserKnownHostsFile": "/kh1 /kh2",
     "GlobalKnownHostsFile": "none",
@@ -114,6 +116,11 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "Port": {"port": 2222},
     "User": {"user": "alice"},
     "RemoteForward": {"remote_forwards": 1},
+    "ForwardPolicy": {
+        "forward_policies": [
+            PolicyFor("8080", None, 8080, None, ForwardPolicy(allow=("10.0.0.0/8", "::1"), rate=5))
+        ]
+    },
     "IdentityFile": {"identity_files": ["/id_test"]},
     "CertificateFile": {"certificate_files": ["/id_test-cert.pub"]},
     "IdentityAgent": {"identity_agent": "/agent.sock"},

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -32,12 +32,14 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from typing_extensions import override
 from zope.interface import implementer
 
+from rtunnel._core.forward_policy import ForwardGate
 from rtunnel._core.policy import TokenBucket
 from rtunnel._model import ChannelInfo
 
-__all__ = ["ChannelConnection", "ForwardedChannel"]
+__all__ = ["CappedChannel", "ChannelConnection", "ForwardedChannel"]
 
 # Our own ceiling on outgoing packet size, whatever the server advertises (RELIABILITY C15):
 # huge packets only cost the server memory and delay other channels.
@@ -73,6 +75,8 @@ class ChannelConnection(Protocol):
 
     def rate_held(self, channel: ForwardedChannel, nbytes: int) -> None: ...
 
+    def bucket_held(self, channel: ForwardedChannel, bucket: TokenBucket, nbytes: int) -> None: ...
+
     def send_channel_data(self, channel: ForwardedChannel, data: bytes | memoryview) -> None: ...
 
     def send_window_adjust(self, channel: ForwardedChannel, amount: int) -> None: ...
@@ -97,7 +101,11 @@ class ForwardedChannel:
 
     :ivar info: the channel's row in the tunnel's channel table.
     :ivar protocol: the protocol carried, once attached.
+    :ivar gate: its forward's policy at work (issue #15), released when the channel ends;
+        None for a forward without a policy.
     """
+
+    gate: ForwardGate | None = None
 
     def __init__(
         self,
@@ -377,3 +385,32 @@ class ForwardedChannel:
                 protocol.connectionLost(reason)
             except Exception:
                 _log.failure("protocol on channel {id} failed on close", id=self.local_id)
+
+
+class CappedChannel(ForwardedChannel):
+    """
+    A channel of a forward with a bandwidth cap (issue #15): what it sends to the server
+    also spends from ``cap``, the token bucket all the forward's channels share, and
+    waits as MaxTransferRate's held bytes do. A subclass, so that channels of forwards
+    without a cap do no work for it at all.
+    """
+
+    def __init__(self, *args: Any, cap: TokenBucket, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cap = cap
+
+    @override
+    def _send_now(self, data: bytes) -> int:
+        n = min(len(data), self.remote_window)
+        if n <= 0:
+            return 0
+        cap = self.cap
+        allowed = cap.allowance(self.conn._seconds())
+        if allowed < n:
+            self.conn.bucket_held(self, cap, n - max(allowed, 0))
+            if allowed <= 0:
+                return 0
+            data = data[:allowed]
+        sent = super()._send_now(data)
+        cap.spend(sent)
+        return sent

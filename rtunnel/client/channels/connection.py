@@ -44,11 +44,13 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from rtunnel._core import wire
+from rtunnel._core.forward_policy import ForwardGate, Refusal
 from rtunnel._core.policy import TokenBucket
 from rtunnel._core.ratelimit import RepeatLimiter
 from rtunnel._core.text import printable
 from rtunnel._model import ChannelInfo, ChannelOpenRequest, Forward
-from rtunnel.client.channels.channel import ForwardedChannel
+from rtunnel.client.channels.channel import CappedChannel, ForwardedChannel
+from rtunnel.client.channels.idle import IdleChannelReaper
 from rtunnel.errors import ConnectionLostError, ForwardingError, ProtocolError
 
 if TYPE_CHECKING:
@@ -163,6 +165,43 @@ class _PendingOpen:
         self.deferred = deferred
 
 
+class _Pacer:
+    # Channels holding bytes one token bucket did not allow yet, and the one timer that
+    # lets them flush again once enough has been earned: the tunnel-wide MaxTransferRate
+    # and each forward's bandwidth cap (issue #15) work the same way.
+    __slots__ = ("bucket", "timer", "waiting")
+
+    def __init__(self, bucket: TokenBucket) -> None:
+        self.bucket = bucket
+        self.waiting: deque[ForwardedChannel] = deque()
+        self.timer: IDelayedCall | None = None
+
+    def hold(self, channel: ForwardedChannel, nbytes: int, now: float, clock: IReactorTime) -> None:
+        if channel not in self.waiting:
+            self.waiting.append(channel)
+        if self.timer is None or not self.timer.active():
+            delay = self.bucket.wait(now, nbytes)
+            # At least a millisecond: a timer per packet would cost more than it paces.
+            self.timer = clock.callLater(max(delay, 0.001), self.resume)
+
+    def resume(self) -> None:
+        self.timer = None
+        waiting = list(self.waiting)
+        self.waiting.clear()
+        if len(waiting) > 1:
+            # Take turns: whoever went first this time goes last next time.
+            waiting = waiting[1:] + waiting[:1]
+        for channel in waiting:
+            if not channel.finished:
+                channel.flush_held()
+
+    def stop(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.waiting.clear()
+
+
 @implementer(IPushProducer)
 class ForwardingConnection(SSHService):
     """
@@ -214,8 +253,12 @@ class ForwardingConnection(SSHService):
         self._seconds = clock.seconds if clock is not None else time.time
         self._clock = clock
         self.rate_limit: TokenBucket | None = None
-        self._rate_waiting: deque[ForwardedChannel] = deque()
-        self._rate_timer: IDelayedCall | None = None
+        # One pacer per token bucket in use (by id): MaxTransferRate's and each capped
+        # forward's.
+        self._pacers: dict[int, _Pacer] = {}
+        # Issue #15: a reaper for each forward with its own idle timeout, made at its
+        # first channel on this connection (by id of the forward).
+        self._forward_reapers: dict[int, IdleChannelReaper] = {}
         #: D18: warnings a server can make us repeat at will, rate-limited.
         self.warnings = RepeatLimiter()
         self._levels: dict[str, LogLevel] = {}
@@ -254,9 +297,12 @@ class ForwardingConnection(SSHService):
         if self.stopped:
             return
         self.stopped = True
-        if self._rate_timer is not None and self._rate_timer.active():
-            self._rate_timer.cancel()
-        self._rate_waiting.clear()
+        for pacer in self._pacers.values():
+            pacer.stop()
+        self._pacers.clear()
+        for reaper in self._forward_reapers.values():
+            reaper.stop()
+        self._forward_reapers.clear()
         if self._summary_timer is not None and self._summary_timer.active():
             self._summary_timer.cancel()
         self._summary_timer = None
@@ -344,24 +390,19 @@ class ForwardingConnection(SSHService):
         ``channel`` holds ``nbytes`` the rate limit did not allow yet: flush it again when
         enough has been earned (one timer for all channels, which take turns).
         """
-        assert self.rate_limit is not None and self._clock is not None
-        if channel not in self._rate_waiting:
-            self._rate_waiting.append(channel)
-        if self._rate_timer is None or not self._rate_timer.active():
-            delay = self.rate_limit.wait(self._seconds(), nbytes)
-            # At least a millisecond: a timer per packet would cost more than it paces.
-            self._rate_timer = self._clock.callLater(max(delay, 0.001), self._rate_resume)
+        assert self.rate_limit is not None
+        self.bucket_held(channel, self.rate_limit, nbytes)
 
-    def _rate_resume(self) -> None:
-        self._rate_timer = None
-        waiting = list(self._rate_waiting)
-        self._rate_waiting.clear()
-        if len(waiting) > 1:
-            # Take turns: whoever went first this time goes last next time.
-            waiting = waiting[1:] + waiting[:1]
-        for channel in waiting:
-            if not channel.finished:
-                channel.flush_held()
+    def bucket_held(self, channel: ForwardedChannel, bucket: TokenBucket, nbytes: int) -> None:
+        """
+        ``channel`` holds ``nbytes`` that ``bucket`` (MaxTransferRate's, or its forward's
+        bandwidth cap) did not allow yet: flush it again once enough has been earned.
+        """
+        assert self._clock is not None
+        pacer = self._pacers.get(id(bucket))
+        if pacer is None:
+            pacer = self._pacers[id(bucket)] = _Pacer(bucket)
+        pacer.hold(channel, nbytes, self._seconds(), self._clock)
 
     # -- D13: output held back by a key exchange
 
@@ -494,7 +535,8 @@ class ForwardingConnection(SSHService):
         self._forget(channel)
 
     def _forget(self, channel: ForwardedChannel) -> None:
-        self.channels.pop(channel.local_id, None)
+        if self.channels.pop(channel.local_id, None) is not None and channel.gate is not None:
+            channel.gate.release()
         if not self.channels:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:
@@ -604,6 +646,14 @@ class ForwardingConnection(SSHService):
         if max_packet == 0:
             self._refuse(sender, OPEN_RESOURCE_SHORTAGE, "maximum packet size 0")
             return
+        gate = forward.gate
+        if gate is not None:
+            # Issue #15: the forward's policy (ARCHITECTURE.md step 3, before the accept
+            # hook and the target). Forwards without one pay nothing here.
+            refusal = self._admit(gate, forward, fields)
+            if refusal is not None:
+                self._refuse(sender, refusal.code, refusal.description)
+                return
         local_id = self._next_id
         self._next_id += 1
         # D17: the server's text reaches hooks, events and logs escaped (the wire decoder
@@ -622,15 +672,79 @@ class ForwardingConnection(SSHService):
             forwarding_port=forward.host_port or 0,
             forward=forward,
         )
-        channel = ForwardedChannel(
-            self, local_id, sender, window, max_packet, self.window_size, self.max_packet, info
-        )
+        if gate is None:
+            channel = ForwardedChannel(
+                self, local_id, sender, window, max_packet, self.window_size, self.max_packet, info
+            )
+        else:
+            channel = self._policy_channel(gate, local_id, sender, window, max_packet, info)
         self.channels[local_id] = channel
         d = defer.maybeDeferred(self.host.open_target, forward, request, channel)
         self._pending[local_id] = _PendingOpen(channel, d)
         d.addCallbacks(
             lambda protocol: self._confirm(channel, protocol),
             lambda failure: self._open_failed(channel, failure),
+        )
+
+    def _admit(
+        self, gate: ForwardGate, forward: Forward, fields: wire.ForwardedTcpip
+    ) -> Refusal | None:
+        refusal = gate.admit(fields.origin_address, self._seconds())
+        if refusal is None:
+            return None
+        listen = forward.listen_path or f"listen port {forward.port or fields.connected_port}"
+        # Counted always; logged a few times a minute per forward and reason (D18).
+        self.warn_limited(
+            f"policy:{id(forward)}:{refusal.reason}",
+            f"Refused a connection from {printable(fields.origin_address, 64)} port "
+            f"{fields.origin_port} to {printable(listen, 80)}: {refusal.description} "
+            f"(forward policy).",
+            LogLevel.info,
+        )
+        return refusal
+
+    def _policy_channel(
+        self,
+        gate: ForwardGate,
+        local_id: int,
+        sender: int,
+        window: int,
+        max_packet: int,
+        info: ChannelInfo,
+    ) -> ForwardedChannel:
+        # A channel of a forward with a policy: capped when the policy caps bandwidth,
+        # released from the gate when it ends, reaped by its forward's own idle timeout.
+        args = (self, local_id, sender, window, max_packet, self.window_size, self.max_packet)
+        channel: ForwardedChannel
+        if gate.bandwidth is not None and self._clock is not None:
+            channel = CappedChannel(*args, info, cap=gate.bandwidth)
+        else:
+            channel = ForwardedChannel(*args, info)
+        channel.gate = gate
+        idle = gate.policy.idle_timeout
+        forward = info.forward
+        if (
+            idle
+            and forward is not None
+            and self._clock is not None
+            and id(forward) not in self._forward_reapers
+        ):
+            reaper = IdleChannelReaper(
+                self, self._clock, idle, False, self._idle_expired, forward=forward
+            )
+            self._forward_reapers[id(forward)] = reaper
+            reaper.start()
+        return channel
+
+    def _idle_expired(self, channel: ForwardedChannel) -> None:
+        policy = channel.gate.policy if channel.gate is not None else None
+        _log.info(
+            "Channel {id} ({origin} port {port}) was idle for {timeout} s (forward policy): "
+            "closing it.",
+            id=channel.local_id,
+            origin=channel.info.origin_address,
+            port=channel.info.origin_port,
+            timeout=policy.idle_timeout if policy is not None else 0,
         )
 
     def _warn_refused(self, channel_type: bytes, fields: wire.ForwardedTcpip) -> None:

@@ -9,12 +9,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from rtunnel._core.policy import channel_idle_deadline
+from rtunnel._model import Forward
 from rtunnel.client.channels.channel import ForwardedChannel
-from rtunnel.client.channels.connection import ForwardingConnection
+
+
+class ReapedConnection(Protocol):
+    """
+    What the reaper reads of a
+    :class:`~rtunnel.client.channels.connection.ForwardingConnection`; said as a protocol
+    because the connection makes a reaper per forward with its own idle timeout (issue
+    #15), so this module cannot import it.
+    """
+
+    @property
+    def stopped(self) -> bool: ...
+
+    @property
+    def channels(self) -> dict[int, ForwardedChannel]: ...
+
 
 __all__ = ["IdleChannelReaper"]
 
@@ -35,17 +52,23 @@ class IdleChannelReaper:
     Closes channels of ``conn`` that carried no data either way for ``timeout`` seconds
     (or, with ``absolute``, that have been open that long), calling ``on_expired`` for each
     before closing it.
+
+    With ``forward``, only that forward's channels (its policy's own idle timeout, issue
+    #15); without, every channel but those of forwards whose policy sets their own.
     """
 
     def __init__(
         self,
-        conn: ForwardingConnection,
+        conn: ReapedConnection,
         clock: IReactorTime,
         timeout: float,
         absolute: bool,
         on_expired: Callable[[ForwardedChannel], None],
+        *,
+        forward: Forward | None = None,
     ) -> None:
         self._conn = conn
+        self._forward = forward
         self._clock = clock
         self._timeout = timeout
         self._absolute = absolute
@@ -66,6 +89,13 @@ class IdleChannelReaper:
         self._call = None
         self._seen.clear()
 
+    def _watches(self, channel: ForwardedChannel) -> bool:
+        forward = channel.info.forward
+        if self._forward is not None:
+            return forward is self._forward
+        own = forward is not None and forward.policy is not None
+        return not own or forward.policy.idle_timeout is None  # type: ignore[union-attr]
+
     def _check(self) -> None:
         self._call = None
         if self._conn.stopped:
@@ -73,7 +103,7 @@ class IdleChannelReaper:
         now = self._clock.seconds()
         seen, self._seen = self._seen, {}
         for channel in list(self._conn.channels.values()):
-            if not channel.confirmed or channel.finished:
+            if not channel.confirmed or channel.finished or not self._watches(channel):
                 continue
             total = channel.info.bytes_sent + channel.info.bytes_received
             entry = seen.get(channel)
