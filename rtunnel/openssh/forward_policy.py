@@ -34,6 +34,7 @@ __all__ = [
     "POLICY_KEYS",
     "PolicyFor",
     "attach_policies",
+    "check_value",
     "parse_policy_line",
     "policy_from_values",
 ]
@@ -117,6 +118,20 @@ def _unknown(key: str) -> str:
     close = difflib.get_close_matches(key.lower(), POLICY_KEYS, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return f"unknown policy key '{key}'{hint}: give one of {', '.join(POLICY_KEYS)}"
+
+
+def check_value(key: str, text: str) -> None:
+    """
+    Whether ``text`` is a value ``key`` takes (alone: ``burst`` needs ``rate`` too).
+
+    :raises SpecError: one line saying what is wrong, without the key.
+    """
+    if key not in POLICY_KEYS:
+        raise SpecError(_unknown(key))
+    try:
+        _value(key, text.strip())
+    except ValueError as error:
+        raise SpecError(str(error)) from None
 
 
 def policy_from_values(values: Mapping[str, str]) -> ForwardPolicy:

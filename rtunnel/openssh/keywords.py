@@ -530,7 +530,9 @@ def _forward_policy(keyword: str, args: list[str]) -> PolicyFor:
     try:
         return parse_policy_line(words)
     except SpecError as error:
-        raise SpecError(f"{WHERE}: Bad {keyword} '{' '.join(words)}': {error.message}") from None
+        raise SpecError(
+            f"{WHERE}: Bad ForwardPolicy '{' '.join(words)}': {error.message}"
+        ) from None
 
 
 def _proxy_command(keyword: str, args: list[str]) -> str:

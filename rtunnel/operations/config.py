@@ -48,6 +48,7 @@ from rtunnel.openssh.forward_policy import (
     POLICY_KEYS,
     PolicyFor,
     attach_policies,
+    check_value,
     policy_from_values,
 )
 from rtunnel.openssh.forwards import RemoteForwardSpec, forward_or_reason
@@ -689,6 +690,7 @@ class _Reader:
                 continue
             value = item[key]
             if isinstance(value, list) and key in ("allow", "deny"):
+                # A list of strings, or one string with commas, as after -o.
                 good = all(isinstance(v, str) for v in value)
                 text = ",".join(value) if good else ""
             elif isinstance(value, bool):
@@ -705,9 +707,9 @@ class _Reader:
                 ok = False
                 continue
             try:
-                policy_from_values({key: text})
+                check_value(key, text)
             except SpecError as error:
-                self.problem((*where, key), error.message.removeprefix(f"{key}: "))
+                self.problem((*where, key), error.message)
                 ok = False
                 continue
             texts[key] = text

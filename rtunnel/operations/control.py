@@ -159,6 +159,9 @@ def status_from_json(data: Mapping[str, Any]) -> TunnelStatus:
             channels_total=int(f["channels_total"]),
             bytes_in=int(f["bytes_in"]),
             bytes_out=int(f["bytes_out"]),
+            # Issue #15; absent from an older rtunnel's answer.
+            policy=str(f.get("policy", "")),
+            refused={str(k): int(v) for k, v in dict(f.get("refused") or {}).items()},
         )
         for f in data["forwards"]
     )
@@ -345,6 +348,11 @@ def format_status(tunnels: Sequence[TunnelStatus], now: float) -> str:
                 row[i].ljust(widths[i]) if i < 3 else row[i].rjust(widths[i]) for i in range(6)
             ]
             lines.append("  " + "  ".join(cells).rstrip())
+        for f in t.forwards:
+            if f.policy:
+                # Issue #15: a line per forward with a policy, under the table.
+                refused = ", ".join(f"{k} {v}" for k, v in f.refused.items()) or "none"
+                lines.append(f"  {f.name} policy: {f.policy}; refused: {refused}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

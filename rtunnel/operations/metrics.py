@@ -89,6 +89,12 @@ class StatusCollector(Collector):
             "Bytes from the target to the server's side.",
             labels=both,
         )
+        # Issue #15: for each forward with a policy, every reason, zeros too.
+        f_refused = CounterMetricFamily(
+            "rtunnel_forward_refused",
+            "Connections the forward's policy refused, by reason.",
+            labels=[*both, "reason"],
+        )
         for t in self._source.status():
             up.add_metric([t.name], 1 if t.ready else 0)
             for name in TUNNEL_STATES:
@@ -108,8 +114,10 @@ class StatusCollector(Collector):
                 f_total.add_metric(labels, f.channels_total)
                 f_in.add_metric(labels, f.bytes_in)
                 f_out.add_metric(labels, f.bytes_out)
+                for reason, count in f.refused.items():
+                    f_refused.add_metric([*labels, reason], count)
         yield from (up, state, since, reconnects, kex, error_time)
-        yield from (f_state, f_port, f_open, f_total, f_in, f_out)
+        yield from (f_state, f_port, f_open, f_total, f_in, f_out, f_refused)
 
 
 def render(source: StatusSource) -> bytes:

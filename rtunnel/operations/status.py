@@ -11,8 +11,10 @@ anywhere.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rtunnel._core.forward_policy import REASONS
 
 if TYPE_CHECKING:
     from rtunnel._model import Forward
@@ -47,6 +49,9 @@ class ForwardStatus:
     :ivar channels_total: connections through it since the tunnel started.
     :ivar bytes_in: bytes that came from the server's side (from connecting clients).
     :ivar bytes_out: bytes that went to the server's side.
+    :ivar policy: its policy in ``-o ForwardPolicy``'s words (issue #15; ``""``: none).
+    :ivar refused: connections its policy refused, by reason (``"denied"``,
+        ``"not-allowed"``, ``"max-channels"``, ``"rate"``); empty without a policy.
     """
 
     name: str
@@ -57,6 +62,8 @@ class ForwardStatus:
     channels_total: int
     bytes_in: int
     bytes_out: int
+    policy: str = ""
+    refused: dict[str, int] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -188,7 +195,16 @@ def _forward_status(name: str, forward: Forward, live: dict[int, tuple[int, int]
         channels_total=forward.channels_total,
         bytes_in=forward.bytes_in + bytes_in,
         bytes_out=forward.bytes_out + bytes_out,
+        **_policy_status(forward),
     )
+
+
+def _policy_status(forward: Forward) -> dict[str, Any]:
+    # Issue #15: every reason counted (zeros too) once the forward has a policy.
+    if forward.policy is None:
+        return {}
+    refused = {reason: forward.refused.get(reason, 0) for reason in REASONS}
+    return {"policy": forward.policy.describe(), "refused": refused}
 
 
 def _address(host: str) -> str:

@@ -83,6 +83,8 @@ def test_the_json_round_trips() -> None:
         "channels_total": 17,
         "bytes_in": 12345,
         "bytes_out": 678,
+        "policy": "",
+        "refused": {},
     }
     assert status_from_json(data) == GW
 
