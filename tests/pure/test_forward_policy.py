@@ -373,11 +373,17 @@ def test_values_one_by_one() -> None:
     assert policy_from_values({"idle_timeout": "0"}).idle_timeout == 0
 
 
-CONFIG = """\
+# TOML 1.0 keeps an inline table on one line.
+_TABLE = (
+    '{ listen = "8080", target = "localhost:80", allow = ["10.0.0.0/8", "::1"], '
+    'deny = "10.0.0.5", max_channels = 20, rate = 5, burst = 10, bandwidth = "1M", '
+    'idle_timeout = "5m" }'
+)
+CONFIG = f"""\
 [tunnel.web]
 host = "gw.example.com"
 forwards = [
-  { listen = "8080", target = "localhost:80", allow = ["10.0.0.0/8", "::1"], deny = "10.0.0.5", max_channels = 20, rate = 5, burst = 10, bandwidth = "1M", idle_timeout = "5m" },
+  {_TABLE},
   "8081:localhost:81",
   "8082:localhost:82",
 ]
