@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
@@ -82,10 +82,13 @@ class Stack:
         self.pair.flush()
         return out
 
-    def inbound(self, origin_port: int = 40000) -> tuple[Protocol, StringTransport]:
+    def inbound(
+        self, origin_port: int = 40000, origin_address: str = "203.0.113.5"
+    ) -> tuple[Protocol, StringTransport]:
         """A remote client connecting to the server's newest forward listener."""
         listener_factory = self.reactor.tcpServers[-1][1]
-        origin = IPv4Address("TCP", "203.0.113.5", origin_port)
+        kind = IPv6Address if ":" in origin_address else IPv4Address
+        origin = kind("TCP", origin_address, origin_port)
         protocol = listener_factory.buildProtocol(origin)
         transport = StringTransport(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 8080), peerAddress=origin
