@@ -424,3 +424,76 @@ def test_the_command_with_o_forward_policy_status_and_metrics(
     finally:
         child.terminate()
         child.wait(PATIENCE)
+
+
+def _config_tunnel(server: OpenSSHServer, key: Path, forward: str) -> str:
+    return f"""[tunnel.web]
+host = "{server.host}"
+Port = {server.port}
+User = "{server.user}"
+IdentityFile = "{key}"
+UserKnownHostsFile = "{server.known_hosts_path}"
+forwards = [{forward}]
+"""
+
+
+def test_the_config_file_runs_a_forward_table_policy_and_check_names_mistakes(
+    openssh_server: OpenSSHServer,
+    openssh_client_key: Path,
+    echo_server: TargetServer,
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SSH_")}, "HOME": str(home)}
+    config = tmp_path / "tunnels.toml"
+    target = f"127.0.0.1:{echo_server.port}"
+    config.write_text(
+        _config_tunnel(
+            openssh_server,
+            openssh_client_key,
+            f'{{ listen = "0", target = "{target}", deny = ["127.0.0.2"], max_channels = 5 }}',
+        )
+    )
+    check = [sys.executable, "-m", "rtunnel.cli", "--config", str(config), "--check"]
+    run = subprocess.run(check, capture_output=True, text=True, env=env, timeout=PATIENCE)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "rtunnel.cli", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert child.stderr is not None
+        deadline = time.monotonic() + PATIENCE
+        line = ""
+        while "Allocated port" not in line and time.monotonic() < deadline:
+            line = child.stderr.readline()
+        assert line.startswith("[web] Allocated port "), line
+        port = int(line.split()[3])
+        assert [_attempt(port, s) for s in ["127.0.0.2", "127.0.0.1"] * 10] == [False, True] * 10
+    finally:
+        child.terminate()
+        child.wait(PATIENCE)
+
+    config.write_text(
+        _config_tunnel(
+            openssh_server,
+            openssh_client_key,
+            f'{{ listen = "0", target = "{target}", deny = ["127.0.0.2/8"], rate = "lots" }}',
+        )
+        + 'ForwardPolicy = "9999 max_channels=1"\n'
+    )
+    run = subprocess.run(check, capture_output=True, text=True, env=env, timeout=PATIENCE)
+    assert (run.returncode, run.stdout) == (255, "")
+    assert run.stderr.splitlines() == [
+        f"{config} line 7: tunnel.web.forwards[0].deny: '127.0.0.2/8' has host bits set: "
+        "give the block's first address (127.0.0.0/8)",
+        f"{config} line 7: tunnel.web.forwards[0].rate: 'lots' is not a rate: give N, N/s, "
+        "N/m or N/h connections",
+        f"{config} line 8: tunnel.web.ForwardPolicy: ForwardPolicy 9999: no remote forward "
+        "listens there (give the listen side of one -R forward)",
+    ]
