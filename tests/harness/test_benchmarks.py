@@ -95,3 +95,39 @@ def test_the_cipher_is_forced_for_every_implementation(cipher: str) -> None:
     assert args.cipher == cipher
     for name, build in run.IMPLEMENTATIONS.items():
         assert cipher in build(setup, 3333), name
+
+
+def test_the_policy_benchmark_runs_each_variant_with_its_option(
+    openssh_sshd: str, tmp_path: Path
+) -> None:
+    """benchmarks/policy.py (issue #15): the three commands differ only in their
+    ForwardPolicy, and a --quick run measures every metric of each."""
+    import policy
+
+    setup = run.Setup(
+        server=run.OpenSSHServer(Path("/nonexistent")),
+        key=Path("k"),
+        cipher="aes128-gcm@openssh.com",
+        target_port=1,
+        workdir=Path("w"),
+    )
+    setup.server._port = 2222
+    plain = policy.VARIANTS["none"](setup, 3333)
+    for name, words in (("allow-list", "allow=127.0.0.0/8,::1"), ("bandwidth", "bandwidth=64G")):
+        command = policy.VARIANTS[name](setup, 3333)
+        assert command == [*plain[:-1], "-o", f"ForwardPolicy=127.0.0.1:3333 {words}", plain[-1]]
+    out = tmp_path / "policy.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "policy.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    medians = json.loads(out.read_text())["medians"]
+    keys = {key for key, _, _ in policy.METRICS}
+    assert sorted(medians) == ["allow-list", "bandwidth", "none"]
+    for row in medians.values():
+        assert set(row) == keys and row["download_mbps"] > 0
+    assert "| metric | none | allow-list | bandwidth |" in result.stdout
