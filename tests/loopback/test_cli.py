@@ -280,6 +280,16 @@ def run(command: Sequence[str], *args: str, env: dict[str, str] | None = None) -
         ),
         (["-Q", "host"], "unknown option -- Q"),
         (
+            ["-R", "8080:localhost:80", "-o", "ForwardPolicy=8080 rate=x", "host"],
+            "command-line line 0: Bad ForwardPolicy '8080 rate=x': rate: 'x' is not a rate: "
+            "give N, N/s, N/m or N/h connections",
+        ),
+        (
+            ["-F", "none", "-R", "8080:localhost:80", "-o", "ForwardPolicy=9 rate=1", "host"],
+            "rtunnel: ForwardPolicy 9: no remote forward listens there (give the listen side "
+            "of one -R forward)",
+        ),
+        (
             ["-R", "8080:localhost", "host"],
             "Bad remote forwarding specification '8080:localhost': bad listen port 'localhost'",
         ),

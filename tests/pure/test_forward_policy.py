@@ -518,3 +518,18 @@ def test_metrics_count_refusals_by_reason_for_forwards_with_a_policy() -> None:
         )
         for r in REASONS
     }
+
+
+def test_twistd_takes_the_option_too() -> None:
+    from twisted.python import usage
+
+    from rtunnel.service import Options
+
+    options = Options()
+    options.parseOptions(["-R", "8080:localhost:80", "-o", "ForwardPolicy=8080 deny=::1", "u@h"])
+    assert options.client_options.remote_forwards[0].policy == ForwardPolicy(deny=("::1",))
+    with pytest.raises(usage.UsageError) as caught:
+        Options().parseOptions(["-R", "8080:h:80", "-o", "ForwardPolicy=9 rate=1", "u@h"])
+    assert str(caught.value) == (
+        "ForwardPolicy 9: no remote forward listens there (give the listen side of one -R forward)"
+    )
