@@ -93,8 +93,8 @@ class IdleChannelReaper:
         forward = channel.info.forward
         if self._forward is not None:
             return forward is self._forward
-        own = forward is not None and forward.policy is not None
-        return not own or forward.policy.idle_timeout is None  # type: ignore[union-attr]
+        policy = forward.policy if forward is not None else None
+        return policy is None or policy.idle_timeout is None
 
     def _check(self) -> None:
         self._call = None
