@@ -21,7 +21,7 @@ import getpass
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
@@ -406,23 +406,24 @@ async def establish_forwards(
 
 
 def _request_forward(tunnel: ReverseTunnel, spec: RemoteForwardSpec) -> Deferred[Forward]:
+    # The policy (issue #15) only when there is one: a request without is as before.
+    extra: dict[str, Any] = {} if spec.policy is None else {"policy": spec.policy}
     if spec.listen_path is not None:
         return tunnel.request_socket_forwarding(
             spec.listen_path,
             spec.host or None,
             spec.host_port or None,
             target_path=spec.target_path,
-            policy=spec.policy,
+            **extra,
         )
-    policy = spec.policy
     if spec.dynamic:
-        return tunnel.request_forwarding(spec.bind_address, spec.port, dynamic=True, policy=policy)
+        return tunnel.request_forwarding(spec.bind_address, spec.port, dynamic=True, **extra)
     if spec.target_path is not None:
         return tunnel.request_forwarding(
-            spec.bind_address, spec.port, target_path=spec.target_path, policy=policy
+            spec.bind_address, spec.port, target_path=spec.target_path, **extra
         )
     return tunnel.request_forwarding(
-        spec.bind_address, spec.port, spec.host, spec.host_port, policy=policy
+        spec.bind_address, spec.port, spec.host, spec.host_port, **extra
     )
 
 
