@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
 from sockets import TargetServer, echo, eventually, in_thread
 from twisted.internet import reactor
 
@@ -383,10 +386,10 @@ def test_the_command_with_o_forward_policy_status_and_metrics(
     }
     spec = f"0:127.0.0.1:{echo_server.port}"
     argv = [
-        *[sys.executable, "-m", "rtunnel.cli", "-N", "-o", "BatchMode=yes"],
+        *[sys.executable, "-m", "rtunnel.cli", "-v", "-N", "-o", "BatchMode=yes"],
         *["-o", f"UserKnownHostsFile={openssh_server.known_hosts_path}"],
         *["-i", str(openssh_client_key), "-p", str(openssh_server.port)],
-        *["-o", f"ControlSocket={control}", "-R", spec],
+        *["-o", f"ControlSocket={control}", "-o", "HttpListen=127.0.0.1:0", "-R", spec],
         *["-o", "ForwardPolicy=0 deny=127.0.0.2 max_channels=50"],
         f"{openssh_server.user}@{openssh_server.host}",
     ]
@@ -394,10 +397,9 @@ def test_the_command_with_o_forward_policy_status_and_metrics(
         argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
     )
     try:
-        assert child.stderr is not None
-        line = child.stderr.readline()
-        assert line.startswith("Allocated port "), line
-        port = int(line.split()[2])
+        lines = _Lines(child)
+        port = int(lines.wait_for(r"^Allocated port (\d+) for remote forward").group(1))
+        http = int(lines.wait_for(r"Health and metrics on http://127\.0\.0\.1:(\d+)/").group(1))
         results = [_attempt(port, source) for source in ["127.0.0.1", "127.0.0.2"] * 20]
         assert results == [True, False] * 20
         deadline = time.monotonic() + PATIENCE
@@ -417,6 +419,15 @@ def test_the_command_with_o_forward_policy_status_and_metrics(
             timeout=PATIENCE,
             env=env,
         )
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=PATIENCE) as r:
+            text = r.read().decode()
+        refused = {
+            sample.labels["reason"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "rtunnel_forward_refused_total"
+        }
+        assert refused == {"denied": 20, "not-allowed": 0, "max-channels": 0, "rate": 0}
         assert status.stdout.splitlines()[-1] == (
             f"  {spec} policy: deny=127.0.0.2/32 max_channels=50; refused: denied 20, "
             "not-allowed 0, max-channels 0, rate 0"
@@ -424,6 +435,29 @@ def test_the_command_with_o_forward_policy_status_and_metrics(
     finally:
         child.terminate()
         child.wait(PATIENCE)
+
+
+class _Lines:
+    """A child's stderr, read into lines by a thread; every wait has a deadline."""
+
+    def __init__(self, child: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._child = child
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._child.stderr is not None
+        for line in self._child.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str) -> re.Match[str]:
+        deadline = time.monotonic() + PATIENCE
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := re.search(pattern, line):
+                    return match
+            time.sleep(0.05)
+        raise AssertionError(f"no line matching {pattern!r}; stderr:\n" + "\n".join(self.lines))
 
 
 def _config_tunnel(server: OpenSSHServer, key: Path, forward: str) -> str:
@@ -467,13 +501,8 @@ def test_the_config_file_runs_a_forward_table_policy_and_check_names_mistakes(
         env=env,
     )
     try:
-        assert child.stderr is not None
-        deadline = time.monotonic() + PATIENCE
-        line = ""
-        while "Allocated port" not in line and time.monotonic() < deadline:
-            line = child.stderr.readline()
-        assert line.startswith("[web] Allocated port "), line
-        port = int(line.split()[3])
+        lines = _Lines(child)
+        port = int(lines.wait_for(r"^\[web\] Allocated port (\d+) for remote forward").group(1))
         assert [_attempt(port, s) for s in ["127.0.0.2", "127.0.0.1"] * 10] == [False, True] * 10
     finally:
         child.terminate()
