@@ -35,7 +35,12 @@ from rtunnel.errors import (
 )
 from rtunnel.openssh.client_options import ClientOptions
 from rtunnel.openssh.forwards import RemoteForwardSpec
-from rtunnel.openssh.keywords import BATCH_MODE, KEYWORDS
+from rtunnel.openssh.keywords import (
+    BATCH_MODE,
+    BATCH_MODE_SERVER_ALIVE_INTERVAL,
+    KEYWORDS,
+    SERVER_ALIVE_INTERVAL,
+)
 from rtunnel.openssh.messages import (
     HOST_KEY_VERIFICATION_FAILED,
     format_allocated,
@@ -204,6 +209,8 @@ def tunnel_options(options: ClientOptions, *, report: Report) -> TunnelOptions:
     for row in KEYWORDS:
         if row.default is not None and row.competes_as not in options.given:
             settings.update(row.settings(row.default))
+    if options.batch_mode and SERVER_ALIVE_INTERVAL.competes_as not in options.given:
+        settings.update(SERVER_ALIVE_INTERVAL.settings(BATCH_MODE_SERVER_ALIVE_INTERVAL))
     settings.update(options.tunnel)
     settings["user"] = options.user if options.user is not None else local_user()
     settings["auth"] = _credentials(options, report)
