@@ -43,6 +43,14 @@ from typing_extensions import override
 
 from rtunnel._core.forwards import ForwardState
 from rtunnel._core.text import printable
+from rtunnel._front import (
+    ReconnectReporter,
+    Report,
+    describe_error,
+    establish_forwards,
+    local_user,
+    tunnel_options,
+)
 from rtunnel._model import ChannelInfo, Forward, ReconnectAttempt, TunnelObserver
 from rtunnel.errors import RTunnelError, SpecError
 from rtunnel.openssh.client_options import ClientOptions
@@ -56,14 +64,6 @@ from rtunnel.operations.config import (
     load_config,
 )
 from rtunnel.operations.status import ForwardStatus, TunnelStatus
-from rtunnel.service import (
-    ReconnectReporter,
-    Report,
-    describe_error,
-    establish_forwards,
-    local_user,
-    tunnel_options,
-)
 
 if TYPE_CHECKING:
     from twisted.logger import ILogObserver
