@@ -77,6 +77,13 @@ if TYPE_CHECKING:
         TimedOutError,
         VersionError,
     )
+    from rtunnel.group import (
+        GroupForward,
+        GroupObserver,
+        GroupServer,
+        GroupServerStatus,
+        TunnelGroup,
+    )
     from rtunnel.options import (
         AlgorithmOptions,
         AuthOptions,
@@ -155,6 +162,11 @@ _WHERE: dict[str, str] = {
     "StayingUpOptions": "rtunnel.options",
     "TunnelOptions": "rtunnel.options",
     "TunnelSettings": "rtunnel.options",
+    "GroupForward": "rtunnel.group",
+    "GroupObserver": "rtunnel.group",
+    "GroupServer": "rtunnel.group",
+    "GroupServerStatus": "rtunnel.group",
+    "TunnelGroup": "rtunnel.group",
     "HostKeyPolicy": "rtunnel.tunnel",
     "ReverseTunnel": "rtunnel.tunnel",
 }
@@ -198,6 +210,10 @@ __all__ = [
     "ForwardRetryLimitError",
     "ForwardState",
     "ForwardingError",
+    "GroupForward",
+    "GroupObserver",
+    "GroupServer",
+    "GroupServerStatus",
     "HostKeyError",
     "HostKeyInfo",
     "HostKeyOptions",
@@ -229,6 +245,7 @@ __all__ = [
     "SpecError",
     "StayingUpOptions",
     "TimedOutError",
+    "TunnelGroup",
     "TunnelObserver",
     "TunnelOptions",
     "TunnelSettings",
