@@ -21,7 +21,7 @@ requests them again on its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import cast
 
@@ -49,6 +49,7 @@ from rtunnel.tunnel import ReverseTunnel
 __all__ = [
     "GroupForward",
     "GroupObserver",
+    "GroupReporter",
     "GroupServer",
     "GroupServerStatus",
     "TunnelGroup",
@@ -150,6 +151,32 @@ class GroupObserver:
 
     def ready_changed(self, ready: bool) -> None:
         """The group became ready, or stopped being ready (see :attr:`TunnelGroup.ready`)."""
+
+
+class GroupReporter(GroupObserver):
+    """
+    Says in a line each where a group's forwards are and what its servers do, through
+    ``report(level, text)`` (the command's and the runner's reporters; ``level`` is
+    ``"INFO"``).
+    """
+
+    def __init__(self, report: Callable[[str, str], object]) -> None:
+        self._report = report
+
+    @override
+    def serving_changed(self, previous: str | None, serving: str | None) -> None:
+        if previous is None:
+            self._report("INFO", f"Serving the forwards through {serving}.")
+        else:
+            self._report("INFO", f"Moving the forwards from {previous} to {serving}.")
+
+    @override
+    def server_changed(self, server: GroupServerStatus) -> None:
+        self._report("INFO", f"Server {server.name} is {server.role}.")
+
+    @override
+    def ready_changed(self, ready: bool) -> None:
+        self._report("INFO", "The group is ready." if ready else "The group is not ready.")
 
 
 class TunnelGroup:

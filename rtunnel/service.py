@@ -60,6 +60,7 @@ from rtunnel.options import TunnelOptions
 if TYPE_CHECKING:
     from rtunnel._core.policy import ReconnectMode
     from rtunnel._model import Forward
+    from rtunnel.group import GroupForward, TunnelGroup
     from rtunnel.operations.observe import Observability
     from rtunnel.options import TunnelSettings
     from rtunnel.tunnel import ReverseTunnel
@@ -682,3 +683,91 @@ def makeService(config: Options, reactor: IReactorTCP | None = None) -> IService
             core.stop()
 
     return TunnelService(reactor, config.host, config.client_options, on_failure=stop)
+
+
+# --------------------------------------------------------------------------------------
+# Tunnel groups (issue #15): the command, the configuration file and twistd build them here
+
+
+def group_forward(spec: RemoteForwardSpec) -> GroupForward:
+    """The group's forward for a ``-R`` spec (the arguments ``establish_forwards`` uses)."""
+    from rtunnel.group import GroupForward
+
+    if spec.listen_path is not None:
+        return GroupForward(
+            spec.listen_path,
+            0,
+            spec.host or None,
+            spec.host_port or None,
+            target_path=spec.target_path,
+            listen_path=spec.listen_path,
+        )
+    if spec.dynamic:
+        return GroupForward(spec.bind_address, spec.port, dynamic=True)
+    if spec.target_path is not None:
+        return GroupForward(spec.bind_address, spec.port, target_path=spec.target_path)
+    return GroupForward(spec.bind_address, spec.port, spec.host, spec.host_port)
+
+
+def build_group(
+    reactor: IReactorTCP,
+    servers: Sequence[tuple[str | None, str, ClientOptions, str | None]],
+    forwards: Sequence[RemoteForwardSpec],
+    *,
+    mode: str | None,
+    failback_after: float | None,
+    report: Report,
+) -> TunnelGroup:
+    """
+    A :class:`~rtunnel.group.TunnelGroup` with each server configured the way ``ssh``
+    would be by its options (:func:`tunnel_options`), and reporters on it: which server
+    serves, each server's loss and return, and each allocated port (``Allocated port N
+    for remote forward to HOST:PORT on SERVER``).
+
+    :param servers: ``(name, host, options, password)`` for each server, in order (name
+        None: ``HOST:PORT``).
+    :raises SpecError: if a server's settings are refused.
+    """
+    from rtunnel.client.auth.credentials import Password
+    from rtunnel.group import GroupReporter, GroupServer, TunnelGroup
+
+    members = []
+    for name, host, options, password in servers:
+        built = tunnel_options(options, report=report)
+        if password is not None:
+            built = TunnelOptions.create(
+                base=built, auth=(*built.authentication.auth, Password(password))
+            )
+        port = options.port if options.port is not None else 22
+        members.append(GroupServer(host, port, built, name))
+    group = TunnelGroup(
+        reactor,
+        members,
+        [group_forward(spec) for spec in forwards],
+        mode=mode or "failover",
+        failback_after=failback_after,
+    )
+    group.add_observer(GroupReporter(report))
+    for member, tunnel in zip(members, group.tunnels, strict=True):
+        tunnel.add_observer(_AllocatedOn(member.label, report))
+    return group
+
+
+class _AllocatedOn(TunnelObserver):
+    """ssh's ``Allocated port`` line for a group's server, naming the server."""
+
+    def __init__(self, name: str, report: Report) -> None:
+        self._name = name
+        self._report = report
+
+    @override
+    def forward_state_changed(self, forward: Forward) -> None:
+        if (
+            forward.state is ForwardState.ACTIVE
+            and forward.requested_port == 0
+            and forward.listen_path is None
+            and forward.host is not None
+            and forward.host_port is not None
+        ):
+            line = format_allocated(forward.port, forward.host, forward.host_port)
+            self._report("INFO", f"{line} on {self._name}")

@@ -24,6 +24,7 @@ __all__ = [
     "ForwardStatus",
     "GroupMember",
     "GroupStatus",
+    "OneGroup",
     "OneTunnel",
     "StatusSource",
     "TunnelStatus",
@@ -177,6 +178,24 @@ class OneTunnel:
     def status(self) -> Sequence[TunnelStatus]:
         """This one tunnel's snapshot."""
         return (tunnel_status(self._name, self._tunnel, self._forwards),)
+
+
+class OneGroup:
+    """
+    The :class:`StatusSource` of the command with ``-o GroupServer`` (issue #15): one
+    tunnel group and the forwards its command line asked for.
+    """
+
+    def __init__(
+        self, name: str, group: TunnelGroup, forwards: Sequence[RemoteForwardSpec]
+    ) -> None:
+        self._name = name
+        self._group = group
+        self._names = [spec_name(f) for f in forwards]
+
+    def status(self) -> Sequence[TunnelStatus]:
+        """The group's snapshot."""
+        return (group_tunnel_status(self._name, self._group, self._names),)
 
 
 def tunnel_status(
