@@ -384,11 +384,12 @@ def group_invocations(arguments: Sequence[str], invocation: Invocation) -> list[
         args = list(arguments)
         args[invocation.destination_index] = server.host
         other = parse_command_line(args)
+        read_config(other)
+        # After the files, which resolve -p and -l over the rest: the value's own win.
         if server.user is not None:
             other.options.user = server.user
         if server.port is not None:
             other.options.port = server.port
-        read_config(other)
         found.append(other)
     return found
 

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from rtunnel._core.syntax import Destination
+from rtunnel.errors import SpecError
+from rtunnel.openssh.options import parse_option
 from rtunnel.operations.config import ConfigError, parse_config
 
 GROUP = """\
@@ -125,3 +128,34 @@ def test_an_empty_server_list() -> None:
     with pytest.raises(ConfigError) as caught:
         read('[tunnel.a]\nservers = []\nforwards = ["80:h:80"]\n')
     assert caught.value.problems[0].startswith("t.toml line 2: tunnel.a.servers: give a list")
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            "GroupMode=both",
+            "command-line line 0: Bad groupmode 'both': give failover (one server at a "
+            "time) or all (every server)",
+        ),
+        (
+            "GroupServer=a,b",
+            "command-line line 0: Bad groupserver 'a,b': give one [user@]host[:port] per "
+            "groupserver",
+        ),
+        ("FailbackAfter=soon", "command-line line 0: invalid time value."),
+    ],
+)
+def test_command_line_mistakes_are_one_line(option: str, message: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_option(option)
+    assert caught.value.message == message
+
+
+def test_command_line_values() -> None:
+    assert parse_option("FailbackAfter=no") == ("FailbackAfter", None)
+    assert parse_option("FailbackAfter=90") == ("FailbackAfter", 90)
+    assert parse_option("GroupServer=ssh://eve@[::1]:2200") == (
+        "GroupServer",
+        Destination("eve", "::1", 2200),
+    )
