@@ -60,7 +60,7 @@ from rtunnel.options import TunnelOptions
 if TYPE_CHECKING:
     from rtunnel._core.policy import ReconnectMode
     from rtunnel._model import Forward
-    from rtunnel.group import GroupForward, TunnelGroup
+    from rtunnel.group import GroupForward, GroupServerStatus, TunnelGroup
     from rtunnel.operations.observe import Observability
     from rtunnel.options import TunnelSettings
     from rtunnel.tunnel import ReverseTunnel
@@ -562,6 +562,7 @@ class TunnelService(Service):
         self._on_failure = on_failure
         self._user = options.user if options.user is not None else local_user()
         self._tunnel: ReverseTunnel | None = None
+        self._group: TunnelGroup | None = None
         self._running: Deferred[None] | None = None
         self._operations: Observability | None = None
 
@@ -587,6 +588,9 @@ class TunnelService(Service):
 
     async def _run(self) -> None:
         options = self._options
+        if options.group_servers:
+            await self._run_group()
+            return
         try:
             self._tunnel = tunnel = build_tunnel(
                 self._reactor, self._host, options, report=self._report
@@ -625,6 +629,55 @@ class TunnelService(Service):
             if self._on_failure is not None:
                 self._on_failure(error)
 
+    async def _run_group(self) -> None:
+        """``-o GroupServer`` (issue #15): the destination and those servers as a group."""
+        from rtunnel.group import GroupObserver
+        from rtunnel.operations.observe import Changes, start_operations
+        from rtunnel.operations.status import OneGroup
+
+        options = self._options
+        service = self
+
+        class GivesUp(GroupObserver):
+            @override
+            def server_changed(self, server: GroupServerStatus) -> None:
+                group = service._group
+                if group is None or not all(s.role == "failed" for s in group.servers()):
+                    return
+                _log.error("rtunnel: every server of the group has given up.")
+                if service._on_failure is not None and service.running:
+                    service._on_failure(ConnectError("Every server of the group has given up."))
+
+        try:
+            self._group = group = build_group(
+                self._reactor,
+                group_members(self._host, options),
+                options.remote_forwards,
+                mode=options.group_mode,
+                failback_after=options.failback_after,
+                report=self._report,
+            )
+            self._operations = operations = start_operations(
+                self._reactor,
+                OneGroup(self._host, group, options.remote_forwards),
+                control_socket=options.control_socket,
+                http_listen=options.http_listen,
+                report=self._report,
+            )
+        except SpecError as error:
+            _log.error("rtunnel: {message}", message=error.message)
+            if self._on_failure is not None:
+                self._on_failure(error)
+            return
+        group.add_tunnel_observer(Changes(operations.notifier.changed))
+        group.add_observer(GivesUp())
+        try:
+            await group.start()
+        except CancelledError:
+            return
+        except RTunnelError:
+            return  # GivesUp has said so
+
     def _start_operations(self, tunnel: ReverseTunnel) -> None:
         """:raises SpecError: the control socket or HTTP listener cannot start."""
         from rtunnel.operations.observe import Changes, start_operations
@@ -653,6 +706,14 @@ class TunnelService(Service):
         if running is not None and not running.called:
             running.cancel()
         tunnel = self._tunnel
+        group, self._group = self._group, None
+        if group is not None:
+            stopping = group.stop()
+            stopping.addTimeout(STOP_TIMEOUT, self._clock)
+            try:
+                await stopping
+            except Exception:
+                _log.failure("Logging off did not finish cleanly.")
         if tunnel is not None:
             logoff = tunnel.logoff()
             logoff.addTimeout(STOP_TIMEOUT, self._clock)
@@ -707,6 +768,27 @@ def group_forward(spec: RemoteForwardSpec) -> GroupForward:
     if spec.target_path is not None:
         return GroupForward(spec.bind_address, spec.port, target_path=spec.target_path)
     return GroupForward(spec.bind_address, spec.port, spec.host, spec.host_port)
+
+
+def group_members(
+    host: str, options: ClientOptions
+) -> list[tuple[str | None, str, ClientOptions, str | None]]:
+    """
+    The servers of ``-o GroupServer`` where no ssh_config is read (twistd): the
+    destination with ``options``, then each GroupServer with a copy of them, its own user
+    and port (when the value gives them) winning.
+    """
+    import copy
+
+    members: list[tuple[str | None, str, ClientOptions, str | None]] = [(None, host, options, None)]
+    for server in options.group_servers:
+        other = copy.deepcopy(options)
+        if server.user is not None:
+            other.user = server.user
+        if server.port is not None:
+            other.port = server.port
+        members.append((None, server.host, other, None))
+    return members
 
 
 def build_group(

@@ -189,3 +189,45 @@ async def test_all_keeps_serving_on_the_others_without_a_gap(
         finally:
             await group.stop()
             target.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_service_with_group_servers(
+    tmp_path: Path, openssh_sshd: str, openssh_client_key: Path
+) -> None:
+    # twistd rtunnel -o GroupServer=... -o GroupMode=failover: the same group, as a service.
+    from rtunnel.service import Options, TunnelService
+
+    target = TargetServer(echo)
+    with sshds(tmp_path, openssh_sshd, openssh_client_key, 2) as servers:
+        first, second = servers
+        options = Options()
+        options.parseOptions(
+            [
+                *["-i", str(openssh_client_key), "-p", str(first.port)],
+                *["-o", f"UserKnownHostsFile={first.known_hosts_path} {second.known_hosts_path}"],
+                *["-o", f"GroupServer={second.user}@{second.host}:{second.port}"],
+                *["-o", "RetryInterval=1", "-R", f"0:127.0.0.1:{target.port}"],
+                f"{first.user}@{first.host}",
+            ]
+        )
+        failures: list[Exception] = []
+        service = TunnelService(
+            reactor, options.host, options.client_options, on_failure=failures.append
+        )
+        service.startService()
+        try:
+            await eventually(lambda: service._group is not None and service._group.ready, 20)
+            group = service._group
+            assert group is not None
+            assert group.serving == f"{first.host}:{first.port}"
+            assert await through(ports(group)[0])
+            first.kill_sessions()
+            await eventually(lambda: ports(group)[1] is not None, UP_WITHIN)
+            assert group.serving == f"{second.host}:{second.port}"
+            assert await through(ports(group)[1])
+            assert failures == []
+        finally:
+            await service.stopService()
+            target.close()
+    assert not any(t.connected for t in group.tunnels)
