@@ -225,6 +225,8 @@ class TunnelGroup:
         self._ready = False
         self._ready_waiters: list[Deferred[None]] = []
         self._failback: IDelayedCall | None = None
+        # failover: the earlier server the forwards are moving back to (make before break).
+        self._failing_back: int | None = None
         self._started = False
         self._stopping = False
 
@@ -358,37 +360,52 @@ class TunnelGroup:
         now = self._clock.seconds()
         health = self._health()
         previous = self._serving
+        if self._failing_back is not None:
+            # A failback under way: the old server serves until the new one holds the
+            # forwards, unless it is lost meanwhile (then the move completes now).
+            if previous is not None and self._members[previous].is_up:
+                return
+            self._switch(self._failing_back)
+            previous = self._serving
         target = choose_server(health, previous, now, self.failback_after)
         if target is None:
             # Nobody is up: the forwards stay where they were; that server's reconnect
             # asks for them again if it comes back first.
             target = previous
-        if target != previous:
-            self._serving = target
-            if target is not None:
+        if target != previous and target is not None:
+            if previous is not None and self._members[previous].is_up:
+                # Failing back, make before break: ask the earlier server first; the
+                # later one serves, and lets go, once it holds them (or was refused).
+                self._failing_back = target
                 moving = self._members[target].hold_all()
-                if previous is not None:
-                    old = self._members[previous]
-                    if old.is_up:
-                        # Failing back: break the old only once the new holds (or gave up).
-                        moving.addBoth(lambda _: old.release_all())
-                    else:
-                        old.release_all()
-            self._tell(
-                "serving_changed",
-                self._members[previous].server.label if previous is not None else None,
-                self.serving,
-            )
+                moving.addBoth(lambda _: self._failback_done(target))
+                return
+            self._members[target].hold_all()
+            self._switch(target)
         elif target is not None and self._members[target].is_up:
             self._members[target].hold_all()
-        moved_from = previous if target != previous else None
         for index, member in enumerate(self._members):
-            if index in (self._serving, moved_from) or not member.holds_any():
-                continue
-            # Only the serving server holds forwards (the one just left lets go once
-            # the new one holds them, above).
-            member.release_all()
+            if index != self._serving and member.holds_any():
+                # Only the serving server holds forwards (a lost one's are forgotten,
+                # so that its reconnect does not ask for them again).
+                member.release_all()
         self._schedule_failback(now)
+
+    def _switch(self, target: int) -> None:
+        """The forwards are ``target``'s now: say so; the others let go (in _decide)."""
+        previous, self._serving = self._serving, target
+        self._failing_back = None
+        self._tell(
+            "serving_changed",
+            self._members[previous].server.label if previous is not None else None,
+            self.serving,
+        )
+
+    def _failback_done(self, target: int) -> None:
+        if self._failing_back != target or self._stopping:
+            return
+        self._switch(target)
+        self._decide()
 
     def _schedule_failback(self, now: float) -> None:
         if self._failback is not None and self._failback.active():
