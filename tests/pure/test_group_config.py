@@ -159,3 +159,13 @@ def test_command_line_values() -> None:
         "GroupServer",
         Destination("eve", "::1", 2200),
     )
+
+
+def test_the_example_file_is_good() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "group.toml"
+    config = parse_config(example.read_text(), str(example))
+    (tunnel,) = config.tunnels
+    assert [s.name for s in tunnel.servers] == ["gw1", "gw2", "gw3.example.com:22"]
+    assert [s.port for s in tunnel.servers] == [22, 2222, 22]
+    options = tunnel.client_options()
+    assert (options.group_mode, options.failback_after) == ("failover", 300)
