@@ -42,7 +42,7 @@ from rtunnel._core.group import (
 )
 from rtunnel._core.text import printable
 from rtunnel._model import AcceptHook, Forward, ForwardState, ReconnectAttempt, TunnelObserver
-from rtunnel.errors import RTunnelError, SpecError
+from rtunnel.errors import ConnectError, ConnectionLostError, RTunnelError, SpecError
 from rtunnel.options import TunnelOptions
 from rtunnel.tunnel import ReverseTunnel
 
@@ -306,7 +306,12 @@ class TunnelGroup:
         await gatherResults([m.tunnel.logoff() for m in self._members], consumeErrors=True)
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
-            d.errback(Failure(SpecError("The tunnel group was stopped before it was ready.")))
+            if not d.called:  # a caller may have cancelled its wait
+                d.errback(
+                    Failure(
+                        ConnectionLostError("The tunnel group was stopped before it was ready.")
+                    )
+                )
 
     # -- what it looks like
 
@@ -439,12 +444,14 @@ class TunnelGroup:
             if ready:
                 waiters, self._ready_waiters = self._ready_waiters, []
                 for d in waiters:
-                    d.callback(None)
+                    if not d.called:
+                        d.callback(None)
         if all(h.failed for h in health) and self._ready_waiters:
             error = self._members[-1].failure
             waiters, self._ready_waiters = self._ready_waiters, []
             for d in waiters:
-                d.errback(error or Failure(SpecError("Every server of the group gave up.")))
+                if not d.called:
+                    d.errback(error or Failure(ConnectError("Every server of the group gave up.")))
 
     def role(self, index: int) -> str:
         """The role of server number ``index`` (see :class:`GroupServerStatus`)."""

@@ -161,3 +161,74 @@ def test_all_holds_every_forward_everywhere_and_stays_ready(
     assert [s.active for s in group.servers()] == [(True, True), (True, True)]
     assert watcher.moves == [] and watcher.readiness == [True]
     pair.run(group.stop())
+
+
+def test_start_fails_once_every_server_refuses_for_good(
+    network: tuple[MemoryPair, SSHTestServer, list[GroupServer]],
+    tmp_path: Path,
+) -> None:
+    from rtunnel import AuthenticationError
+    from rtunnel.testing import generate_client_key
+
+    pair, _second, servers = network
+    stranger = generate_client_key("ecdsa", tmp_path / "stranger")
+    refused = [
+        GroupServer(
+            s.host,
+            s.port,
+            TunnelOptions.create(base=s.options, auth=[PrivateKeyFile(stranger)]),
+            s.name,
+        )
+        for s in servers
+    ]
+    group = TunnelGroup(
+        pair.reactor, refused, [GroupForward("127.0.0.1", 0, factory=Factory.forProtocol(Echo))]
+    )
+    with pytest.raises(AuthenticationError):
+        pair.run(group.start())
+    assert [s.role for s in group.servers()] == ["failed", "failed"]
+    assert group.serving is None and not group.ready
+    pair.run(group.stop())
+
+
+def test_a_cancelled_start_then_stop(
+    network: tuple[MemoryPair, SSHTestServer, list[GroupServer]],
+) -> None:
+    pair, _second, servers = network
+    pair.refuse_connections()
+    group = TunnelGroup(
+        pair.reactor,
+        servers[:1],
+        [GroupForward("127.0.0.1", 0, factory=Factory.forProtocol(Echo))],
+    )
+    starting = group.start()
+    pair.advance(0.5)
+    starting.cancel()
+    starting.addErrback(lambda f: f.trap(Exception))
+    pair.run(group.stop())
+    assert not group.tunnels[0].connected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"servers": []}, "A tunnel group needs at least one server."),
+        ({"mode": "round-robin"}, "Bad group mode: unknown group mode 'round-robin'"),
+        ({"failback_after": -1.0}, "Bad failback delay -1.0: give 0 or more seconds."),
+        ({"same": True}, "Two servers of the group have the same name: a, a."),
+    ],
+)
+def test_bad_arguments_are_one_line(
+    network: tuple[MemoryPair, SSHTestServer, list[GroupServer]],
+    kwargs: dict[str, object],
+    message: str,
+) -> None:
+    from rtunnel import SpecError
+
+    pair, _second, servers = network
+    chosen = kwargs.pop("servers", servers)
+    if kwargs.pop("same", False):
+        chosen = [servers[0], servers[0]]
+    with pytest.raises(SpecError) as caught:
+        TunnelGroup(pair.reactor, chosen, **kwargs)  # type: ignore[arg-type]
+    assert str(caught.value).startswith(message)
