@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import cast
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,7 +42,13 @@ from rtunnel._core.group import (
 )
 from rtunnel._core.text import printable
 from rtunnel._model import AcceptHook, Forward, ForwardState, ReconnectAttempt, TunnelObserver
-from rtunnel.errors import ConnectError, ConnectionLostError, RTunnelError, SpecError
+from rtunnel.errors import (
+    AlreadyConnectedError,
+    ConnectError,
+    ConnectionLostError,
+    RTunnelError,
+    SpecError,
+)
 from rtunnel.options import TunnelOptions
 from rtunnel.tunnel import ReverseTunnel
 
@@ -278,7 +284,7 @@ class TunnelGroup:
         good first.
         """
         if self._started:
-            raise SpecError("The tunnel group has been started already.")
+            return fail(AlreadyConnectedError("The tunnel group has been started already."))
         self._started = True
         waiting = self.when_ready()
         for member in self._members:

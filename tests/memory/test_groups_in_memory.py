@@ -15,7 +15,7 @@ from group_support import GroupRecorder
 from twisted.internet.protocol import Factory
 from twisted.protocols.wire import Echo
 
-from rtunnel import PrivateKeyFile, ReconnectPolicy, TunnelOptions
+from rtunnel import AlreadyConnectedError, PrivateKeyFile, ReconnectPolicy, TunnelOptions
 from rtunnel.group import GroupForward, GroupServer, TunnelGroup
 from rtunnel.testing import MemoryPair
 from rtunnel.testing._keys import client_key
@@ -151,6 +151,8 @@ def test_all_holds_every_forward_everywhere_and_stays_ready(
     group.add_observer(watcher)
     pair.run(group.start())
     pair.flush()
+    with pytest.raises(AlreadyConnectedError):
+        pair.run(group.start())
     assert [len(t.forwards) for t in group.tunnels] == [2, 2]
     assert [s.active for s in group.servers()] == [(True, True), (True, True)]
     pair.run(second.drop_connections("going away"))
