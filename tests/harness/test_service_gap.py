@@ -53,5 +53,7 @@ def test_a_short_run_measures_each_mode(openssh_sshd: str) -> None:
         ["| failover", "kill", "1"],
         ["| all", "kill", "1"],
     ]
-    # Every gap was measured (none gave up).
-    assert all(" - " not in row and "over" not in row for row in rows[1:]), done.stdout
+    # Every gap was measured (none gave up): a number in the median and worst cells.
+    for row in rows[1:]:
+        median, worst = row.split(" | ")[3:5]
+        assert float(median) > 0 and float(worst) > 0, done.stdout
