@@ -941,6 +941,7 @@ async def _group_session(
             mode=options.group_mode,
             failback_after=options.failback_after,
             report=console.say,
+            retry_first_logon=options.auto_reconnect == "always",
         )
     except SpecError as error:
         console.say("FATAL", f"rtunnel: {printable(error.message, None)}")
@@ -974,7 +975,9 @@ async def _group_session(
     except _Interrupted as interrupted:
         stop = interrupted.stop
     except RTunnelError as error:
-        stop = _Stop(FAILURE, f"rtunnel: {printable(error.message, None)}", "FATAL")
+        # No server could be logged on at first (as for one tunnel: 255, ssh's words).
+        user = options.user if options.user is not None else local_user()
+        stop = _Stop(FAILURE, _describe(error, invocation, user), "FATAL")
     except Exception:
         _log.failure("rtunnel: internal error")
         stop = _Stop(FAILURE)

@@ -198,6 +198,11 @@ class TunnelGroup:
         the list once it has been logged on this many seconds without a break; None (the
         default): stay on the server that serves until it is lost.
     :param clock: the clock for timers (default: ``reactor``).
+    :param retry_first_logon: True (the default): a server whose first logon fails is
+        retried, whatever the others do. False: when no server has logged on yet and every
+        one's first logon has failed, the group stops and :meth:`start` fails with the
+        last error (as a single tunnel does without reconnect mode ``"always"``); once one
+        server has logged on, the others are retried.
     """
 
     def __init__(
@@ -209,6 +214,7 @@ class TunnelGroup:
         mode: str | GroupMode = GroupMode.FAILOVER,
         failback_after: float | None = None,
         clock: IReactorTime | None = None,
+        retry_first_logon: bool = True,
     ) -> None:
         if not servers:
             raise SpecError("A tunnel group needs at least one server.")
@@ -235,6 +241,9 @@ class TunnelGroup:
         self._failing_back: int | None = None
         self._started = False
         self._stopping = False
+        self.retry_first_logon = retry_first_logon
+        # Some server has logged on since start (retry_first_logon=False no longer applies).
+        self._ever_up = False
 
     # -- setting up
 
@@ -452,6 +461,25 @@ class TunnelGroup:
                 for d in waiters:
                     if not d.called:
                         d.callback(None)
+        if (
+            not self.retry_first_logon
+            and not self._ever_up
+            and all(h.tried or h.failed for h in health)
+            and not any(h.up for h in health)
+        ):
+            # No server could be logged on at its first try: stop, as one tunnel would.
+            failure = next(
+                (m.failure for m in reversed(self._members) if m.failure is not None), None
+            )
+            waiters, self._ready_waiters = self._ready_waiters, []
+            self._stopping = True
+            Deferred.fromCoroutine(self._stop()).addErrback(
+                lambda f: _log.failure("stopping the group failed", f)
+            )
+            for d in waiters:
+                if not d.called:
+                    d.errback(failure or Failure(ConnectError("No server of the group answered.")))
+            return
         if all(h.failed for h in health) and self._ready_waiters:
             error = self._members[-1].failure
             waiters, self._ready_waiters = self._ready_waiters, []
@@ -629,6 +657,7 @@ class _Member(TunnelObserver):
         self.up_since = self.clock.seconds()
         self.failed = False
         self.tried = True
+        self.group._ever_up = True
         self.group._decide()
 
     @override
@@ -636,6 +665,8 @@ class _Member(TunnelObserver):
         if attempt.retry_type == "ssh" and not self.tried:
             # The first logon failed and is retried: the group need not wait for it.
             self.tried = True
+            if attempt.error is not None:
+                self.failure = Failure(attempt.error)
             self.group._decide()
 
     @override

@@ -656,6 +656,7 @@ class TunnelService(Service):
                 mode=options.group_mode,
                 failback_after=options.failback_after,
                 report=self._report,
+                retry_first_logon=options.auto_reconnect == "always",
             )
             self._operations = operations = start_operations(
                 self._reactor,
@@ -675,8 +676,14 @@ class TunnelService(Service):
             await group.start()
         except CancelledError:
             return
-        except RTunnelError:
-            return  # GivesUp has said so
+        except RTunnelError as error:
+            if not self.running:
+                return  # stopService abandoned it
+            # No server could be logged on (the first logon is not retried without
+            # AutoReconnect=always), or every one gave up.
+            _log.error("{message}", message=describe_error(error, user=self._user, host=self._host))
+            if self._on_failure is not None:
+                self._on_failure(error)
 
     def _start_operations(self, tunnel: ReverseTunnel) -> None:
         """:raises SpecError: the control socket or HTTP listener cannot start."""
@@ -799,6 +806,7 @@ def build_group(
     mode: str | None,
     failback_after: float | None,
     report: Report,
+    retry_first_logon: bool = False,
 ) -> TunnelGroup:
     """
     A :class:`~rtunnel.group.TunnelGroup` with each server configured the way ``ssh``
@@ -808,6 +816,8 @@ def build_group(
 
     :param servers: ``(name, host, options, password)`` for each server, in order (name
         None: ``HOST:PORT``).
+    :param retry_first_logon: ``AutoReconnect=always``: retry when no server can be
+        logged on at first; otherwise the group stops then, as the command's one tunnel.
     :raises SpecError: if a server's settings are refused.
     """
     from rtunnel.client.auth.credentials import Password
@@ -828,6 +838,7 @@ def build_group(
         [group_forward(spec) for spec in forwards],
         mode=mode or "failover",
         failback_after=failback_after,
+        retry_first_logon=retry_first_logon,
     )
     group.add_observer(GroupReporter(report))
     for member, tunnel in zip(members, group.tunnels, strict=True):

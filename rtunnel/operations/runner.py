@@ -39,6 +39,7 @@ from twisted.internet.defer import (
 )
 from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorThreads, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from typing_extensions import override
 
 from rtunnel._core.forwards import ForwardState
@@ -430,6 +431,7 @@ class _RunningGroup:
                 mode=options.group_mode,
                 failback_after=options.failback_after,
                 report=self.report,
+                retry_first_logon=options.auto_reconnect == "always",
             )
         except SpecError as error:
             self._failed(f"rtunnel: {error.message}")
@@ -439,7 +441,19 @@ class _RunningGroup:
             group.add_tunnel_observer(observer)
         names = ", ".join(s.name for s in config.servers)
         self.report("INFO", f"Starting the {group.mode.value} group of {names}.")
-        group.start().addErrback(lambda _: None)  # its servers say why, one by one
+        group.start().addErrback(self._not_started)
+
+    def _not_started(self, failure: Failure) -> None:
+        # No server could be logged on at first (without AutoReconnect=always), or every
+        # one gave up: the group has failed, as a tunnel whose first logon fails.
+        if self.finished:
+            return
+        error = failure.value
+        if isinstance(error, RTunnelError):
+            user = self.config.servers[0].user or local_user()
+            self._failed(describe_error(error, user=user, host=self.config.servers[0].host))
+        else:
+            self._failed(f"rtunnel: {failure.getErrorMessage()}")
 
     def add_observer(self, observer: TunnelObserver) -> None:
         if self.group is not None:

@@ -234,3 +234,45 @@ def test_bad_arguments_are_one_line(
     with pytest.raises(SpecError) as caught:
         TunnelGroup(pair.reactor, chosen, **kwargs)  # type: ignore[arg-type]
     assert str(caught.value).startswith(message)
+
+
+def test_without_retrying_the_first_logon_a_group_nobody_answers_stops(
+    network: tuple[MemoryPair, SSHTestServer, list[GroupServer]],
+) -> None:
+    from rtunnel import ConnectError
+
+    pair, _second, servers = network
+    pair.refuse_connections()
+    pair.reactor.refusing.add(("127.0.0.2", 22))
+    group = TunnelGroup(
+        pair.reactor,
+        servers,
+        [GroupForward("127.0.0.1", 0, factory=Factory.forProtocol(Echo))],
+        retry_first_logon=False,
+    )
+    with pytest.raises(ConnectError):
+        pair.run(group.start())
+    attempts = pair.connection_attempts
+    pair.advance(60.0)
+    # Stopped: nothing is retried any more.
+    assert pair.connection_attempts == attempts == 1
+    assert not any(t.connected for t in group.tunnels)
+
+
+def test_without_retrying_the_first_logon_one_server_up_is_enough(
+    network: tuple[MemoryPair, SSHTestServer, list[GroupServer]],
+) -> None:
+    pair, _second, servers = network
+    pair.refuse_connections()  # a is down at start: b serves, a is retried
+    group = TunnelGroup(
+        pair.reactor,
+        servers,
+        [GroupForward("127.0.0.1", 0, factory=Factory.forProtocol(Echo))],
+        retry_first_logon=False,
+    )
+    pair.run(group.start())
+    assert group.serving == "b"
+    pair.refuse_connections(False)
+    pair.advance(3.0)
+    assert group.tunnels[0].connected and group.role(0) == "standby"
+    pair.run(group.stop())
