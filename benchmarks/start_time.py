@@ -121,7 +121,9 @@ def rtunnel_command(setup: Setup, *python_flags: str) -> list[str]:
 
 def environment(rtunnel_src: Path) -> dict[str, str]:
     """
-    The environment every command runs in: rtunnel imported from ``rtunnel_src``, no
+    The environment every command runs in: rtunnel imported from ``rtunnel_src`` (the
+    commands run in the work directory: ``python -m`` puts the current directory first
+    on ``sys.path``, and run from a checkout that checkout's rtunnel would win), no
     agent, and bytecode caching on (an installed rtunnel has its ``.pyc`` files; with
     ``PYTHONDONTWRITEBYTECODE`` and no cache every start would compile the sources).
     """
@@ -145,7 +147,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def time_tunnel(
-    command: list[str], env: dict[str, str], timeout: float = 60.0
+    command: list[str], env: dict[str, str], cwd: Path, timeout: float = 60.0
 ) -> tuple[float, float, str]:
     """
     Run ``command`` until it prints its ``Allocated port`` line on stderr, then stop it.
@@ -162,6 +164,7 @@ def time_tunnel(
         stderr=subprocess.PIPE,
         env=env,
         text=True,
+        cwd=cwd,
     )
     seen: list[str] = []
     try:
@@ -190,10 +193,10 @@ def time_tunnel(
             process.stderr.close()
 
 
-def time_python(code: str, env: dict[str, str]) -> tuple[float, float]:
+def time_python(code: str, env: dict[str, str], cwd: Path) -> tuple[float, float]:
     """The seconds from exec to exit of ``python -c code``, and its CPU seconds."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-c", code], env=env)
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=cwd)
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -215,6 +218,7 @@ def import_profile(setup: Setup, top: int = 15) -> str:
         stderr=subprocess.PIPE,
         env=setup.env,
         text=True,
+        cwd=setup.workdir,
     )
     rows: list[tuple[str, int, int]] = []
     try:
@@ -344,15 +348,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A warm-up start of each, not counted: writes rtunnel's .pyc files and fills the
         # page cache, as any start after the first finds them.
         for name, command in tunnels.items():
-            time_tunnel(command, envs[name])
+            time_tunnel(command, envs[name], workdir)
         names = list(runs)
         for round_no in range(args.rounds):
             shift = round_no % len(names)
             for name in names[shift:] + names[:shift]:
                 if name in tunnels:
-                    seconds, used, lines[name] = time_tunnel(tunnels[name], envs[name])
+                    seconds, used, lines[name] = time_tunnel(tunnels[name], envs[name], workdir)
                 else:
-                    seconds, used = time_python(FLOORS[name], setup.env)
+                    seconds, used = time_python(FLOORS[name], setup.env, workdir)
                 runs[name].append(seconds)
                 cpu[name].append(used)
             print(

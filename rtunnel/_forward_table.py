@@ -337,9 +337,11 @@ class ForwardTable:
     # -- cancelling
 
     async def cancel(self, bind_address: str, port: int, listen_path: str | None = None) -> None:
-        """``cancel_forwarding()``: forget the forward at once, then tell the server."""
+        """``cancel_forwarding()``: forget the forward at once, then tell the server (not
+        between connections: the server's listener went with the lost session, and the
+        reconnect will not ask for it again)."""
         conn = self._host.connection()
-        if conn is None:
+        if conn is None and not self._host.waiting_to_reconnect():
             raise NotConnectedError("Not logged on: call logon() first.")
         where = (
             f"socket {listen_path}" if listen_path is not None else f"{bind_address!r} port {port}"
@@ -373,7 +375,7 @@ class ForwardTable:
             # Only a listener the server has, or may make for a request already sent,
             # needs a cancel (a retrying forward has none); should a re-request allocate
             # another port than the one named here, _agreed_too_late cancels that too.
-            if was is ForwardState.ACTIVE or asking:
+            if conn is not None and (was is ForwardState.ACTIVE or asking):
                 named = forward.port or port
                 if asking:
                     self._cancel_sent[id(forward)] = named

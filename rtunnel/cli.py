@@ -40,6 +40,14 @@ from zope.interface import implementer
 
 from rtunnel._core.syntax import parse_destination
 from rtunnel._core.text import printable, printable_lines
+from rtunnel._front import (
+    ReconnectReporter,
+    build_group,
+    build_tunnel,
+    describe_error,
+    establish_forwards,
+    local_user,
+)
 from rtunnel._model import ChannelInfo, TunnelObserver
 from rtunnel.client.transport._algorithms import resolve
 from rtunnel.errors import ConnectError, RTunnelError, SpecError
@@ -71,14 +79,6 @@ from rtunnel.openssh.keywords import (
 )
 from rtunnel.openssh.options import parse_keyword
 from rtunnel.openssh.values import check_host_name, check_user_name, parse_port
-from rtunnel.service import (
-    ReconnectReporter,
-    build_group,
-    build_tunnel,
-    describe_error,
-    establish_forwards,
-    local_user,
-)
 
 if TYPE_CHECKING:
     from rtunnel.group import GroupServerStatus
@@ -993,15 +993,32 @@ async def _group_session(
     return stop.status
 
 
+class _NoOperations:
+    """No control socket, HTTP listener or systemd: nothing to start or stop."""
+
+    def stopping(self) -> None:
+        pass
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+
 def _start_operations(
     reactor: IReactorCore, invocation: Invocation, tunnel: ReverseTunnel, console: _Console
-) -> Observability | None:
+) -> Observability | _NoOperations | None:
     """The control socket, HTTP listener and systemd notifications (issue #14); None
     (and the reason said) when one cannot start."""
+    options = invocation.options
+    if (
+        options.control_socket in (None, "none")
+        and options.http_listen in (None, "none")
+        and not os.environ.get("NOTIFY_SOCKET")
+    ):
+        # A plain start does not import rtunnel.operations at all (issue #17).
+        return _NoOperations()
     from rtunnel.operations.observe import Changes, start_operations
     from rtunnel.operations.status import OneTunnel
 
-    options = invocation.options
     try:
         operations = start_operations(
             reactor,

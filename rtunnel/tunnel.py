@@ -465,7 +465,9 @@ class ReverseTunnel:
     def cancel_forwarding(self, bind_address: str, port: int) -> Deferred[None]:
         """
         Ask the server to stop listening. ``port`` is the listening port (the allocated one
-        when 0 was requested). Connections already open stay open.
+        when 0 was requested). Connections already open stay open. While the tunnel waits
+        to reconnect, the forward is forgotten at once and not asked for again (the
+        server's listener went with the lost session).
         """
         return Deferred.fromCoroutine(self._cancel_forwarding(bind_address, port))
 

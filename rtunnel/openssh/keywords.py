@@ -769,6 +769,20 @@ IDENTITY_FILE: Final = Keyword(
 )
 
 #: ``BatchMode``, named in the command's messages.
+SERVER_ALIVE_INTERVAL: Final = Keyword(
+    "ServerAliveInterval",
+    value="TIME",
+    topic="Staying up",
+    help="send a keepalive after that long without a packet from the server "
+    "(default 0: never; 300 with BatchMode=yes, as ssh)",
+    parse=lambda keyword, args: _server_alive(keyword, args, time=True),
+    sets=("keepalive_interval",),
+    default=0,
+)
+#: ServerAliveInterval when BatchMode=yes and none is given (readconf.c,
+#: fill_default_options: "in batch mode, default is 5mins").
+BATCH_MODE_SERVER_ALIVE_INTERVAL: Final = 300
+
 BATCH_MODE: Final = Keyword(
     "BatchMode",
     value="yes|no",
@@ -1028,15 +1042,7 @@ KEYWORDS: Final[tuple[Keyword[Any], ...]] = (
     ),
     COMPRESSION,
     # Staying up
-    Keyword(
-        "ServerAliveInterval",
-        value="TIME",
-        topic="Staying up",
-        help="send a keepalive after that long without a packet from the server (default 0: never)",
-        parse=lambda keyword, args: _server_alive(keyword, args, time=True),
-        sets=("keepalive_interval",),
-        default=0,
-    ),
+    SERVER_ALIVE_INTERVAL,
     Keyword(
         "ServerAliveCountMax",
         value="N",

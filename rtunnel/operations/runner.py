@@ -44,6 +44,15 @@ from typing_extensions import override
 
 from rtunnel._core.forwards import ForwardState
 from rtunnel._core.text import printable
+from rtunnel._front import (
+    ReconnectReporter,
+    Report,
+    build_group,
+    describe_error,
+    establish_forwards,
+    local_user,
+    tunnel_options,
+)
 from rtunnel._model import ChannelInfo, Forward, ReconnectAttempt, TunnelObserver
 from rtunnel.errors import RTunnelError, SpecError
 from rtunnel.openssh.client_options import ClientOptions
@@ -57,15 +66,6 @@ from rtunnel.operations.config import (
     load_config,
 )
 from rtunnel.operations.status import ForwardStatus, TunnelStatus
-from rtunnel.service import (
-    ReconnectReporter,
-    Report,
-    build_group,
-    describe_error,
-    establish_forwards,
-    local_user,
-    tunnel_options,
-)
 
 if TYPE_CHECKING:
     from twisted.logger import ILogObserver

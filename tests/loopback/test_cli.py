@@ -8,10 +8,8 @@ test's reactor.
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -677,8 +675,7 @@ async def test_connection_lost(
     if target.kind == "bundled":
         await target.server.drop_connections()
     else:
-        for pid in target.server.sshd_session_pids():
-            os.kill(pid, signal.SIGKILL)
+        target.server.kill_sessions()
     status = await child.ended.addTimeout(START_TIMEOUT, reactor)
     assert status == (255, None), child.stderr
     assert len(child.lines) == 2, child.stderr
@@ -703,8 +700,7 @@ async def test_auto_reconnect_prints_the_allocated_port_again(
     if target.kind == "bundled":
         await target.server.drop_connections()
     else:
-        for pid in target.server.sshd_session_pids():
-            os.kill(pid, signal.SIGKILL)
+        target.server.kill_sessions()
     for _ in range(int(START_TIMEOUT * 10)):
         matches = [m for m in map(allocated.search, child.lines) if m is not None]
         if len(matches) >= 2 or not child.running:
@@ -739,8 +735,7 @@ async def test_reconnects_by_default_and_says_so_once(
         if target.kind == "bundled":
             await target.server.drop_connections()
         else:
-            for pid in target.server.sshd_session_pids():
-                os.kill(pid, signal.SIGKILL)
+            target.server.kill_sessions()
         for _ in range(int(START_TIMEOUT * 10)):
             if len(_matches(child, allocated)) > kill or not child.running:
                 break
@@ -855,9 +850,7 @@ async def test_server_alive_notices_a_frozen_server(
         f"0:127.0.0.1:{echo_port}",
     )
     await child.wait_for(ALLOCATED.format(echo_port))
-    frozen = target.server.sshd_session_pids()
-    for pid in frozen:
-        os.kill(pid, signal.SIGSTOP)
+    assert target.server.freeze_sessions()
     try:
         started = reactor.seconds()  # type: ignore[attr-defined]
         status = await child.ended.addTimeout(START_TIMEOUT, reactor)
@@ -865,8 +858,7 @@ async def test_server_alive_notices_a_frozen_server(
         assert status == (255, None), child.stderr
         assert any("not responding" in line for line in child.lines), child.stderr
     finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGKILL)
+        target.server.kill_sessions()
 
 
 class _Silent(Factory):

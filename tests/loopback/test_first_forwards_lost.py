@@ -8,9 +8,7 @@ the ``rtunnel`` command against a real sshd whose session dies right after the l
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -349,10 +347,9 @@ async def _kill_sessions_after_logon(
                 if slow.last_reply_at > logged_after:
                     break
                 await deferLater(reactor, 0.005, lambda: None)
-            pids = sshd.sshd_session_pids()
-            for pid in pids:
-                os.kill(pid, signal.SIGKILL)
-            return pids
+            # The pre-auth child may exit between listing and signalling: kill_sessions
+            # tolerates that.
+            return sshd.kill_sessions()
         polled = reactor.seconds()  # type: ignore[attr-defined]
         await deferLater(reactor, 0.01, lambda: None)
     raise AssertionError(f"no logon in the sshd log:\n{sshd.log_tail()}")

@@ -561,8 +561,6 @@ async def test_six_session_kills_each_come_back_from_the_first_backoff_step(
     # flowing brought the forward back after 1.2, 2.2, 4.3, 58, 58 and 69 s. With the
     # default backoff (1 s, doubling, +-20%, at most 60 s) each outage must be attempt 1
     # again: the initial delay and jitter plus a logon, well under 10 s.
-    import os
-    import signal
 
     from rtunnel import ForwardState, PrivateKeyFile, ReconnectAttempt
 
@@ -610,8 +608,7 @@ async def test_six_session_kills_each_come_back_from_the_first_backoff_step(
         for kill in range(6):
             before = ok[0]
             await eventually(lambda b=before: ok[0] >= b + 3, timeout=10)  # traffic flows
-            for pid in openssh_server.sshd_session_pids():
-                os.kill(pid, signal.SIGKILL)
+            openssh_server.kill_sessions()
             killed = time.monotonic()
             await eventually(lambda n=kill + 1: len(watcher.attempts) == n, timeout=10)
             await eventually(

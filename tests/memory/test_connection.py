@@ -599,6 +599,27 @@ def test_an_eof_we_do_not_answer_yet_is_acked_at_once(tcp_pair: socket.socket) -
     assert _quickack(tcp_pair) == 1
 
 
+@needs_quickack
+def test_a_global_request_wanting_no_reply_is_acked_at_once(tcp_pair: socket.socket) -> None:
+    # sshd 9.2 sends hostkeys-00@openssh.com right after the logon, ahead of the answers
+    # to our tcpip-forward requests; without the ACK its Nagle held them 40 ms.
+    h = _quickack_harness(tcp_pair)
+    h.feed(
+        c.MSG_GLOBAL_REQUEST,
+        wire.encode_string(b"hostkeys-00@openssh.com") + b"\x00" + wire.encode_string(b"k"),
+    )
+    assert h.ssh.of(c.MSG_REQUEST_FAILURE) == []
+    assert _quickack(tcp_pair) == 1
+
+
+@needs_quickack
+def test_a_global_request_we_refuse_needs_no_quickack(tcp_pair: socket.socket) -> None:
+    h = _quickack_harness(tcp_pair)
+    h.feed(c.MSG_GLOBAL_REQUEST, wire.encode_string(b"keepalive@openssh.com") + b"\x01")
+    assert h.ssh.of(c.MSG_REQUEST_FAILURE) == [b""]  # our answer carries the ACK
+    assert _quickack(tcp_pair) == 0
+
+
 def test_the_server_socket_reads_and_queues_more_than_twisteds_default(
     tcp_pair: socket.socket,
 ) -> None:

@@ -120,6 +120,31 @@ def test_cancel_forwarding_of_a_forward_retrying_answers_and_stops_the_retries(
     _logoff(pair, t)
 
 
+def test_cancel_forwarding_while_waiting_to_reconnect_forgets_the_forward(
+    pair: MemoryPair,
+) -> None:
+    # Before: NotConnectedError, and the reconnect asked for the forward again. The
+    # server's listener went with the lost session, so nothing needs telling it.
+    t = pair.tunnel
+    pair.logon()
+    result = _outcome(t.request_forwarding("127.0.0.1", 7000, "127.0.0.1", 8000))
+    pair.flush()
+    assert len(result) == 1 and pair.server.forwards != []
+    pair.drop()
+    assert not t.connected and [f.port for f in t.forwards] == [7000]
+    cancelled = _outcome(t.cancel_forwarding("127.0.0.1", 7000))
+    pair.flush()
+    assert cancelled == [None] and t.forwards == []
+    pair.advance(FAST.initial_delay)
+    pair.flush()
+    assert t.connected and t.forwards == [] and pair.server.forwards == []
+    # A second cancel of it is an error naming it, as for any forward not there.
+    again = _outcome(t.cancel_forwarding("127.0.0.1", 7000))
+    assert len(again) == 1 and isinstance(again[0], Failure)
+    assert again[0].check(ForwardingError) and "7000" in str(again[0].value)
+    _logoff(pair, t)
+
+
 def test_a_forward_abandoned_while_requested_again_is_not_left_listening(
     pair: MemoryPair,
 ) -> None:

@@ -6,6 +6,7 @@ and from the server, with data intact across it.
 
 from __future__ import annotations
 
+import socket
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -789,6 +790,26 @@ def test_debug_messages_are_logged_escaped(monkeypatch: pytest.MonkeyPatch) -> N
         globalLogPublisher.removeObserver(logged.append)
     texts = [formatEvent(e) for e in logged if "debug message" in formatEvent(e)]
     assert texts and all("\x1b" not in x and len(x) < 400 for x in texts)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux-only")
+def test_a_debug_message_is_acked_at_once() -> None:
+    # Nothing of ours answers SSH_MSG_DEBUG (sshd sends some right after the logon): the
+    # server's next packet must not wait for our delayed ACK (acknowledge_now).
+    quickack = socket.TCP_QUICKACK  # type: ignore[attr-defined]
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sock = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        with sock, accepted:
+            t, wire = _version_client()
+            wire.getHandle = lambda: sock  # type: ignore[attr-defined]
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 0)
+            ignore = _server_stream(IGNORE)
+            t.dataReceived(ignore)
+            assert sock.getsockopt(socket.IPPROTO_TCP, quickack) == 0
+            debug = bytes((conch.MSG_DEBUG, 0)) + NS(b"hi") + NS(b"")
+            t.dataReceived(_server_stream(IGNORE, debug)[len(ignore) :])
+            assert sock.getsockopt(socket.IPPROTO_TCP, quickack) == 1
 
 
 @pytest.mark.parametrize("cipher", ["chacha20-poly1305@openssh.com", "aes128-ctr", "3des-cbc"])

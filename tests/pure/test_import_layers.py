@@ -68,14 +68,23 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Many tunnels from a configuration, reload, status, metrics (issue #14).
     ("operations", ("rtunnel.operations",)),
     # The runner starts tunnels as the command does (its credentials, defaults and
-    # messages, from rtunnel.service); the configuration and the status types stay below.
-    ("front ends", ("rtunnel.service", "rtunnel.cli", "rtunnel.operations.runner", "rtunnel.tap")),
+    # messages, from rtunnel._front); the configuration and the status types stay below.
+    (
+        "front ends",
+        (
+            "rtunnel._front",
+            "rtunnel.service",
+            "rtunnel.cli",
+            "rtunnel.operations.runner",
+            "rtunnel.tap",
+        ),
+    ),
     ("test helpers and demo", ("rtunnel.testing", "rtunnel.demo")),
 )
 EXACT = frozenset({"rtunnel", "rtunnel.client"})
 # The command-line grammar and the front ends over it: nothing in the library (the layers
 # up to its public names) imports them.
-FRONT_ENDS = ("rtunnel.openssh", "rtunnel.cli", "rtunnel.service")
+FRONT_ENDS = ("rtunnel.openssh", "rtunnel.cli", "rtunnel.service", "rtunnel._front")
 LIBRARY_TOP = "public names"
 CORE = "rtunnel._core"
 # What the pure core may import: itself, the error classes, the standard library.

@@ -36,6 +36,12 @@ NOT_FOR_A_PLAIN_START = (
     "hypothesis",
     "prometheus_client",
     "twisted.web",
+    # Only twistd's service needs these (rtunnel.service; the command uses rtunnel._front).
+    # Not twisted.plugin: twisted.internet.endpoints imports it.
+    "twisted.application",
+    "twisted.python.usage",
+    # Only with a control socket, an HTTP listener or $NOTIFY_SOCKET.
+    "rtunnel.operations",
 )
 
 #: What a plain start imports by the time the forward is up (``-X importtime`` of a real

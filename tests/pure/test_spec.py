@@ -827,3 +827,24 @@ def test_server_alive_options(text: str, expected: tuple[str, int]) -> None:
 def test_bad_server_alive_values(text: str) -> None:
     with pytest.raises(SpecError, match="invalid"):
         parse_option(text)
+
+
+@pytest.mark.parametrize(
+    ("given", "interval"),
+    [
+        ([], 0.0),
+        (["BatchMode=no"], 0.0),
+        # readconf.c, fill_default_options: "in batch mode, default is 5mins".
+        (["BatchMode=yes"], 300.0),
+        (["BatchMode=yes", "ServerAliveInterval=0"], 0.0),
+        (["ServerAliveInterval=15", "BatchMode=yes"], 15.0),
+    ],
+)
+def test_batch_mode_keeps_the_connection_alive_every_five_minutes_as_ssh(
+    given: list[str], interval: float
+) -> None:
+    options = ClientOptions()
+    for option in given:
+        options.apply_option(option)
+    tunnel = tunnel_options(options, report=lambda *a: None)
+    assert tunnel.staying_up.keepalive_interval == interval

@@ -18,9 +18,7 @@ unknown channel number, and accepts any channel type a factory knows. Here:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import socket
 import struct
 import time
 from collections import deque
@@ -49,6 +47,7 @@ from rtunnel._core.ratelimit import RepeatLimiter
 from rtunnel._core.text import printable
 from rtunnel._model import ChannelInfo, ChannelOpenRequest, Forward
 from rtunnel.client.channels.channel import ForwardedChannel
+from rtunnel.client.transport._sockopts import acknowledge_now
 from rtunnel.errors import ConnectionLostError, ForwardingError, ProtocolError
 
 if TYPE_CHECKING:
@@ -91,7 +90,6 @@ SERVER_SOCKET_BUFFER = 256 * 1024
 #: cannot send channel data until NEWKEYS) before every channel's source is paused.
 KEX_QUEUE_LIMIT = 1024 * 1024
 
-_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 _U32 = struct.Struct(">L")
 _U32X2 = struct.Struct(">LL")
@@ -550,6 +548,10 @@ class ForwardingConnection(SSHService):
         _log.debug("refusing global request {name}", name=printable(name, 64))
         if want_reply:
             self._send(MSG_REQUEST_FAILURE, b"")
+        else:
+            # hostkeys-00@openssh.com right after the logon, ahead of the answers to our
+            # forward requests (acknowledge_now).
+            self._ack_now()
 
     def _request_success(self, packet: bytes) -> None:
         if not self._global_replies:
@@ -822,18 +824,11 @@ class ForwardingConnection(SSHService):
 
     def _ack_now(self) -> None:
         # An EOF or CLOSE from the server that we do not answer at once (the CLOSE that
-        # answers ours, an EOF while the target finishes): no packet of ours carries its
-        # ACK, and Linux delays a lone ACK up to 40 ms. OpenSSH's sshd does not set
-        # TCP_NODELAY on a connection without a session (ssh -N), so Nagle holds its next
+        # answers ours, an EOF while the target finishes), a global request that wants
+        # no reply: no packet of ours carries its ACK, and sshd's Nagle holds its next
         # small packet (often the CHANNEL_OPEN of the next connection) until that ACK
         # arrives: the 43 ms stall ssh -R shows on sequential short connections.
-        # TCP_QUICKACK sends the ACK now (tcp(7); Linux only, best effort elsewhere).
-        tcp = self._tcp_transport()
-        handle = getattr(tcp, "getHandle", None)
-        if _TCP_QUICKACK is None or handle is None:
-            return
-        with contextlib.suppress(OSError, AttributeError):
-            handle().setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        acknowledge_now(self._tcp_transport())
 
     def _channel_request(self, packet: bytes) -> None:
         channel = self._live_channel(packet, "CHANNEL_REQUEST")

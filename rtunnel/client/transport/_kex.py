@@ -60,6 +60,7 @@ from rtunnel.client.transport._packet import (
     make_opener,
     make_sealer,
 )
+from rtunnel.client.transport._sockopts import acknowledge_now
 from rtunnel.client.transport._writes import write_now
 from rtunnel.errors import (
     ConnectionLostError,
@@ -285,6 +286,9 @@ class SecureTransportMixin(_Base):
 
     @override
     def receiveDebug(self, alwaysDisplay: bool, message: bytes, lang: bytes) -> None:
+        # Nothing of ours answers it: sshd's next packet (with ``authorized_keys`` options it
+        # sends DEBUG messages right after the logon) must not wait for a delayed ACK.
+        acknowledge_now(self.transport)
         # Conch logs the raw bytes; a hostile peer's text is escaped and capped (D15).
         if alwaysDisplay:
             _log.info("SSH debug message from the peer: {message}", message=printable(message))
