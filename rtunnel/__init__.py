@@ -78,6 +78,13 @@ if TYPE_CHECKING:
         TimedOutError,
         VersionError,
     )
+    from rtunnel.group import (
+        GroupForward,
+        GroupObserver,
+        GroupServer,
+        GroupServerStatus,
+        TunnelGroup,
+    )
     from rtunnel.options import (
         AlgorithmOptions,
         AuthOptions,
@@ -157,6 +164,11 @@ _WHERE: dict[str, str] = {
     "StayingUpOptions": "rtunnel.options",
     "TunnelOptions": "rtunnel.options",
     "TunnelSettings": "rtunnel.options",
+    "GroupForward": "rtunnel.group",
+    "GroupObserver": "rtunnel.group",
+    "GroupServer": "rtunnel.group",
+    "GroupServerStatus": "rtunnel.group",
+    "TunnelGroup": "rtunnel.group",
     "HostKeyPolicy": "rtunnel.tunnel",
     "ReverseTunnel": "rtunnel.tunnel",
 }
@@ -201,6 +213,10 @@ __all__ = [
     "ForwardRetryLimitError",
     "ForwardState",
     "ForwardingError",
+    "GroupForward",
+    "GroupObserver",
+    "GroupServer",
+    "GroupServerStatus",
     "HostKeyError",
     "HostKeyInfo",
     "HostKeyOptions",
@@ -232,6 +248,7 @@ __all__ = [
     "SpecError",
     "StayingUpOptions",
     "TimedOutError",
+    "TunnelGroup",
     "TunnelObserver",
     "TunnelOptions",
     "TunnelSettings",

@@ -420,6 +420,20 @@ class ForwardTable:
             b"cancel-tcpip-forward", wire.encode_tcpip_forward(bind_address, port)
         )
 
+    def forget(self, forward: Forward) -> None:
+        """
+        Forget ``forward`` without a word to the server: its connection is gone (a
+        tunnel group moving its forwards off a lost server, issue #15). The reconnect
+        does not ask for it again; a ``request_forwarding()`` call waiting for it fails.
+        """
+        if forward not in self.forwards:
+            return
+        self._drop(forward, ForwardEvent.CANCEL)
+        self._answer_first(
+            forward,
+            Failure(ForwardingError("The forward was moved to another server of its group.")),
+        )
+
     def cancel_active(self) -> list[Deferred[None]]:
         """Cancel every active forward (a logoff's first step)."""
         return [

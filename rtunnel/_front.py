@@ -52,6 +52,7 @@ from rtunnel.options import TunnelOptions
 if TYPE_CHECKING:
     from rtunnel._core.policy import ReconnectMode
     from rtunnel._model import Forward
+    from rtunnel.group import GroupForward, TunnelGroup
     from rtunnel.options import TunnelSettings
     from rtunnel.tunnel import ReverseTunnel
 
@@ -59,9 +60,12 @@ __all__ = [
     "DEFAULT_IDENTITY_FILES",
     "ReconnectReporter",
     "Report",
+    "build_group",
     "build_tunnel",
     "describe_error",
     "establish_forwards",
+    "group_forward",
+    "group_members",
     "local_user",
     "reconnect_policy",
     "tunnel_options",
@@ -439,3 +443,119 @@ def describe_error(error: RTunnelError, *, user: str, host: str) -> str:
         # The tunnel words it as ssh.c does, program name included; use ours.
         message = message.removeprefix("ssh: ")
     return f"rtunnel: {message}"
+
+
+# --------------------------------------------------------------------------------------
+# Tunnel groups (issue #15): the command, the configuration file and twistd build them here
+
+
+def group_forward(spec: RemoteForwardSpec) -> GroupForward:
+    """The group's forward for a ``-R`` spec (the arguments ``establish_forwards`` uses)."""
+    from rtunnel.group import GroupForward
+
+    if spec.listen_path is not None:
+        return GroupForward(
+            spec.listen_path,
+            0,
+            spec.host or None,
+            spec.host_port or None,
+            target_path=spec.target_path,
+            listen_path=spec.listen_path,
+            policy=spec.policy,
+        )
+    if spec.dynamic:
+        return GroupForward(spec.bind_address, spec.port, dynamic=True, policy=spec.policy)
+    if spec.target_path is not None:
+        return GroupForward(
+            spec.bind_address, spec.port, target_path=spec.target_path, policy=spec.policy
+        )
+    return GroupForward(spec.bind_address, spec.port, spec.host, spec.host_port, policy=spec.policy)
+
+
+def group_members(
+    host: str, options: ClientOptions
+) -> list[tuple[str | None, str, ClientOptions, str | None]]:
+    """
+    The servers of ``-o GroupServer`` where no ssh_config is read (twistd): the
+    destination with ``options``, then each GroupServer with a copy of them, its own user
+    and port (when the value gives them) winning.
+    """
+    import copy
+
+    members: list[tuple[str | None, str, ClientOptions, str | None]] = [(None, host, options, None)]
+    for server in options.group_servers:
+        other = copy.deepcopy(options)
+        if server.user is not None:
+            other.user = server.user
+        if server.port is not None:
+            other.port = server.port
+        members.append((None, server.host, other, None))
+    return members
+
+
+def build_group(
+    reactor: IReactorTCP,
+    servers: Sequence[tuple[str | None, str, ClientOptions, str | None]],
+    forwards: Sequence[RemoteForwardSpec],
+    *,
+    mode: str | None,
+    failback_after: float | None,
+    report: Report,
+    retry_first_logon: bool = False,
+) -> TunnelGroup:
+    """
+    A :class:`~rtunnel.group.TunnelGroup` with each server configured the way ``ssh``
+    would be by its options (:func:`tunnel_options`), and reporters on it: which server
+    serves, each server's loss and return, and each allocated port (``Allocated port N
+    for remote forward to HOST:PORT on SERVER``).
+
+    :param servers: ``(name, host, options, password)`` for each server, in order (name
+        None: ``HOST:PORT``).
+    :param retry_first_logon: ``AutoReconnect=always``: retry when no server can be
+        logged on at first; otherwise the group stops then, as the command's one tunnel.
+    :raises SpecError: if a server's settings are refused.
+    """
+    from rtunnel.client.auth.credentials import Password
+    from rtunnel.group import GroupReporter, GroupServer, TunnelGroup
+
+    members = []
+    for name, host, options, password in servers:
+        built = tunnel_options(options, report=report)
+        if password is not None:
+            built = TunnelOptions.create(
+                base=built, auth=(*built.authentication.auth, Password(password))
+            )
+        port = options.port if options.port is not None else 22
+        members.append(GroupServer(host, port, built, name))
+    group = TunnelGroup(
+        reactor,
+        members,
+        [group_forward(spec) for spec in forwards],
+        mode=mode or "failover",
+        failback_after=failback_after,
+        retry_first_logon=retry_first_logon,
+    )
+    group.add_observer(GroupReporter(report))
+    for member, tunnel in zip(members, group.tunnels, strict=True):
+        tunnel.add_observer(_AllocatedOn(member.label, report))
+    return group
+
+
+class _AllocatedOn(TunnelObserver):
+    """ssh's ``Allocated port`` line for a group's server, naming the server."""
+
+    def __init__(self, name: str, report: Report) -> None:
+        self._name = name
+        self._report = report
+
+    @override
+    def forward_state_changed(self, forward: Forward) -> None:
+        if (
+            forward.state is ForwardState.ACTIVE
+            and forward.requested_port == 0
+            and forward.listen_path is None
+            and forward.host is not None
+            and forward.host_port is not None
+        ):
+            line = format_allocated(forward.port, forward.host, forward.host_port)
+            self._report("INFO", f"{line} on {self._name}")

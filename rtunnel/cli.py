@@ -42,6 +42,7 @@ from rtunnel._core.syntax import parse_destination
 from rtunnel._core.text import printable, printable_lines
 from rtunnel._front import (
     ReconnectReporter,
+    build_group,
     build_tunnel,
     describe_error,
     establish_forwards,
@@ -80,6 +81,7 @@ from rtunnel.openssh.options import parse_keyword
 from rtunnel.openssh.values import check_host_name, check_user_name, parse_port
 
 if TYPE_CHECKING:
+    from rtunnel.group import GroupServerStatus
     from rtunnel.operations.logs import JsonLinesObserver
     from rtunnel.operations.observe import Observability
     from rtunnel.tunnel import ReverseTunnel
@@ -216,6 +218,9 @@ class Invocation:
     :ivar notices: ``(level, line)`` to print once logging is set up (notes on ``-R``
         forms, the files read and the lines ignored, at ``-v``).
     :ivar config: what :func:`read_config` read.
+    :ivar destination_index: where the destination is in the arguments.
+    :ivar group: ``-o GroupServer``: each further server's invocation, the same arguments
+        with that server as the destination (issue #15).
     """
 
     options: ClientOptions
@@ -228,6 +233,8 @@ class Invocation:
     fork: bool = False
     notices: list[tuple[str, str]] = field(default_factory=list)
     config: ConfigRead | None = None
+    destination_index: int = 0
+    group: list[Invocation] = field(default_factory=list)
 
 
 def _version() -> str:
@@ -259,6 +266,7 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
     args = list(argv)
     index = 0
     options_done = False
+    destination_index = 0
 
     def fail_with(message: str) -> NoReturn:
         # One line, whatever was typed (a port of "\n" quoted back, say).
@@ -270,6 +278,7 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
         if options_done or not arg.startswith("-") or arg == "-":
             if destination is None:
                 destination = arg
+                destination_index = index - 1
                 continue
             fail_with(
                 f"rtunnel: unexpected argument '{arg}': rtunnel runs no remote command "
@@ -358,7 +367,31 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
         print_config=print_config,
         fork=fork,
         notices=notices,
+        destination_index=destination_index,
     )
+
+
+def group_invocations(arguments: Sequence[str], invocation: Invocation) -> list[Invocation]:
+    """
+    ``-o GroupServer`` (issue #15): for each further server, the same arguments with that
+    server as the destination, its ssh_config files read for it; a user or port written
+    in the GroupServer value wins over ``-l``, ``-p`` and the files.
+
+    :raises CommandLineExit: for a mistake, as for the destination.
+    """
+    found = []
+    for server in invocation.options.group_servers:
+        args = list(arguments)
+        args[invocation.destination_index] = server.host
+        other = parse_command_line(args)
+        read_config(other)
+        # After the files, which resolve -p and -l over the rest: the value's own win.
+        if server.user is not None:
+            other.options.user = server.user
+        if server.port is not None:
+            other.options.port = server.port
+        found.append(other)
+    return found
 
 
 def read_config(
@@ -826,6 +859,8 @@ async def _session(
     # finalisation CPython puts SIG_DFL back for every Python handler (not for SIG_IGN),
     # and a second SIGTERM during a slow exit ended it "killed by signal 15".
     reactor.addSystemEventTrigger("after", "shutdown", _ignore_signals)
+    if invocation.group:
+        return await _group_session(reactor, invocation, console, interrupt, hurry, background)
     try:
         tunnel = build_tunnel(cast(IReactorTCP, reactor), host, options, report=console.say)
     except SpecError as error:
@@ -879,6 +914,85 @@ async def _session(
         console.say(stop.level, stop.message)
     operations.stopping()
     await _log_off(tunnel, clock, hurry)
+    await operations.stop()
+    return stop.status
+
+
+async def _group_session(
+    reactor: IReactorCore,
+    invocation: Invocation,
+    console: _Console,
+    interrupt: _Once[_Stop],
+    hurry: _Once[None],
+    background: _Background | None,
+) -> int:
+    """A tunnel group (issue #15): the destination and each ``-o GroupServer``, the same
+    forwards; ready (``-f`` goes to the background) once the group mode's condition holds."""
+    from rtunnel.group import GroupObserver
+    from rtunnel.operations.observe import Changes, start_operations
+    from rtunnel.operations.status import OneGroup
+
+    options = invocation.options
+    servers: list[tuple[str | None, str, ClientOptions, str | None]] = []
+    for each in (invocation, *invocation.group):
+        each.options.set_default_user(local_user())
+        servers.append((None, each.host, each.options, None))
+    try:
+        group = build_group(
+            cast(IReactorTCP, reactor),
+            servers,
+            options.remote_forwards,
+            mode=options.group_mode,
+            failback_after=options.failback_after,
+            report=console.say,
+            retry_first_logon=options.auto_reconnect == "always",
+        )
+    except SpecError as error:
+        console.say("FATAL", f"rtunnel: {printable(error.message, None)}")
+        return FAILURE
+    group.add_tunnel_observer(_ChannelReporter(console.say))
+    try:
+        operations = start_operations(
+            reactor,
+            OneGroup(invocation.host, group, options.remote_forwards),
+            control_socket=options.control_socket,
+            http_listen=options.http_listen,
+            report=console.say,
+        )
+    except SpecError as error:
+        console.say("FATAL", f"rtunnel: {error.message}")
+        return FAILURE
+    group.add_tunnel_observer(Changes(operations.notifier.changed))
+
+    class GivesUp(GroupObserver):
+        @override
+        def server_changed(self, server: GroupServerStatus) -> None:
+            if all(s.role == "failed" for s in group.servers()):
+                interrupt.fire(_Stop(FAILURE, "rtunnel: every server of the group has given up."))
+
+    group.add_observer(GivesUp())
+    try:
+        await _until(group.start(), interrupt)
+        if background is not None:
+            background.ready()
+        stop = await interrupt.wait()
+    except _Interrupted as interrupted:
+        stop = interrupted.stop
+    except RTunnelError as error:
+        # No server could be logged on at first (as for one tunnel: 255, ssh's words).
+        user = options.user if options.user is not None else local_user()
+        stop = _Stop(FAILURE, _describe(error, invocation, user), "FATAL")
+    except Exception:
+        _log.failure("rtunnel: internal error")
+        stop = _Stop(FAILURE)
+    if stop.message is not None:
+        console.say(stop.level, stop.message)
+    operations.stopping()
+    stopping = group.stop()
+    stopping.addTimeout(LOGOFF_TIMEOUT, cast(IReactorTime, reactor))
+    _, result = await _either(stopping, hurry.wait())
+    if isinstance(result, Failure):
+        _log.debug("Logging off did not finish cleanly: {why}", why=result.getErrorMessage())
     await operations.stop()
     return stop.status
 
@@ -1023,6 +1137,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         for warning in invocation.warnings:
             sys.stderr.write(f"{_terminal_safe(warning)}\n")
         read = read_config(invocation)
+        invocation.group = group_invocations(arguments, invocation)
     except CommandLineExit as exit_:
         stream = sys.stdout if exit_.to_stdout else sys.stderr
         # A mistake's message quotes what was typed: escaped too.

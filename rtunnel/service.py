@@ -33,13 +33,16 @@ from rtunnel._front import (
     DEFAULT_IDENTITY_FILES,
     ReconnectReporter,
     Report,
+    build_group,
     build_tunnel,
     describe_error,
     establish_forwards,
+    group_members,
     local_user,
     tunnel_options,
 )
 from rtunnel.errors import (
+    ConnectError,
     RTunnelError,
     SpecError,
 )
@@ -50,6 +53,7 @@ from rtunnel.openssh.keywords import twistd_summary
 from rtunnel.openssh.values import parse_port
 
 if TYPE_CHECKING:
+    from rtunnel.group import GroupServerStatus, TunnelGroup
     from rtunnel.operations.observe import Observability
     from rtunnel.tunnel import ReverseTunnel
 
@@ -191,6 +195,7 @@ class TunnelService(Service):
         self._on_failure = on_failure
         self._user = options.user if options.user is not None else local_user()
         self._tunnel: ReverseTunnel | None = None
+        self._group: TunnelGroup | None = None
         self._running: Deferred[None] | None = None
         self._operations: Observability | None = None
 
@@ -216,6 +221,9 @@ class TunnelService(Service):
 
     async def _run(self) -> None:
         options = self._options
+        if options.group_servers:
+            await self._run_group()
+            return
         try:
             self._tunnel = tunnel = build_tunnel(
                 self._reactor, self._host, options, report=self._report
@@ -254,6 +262,62 @@ class TunnelService(Service):
             if self._on_failure is not None:
                 self._on_failure(error)
 
+    async def _run_group(self) -> None:
+        """``-o GroupServer`` (issue #15): the destination and those servers as a group."""
+        from rtunnel.group import GroupObserver
+        from rtunnel.operations.observe import Changes, start_operations
+        from rtunnel.operations.status import OneGroup
+
+        options = self._options
+        service = self
+
+        class GivesUp(GroupObserver):
+            @override
+            def server_changed(self, server: GroupServerStatus) -> None:
+                group = service._group
+                if group is None or not all(s.role == "failed" for s in group.servers()):
+                    return
+                _log.error("rtunnel: every server of the group has given up.")
+                if service._on_failure is not None and service.running:
+                    service._on_failure(ConnectError("Every server of the group has given up."))
+
+        try:
+            self._group = group = build_group(
+                self._reactor,
+                group_members(self._host, options),
+                options.remote_forwards,
+                mode=options.group_mode,
+                failback_after=options.failback_after,
+                report=self._report,
+                retry_first_logon=options.auto_reconnect == "always",
+            )
+            self._operations = operations = start_operations(
+                self._reactor,
+                OneGroup(self._host, group, options.remote_forwards),
+                control_socket=options.control_socket,
+                http_listen=options.http_listen,
+                report=self._report,
+            )
+        except SpecError as error:
+            _log.error("rtunnel: {message}", message=error.message)
+            if self._on_failure is not None:
+                self._on_failure(error)
+            return
+        group.add_tunnel_observer(Changes(operations.notifier.changed))
+        group.add_observer(GivesUp())
+        try:
+            await group.start()
+        except CancelledError:
+            return
+        except RTunnelError as error:
+            if not self.running:
+                return  # stopService abandoned it
+            # No server could be logged on (the first logon is not retried without
+            # AutoReconnect=always), or every one gave up.
+            _log.error("{message}", message=describe_error(error, user=self._user, host=self._host))
+            if self._on_failure is not None:
+                self._on_failure(error)
+
     def _start_operations(self, tunnel: ReverseTunnel) -> None:
         """:raises SpecError: the control socket or HTTP listener cannot start."""
         from rtunnel.operations.observe import Changes, start_operations
@@ -282,6 +346,14 @@ class TunnelService(Service):
         if running is not None and not running.called:
             running.cancel()
         tunnel = self._tunnel
+        group, self._group = self._group, None
+        if group is not None:
+            stopping = group.stop()
+            stopping.addTimeout(STOP_TIMEOUT, self._clock)
+            try:
+                await stopping
+            except Exception:
+                _log.failure("Logging off did not finish cleanly.")
         if tunnel is not None:
             logoff = tunnel.logoff()
             logoff.addTimeout(STOP_TIMEOUT, self._clock)

@@ -494,6 +494,11 @@ class ReverseTunnel:
     ) -> None:
         await self._table.cancel(bind_address, port, listen_path)
 
+    def _forget_forward(self, forward: Forward) -> None:
+        """Forget ``forward`` while not connected, without a word to the server (a tunnel
+        group moving forwards off a lost server: rtunnel/group.py)."""
+        self._table.forget(forward)
+
     @property
     def forwards(self) -> list[Forward]:
         """The forwards requested on this connection (pending and active)."""

@@ -14,6 +14,7 @@ from rtunnel.openssh.keywords import LOG_LEVELS, Keyword
 from rtunnel.openssh.options import parse_keyword
 
 if TYPE_CHECKING:
+    from rtunnel._core.syntax import Destination
     from rtunnel.options import TunnelSettings
 
 __all__ = ["ClientOptions"]
@@ -58,6 +59,10 @@ class ClientOptions:
     :ivar log_format: ``-o LogFormat``: ``"text"`` or ``"json"`` (None: text).
     :ivar control_socket: ``-o ControlSocket``: ``"auto"``, ``"none"`` or a path.
     :ivar http_listen: ``-o HttpListen``: ``"ADDRESS:PORT"`` or ``"none"``.
+    :ivar group_servers: ``-o GroupServer``: more servers for the same forwards, in order
+        (issue #15).
+    :ivar group_mode: ``-o GroupMode``: ``"failover"`` or ``"all"`` (None: failover).
+    :ivar failback_after: ``-o FailbackAfter`` seconds (None: no failback).
     """
 
     tunnel: TunnelSettings = field(default_factory=lambda: _no_settings())
@@ -84,6 +89,9 @@ class ClientOptions:
     log_format: str | None = None
     control_socket: str | None = None
     http_listen: str | None = None
+    group_servers: list[Destination] = field(default_factory=list)
+    group_mode: str | None = None
+    failback_after: int | None = None
     #: The keywords (their slots) whose settings are in ``tunnel``: later values lose.
     given: set[str] = field(default_factory=set, repr=False)
     jump_given: bool = field(default=False, repr=False)

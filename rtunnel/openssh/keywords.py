@@ -23,7 +23,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, NamedTuple, TypeVar, cast
 
-from rtunnel._core.syntax import parse_permit_remote_open, parse_proxy_jump, to_port
+from rtunnel._core.syntax import (
+    Destination,
+    parse_permit_remote_open,
+    parse_proxy_jump,
+    to_port,
+)
 from rtunnel.client.auth._pubkey import resolve_pubkey_algorithms
 from rtunnel.client.transport._algorithms import resolve
 from rtunnel.client.transport._sockopts import TCPOptions
@@ -502,6 +507,40 @@ def _retry_interval(keyword: str, args: list[str]) -> int:
     if seconds < 1:
         raise SpecError(f"{WHERE}: RetryInterval must be at least 1 second.")
     return seconds
+
+
+def _group_server(keyword: str, args: list[str]) -> Destination:
+    # Issue #15: one more server for the same forwards, written as a -J hop is.
+    value = _one(keyword, args)
+    try:
+        hops = parse_proxy_jump(value)
+    except SpecError as error:
+        raise SpecError(f"{WHERE}: {error.message}") from None
+    if len(hops) != 1:
+        raise SpecError(
+            f"{WHERE}: Bad {keyword} '{value}': give one [user@]host[:port] per {keyword}"
+        )
+    hop = hops[0]
+    if hop.user is not None:
+        check_user_name(hop.user)
+    check_host_name(hop.host)
+    return hop
+
+
+def _group_mode(keyword: str, args: list[str]) -> str:
+    value = _one(keyword, args).lower()
+    if value not in ("failover", "all"):
+        raise SpecError(
+            f"{WHERE}: Bad {keyword} '{_one(keyword, args)}': give failover (one server at a "
+            "time) or all (every server)"
+        )
+    return value
+
+
+def _failback_after(keyword: str, args: list[str]) -> int | None:
+    if _one(keyword, args).lower() == "no":
+        return None
+    return _time(keyword, args)
 
 
 def _permit_remote_open(keyword: str, args: list[str]) -> tuple[tuple[str, str], ...] | None:
@@ -1064,6 +1103,40 @@ KEYWORDS: Final[tuple[Keyword[Any], ...]] = (
         "carried traffic",
         parse=_retry_interval,
         command="retry_interval",
+        own=True,
+    ),
+    # Several servers for one service (issue #15)
+    Keyword(
+        "GroupServer",
+        value="[user@]host[:port]",
+        topic="Staying up",
+        help="one more SSH server for the same forwards (repeat it for more; read through "
+        "ssh_config as the destination is, with the same options): the destination and "
+        "these servers form a tunnel group",
+        parse=_group_server,
+        command="group_servers",
+        collect="append",
+        own=True,
+    ),
+    Keyword(
+        "GroupMode",
+        value="failover|all",
+        topic="Staying up",
+        help="with GroupServer: failover (the default) holds the forwards on one server at "
+        "a time, the others logged on as standbys, and moves them to the next server at once "
+        "when it is lost; all holds them on every server",
+        parse=_group_mode,
+        command="group_mode",
+        own=True,
+    ),
+    Keyword(
+        "FailbackAfter",
+        value="TIME|no",
+        topic="Staying up",
+        help="failover: move the forwards back to an earlier server once it has been logged "
+        "on that long (default no: they stay where they are until that server is lost)",
+        parse=_failback_after,
+        command="failback_after",
         own=True,
     ),
     # Logging

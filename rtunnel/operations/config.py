@@ -37,7 +37,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -76,7 +76,20 @@ OWN_KEYS: Final = (
     "password_env",
     "ssh_config_host",
     "ssh_config_file",
+    "servers",
 )
+#: The keys of one entry of a tunnel group's ``servers`` given as a table (issue #15),
+#: besides the keyword table's.
+SERVER_KEYS: Final = (
+    "name",
+    "host",
+    "password_file",
+    "password_env",
+    "ssh_config_host",
+    "ssh_config_file",
+)
+#: Rows that are about the group as a whole, not about one of its servers.
+_GROUP_COMMANDS: Final = ("group_servers", "group_mode", "failback_after")
 #: The keys of a forward given as a table: what it is, then its policy (issue #15).
 FORWARD_KEYS: Final = ("name", "listen", "target", *POLICY_KEYS)
 #: The ``[process]`` table's keys: the keyword table's rows that are about the process,
@@ -132,6 +145,9 @@ class TunnelConfig:
     :ivar password: from ``password_file`` or ``password_env``; never shown.
     :ivar forwards: in file order.
     :ivar line: where the tunnel's table starts.
+    :ivar servers: a tunnel group (issue #15): every server, in order, each a
+        :class:`TunnelConfig` without forwards whose ``name`` is the server's name in the
+        group; empty for a tunnel to one server.
     """
 
     name: str
@@ -140,14 +156,17 @@ class TunnelConfig:
     password: str | None = field(default=None, repr=False)
     forwards: tuple[ForwardConfig, ...] = ()
     line: int = field(default=0, compare=False)
+    servers: tuple[TunnelConfig, ...] = ()
 
     def same_server(self, other: TunnelConfig) -> bool:
         """Whether ``other`` logs on to the same server the same way (host, port, user,
-        credentials, every option): if not, the tunnel must reconnect."""
-        return (self.host, self.settings, self.password) == (
+        credentials, every option): if not, the tunnel must reconnect. For a group: the
+        same servers, each the same way, in the same order."""
+        return (self.host, self.settings, self.password, self.servers) == (
             other.host,
             other.settings,
             other.password,
+            other.servers,
         )
 
     def client_options(self) -> ClientOptions:
@@ -577,6 +596,8 @@ class _Reader:
                 else:
                     settings.append((row.name, parsed))
         forwards = self.forwards(path, table.get("forwards")) + forwards
+        if "servers" in table or any(name == _GROUP_SERVER for name, _ in settings):
+            return self.group(name, path, table, settings, forwards, before)
         host = self.text_value(path, table, "host")
         password = self.password(path, table)
         alias = self.text_value(path, table, "ssh_config_host")
@@ -603,6 +624,163 @@ class _Reader:
         )
         self.check_options(path, tunnel)
         return tunnel if len(self.problems) == before else None
+
+    # -- tunnel groups (issue #15)
+
+    def group(
+        self,
+        name: str,
+        path: Path_,
+        table: dict[str, Any],
+        settings: list[tuple[str, Any]],
+        forwards: list[ForwardConfig],
+        before: int,
+    ) -> TunnelConfig | None:
+        """A tunnel with ``servers`` (or ``GroupServer``): the tunnel's own settings
+        apply to every server, each entry's over them."""
+        shared = [(n, v) for n, v in settings if _row_command(n) not in _GROUP_COMMANDS]
+        password = self.password(path, table)
+        servers: list[TunnelConfig] = []
+        if "host" in table or "ssh_config_host" in table:
+            # The tunnel's own host is the first server, as the command's destination.
+            first = self.server_entry(path, {k: table[k] for k in SERVER_KEYS if k in table})
+            if first is not None:
+                servers.append(first)
+        for n, value in settings:
+            if n == _GROUP_SERVER:
+                server = self.server_from_destination(value)
+                servers.append(replace(server, line=self.line_of(path)))
+        entries = table.get("servers")
+        if entries is not None:
+            where = (*path, "servers")
+            if not isinstance(entries, list) or not entries:
+                self.problem(
+                    where,
+                    'give a list of servers: ["[user@]host[:port]", {host = ..., ...}, ...]',
+                )
+            else:
+                for index, entry in enumerate(entries):
+                    if isinstance(entry, str):
+                        destination = self.destination((*where, index), entry)
+                        if destination is not None:
+                            server = self.server_from_destination(destination)
+                            servers.append(replace(server, line=self.line_of((*where, index))))
+                    elif isinstance(entry, dict):
+                        from_table = self.server_entry((*where, index), entry)
+                        if from_table is not None:
+                            servers.append(from_table)
+                    else:
+                        self.problem(
+                            (*where, index),
+                            'give "[user@]host[:port]" or a table {host = ..., Port = ..., ...}',
+                        )
+        if not forwards and "forwards" not in table:
+            self.problem(path, 'no forwards: give forwards = ["PORT:HOST:HOSTPORT", ...]')
+        self.check_duplicates(path, forwards)
+        # Each server's entry settings first, then the tunnel's (the first value wins).
+        servers = [
+            TunnelConfig(
+                s.name or _label(s.host, (*s.settings, *shared)),
+                s.host,
+                (*s.settings, *shared),
+                s.password if s.password is not None else password,
+                (),
+                s.line,
+            )
+            for s in servers
+        ]
+        seen: dict[str, int] = {}
+        for server in servers:
+            if server.name in seen:
+                self.problem(
+                    path,
+                    f"two servers are called {server.name!r}: give each a different name",
+                    server.line,
+                )
+            seen[server.name] = server.line
+        if len(self.problems) > before or not servers:
+            return None
+        tunnel = TunnelConfig(
+            name,
+            servers[0].host,
+            tuple(settings),
+            password,
+            tuple(forwards),
+            self.line_of(path),
+            tuple(servers),
+        )
+        for server in servers:
+            self.check_options(path, server)
+        return tunnel if len(self.problems) == before else None
+
+    def destination(self, where: Path_, text: str) -> Any:
+        row = keyword_named(_GROUP_SERVER)
+        assert row is not None
+        try:
+            return row.parse(_GROUP_SERVER, [text])
+        except SpecError as error:
+            self.problem(where, _their_words(error.message))
+            return None
+
+    def server_from_destination(self, destination: Any) -> TunnelConfig:
+        own: list[tuple[str, Any]] = []
+        if destination.user is not None:
+            own.append((_USER, destination.user))
+        if destination.port is not None:
+            own.append((_PORT, destination.port))
+        return TunnelConfig("", destination.host, tuple(own), None)
+
+    def server_entry(self, where: Path_, entry: dict[str, Any]) -> TunnelConfig | None:
+        before = len(self.problems)
+        settings: list[tuple[str, Any]] = []
+        for key, value in entry.items():
+            if key in SERVER_KEYS:
+                continue
+            row = keyword_named(key)
+            if row is None:
+                self.problem(
+                    (*where, key), f"unknown key{_suggest(key, (*SERVER_KEYS, *_KNOWN_KEYS))}"
+                )
+                continue
+            if row.name in PROCESS_KEYS or row.command in (*_GROUP_COMMANDS, "remote_forwards"):
+                self.problem(
+                    (*where, key),
+                    "a setting of the whole group: put it in the tunnel's table, not a server's",
+                )
+                continue
+            args = _arguments(value)
+            if args is None:
+                self.problem(
+                    (*where, key), "give a string, a number, true/false or a list of strings"
+                )
+                continue
+            groups = [[a] for a in args] if row.collect != "first" else [args]
+            for group in groups:
+                try:
+                    settings.append((row.name, row.parse(key, group)))
+                except SpecError as error:
+                    self.problem((*where, key), _their_words(error.message))
+        host = self.text_value(where, entry, "host")
+        alias = self.text_value(where, entry, "ssh_config_host")
+        config_file = self.text_value(where, entry, "ssh_config_file")
+        password = self.password(where, entry)
+        label = self.text_value(where, entry, "name")
+        if config_file is not None and alias is None:
+            self.problem((*where, "ssh_config_file"), "needs ssh_config_host")
+        if alias is not None:
+            ignored: list[ForwardConfig] = []
+            host = self.from_ssh_config(where, alias, config_file, host, settings, ignored)
+        if host is None and alias is None and "host" not in entry:
+            self.problem(where, 'no host: give host = "NAME" (or ssh_config_host)')
+        elif host is not None:
+            try:
+                check_host_name(host)
+            except SpecError as error:
+                self.problem((*where, "host"), error.message)
+        if len(self.problems) > before or host is None:
+            return None
+        # No name: HOST:PORT, once the tunnel's settings are known (group()).
+        return TunnelConfig(label or "", host, tuple(settings), password, (), self.line_of(where))
 
     def text_value(self, path: Path_, table: dict[str, Any], key: str) -> str | None:
         value = table.get(key)
@@ -846,6 +1024,28 @@ class _Reader:
             TunnelOptions.create(**tunnel.client_options().tunnel)
         except SpecError as error:
             self.problem(path, _their_words(error.message))
+
+
+def _label(host: str, settings: Sequence[tuple[str, Any]]) -> str:
+    """A group server's name when the file gives none: ``HOST:PORT``."""
+    port = _setting(settings, _PORT) or 22
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _row_command(name: str) -> str:
+    row = keyword_named(name)
+    return row.command if row is not None else ""
+
+
+def _setting(settings: Sequence[tuple[str, Any]], name: str) -> Any:
+    """The first value of the row ``name`` in ``settings``; None if none."""
+    return next((value for n, value in settings if n == name), None)
+
+
+# The rows a group reads by name (their spelling stays in the keyword table).
+_GROUP_SERVER: Final = next(row.name for row in KEYWORDS if row.command == "group_servers")
+_USER: Final = next(row.name for row in KEYWORDS if row.command == "user")
+_PORT: Final = next(row.name for row in KEYWORDS if row.command == "port")
 
 
 def _default_ssh_config(alias: str, config_file: str | None) -> Any:

@@ -30,7 +30,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from rtunnel.operations.status import ForwardStatus, StatusSource, TunnelStatus
+from rtunnel.operations.status import (
+    ForwardStatus,
+    GroupMember,
+    GroupStatus,
+    StatusSource,
+    TunnelStatus,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUNIX
@@ -144,6 +150,11 @@ def status_to_json(tunnel: TunnelStatus) -> dict[str, Any]:
     """One tunnel's snapshot as a JSON object (its fields, and ``ready``)."""
     data = asdict(tunnel)
     data["ready"] = tunnel.ready
+    # A group's fields (issue #15) only for a group: one server's object is as before.
+    if tunnel.group is None:
+        del data["group"]
+        for forward in data["forwards"]:
+            del forward["servers"]
     return data
 
 
@@ -162,6 +173,7 @@ def status_from_json(data: Mapping[str, Any]) -> TunnelStatus:
             # Issue #15; absent from an older rtunnel's answer.
             policy=str(f.get("policy", "")),
             refused={str(k): int(v) for k, v in dict(f.get("refused") or {}).items()},
+            servers=tuple(str(n) for n in f.get("servers", ())),
         )
         for f in data["forwards"]
     )
@@ -175,6 +187,30 @@ def status_from_json(data: Mapping[str, Any]) -> TunnelStatus:
         last_error=None if data["last_error"] is None else str(data["last_error"]),
         last_error_time=None if data["last_error_time"] is None else float(data["last_error_time"]),
         forwards=forwards,
+        group=_group_from_json(data.get("group")),
+    )
+
+
+def _group_from_json(data: Mapping[str, Any] | None) -> GroupStatus | None:
+    if data is None:
+        return None
+    return GroupStatus(
+        mode=str(data["mode"]),
+        serving=None if data["serving"] is None else str(data["serving"]),
+        ready=bool(data["ready"]),
+        members=tuple(
+            GroupMember(
+                name=str(m["name"]),
+                server=str(m["server"]),
+                role=str(m["role"]),
+                state=str(m["state"]),
+                since=float(m["since"]),
+                reconnects=int(m["reconnects"]),
+                last_error=None if m["last_error"] is None else str(m["last_error"]),
+                forwards=tuple(str(n) for n in m["forwards"]),
+            )
+            for m in data["members"]
+        ),
     )
 
 
@@ -330,7 +366,11 @@ def format_status(tunnels: Sequence[TunnelStatus], now: float) -> str:
         )
         if t.last_error is not None and t.last_error_time is not None:
             lines.append(f"  last error {_when(t.last_error_time)}: {t.last_error}")
-        rows = [("FORWARD", "STATE", "LISTEN", "CHANNELS", "BYTES IN", "BYTES OUT")]
+        if t.group is not None:
+            lines.extend(_group_lines(t.group, now))
+        rows: list[tuple[str, ...]] = [
+            ("FORWARD", "STATE", "LISTEN", "CHANNELS", "BYTES IN", "BYTES OUT")
+        ]
         rows += [
             (
                 f.name,
@@ -342,10 +382,17 @@ def format_status(tunnels: Sequence[TunnelStatus], now: float) -> str:
             )
             for f in t.forwards
         ]
+        if t.group is not None:
+            # Which servers serve each forward (issue #15).
+            rows = [(*rows[0], "ON")] + [
+                (*row, ",".join(f.servers) or "-")
+                for row, f in zip(rows[1:], t.forwards, strict=True)
+            ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
             cells = [
-                row[i].ljust(widths[i]) if i < 3 else row[i].rjust(widths[i]) for i in range(6)
+                row[i].ljust(widths[i]) if i < 3 or i > 5 else row[i].rjust(widths[i])
+                for i in range(len(row))
             ]
             lines.append("  " + "  ".join(cells).rstrip())
         for f in t.forwards:
@@ -354,6 +401,20 @@ def format_status(tunnels: Sequence[TunnelStatus], now: float) -> str:
                 refused = ", ".join(f"{k} {v}" for k, v in f.refused.items()) or "none"
                 lines.append(f"  {f.name} policy: {f.policy}; refused: {refused}")
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _group_lines(group: GroupStatus, now: float) -> list[str]:
+    """A tunnel group's servers, a row each, under its tunnel's line."""
+    serving = f", serving {group.serving}" if group.serving is not None else ""
+    lines = [f"  group {group.mode}{serving}, {'ready' if group.ready else 'not ready'}"]
+    rows = [("SERVER", "ADDRESS", "ROLE", "STATE", "FOR")]
+    rows += [(m.name, m.server, m.role, m.state, _duration(now - m.since)) for m in group.members]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        lines.append(
+            "    " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        )
+    return lines
 
 
 def status_main(

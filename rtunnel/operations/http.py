@@ -30,12 +30,33 @@ def unready_reason(tunnels: list[TunnelStatus] | tuple[TunnelStatus, ...]) -> st
     if not tunnels:
         return "no tunnel configured"
     for t in tunnels:
+        if t.group is not None:
+            # A tunnel group (issue #15): its mode's condition, not every server's.
+            if not t.group.ready:
+                return f"tunnel {t.name}: {_group_reason(t)}"
+            continue
         if t.state != "connected":
             return f"tunnel {t.name}: {t.state}"
         for f in t.forwards:
             if f.state != "active":
                 return f"tunnel {t.name}: forward {f.name}: {f.state}"
     return None
+
+
+def _group_reason(t: TunnelStatus) -> str:
+    group = t.group
+    assert group is not None
+    if group.mode == "failover":
+        if group.serving is None:
+            return "no server of the group is logged on"
+        for f in t.forwards:
+            if group.serving not in f.servers:
+                return f"forward {f.name}: not active on {group.serving} ({f.state})"
+        return f"server {group.serving} is {t.state}"
+    for f in t.forwards:
+        if not f.servers:
+            return f"forward {f.name}: active on no server ({f.state})"
+    return "no server of the group is logged on"
 
 
 class _Text(Resource):

@@ -19,7 +19,14 @@ from typing_extensions import override
 
 from rtunnel.operations.status import StatusSource
 
-__all__ = ["CONTENT_TYPE", "FORWARD_STATES", "TUNNEL_STATES", "StatusCollector", "render"]
+__all__ = [
+    "CONTENT_TYPE",
+    "FORWARD_STATES",
+    "GROUP_ROLES",
+    "TUNNEL_STATES",
+    "StatusCollector",
+    "render",
+]
 
 #: The Content-Type of the text format ``render`` writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -118,6 +125,46 @@ class StatusCollector(Collector):
                     f_refused.add_metric([*labels, reason], count)
         yield from (up, state, since, reconnects, kex, error_time)
         yield from (f_state, f_port, f_open, f_total, f_in, f_out, f_refused)
+        yield from _group_metrics(self._source)
+
+
+#: A group server's roles (issue #15), one series each as for TUNNEL_STATES.
+GROUP_ROLES = ("serving", "standby", "down", "failed")
+
+
+def _group_metrics(source: StatusSource) -> Iterator[Metric]:
+    """The tunnel groups' series (issue #15): labels ``group`` (the tunnel's name) and
+    ``server`` (the server's name in the group), or ``forward``."""
+    pair = ["group", "server"]
+    server_up = GaugeMetricFamily(
+        "rtunnel_group_server_up", "1 while the group's server is logged on.", labels=pair
+    )
+    serving = GaugeMetricFamily(
+        "rtunnel_group_server_serving",
+        "1 for the server that holds the forwards (failover), or each that does (all).",
+        labels=pair,
+    )
+    role = GaugeMetricFamily(
+        "rtunnel_group_server_role", "1 for the server's current role.", labels=[*pair, "role"]
+    )
+    on = GaugeMetricFamily(
+        "rtunnel_group_forward_servers",
+        "How many of the group's servers the forward is active on.",
+        labels=["group", "forward"],
+    )
+    for t in source.status():
+        group = t.group
+        if group is None:
+            continue
+        for member in group.members:
+            labels = [t.name, member.name]
+            server_up.add_metric(labels, 1 if member.state == "connected" else 0)
+            serving.add_metric(labels, 1 if member.role == "serving" and member.forwards else 0)
+            for name in GROUP_ROLES:
+                role.add_metric([*labels, name], 1 if member.role == name else 0)
+        for f in t.forwards:
+            on.add_metric([t.name, f.name], len(f.servers))
+    yield from (server_up, serving, role, on)
 
 
 def render(source: StatusSource) -> bytes:

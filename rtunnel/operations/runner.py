@@ -39,6 +39,7 @@ from twisted.internet.defer import (
 )
 from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorThreads, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from typing_extensions import override
 
 from rtunnel._core.forwards import ForwardState
@@ -46,6 +47,7 @@ from rtunnel._core.text import printable
 from rtunnel._front import (
     ReconnectReporter,
     Report,
+    build_group,
     describe_error,
     establish_forwards,
     local_user,
@@ -68,6 +70,7 @@ from rtunnel.operations.status import ForwardStatus, TunnelStatus
 if TYPE_CHECKING:
     from twisted.logger import ILogObserver
 
+    from rtunnel.group import GroupObserver, GroupServerStatus, TunnelGroup
     from rtunnel.openssh.forwards import RemoteForwardSpec
     from rtunnel.tunnel import ReverseTunnel
 
@@ -397,6 +400,127 @@ class _Running(TunnelObserver):
         self._enter("stopped")
 
 
+class _RunningGroup:
+    """One tunnel group of the runner (issue #15): a unit, started and stopped whole."""
+
+    def __init__(self, runner: Runner, config: TunnelConfig) -> None:
+        self.runner = runner
+        self.config = config
+        self.clock = runner.clock
+        self.group: TunnelGroup | None = None
+        #: A group has no one tunnel (Runner.add_observer watches each server's).
+        self.tunnel: ReverseTunnel | None = None
+        self.finished = False
+        self.error: str | None = None
+
+    def report(self, level: str, text: str) -> None:
+        self.runner.tunnel_report(self.config.name, level, text)
+
+    def start(self) -> None:
+        config = self.config
+        options = config.client_options()
+        servers = []
+        for server in config.servers:
+            server_options = server.client_options()
+            servers.append((server.name, server.host, server_options, server.password))
+        try:
+            self.group = group = build_group(
+                self.runner.reactor,
+                servers,
+                [f.spec for f in config.forwards],
+                mode=options.group_mode,
+                failback_after=options.failback_after,
+                report=self.report,
+                retry_first_logon=options.auto_reconnect == "always",
+            )
+        except SpecError as error:
+            self._failed(f"rtunnel: {error.message}")
+            return
+        group.add_observer(_gives_up(self))
+        for observer in self.runner.observers:
+            group.add_tunnel_observer(observer)
+        names = ", ".join(s.name for s in config.servers)
+        self.report("INFO", f"Starting the {group.mode.value} group of {names}.")
+        group.start().addErrback(self._not_started)
+
+    def _not_started(self, failure: Failure) -> None:
+        # No server could be logged on at first (without AutoReconnect=always), or every
+        # one gave up: the group has failed, as a tunnel whose first logon fails.
+        if self.finished:
+            return
+        error = failure.value
+        if isinstance(error, RTunnelError):
+            user = self.config.servers[0].user or local_user()
+            self._failed(describe_error(error, user=user, host=self.config.servers[0].host))
+        else:
+            self._failed(f"rtunnel: {failure.getErrorMessage()}")
+
+    def add_observer(self, observer: TunnelObserver) -> None:
+        if self.group is not None:
+            self.group.add_tunnel_observer(observer)
+
+    def all_failed(self) -> None:
+        if not self.finished:
+            self._failed("rtunnel: every server of the group has given up.")
+
+    def _failed(self, message: str) -> None:
+        self.report("ERROR", message)
+        self.error = message
+        self.finished = True
+        self.runner.tunnel_failed(self)
+
+    def status(self) -> TunnelStatus:
+        from rtunnel.operations.status import group_tunnel_status
+
+        group = self.group
+        if group is None:
+            return TunnelStatus(
+                self.config.name,
+                self.config.servers[0].name,
+                "failed",
+                self.clock.seconds(),
+                0,
+                0,
+                self.error,
+                None,
+                (),
+            )
+        return group_tunnel_status(
+            self.config.name,
+            group,
+            [f.name for f in self.config.forwards],
+            finished=self.finished,
+        )
+
+    async def stop(self) -> None:
+        self.finished = True
+        group = self.group
+        if group is None:
+            return
+        stopping = group.stop()
+        stopping.addTimeout(LOGOFF_TIMEOUT, self.clock)
+        try:
+            await stopping
+        except Exception as error:
+            _log.debug("Logging off did not finish cleanly: {why}", why=str(error))
+
+
+def _gives_up(running: _RunningGroup) -> GroupObserver:
+    """An observer that tells ``running`` when every server of its group has given up."""
+    # rtunnel.group (and the tunnel under it) is imported once a group starts, not
+    # whenever the runner is (issue #17: start time).
+    from rtunnel.group import GroupObserver
+
+    class GivesUp(GroupObserver):
+        @override
+        def server_changed(self, server: GroupServerStatus) -> None:
+            group = running.group
+            if group is not None and all(s.role == "failed" for s in group.servers()):
+                running.all_failed()
+
+    return GivesUp()
+
+
 class Runner:
     """
     Runs the tunnels of a :class:`~rtunnel.operations.config.Config`.
@@ -424,7 +548,7 @@ class Runner:
         self._tunnel_report = tunnel_report
         #: What every tunnel started from now on is also watched by (add_observer).
         self.observers: list[TunnelObserver] = []
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, _Running | _RunningGroup] = {}
         self._all_failed: list[Deferred[None]] = []
         self._reload_lock = DeferredLock()
 
@@ -440,7 +564,9 @@ class Runner:
         (a new tunnel, or one started again by a reload)."""
         self.observers.append(observer)
         for running in self._running.values():
-            if running.tunnel is not None:
+            if isinstance(running, _RunningGroup):
+                running.add_observer(observer)
+            elif running.tunnel is not None:
                 running.tunnel.add_observer(observer)
 
     def start(self) -> None:
@@ -449,7 +575,7 @@ class Runner:
             self._start(tunnel)
 
     def _start(self, config: TunnelConfig) -> None:
-        running = _Running(self, config)
+        running = _RunningGroup(self, config) if config.servers else _Running(self, config)
         self._running[config.name] = running
         running.start()
 
@@ -464,7 +590,12 @@ class Runner:
         running = self._running.get(name)
         return running.tunnel if running is not None else None
 
-    def tunnel_failed(self, running: _Running) -> None:
+    def group(self, name: str) -> TunnelGroup | None:
+        """The tunnel group called ``name`` (issue #15), for tests and tools."""
+        running = self._running.get(name)
+        return running.group if isinstance(running, _RunningGroup) else None
+
+    def tunnel_failed(self, running: _Running | _RunningGroup) -> None:
         if all(r.finished for r in self._running.values()):
             waiting, self._all_failed = self._all_failed, []
             for d in waiting:
@@ -517,6 +648,10 @@ class Runner:
             elif before.forwards == new.forwards:
                 running.config = new
                 unchanged.append(new.name)
+            elif isinstance(running, _RunningGroup):
+                # A group is a unit: other forwards, the whole group again.
+                work.append(Deferred.fromCoroutine(self._restart(running, new)))
+                restarted.append(new.name)
             else:
                 work.append(Deferred.fromCoroutine(self._change_forwards(running, before, new)))
                 old_specs = {f.spec for f in before.forwards}
@@ -537,7 +672,7 @@ class Runner:
         self.report("INFO", f"Reloaded {config.file}: {result.describe()}.")
         return result
 
-    async def _restart(self, running: _Running, new: TunnelConfig) -> None:
+    async def _restart(self, running: _Running | _RunningGroup, new: TunnelConfig) -> None:
         await running.stop()
         if self._running.get(new.name) is running:
             self._start(new)
@@ -593,7 +728,7 @@ class Runner:
         running = list(self._running.values())
         return Deferred.fromCoroutine(self._stop(running))
 
-    async def _stop(self, running: list[_Running]) -> None:
+    async def _stop(self, running: list[_Running | _RunningGroup]) -> None:
         await gatherResults([Deferred.fromCoroutine(r.stop()) for r in running], consumeErrors=True)
 
 

@@ -59,6 +59,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "rtunnel.tunnel",
         ),
     ),
+    # One service through several servers (issue #15): a composition of tunnels.
+    ("tunnel groups", ("rtunnel.group",)),
     # The blocking and asyncio front doors over the facade, and the reactor thread they share.
     ("other front doors", ("rtunnel._bridge", "rtunnel.blocking", "rtunnel.aio")),
     ("public names", ("rtunnel",)),

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from rtunnel import ForwardPolicy, JumpHost, Proxy, TunnelOptions, TunnelSettings
+from rtunnel._core.syntax import Destination
 from rtunnel.cli import HELP
 from rtunnel.client.auth._pubkey import DEFAULT_PUBKEY_ALGORITHMS
 from rtunnel.client.transport._sockopts import TCPOptions
@@ -78,6 +79,9 @@ EXAMPLES = {
     "LogFormat": "JSON",
     "ControlSocket": "auto",
     "HttpListen": "9180",
+    "GroupServer": "alice@gw2.example.com:2222",
+    "GroupMode": "ALL",
+    "FailbackAfter": "2m",
 }
 
 #: What each example must give the tunnel (or the command), typed.
@@ -139,6 +143,9 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "LogFormat": {"log_format": "json"},
     "ControlSocket": {"control_socket": "auto"},
     "HttpListen": {"http_listen": "127.0.0.1:9180"},
+    "GroupServer": {"group_servers": [Destination("alice", "gw2.example.com", 2222)]},
+    "GroupMode": {"group_mode": "all"},
+    "FailbackAfter": {"failback_after": 120},
 }
 
 NAMES = [row.name for row in KEYWORDS]

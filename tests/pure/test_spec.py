@@ -475,12 +475,15 @@ def test_supported_options() -> None:
         "ConnectTimeout",
         "ControlSocket",
         "ExitOnForwardFailure",
+        "FailbackAfter",
         "FingerprintHash",
         "ForwardPolicy",
         "ForwardingLocalHost",
         "GSSAPIAuthentication",
         "GSSAPIDelegateCredentials",
         "GlobalKnownHostsFile",
+        "GroupMode",
+        "GroupServer",
         "HashKnownHosts",
         "HostKeyAlgorithms",
         "HostName",
@@ -576,6 +579,9 @@ def test_option_spelling(name: str, separator: str, swap_case: bool) -> None:
         "PubkeyAcceptedAlgorithms": "+ssh-rsa",
         "GSSAPIAuthentication": "yes",
         "GSSAPIDelegateCredentials": "no",
+        "GroupServer": "alice@gw2:2222",
+        "GroupMode": "all",
+        "FailbackAfter": "30s",
     }
     key = name.swapcase() if swap_case else name
     assert parse_option(f"{key}{separator}{values[name]}") == parse_option(f"{name}={values[name]}")
