@@ -71,6 +71,16 @@ class ForwardTableHost(Protocol):
         """A log line at the reference's ``level`` (1 info, 2 verbose)."""
 
 
+def check_policy(policy: object, listen_path: str | None) -> None:
+    """Refuse what is not a policy, or allow and deny lists for a socket forward."""
+    if policy is not None and not isinstance(policy, ForwardPolicy):
+        raise SpecError("policy must be a ForwardPolicy (or None).")
+    if policy is not None and listen_path is not None and policy.filters_originators:
+        raise SpecError(
+            "A socket forward has no originator address: allow and deny cannot apply to it."
+        )
+
+
 def new_forward(
     bind_address: str,
     port: int,
@@ -103,12 +113,7 @@ def new_forward(
             )
         if not 0 < host_port <= 65535:
             raise SpecError(f"Bad local port {host_port}: give 1-65535.")
-    if policy is not None and not isinstance(policy, ForwardPolicy):
-        raise SpecError("policy must be a ForwardPolicy (or None).")
-    if policy is not None and listen_path is not None and policy.filters_originators:
-        raise SpecError(
-            "A socket forward has no originator address: allow and deny cannot apply to it."
-        )
+    check_policy(policy, listen_path)
     return Forward(
         bind_address,
         port,

@@ -26,11 +26,11 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 
 from rtunnel._connection_host import _ConnectionHost
-from rtunnel._core.forward_policy import ForwardPolicy
+from rtunnel._core.forward_policy import ForwardGate, ForwardPolicy
 from rtunnel._core.policy import connection_worked
 from rtunnel._core.reconnect import Event, State
 from rtunnel._core.text import printable
-from rtunnel._forward_table import ForwardTable, new_forward
+from rtunnel._forward_table import ForwardTable, check_policy, new_forward
 from rtunnel._model import AcceptHook, ChannelInfo, Forward, TunnelObserver, TunnelStatistics
 from rtunnel._observers import JumpProgress, Observers
 from rtunnel._reconnect import LogonAbandoned, Reconnector, retryable
@@ -498,6 +498,29 @@ class ReverseTunnel:
         """Forget ``forward`` while not connected, without a word to the server (a tunnel
         group moving forwards off a lost server: rtunnel/group.py)."""
         self._table.forget(forward)
+
+    def set_forward_policy(self, forward: Forward, policy: ForwardPolicy | None) -> None:
+        """
+        Give one of :attr:`forwards` another policy (issue #15; None: none), without asking
+        the server anything: it decides the connections that open from now on. Channels
+        open under the old policy count against a new cap, keep their bandwidth pacing,
+        and have the new idle timeout; the refusal counts carry on.
+
+        :raises ForwardingError: ``forward`` is not one of this tunnel's.
+        :raises SpecError: not a policy, or allow/deny lists for a socket forward.
+        """
+        if not any(f is forward for f in self._table.forwards):
+            raise ForwardingError("That forward is not one of this tunnel's.")
+        check_policy(policy, forward.listen_path)
+        forward.policy = policy
+        if policy is None:
+            forward.gate = None
+        elif forward.gate is None:
+            forward.gate = ForwardGate(policy, forward.refused)
+        else:
+            forward.gate.change(policy)
+        if self._conn is not None:
+            self._conn.forward_policy_changed(forward)
 
     @property
     def forwards(self) -> list[Forward]:

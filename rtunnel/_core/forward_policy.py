@@ -267,3 +267,16 @@ class ForwardGate:
     def release(self) -> None:
         """An admitted channel has ended (or failed to open)."""
         self.active = max(0, self.active - 1)
+
+    def change(self, policy: ForwardPolicy) -> None:
+        """
+        Enforce ``policy`` from now on (a reload): the open channels still count against
+        its cap, and the refusal counts carry on; a changed rate starts a full bucket,
+        and a changed bandwidth cap a new bucket for the channels opened from now on
+        (those open keep pacing on the old one).
+        """
+        old, self.policy = self.policy, policy
+        if (policy.rate, policy.effective_burst) != (old.rate, old.effective_burst):
+            self._rate = None
+        if policy.bandwidth != old.bandwidth:
+            self.bandwidth = None

@@ -65,7 +65,7 @@ from rtunnel.operations.config import (
     TunnelConfig,
     load_config,
 )
-from rtunnel.operations.status import ForwardStatus, TunnelStatus
+from rtunnel.operations.status import ForwardStatus, TunnelStatus, policy_status
 
 if TYPE_CHECKING:
     from twisted.logger import ILogObserver
@@ -105,6 +105,8 @@ class ReloadResult:
     :ivar stopped: tunnels no longer in the file, logged off.
     :ivar forwards_added: forwards requested on a running tunnel.
     :ivar forwards_removed: forwards cancelled on a running tunnel.
+    :ivar policies_changed: forwards of a running tunnel given their new policy in place
+        (issue #15; the server is not asked anything).
     """
 
     unchanged: tuple[str, ...] = ()
@@ -113,6 +115,7 @@ class ReloadResult:
     stopped: tuple[str, ...] = ()
     forwards_added: tuple[str, ...] = ()
     forwards_removed: tuple[str, ...] = ()
+    policies_changed: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """One line for the log."""
@@ -124,6 +127,7 @@ class ReloadResult:
                 ("stopped", self.stopped),
                 ("added forwards", self.forwards_added),
                 ("removed forwards", self.forwards_removed),
+                ("changed policies", self.policies_changed),
             )
             if names
         ]
@@ -255,6 +259,10 @@ class _Running(TunnelObserver):
                     channels_total=counters.total,
                     bytes_in=counters.closed_in + sum(c.bytes_received for c in mine),
                     bytes_out=counters.closed_out + sum(c.bytes_sent for c in mine),
+                    **policy_status(
+                        spec.policy if forward is None else forward.policy,
+                        {} if forward is None else forward.refused,
+                    ),
                 )
             )
         return TunnelStatus(
@@ -334,6 +342,22 @@ class _Running(TunnelObserver):
         self.finished = True
         self.runner.tunnel_failed(self)
 
+    def apply_policies(self) -> list[str]:
+        """Give each granted forward the policy the configuration now says (a reload);
+        the names of those that changed."""
+        tunnel = self.tunnel
+        changed: list[str] = []
+        if tunnel is None:
+            return changed
+        for forward_config in self.config.forwards:
+            forward = self.forwards.get(forward_config.spec)
+            wanted = forward_config.spec.policy
+            if forward is None or forward.policy == wanted or forward not in tunnel.forwards:
+                continue
+            tunnel.set_forward_policy(forward, wanted)
+            changed.append(f"{self.config.name}: {forward_config.name}")
+        return changed
+
     async def add_forwards(self, specs: Sequence[RemoteForwardSpec]) -> None:
         tunnel = self.tunnel
         assert tunnel is not None
@@ -350,6 +374,8 @@ class _Running(TunnelObserver):
                 return  # removed by a reload meanwhile
             if granted:
                 self.forwards[spec] = granted[0]
+                # A reload may have changed its policy while it was asked for.
+                self.apply_policies()
             else:
                 self.refused.add(spec)
 
@@ -521,6 +547,11 @@ def _gives_up(running: _RunningGroup) -> GroupObserver:
     return GivesUp()
 
 
+def _policies(config: TunnelConfig) -> tuple[object, ...]:
+    """Its forwards' policies, in order (a forward's identity leaves its policy out)."""
+    return tuple(f.spec.policy for f in config.forwards)
+
+
 class Runner:
     """
     Runs the tunnels of a :class:`~rtunnel.operations.config.Config`.
@@ -632,6 +663,7 @@ class Runner:
         restarted: list[str] = []
         added: list[str] = []
         removed: list[str] = []
+        policies: list[str] = []
         work: list[Deferred[Any]] = []
         for name in [n for n in old if config.tunnel(n) is None]:
             work.append(Deferred.fromCoroutine(self._running.pop(name).stop()))
@@ -645,9 +677,13 @@ class Runner:
             elif not before.same_server(new):
                 work.append(Deferred.fromCoroutine(self._restart(running, new)))
                 restarted.append(new.name)
-            elif before.forwards == new.forwards:
+            elif before.forwards == new.forwards and not (
+                isinstance(running, _RunningGroup) and _policies(before) != _policies(new)
+            ):
                 running.config = new
                 unchanged.append(new.name)
+                if isinstance(running, _Running):
+                    policies += running.apply_policies()
             elif isinstance(running, _RunningGroup):
                 # A group is a unit: other forwards, the whole group again.
                 work.append(Deferred.fromCoroutine(self._restart(running, new)))
@@ -660,6 +696,12 @@ class Runner:
                 removed += [
                     f"{new.name}: {f.name}" for f in before.forwards if f.spec not in new_specs
                 ]
+                had = {f.spec: f.spec.policy for f in before.forwards}
+                policies += [
+                    f"{new.name}: {f.name}"
+                    for f in new.forwards
+                    if f.spec in had and had[f.spec] != f.spec.policy
+                ]
         await gatherResults(work, consumeErrors=True)
         result = ReloadResult(
             tuple(unchanged),
@@ -668,6 +710,7 @@ class Runner:
             tuple(stopped),
             tuple(added),
             tuple(removed),
+            tuple(policies),
         )
         self.report("INFO", f"Reloaded {config.file}: {result.describe()}.")
         return result
@@ -691,6 +734,7 @@ class Runner:
                 return
         for spec in [s for s in old_specs if s not in new_specs]:
             running.counters.pop(spec, None)
+        running.apply_policies()
         adding = [f.spec for f in new.forwards if f.spec not in old_specs]
         if adding:
             try:

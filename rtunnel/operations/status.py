@@ -10,13 +10,14 @@ anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rtunnel._core.forward_policy import REASONS
 
 if TYPE_CHECKING:
+    from rtunnel._core.forward_policy import ForwardPolicy
     from rtunnel._model import Forward
     from rtunnel.group import TunnelGroup
     from rtunnel.openssh.forwards import RemoteForwardSpec
@@ -32,6 +33,7 @@ __all__ = [
     "TunnelStatus",
     "forward_name",
     "group_tunnel_status",
+    "policy_status",
     "spec_name",
     "tunnel_status",
 ]
@@ -385,16 +387,17 @@ def _forward_status(name: str, forward: Forward, live: dict[int, tuple[int, int]
         channels_total=forward.channels_total,
         bytes_in=forward.bytes_in + bytes_in,
         bytes_out=forward.bytes_out + bytes_out,
-        **_policy_status(forward),
+        **policy_status(forward.policy, forward.refused),
     )
 
 
-def _policy_status(forward: Forward) -> dict[str, Any]:
-    # Issue #15: every reason counted (zeros too) once the forward has a policy.
-    if forward.policy is None:
+def policy_status(policy: ForwardPolicy | None, refused: Mapping[str, int]) -> dict[str, Any]:
+    """A forward's ``policy`` and ``refused`` fields of :class:`ForwardStatus` (issue #15):
+    every reason counted (zeros too) once it has a policy; nothing without."""
+    if policy is None:
         return {}
-    refused = {reason: forward.refused.get(reason, 0) for reason in REASONS}
-    return {"policy": forward.policy.describe(), "refused": refused}
+    counts = {reason: refused.get(reason, 0) for reason in REASONS}
+    return {"policy": policy.describe(), "refused": counts}
 
 
 def _address(host: str) -> str:

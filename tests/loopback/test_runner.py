@@ -360,3 +360,58 @@ async def test_an_observer_watches_every_tunnel_also_those_a_reload_starts(
         ) in s.lines
     finally:
         await runner.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_gives_a_forward_its_changed_policy_in_place(
+    ssh_test_server: Any,
+    ssh_user: str,
+    ssh_client_key: Path,
+    ssh_known_hosts: Path,
+    tmp_path: Path,
+) -> None:
+    # Issue #15: a forward's identity leaves its policy out, so a reload that changes
+    # only the policy keeps the session and the listener, and the new policy decides the
+    # next connections.
+    s = _setup(ssh_test_server, ssh_user, ssh_client_key, ssh_known_hosts, tmp_path)
+    target = f"127.0.0.1:{s.target.port}"
+
+    def with_policy(policy: str) -> Config:
+        return s.config(
+            s.tunnel("a", []).replace(
+                "forwards = []", f'forwards = [{{ listen = "0", target = "{target}"{policy} }}]'
+            )
+        )
+
+    runner = Runner(reactor, with_policy(""), report=s.report)
+    runner.start()
+    try:
+        await eventually(lambda: runner.status()[0].ready)
+        port = runner.status()[0].forwards[0].allocated_port
+        assert port is not None
+        assert await in_thread(exchange, port, b"open") == b"open"
+        tunnel = runner.tunnel("a")
+
+        result = await runner.reload(with_policy(', deny = ["127.0.0.1"]'))
+        name = f"a: 0:{target}"
+        assert (result.unchanged, result.policies_changed) == (("a",), (name,))
+        assert runner.tunnel("a") is tunnel and tunnel is not None
+        assert tunnel.statistics().sessions == 1
+        assert runner.status()[0].forwards[0].allocated_port == port
+        assert await in_thread(exchange, port, b"denied") == b""
+        await eventually(lambda: runner.status()[0].forwards[0].refused.get("denied") == 1)
+        shown = runner.status()[0].forwards[0]
+        assert shown.policy == "deny=127.0.0.1/32" and sum(shown.refused.values()) == 1
+        assert ("INFO", f"Reloaded {s.file}: changed policies {name}.") in s.lines
+
+        result = await runner.reload(with_policy(""))
+        assert result.policies_changed == (name,)
+        assert await in_thread(exchange, port, b"open again") == b"open again"
+        assert tunnel.statistics().sessions == 1
+        # No policy shown now; the refusals carry on in the forward's counts.
+        assert (runner.status()[0].forwards[0].policy, tunnel.forwards[0].refused) == (
+            "",
+            {"denied": 1},
+        )
+    finally:
+        await runner.stop()

@@ -18,7 +18,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from rtunnel import Forward, ForwardPolicy, ReverseTunnel, TunnelOptions
+from rtunnel import Forward, ForwardingError, ForwardPolicy, ReverseTunnel, SpecError, TunnelOptions
 from rtunnel._core import wire
 from rtunnel.client.channels import connection as c
 from rtunnel.client.channels.channel import CappedChannel, ForwardedChannel
@@ -322,3 +322,41 @@ def test_through_the_whole_stack_in_memory(tmp_path: Path) -> None:
     assert wire_.value() == b"HELLO"
     assert forward.refused == {"denied": 1}
     assert forward.channels_open == 1
+
+
+def test_set_forward_policy_decides_the_next_opens_and_reaps_the_open_channels() -> None:
+    # A reload's path (issue #15): the forward keeps its listener; the new policy counts
+    # the channels open under the old one and gives them its idle timeout at once.
+    h = Harness()
+    forward = h.forward(8080, ForwardPolicy(max_channels=5))
+    first, second = h.open(8080), h.open(8080)
+    assert h.confirmed() == {first, second}
+    h.tunnel.set_forward_policy(forward, ForwardPolicy(max_channels=2, idle_timeout=1))
+    third = h.open(8080)
+    assert h.failures() == {third: (c.OPEN_RESOURCE_SHORTAGE, b"too many connections")}
+    for _ in range(12):
+        h.clock.advance(0.1)
+    # Both old channels (our ids 0 and 1) closed by the new idle timeout, between 1 and
+    # 1.2 s.
+    assert sorted(U32.unpack(p)[0] for p in h.ssh.of(c.MSG_CHANNEL_CLOSE)) == [first, second]
+    h.tunnel.set_forward_policy(forward, None)
+    assert forward.gate is None and forward.refused == {"max-channels": 1}
+    fourth = h.open(8080)
+    assert fourth in h.confirmed()
+
+
+def test_set_forward_policy_refuses_what_it_cannot_apply(tmp_path: Path) -> None:
+    h = Harness()
+    forward = h.forward(8080)
+    stranger = Forward("127.0.0.1", 8080, factory=Factory.forProtocol(Recorder))
+    with pytest.raises(ForwardingError, match="not one of this tunnel's"):
+        h.tunnel.set_forward_policy(stranger, ForwardPolicy(max_channels=1))
+    with pytest.raises(SpecError, match="must be a ForwardPolicy"):
+        h.tunnel.set_forward_policy(forward, "max_channels=1")  # type: ignore[arg-type]
+    sock = h.tunnel.request_socket_forwarding(
+        str(tmp_path / "s"), factory=Factory.forProtocol(Recorder)
+    )
+    h.conn.packetReceived(c.MSG_REQUEST_SUCCESS, b"")
+    with pytest.raises(SpecError, match="no originator address"):
+        h.tunnel.set_forward_policy(_result(sock), ForwardPolicy(allow=("10.0.0.0/8",)))
+    assert forward.policy is None

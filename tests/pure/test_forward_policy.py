@@ -533,3 +533,31 @@ def test_twistd_takes_the_option_too() -> None:
     assert str(caught.value) == (
         "ForwardPolicy 9: no remote forward listens there (give the listen side of one -R forward)"
     )
+
+
+def test_a_changed_policy_keeps_the_open_channels_and_the_counts() -> None:
+    # A reload gives a forward its new policy in place (ReverseTunnel.set_forward_policy).
+    gate = ForwardGate(ForwardPolicy(max_channels=3, rate=1, burst=2))
+    outcomes = [gate.admit("192.0.2.1", 0.0) for _ in range(3)]
+    assert [o and o.reason for o in outcomes] == [None, None, "rate"]
+    assert gate.active == 2 and gate.refused == {"rate": 1}
+    gate.change(ForwardPolicy(max_channels=2, deny=("192.0.2.1",)))
+    # The two open channels count against the new cap; the refusals carry on.
+    assert gate.admit("192.0.2.9", 0.0) is not None
+    assert gate.admit("192.0.2.1", 0.0) is not None
+    assert gate.refused == {"rate": 1, "max-channels": 1, "denied": 1}
+    gate.release()
+    assert gate.admit("192.0.2.9", 0.0) is None and gate.active == 2
+    # A new rate starts a full bucket; a new bandwidth cap a new bucket.
+    gate.change(ForwardPolicy(rate=1, burst=1, bandwidth=1000))
+    gate.release()
+    gate.release()
+    assert gate.admit("192.0.2.9", 0.0) is None
+    first = gate.bandwidth
+    assert first is not None
+    assert gate.admit("192.0.2.9", 0.0) is not None  # the burst of one is spent
+    gate.change(ForwardPolicy(rate=1, burst=1, bandwidth=2000))
+    assert gate.bandwidth is None
+    # The same rate keeps its bucket: empty at 0.0, one token a second later.
+    assert gate.admit("192.0.2.9", 0.0) is not None
+    assert gate.admit("192.0.2.9", 1.0) is None and gate.bandwidth is not first

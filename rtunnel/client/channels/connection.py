@@ -738,6 +738,20 @@ class ForwardingConnection(SSHService):
             reaper.start()
         return channel
 
+    def forward_policy_changed(self, forward: Forward) -> None:
+        """``forward`` has another policy: its idle timeout holds for its open channels
+        at once (a reaper of its own, or the tunnel's when the policy sets none)."""
+        reaper = self._forward_reapers.pop(id(forward), None)
+        if reaper is not None:
+            reaper.stop()
+        idle = forward.gate.policy.idle_timeout if forward.gate is not None else None
+        if idle and self._clock is not None and not self.stopped:
+            reaper = IdleChannelReaper(
+                self, self._clock, idle, False, self._idle_expired, forward=forward
+            )
+            self._forward_reapers[id(forward)] = reaper
+            reaper.start()
+
     def _idle_expired(self, channel: ForwardedChannel) -> None:
         policy = channel.gate.policy if channel.gate is not None else None
         _log.info(
