@@ -425,6 +425,14 @@ def read_config(
         )
     except SpecError as error:
         raise CommandLineExit(FAILURE, printable_lines(error.message, None, None)) from None
+    if not read.resolved.host.isprintable():
+        # HostName from -o or a file: no lookup takes such a name, and it must not reach
+        # a message raw (found by tests/loopback/test_hardening.py: "HostName=0\n0").
+        raise CommandLineExit(
+            FAILURE,
+            f"rtunnel: HostName {printable(read.resolved.host, 80)!s}: contains characters "
+            "that are not printable; give a host name or address",
+        )
     invocation.host = read.resolved.host
     invocation.config = read
     invocation.notices.extend(("DEBUG1", note) for note in read.notes)

@@ -173,6 +173,7 @@ _KEYS = sorted(set(SUPPORTED_OPTIONS.values()) - {"ProxyCommand"})
 @PROPERTY
 @given(st.sampled_from(_KEYS), st.sampled_from(["=", " "]), ARGUMENT)
 @example("CertificateFile", "=", "0\n0")  # once two lines: "Certificate file 0", "0 not found."
+@example("HostName", "=", "0\n0")  # once "connect to host 0", "0 port 22: ..."
 @example("IdentityFile", "=", "/")  # as root: ssh's UNPROTECTED PRIVATE KEY FILE block
 @example("MaxRetryCount", "=", "\u00b9")  # a superscript one: str.isdigit() but not int()
 @example("ServerAliveCountMax", "=", "\u0663")  # an Arabic-Indic three, likewise
