@@ -440,3 +440,18 @@ def test_the_graph_is_the_real_one(graph: Graph) -> None:
         and edge.kind == "module"
         for edge in graph.edges
     )
+
+
+def test_the_library_never_imports_the_global_reactor(graph: Graph) -> None:
+    # STYLE: reactor and clock are arguments. Only the front ends that run the global
+    # reactor (twistd's service and plugin) and the pytest plugin may import it.
+    allowed = ("rtunnel.service", "rtunnel.tap", "rtunnel.testing.pytest_plugin")
+    found = [
+        f"{module}:{line}"
+        for module, name, _kind, line in graph.external
+        if (name == "twisted.internet.reactor" or name.startswith("twisted.internet.reactor."))
+        and module not in allowed
+    ]
+    assert not found, "the global reactor is imported by:\n" + "\n".join(found)
+    # Not vacuous: the allowed ones are seen.
+    assert {m for m, n, _k, _l in graph.external if n == "twisted.internet.reactor"} == set(allowed)

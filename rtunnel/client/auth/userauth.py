@@ -809,10 +809,10 @@ class UserAuthClient(userauth.SSHUserAuthClient):
         from twisted.internet.interfaces import IReactorThreads
         from twisted.internet.threads import deferToThreadPool
 
+        # The tunnel's reactor (never the global one); without one (a test of this layer),
+        # or one without threads, the GSSAPI step runs here.
         reactor = self._options.reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        if IReactorThreads.providedBy(reactor):
+        if reactor is not None and IReactorThreads.providedBy(reactor):
             result: bytes = await deferToThreadPool(reactor, reactor.getThreadPool(), work)
             return result
         return work()
@@ -905,7 +905,10 @@ class UserAuthClient(userauth.SSHUserAuthClient):
 
             reactor = self._options.reactor
             if reactor is None:
-                from twisted.internet import reactor
+                # The library never falls back on the global reactor; the tunnel always
+                # passes its own.
+                _log.warn("Ignoring the agent at {path}: no reactor to reach it", path=path)
+                continue
             try:
                 self._agent = await connect_agent(reactor, path)
                 found = await self._agent.identities()

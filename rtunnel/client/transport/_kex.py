@@ -179,7 +179,7 @@ class SecureTransportMixin(_Base):
         a connection that carried a packet since the last key exchange (OpenSSH's rule:
         packet.c, ssh_packet_need_rekeying).
     :ivar rekey_clock: the clock for ``rekey_seconds``, ``kex_timeout`` and
-        ``last_received`` (default: the global reactor).
+        ``last_received``; None (only in tests of the packet layer): none of them.
     :ivar kex_timeout: seconds a key exchange after the first may take before we
         disconnect (D13: a peer that starts a rekey and goes silent); None: no limit. The
         first is bounded by the caller's handshake timeout instead.
@@ -312,8 +312,9 @@ class SecureTransportMixin(_Base):
         finally:
             self.supportedKeyExchanges = kex
         self._kexinits_out += 1
-        if self.sessionID is not None and self.kex_timeout is not None:
-            self._kex_timer = self._clock().callLater(self.kex_timeout, self._kex_timed_out)
+        clock = self.rekey_clock
+        if self.sessionID is not None and self.kex_timeout is not None and clock is not None:
+            self._kex_timer = clock.callLater(self.kex_timeout, self._kex_timed_out)
 
     def _kex_timed_out(self) -> None:
         self._kex_timer = None
@@ -836,8 +837,9 @@ class SecureTransportMixin(_Base):
         # (clientloop.c, ssh_packet_get_rekey_timeout) and rekeys if a packet went either
         # way since the last key exchange; if none did, the next packet does it.
         self._cancel_rekey_timer()
-        if self.rekey_seconds is not None and not self._closing:
-            self._rekey_timer = self._clock().callLater(self.rekey_seconds, self._rekey_due)
+        clock = self.rekey_clock
+        if self.rekey_seconds is not None and not self._closing and clock is not None:
+            self._rekey_timer = clock.callLater(self.rekey_seconds, self._rekey_due)
 
     def _rekey_due(self) -> None:
         self._rekey_timer = None
@@ -850,14 +852,7 @@ class SecureTransportMixin(_Base):
             self._rekey_timer = None
 
     def _now(self) -> float:
-        if self.rekey_clock is None and self.rekey_seconds is None:
-            return 0.0
-        return self._clock().seconds()
-
-    def _clock(self) -> IReactorTime:
-        if self.rekey_clock is not None:
-            return self.rekey_clock
-        # Imported late: importing rtunnel must not install the global reactor.
-        from twisted.internet import reactor
-
-        return reactor  # type: ignore[return-value]
+        # No clock (a packet-layer test): no time-based rekeys, keepalives or timeouts.
+        # The library never falls back on the global reactor.
+        clock = self.rekey_clock
+        return 0.0 if clock is None else clock.seconds()

@@ -67,7 +67,8 @@ class ClientTransport(HostCertificateMixin, SecureTransportMixin, transport.SSHC
     :param rekey_bytes: rekey once this many bytes have gone one way, each direction
         counted on its own (0: only the cipher's limit).
     :param rekey_seconds: rekey after this many seconds (None: never).
-    :param clock: the clock for ``rekey_seconds`` (default: the global reactor).
+    :param clock: the clock for ``rekey_seconds``, the key-exchange timeout and liveness
+        (the tunnel passes its own; None: no timers, for tests of the packet layer).
     :param compression: offer zlib compression (``zlib@openssh.com``, then ``zlib``).
     :param on_secure: called once, when the first key exchange is done (before
         authentication starts).
