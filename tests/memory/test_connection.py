@@ -10,6 +10,7 @@ import struct
 from typing import Any
 
 import pytest
+from connection_fakes import FakeSSHTransport, Recorder
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -34,43 +35,6 @@ from rtunnel.client.channels.channel import ForwardedChannel
 from rtunnel.errors import ConnectionLostError, ForwardingError
 
 U32 = struct.Struct(">L")
-
-
-class FakeSSHTransport:
-    """Stands in for the SSH transport: records packets and disconnects."""
-
-    def __init__(self) -> None:
-        self.packets: list[tuple[int, bytes]] = []
-        self.disconnects: list[tuple[int, bytes]] = []
-        self.unimplemented = 0
-        self.transport = None
-
-    def sendPacket(self, message: int, payload: bytes) -> None:  # noqa: N802
-        self.packets.append((message, bytes(payload)))
-
-    def sendDisconnect(self, reason: int, desc: bytes) -> None:  # noqa: N802
-        self.disconnects.append((reason, desc))
-
-    def sendUnimplemented(self) -> None:  # noqa: N802
-        self.unimplemented += 1
-
-    def of(self, message: int) -> list[bytes]:
-        return [p for m, p in self.packets if m == message]
-
-
-class Recorder(Protocol):
-    instances: list[Recorder] = []
-
-    def __init__(self) -> None:
-        self.data: list[bytes] = []
-        self.lost: list[Failure] = []
-        Recorder.instances.append(self)
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self.data.append(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # noqa: N802
-        self.lost.append(reason)
 
 
 class Harness:

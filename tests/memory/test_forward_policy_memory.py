@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from connection_fakes import FakeSSHTransport, Recorder
+from memory_stack import Stack, Upper, result_of
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -23,40 +25,8 @@ from rtunnel._core import wire
 from rtunnel.client.channels import connection as c
 from rtunnel.client.channels.channel import CappedChannel, ForwardedChannel
 from rtunnel.client.channels.idle import IdleChannelReaper
-from tests.support.memory_stack import Stack, Upper, result_of
 
 U32 = struct.Struct(">L")
-
-
-class Recorder(Protocol):
-    instances: list[Recorder] = []
-
-    def __init__(self) -> None:
-        self.data: list[bytes] = []
-        self.lost: list[Failure] = []
-        Recorder.instances.append(self)
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self.data.append(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # noqa: N802
-        self.lost.append(reason)
-
-
-class FakeSSHTransport:
-    def __init__(self) -> None:
-        self.packets: list[tuple[int, bytes]] = []
-        self.disconnects: list[tuple[int, bytes]] = []
-        self.transport = None
-
-    def sendPacket(self, message: int, payload: bytes) -> None:  # noqa: N802
-        self.packets.append((message, bytes(payload)))
-
-    def sendDisconnect(self, reason: int, desc: bytes) -> None:  # noqa: N802
-        self.disconnects.append((reason, desc))
-
-    def of(self, message: int) -> list[bytes]:
-        return [p for m, p in self.packets if m == message]
 
 
 class Harness:
