@@ -318,6 +318,48 @@ def test_a_bad_reload_is_refused_and_the_old_set_serves(
     assert status == 255, "\n".join(command.lines)
 
 
+def test_sighup_with_a_changed_policy_applies_it_in_place(
+    tmp_path: Path,
+    two_servers: tuple[OpenSSHServer, OpenSSHServer],
+    openssh_client_key: Path,
+    echo_target: int,
+) -> None:
+    # Issue #15: only the forward's policy changes, so its sshd session and its listener
+    # stay, and the new policy decides the next connections.
+    first, _second = two_servers
+    forward = f"0:127.0.0.1:{echo_target}"
+    config = tmp_path / "tunnels.toml"
+
+    def write(policy: str) -> None:
+        text = _tunnel("a", first, openssh_client_key, [])
+        table = f'{{ listen = "0", target = "127.0.0.1:{echo_target}"{policy} }}'
+        config.write_text(text.replace("forwards = []", f"forwards = [{table}]"))
+
+    write("")
+    command = Command([*PYTHON_CLI, "--config", str(config)], _env(tmp_path))
+    try:
+        port = _allocated(command, "a", f"127.0.0.1:{echo_target}")
+        payload = os.urandom(50_000)
+        assert exchange(port, payload) == payload
+        sessions = first.sshd_session_pids()
+        for policy, served in ((', deny = ["127.0.0.1"]', False), ("", True)):
+            mark = len(command.lines)
+            write(policy)
+            command.process.send_signal(signal.SIGHUP)
+            command.wait_for(rf"Reloaded .*: changed policies a: {re.escape(forward)}\.$", mark)
+            try:
+                echoed = exchange(port, payload)
+            except OSError:  # reset before our half-close: refused all the same
+                echoed = b""
+            # Refused: sshd closes or resets the client's connection, nothing echoed.
+            assert (echoed == payload) is served, echoed[:100]
+            assert first.sshd_session_pids() == sessions
+        assert not any("Allocated port" in line for line in command.lines[mark:])
+    finally:
+        status = command.stop(signal.SIGTERM)
+    assert status == 0, "\n".join(command.lines)
+
+
 def test_check_prints_nothing_for_a_good_file_and_every_mistake_for_a_bad_one(
     tmp_path: Path, two_servers: tuple[OpenSSHServer, OpenSSHServer], openssh_client_key: Path
 ) -> None:
